@@ -1,0 +1,132 @@
+"""stepcall settings: the one place where environment variables are read.
+
+Every setting has a default that works on a laptop; production overrides them with env vars.
+Secrets (tokens, Twilio credentials) come only from the environment and are never logged:
+``Settings.redacted()`` is what may be printed.
+
+| env var | default | meaning |
+|---|---|---|
+| STEPCALL_HOST | 127.0.0.1 | bot server bind address |
+| STEPCALL_PORT | 8080 | bot server port |
+| STEPCALL_PUBLIC_URL | (http://HOST:PORT) | public base URL (Twilio webhook, widget) |
+| STEPCALL_FLOWS_DIR | flows | folder of YAML flows |
+| STEPCALL_DEFAULT_FLOW | (first flow) | flow used when a call names none |
+| STEPCALL_MODEL_URL | ws://127.0.0.1:8090/v1/session | model service session endpoint |
+| STEPCALL_MODEL_TOKEN | (none) | bearer token shared by bot servers and the model service |
+| STEPCALL_MODEL_HOST | 127.0.0.1 | model service bind address |
+| STEPCALL_MODEL_PORT | 8090 | model service port |
+| STEPCALL_MODEL_PATH | stepfun-ai/Step-Audio-2-mini | checkpoint dir or hub id |
+| STEPCALL_MODEL_BACKEND | auto | reference, vllm, cpu or auto |
+| STEPCALL_MODEL_DEVICE | auto | cpu, cuda or auto |
+| STEPCALL_MODEL_DTYPE | auto | float32, bfloat16, float16 or auto |
+| STEPCALL_MAX_SESSIONS | 32 | model service admission limit |
+| STEPCALL_MAX_CALLS | 100 | bot server concurrent-call limit |
+| STEPCALL_VAD_STOP_SECS | 0.2 | Silero VAD stop time |
+| STEPCALL_LOG_LEVEL | INFO | log level |
+| TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN | (none) | Twilio credentials (REST API, signature validation) |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+_SECRET_FIELDS = {"model_token", "twilio_auth_token"}
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from e
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as e:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from e
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime settings of the bot server and the model service."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    flows_dir: str = "flows"
+    default_flow: str | None = None
+    model_url: str = "ws://127.0.0.1:8090/v1/session"
+    model_token: str | None = field(default=None, repr=False)
+    model_host: str = "127.0.0.1"
+    model_port: int = 8090
+    model_path: str = "stepfun-ai/Step-Audio-2-mini"
+    model_backend: str = "auto"
+    model_device: str = "auto"
+    model_dtype: str = "auto"
+    max_sessions: int = 32
+    max_calls: int = 100
+    vad_stop_secs: float = 0.2
+    log_level: str = "INFO"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read every setting from the environment (defaults where unset)."""
+        return cls(
+            host=_env("STEPCALL_HOST", cls.host),
+            port=_env_int("STEPCALL_PORT", cls.port),
+            public_url=_env("STEPCALL_PUBLIC_URL"),
+            flows_dir=_env("STEPCALL_FLOWS_DIR", cls.flows_dir),
+            default_flow=_env("STEPCALL_DEFAULT_FLOW"),
+            model_url=_env("STEPCALL_MODEL_URL", cls.model_url),
+            model_token=_env("STEPCALL_MODEL_TOKEN"),
+            model_host=_env("STEPCALL_MODEL_HOST", cls.model_host),
+            model_port=_env_int("STEPCALL_MODEL_PORT", cls.model_port),
+            model_path=_env("STEPCALL_MODEL_PATH", cls.model_path),
+            model_backend=_env("STEPCALL_MODEL_BACKEND", cls.model_backend),
+            model_device=_env("STEPCALL_MODEL_DEVICE", cls.model_device),
+            model_dtype=_env("STEPCALL_MODEL_DTYPE", cls.model_dtype),
+            max_sessions=_env_int("STEPCALL_MAX_SESSIONS", cls.max_sessions),
+            max_calls=_env_int("STEPCALL_MAX_CALLS", cls.max_calls),
+            vad_stop_secs=_env_float("STEPCALL_VAD_STOP_SECS", cls.vad_stop_secs),
+            log_level=_env("STEPCALL_LOG_LEVEL", cls.log_level),
+            twilio_account_sid=_env("TWILIO_ACCOUNT_SID"),
+            twilio_auth_token=_env("TWILIO_AUTH_TOKEN"),
+        )
+
+    def replace(self, **changes) -> Settings:
+        """A copy with some fields changed (CLI flags override env vars)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        values = asdict(self)
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return Settings(**values)
+
+    @property
+    def base_url(self) -> str:
+        """Public base URL of the bot server."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def redacted(self) -> dict:
+        """Settings safe to log: secrets replaced by '***' (or None when unset)."""
+        out = asdict(self)
+        for name in _SECRET_FIELDS:
+            if out.get(name):
+                out[name] = "***"
+        return out
