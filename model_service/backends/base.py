@@ -1,0 +1,154 @@
+"""The interface every model-service backend implements (reference, vllm, cpu).
+
+The server (``model_service/server.py``) owns the WebSocket, the protocol and resampling to the
+client's rates; a backend owns the model and one conversation per session. Audio crosses this
+boundary as float32 mono numpy arrays: user audio at 16 kHz in, bot audio at 24 kHz out.
+CPU/GPU-heavy work must run off the event loop (executor threads or the engine's own loop).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+INPUT_RATE = 16000  # user audio rate a backend receives
+OUTPUT_RATE = 24000  # bot audio rate a backend produces
+
+
+@dataclass
+class SamplingParams:
+    """Decoding settings; temperature 0 means greedy."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 0
+    repetition_penalty: float = 1.05
+    seed: int | None = None
+    max_tokens: int = 2048
+
+
+@dataclass
+class SessionConfig:
+    """What a session knows about its call: persona, voice, style, tools."""
+
+    call_id: str = ""
+    system_prompt: str = ""
+    voice: str | None = None
+    style: str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class TextDelta:
+    """Text the bot speaks (the TA4 text stream)."""
+
+    text: str
+
+
+@dataclass
+class AudioChunk:
+    """Bot audio, float32 mono at ``OUTPUT_RATE``."""
+
+    pcm: np.ndarray
+
+
+@dataclass
+class ToolCallEvent:
+    """The model called a tool; the response ends after it."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class ResponseError:
+    """A non-fatal problem inside a response (e.g. malformed tool-call JSON)."""
+
+    code: str
+    message: str
+
+
+@dataclass
+class ResponseTimings:
+    """Milliseconds from the response request to each milestone (None if not reached)."""
+
+    queue_ms: float | None = None
+    prefill_ms: float | None = None
+    first_code_ms: float | None = None
+    first_audio_ms: float | None = None
+    total_ms: float | None = None
+
+
+@dataclass
+class ResponseDone:
+    """End of a response."""
+
+    status: str  # completed | cancelled | tool_call | error
+    text: str = ""
+    audio_ms: float = 0.0
+    timings: ResponseTimings = field(default_factory=ResponseTimings)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+BackendEvent = TextDelta | AudioChunk | ToolCallEvent | ResponseError | ResponseDone
+
+
+class BackendSession(abc.ABC):
+    """One call's conversation inside a backend."""
+
+    @abc.abstractmethod
+    async def append_audio(self, pcm16k: np.ndarray) -> None:
+        """Append user audio (float32, 16 kHz) to the open user turn, while the user speaks."""
+
+    @abc.abstractmethod
+    async def clear_audio(self) -> None:
+        """Drop the uncommitted user audio."""
+
+    @abc.abstractmethod
+    async def commit(self) -> None:
+        """Close the user turn: its audio becomes a human message in the history."""
+
+    @abc.abstractmethod
+    async def append_text(self, text: str, role: str = "human") -> None:
+        """Add a text message (DTMF digits, flow instructions) to the history."""
+
+    @abc.abstractmethod
+    def respond(self, instructions: str | None = None) -> AsyncIterator[BackendEvent]:
+        """Generate a reply; yields events and ends with exactly one ``ResponseDone``."""
+
+    @abc.abstractmethod
+    async def cancel(self, heard_ms: float | None = None) -> None:
+        """Stop the running response; keep only what the caller heard in the history."""
+
+    @abc.abstractmethod
+    async def add_tool_result(self, call_id: str, output: str) -> None:
+        """Record a tool result (the next ``respond`` uses it)."""
+
+    @abc.abstractmethod
+    async def update(self, config: SessionConfig) -> None:
+        """Change persona, voice, style or tools mid-call."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Free everything the session holds."""
+
+
+class Backend(abc.ABC):
+    """A loaded model that serves many sessions."""
+
+    name: str = "base"
+    model_name: str = ""
+
+    @abc.abstractmethod
+    async def open_session(self, config: SessionConfig) -> BackendSession:
+        """Create a session (admission control is the server's job)."""
+
+    async def close(self) -> None:
+        """Release the model."""
