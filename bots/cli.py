@@ -1,0 +1,164 @@
+"""The ``stepcall`` command line: serve, model, call, flows validate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bots.settings import Settings
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the bot web server (Twilio webhook + media streams)",
+        description="Run the bot web server. Every option also has a STEPCALL_* env var "
+        "(see bots/settings.py).",
+    )
+    p.add_argument("--host", help="bind address (STEPCALL_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (STEPCALL_PORT, default 8080)")
+    p.add_argument("--flows", dest="flows_dir", help="folder of YAML flows (STEPCALL_FLOWS_DIR)")
+    p.add_argument("--model-url", help="model service session URL (STEPCALL_MODEL_URL)")
+    p.add_argument("--public-url", help="public base URL for Twilio (STEPCALL_PUBLIC_URL)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "model",
+        help="run the model service (Step-Audio 2 speech-to-speech)",
+        description="Run the model service: one WebSocket session per call (protocol v1, "
+        "model_service/PROTOCOL.md).",
+    )
+    p.add_argument("--model", dest="model_path", help="checkpoint dir or hub id (STEPCALL_MODEL_PATH)")
+    p.add_argument(
+        "--backend",
+        dest="model_backend",
+        choices=["auto", "reference", "vllm", "cpu"],
+        help="backend (STEPCALL_MODEL_BACKEND, default auto: chosen from what the machine has)",
+    )
+    p.add_argument("--device", dest="model_device", help="cpu, cuda or auto (STEPCALL_MODEL_DEVICE)")
+    p.add_argument("--dtype", dest="model_dtype", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--host", dest="model_host", help="bind address (STEPCALL_MODEL_HOST)")
+    p.add_argument("--port", dest="model_port", type=int, help="port (STEPCALL_MODEL_PORT, 8090)")
+    p.add_argument("--max-sessions", type=int, help="admission limit (STEPCALL_MAX_SESSIONS)")
+    p.add_argument(
+        "--tiny-checkpoint",
+        metavar="DIR",
+        help="build the tiny test checkpoint into DIR (if missing) and serve it: for demos and "
+        "tests on machines without the real weights",
+    )
+    p.set_defaults(func=_cmd_model)
+
+
+def _add_call(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "call",
+        help="place a simulated phone call to a bot (Twilio Media Streams protocol)",
+        add_help=False,
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_call)
+
+
+def _add_flows(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("flows", help="work with YAML flow files")
+    fsub = p.add_subparsers(dest="flows_cmd", required=True)
+    v = fsub.add_parser(
+        "validate",
+        help="validate a flow file or a folder of flows",
+        description="Validate YAML flows; problems are printed as file:line:col: message.",
+    )
+    v.add_argument("path", help="a flow YAML file or a folder of them")
+    v.set_defaults(func=_cmd_flows_validate)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    keys = [
+        "host", "port", "flows_dir", "model_url", "public_url", "model_path", "model_backend",
+        "model_device", "model_dtype", "model_host", "model_port", "max_sessions",
+    ]
+    changes = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    return Settings.from_env().replace(**changes)
+
+
+def _configure_logging(settings: Settings) -> None:
+    from loguru import logger
+
+    logger.remove()
+    fmt = (
+        "<green>{time:HH:mm:ss.SSS}</green> | <level>{level: <7}</level> | "
+        "{extra[call_id]} | {name}:{line} - <level>{message}</level>"
+    )
+    logger.configure(extra={"call_id": "-"})
+    logger.add(sys.stderr, level=settings.log_level.upper(), format=fmt)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings)
+    from bots.server import run_server
+
+    run_server(settings)
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings)
+    if args.tiny_checkpoint:
+        from pathlib import Path
+
+        from model_service.testing.tiny_checkpoint import build_tiny_checkpoint, default_script
+
+        target = Path(args.tiny_checkpoint)
+        if not (target / "config.json").exists():
+            build_tiny_checkpoint(target, script=default_script)
+        settings = settings.replace(model_path=str(target))
+    from model_service.server import run_model_service
+
+    run_model_service(settings)
+    return 0
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    from bots.caller.cli import main as call_main
+
+    return call_main(args.args)
+
+
+def _cmd_flows_validate(args: argparse.Namespace) -> int:
+    from pipeline.flowspec import validate_command
+
+    return validate_command(args.path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``stepcall``."""
+    parser = argparse.ArgumentParser(
+        prog="stepcall",
+        description="Voice bots for phone hotlines and WebRTC widgets on Step-Audio 2 mini.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_model(sub)
+    _add_call(sub)
+    _add_flows(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``stepcall``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `stepcall call ...` hands every argument (including --help) to the caller's own parser.
+    if argv[:1] == ["call"]:
+        from bots.caller.cli import main as call_main
+
+        return call_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,492 @@
+"""StepAudio2Service: the Pipecat speech-to-speech service that talks to the stepcall model service.
+
+Turn-taking is local (Silero VAD + Smart Turn v3 in the user aggregator, upstream of this
+service). The service announces itself as a *realtime* service so the context aggregators switch
+to realtime mode (turn stops do not wait for transcripts).
+
+Audio path: the user's audio is streamed to the model service WHILE the user speaks (with a short
+pre-roll, because VAD fires only after ``start_secs`` of speech), committed at the end of the turn,
+and the model service answers with PCM at the pipeline's output rate, so no resampling happens in
+the bot process (Pipecat's default stream resampler emits ~95 ms bursts; see the reference notes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    CancelFrame,
+    EndFrame,
+    Frame,
+    FunctionCallCancelFrame,
+    FunctionCallResultFrame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InterruptionFrame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMServiceMetadataFrame,
+    LLMSetToolsFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.metrics.metrics import LLMTokenUsage
+from pipecat.processors.aggregators.llm_context import LLMContext, LLMSpecificMessage
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
+from pipecat.services.llm_service import FunctionCallFromLLM, LLMService
+from pipecat.services.settings import LLMSettings
+from pipecat.utils.text.base_text_aggregator import TextType
+from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
+
+from pipeline import model_client as mc
+
+
+@dataclass
+class StepAudio2Settings(LLMSettings):
+    """Runtime-updatable settings (``LLMUpdateSettingsFrame(delta=...)``).
+
+    Parameters:
+        voice: Voice name (or prompt WAV) the model service speaks with.
+        style: Speaking style / emotion (calm, cheerful, ...).
+    """
+
+    voice: str | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    style: str | None | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+
+
+@dataclass
+class ResponseStats:
+    """Per-response bookkeeping (what was sent to the transport and when)."""
+
+    response_id: str | None = None
+    audio_bytes: int = 0
+    started_speaking_at: float | None = None
+    tool_call: bool = False
+    server_timings: dict[str, Any] = field(default_factory=dict)
+
+
+class StepAudio2Service(LLMService):
+    """Speech-to-speech LLM service backed by the stepcall model service (protocol v1).
+
+    Emits ``LLMFullResponseStartFrame`` → ``TTSStartedFrame`` → ``TTSAudioRawFrame``… →
+    ``TTSStoppedFrame`` → ``LLMFullResponseEndFrame`` per response, ``TTSTextFrame`` for the
+    assistant context, and bridges model tool calls to Pipecat function calling.
+    """
+
+    Settings = StepAudio2Settings
+    _settings: StepAudio2Settings
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        token: str | None = None,
+        call_id: str = "",
+        sample_rate: int = 8000,
+        settings: StepAudio2Settings | None = None,
+        tools: ToolsSchema | list | None = None,
+        preroll_secs: float = 0.6,
+        client_factory: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Create the service.
+
+        Args:
+            url: Model-service session endpoint (``ws://host:port/v1/session``).
+            token: Bearer token for the model service.
+            call_id: The call's id (logged on both sides).
+            sample_rate: Pipeline audio rate in and out (8000 for phones).
+            settings: Settings delta over the defaults (persona, voice, style).
+            tools: Tools advertised to the model from the start (also register handlers).
+            preroll_secs: Audio kept from before VAD fired, sent at the start of a user turn.
+            client_factory: Builds the model-service client (defaults to ``ModelServiceClient``).
+            **kwargs: Passed to ``LLMService``.
+        """
+        defaults = self.Settings(
+            model="step-audio-2-mini",
+            system_instruction=None,
+            temperature=None,
+            max_tokens=None,
+            top_p=None,
+            top_k=None,
+            frequency_penalty=None,
+            presence_penalty=None,
+            seed=None,
+            filter_incomplete_user_turns=False,
+            user_turn_completion_config=None,
+            use_provider_thinking_default=False,
+            voice=None,
+            style=None,
+        )
+        if settings is not None:
+            defaults.apply_update(settings)
+        super().__init__(settings=defaults, **kwargs)
+        self._url = url
+        self._token = token
+        self._call_id = call_id
+        self._sample_rate = sample_rate
+        self._tools = tools
+        self._client_factory = client_factory or mc.ModelServiceClient
+        self._client: mc.ModelServiceClient | None = None
+        self._receive_task: asyncio.Task | None = None
+        self._context: LLMContext | None = None
+        self._synced_messages = 0
+        self._preroll: collections.deque[bytes] = collections.deque()
+        self._preroll_bytes = 0
+        self._preroll_max = int(preroll_secs * sample_rate) * 2
+        self._in_user_turn = False
+        self._response_requested = False
+        self._response: ResponseStats | None = None
+        self._audio_started = False
+        self._pending_end: EndFrame | None = None
+        self._log = logger.bind(call_id=call_id)
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def can_generate_metrics(self) -> bool:
+        """TTFB and usage metrics are reported."""
+        return True
+
+    def service_metadata_frame(self) -> LLMServiceMetadataFrame:
+        """Announce a realtime service so the aggregators switch to realtime mode."""
+        return LLMServiceMetadataFrame(service_name=self.name, is_realtime_service=True)
+
+    @property
+    def accepts_intermediate_function_call_results(self) -> bool:
+        """One result per tool call."""
+        return False
+
+    def _service_tools(self) -> ToolsSchema | list | None:
+        return self._tools
+
+    @property
+    def response_active(self) -> bool:
+        """True from ``response.create`` until ``response.done``."""
+        return self._response_requested
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def setup(self, setup: FrameProcessorSetup) -> None:
+        """Connect to the model service while the pipeline is being set up."""
+        await super().setup(setup)
+        self._client = self._client_factory(self._url, token=self._token)
+        started = await self._client.connect(self._session_start())
+        self._log.info(
+            f"model session {started.session_id} on backend {started.backend} ({started.model})"
+        )
+        self._receive_task = self.create_task(self._receive_loop())
+
+    async def stop(self, frame: EndFrame) -> None:
+        """Graceful end of the call."""
+        await super().stop(frame)
+        await self._disconnect()
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        """Immediate end of the call."""
+        await super().cancel(frame)
+        await self._disconnect()
+
+    async def cleanup(self) -> None:
+        """Always runs at teardown."""
+        await super().cleanup()
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        if self._receive_task:
+            await self.cancel_task(self._receive_task, timeout=1.0)
+            self._receive_task = None
+        if self._client:
+            client, self._client = self._client, None
+            await client.close()
+
+    # -- session config ----------------------------------------------------------------------
+
+    def _tool_dicts(self) -> list[dict[str, Any]]:
+        schema: Any = None
+        if self._context is not None and is_given(self._context.tools):
+            schema = self._context.tools
+        elif self._tools is not None:
+            schema = self._tools if isinstance(self._tools, ToolsSchema) else ToolsSchema(self._tools)
+        if not isinstance(schema, ToolsSchema):
+            return []
+        out = []
+        for tool in schema.standard_tools:
+            spec = tool.to_default_dict() if hasattr(tool, "to_default_dict") else None
+            if spec is None:
+                continue
+            out.append({"type": "function", "function": spec})
+        return out
+
+    def _given(self, value: Any) -> Any:
+        return value if is_given(value) else None
+
+    def _session_start(self) -> mc.SessionStart:
+        return mc.SessionStart(
+            call_id=self._call_id,
+            system_prompt=self._given(self._settings.system_instruction) or "",
+            voice=self._given(self._settings.voice),
+            style=self._given(self._settings.style),
+            tools=self._tool_dicts(),
+            input_sample_rate=self._sample_rate,
+            output_sample_rate=self._sample_rate,
+        )
+
+    async def _push_session_update(self) -> None:
+        if self._client:
+            await self._client.update_session(
+                system_prompt=self._given(self._settings.system_instruction) or "",
+                voice=self._given(self._settings.voice),
+                style=self._given(self._settings.style),
+                tools=self._tool_dicts(),
+            )
+
+    async def _update_settings(self, delta: StepAudio2Settings) -> dict[str, Any]:
+        """Persona / voice / style changes (e.g. a flow node) become a session update."""
+        changed = await super()._update_settings(delta)
+        if changed.keys() & {"system_instruction", "voice", "style"}:
+            await self._push_session_update()
+        return changed
+
+    # -- frames in ---------------------------------------------------------------------------
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Route pipeline frames to the model service."""
+        if isinstance(frame, EndFrame) and self._response_requested:
+            # Let the goodbye finish before the call ends (released on response.done).
+            self._pending_end = frame
+            return
+
+        await super().process_frame(frame, direction)
+
+        if isinstance(frame, InputAudioRawFrame):
+            await self._on_user_audio(frame)
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            await self._on_user_turn_started()
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            await self._on_user_turn_stopped()
+        elif isinstance(frame, InterruptionFrame):
+            await self._on_interruption()
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            if self._response and self._response.started_speaking_at is None:
+                self._response.started_speaking_at = time.monotonic()
+        elif isinstance(frame, InputDTMFFrame):
+            if self._client:
+                await self._client.append_text(f"The caller pressed {frame.button.value}.", "human")
+        elif isinstance(frame, LLMContextFrame):
+            await self._handle_context(frame.context, direction)
+        elif isinstance(frame, LLMSetToolsFrame):
+            self._sync_registered_tool_handlers(frame.tools)
+            await self._push_session_update()
+
+        if isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.UPSTREAM:
+            return  # consumed (the downstream copy continues on its own)
+        await self.push_frame(frame, direction)
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        """Deliver tool results to the model service as the base class broadcasts them."""
+        if direction == FrameDirection.DOWNSTREAM and self._client is not None:
+            if isinstance(frame, FunctionCallResultFrame):
+                result = frame.result
+                output = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+                await self._client.send_tool_result(frame.tool_call_id, output)
+            elif isinstance(frame, FunctionCallCancelFrame):
+                await self._client.send_tool_result(frame.tool_call_id, "CANCELLED")
+        await super().push_frame(frame, direction)
+
+    async def _on_user_audio(self, frame: InputAudioRawFrame) -> None:
+        if self._client is None:
+            return
+        audio = frame.audio
+        if frame.sample_rate != self._sample_rate:
+            self._log.warning(
+                f"input audio at {frame.sample_rate} Hz, session expects {self._sample_rate} Hz"
+            )
+            return
+        if self._in_user_turn:
+            await self._client.send_audio(audio)
+            return
+        self._preroll.append(audio)
+        self._preroll_bytes += len(audio)
+        while self._preroll_bytes > self._preroll_max and self._preroll:
+            self._preroll_bytes -= len(self._preroll.popleft())
+
+    async def _on_user_turn_started(self) -> None:
+        self._in_user_turn = True
+        if self._client is None:
+            return
+        await self._client.clear_audio()
+        if self._preroll:
+            await self._client.send_audio(b"".join(self._preroll))
+        self._preroll.clear()
+        self._preroll_bytes = 0
+
+    async def _on_user_turn_stopped(self) -> None:
+        if not self._in_user_turn:
+            return
+        self._in_user_turn = False
+        if self._client is None:
+            return
+        await self._client.commit()
+        await self._create_response()
+
+    async def _on_interruption(self) -> None:
+        """Barge-in: cancel the response; the model keeps only what the caller heard."""
+        if not self._response_requested or self._client is None:
+            return
+        heard_ms = self._heard_ms()
+        self._log.info(f"barge-in: cancelling response after {heard_ms:.0f} ms heard")
+        await self._client.cancel_response(heard_ms)
+        await self.stop_all_metrics()
+        await self._end_response(interrupted=True)
+
+    def _heard_ms(self) -> float:
+        stats = self._response
+        if stats is None:
+            return 0.0
+        sent_ms = stats.audio_bytes / 2 / self._sample_rate * 1000.0
+        if stats.started_speaking_at is None:
+            return 0.0
+        played_ms = (time.monotonic() - stats.started_speaking_at) * 1000.0
+        return max(0.0, min(sent_ms, played_ms))
+
+    async def _handle_context(self, context: LLMContext, direction: FrameDirection) -> None:
+        """Sync new instructions; respond only when the context asks for a response.
+
+        - ``LLMRunFrame`` (greeting, flow node entered): new developer/system message at the
+          end → respond.
+        - The assistant aggregator after tool results: arrives UPSTREAM → respond.
+        - The realtime-mode flush of a user turn (ends with a user message) → no response;
+          the turn end already created one.
+        """
+        first = self._context is None
+        self._context = context
+        messages = context.get_messages()
+        new_instructions = False
+        for message in messages[self._synced_messages :]:
+            if isinstance(message, LLMSpecificMessage) or not isinstance(message, dict):
+                continue
+            role = message.get("role")
+            content = message.get("content")
+            if role in ("system", "developer") and isinstance(content, str) and self._client:
+                await self._client.append_text(content, "system")
+                new_instructions = True
+        self._synced_messages = len(messages)
+        if first:
+            await self._push_session_update()
+        last = messages[-1] if messages else None
+        last_role = last.get("role") if isinstance(last, dict) else None
+        if direction == FrameDirection.UPSTREAM or (
+            new_instructions and last_role in ("system", "developer")
+        ):
+            await self._create_response()
+
+    async def _create_response(self) -> None:
+        if self._response_requested or self._client is None:
+            return
+        self._response_requested = True
+        self._response = ResponseStats()
+        await self.start_processing_metrics()
+        await self.start_ttfb_metrics()
+        await self._client.create_response()
+
+    # -- events out ----------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self._client is not None
+        async for event in self._client.events():
+            try:
+                await self._handle_event(event)
+            except Exception as e:  # keep the call alive; report upstream
+                await self.push_error(f"{self}: error handling {type(event).__name__}: {e}", exception=e)
+
+    async def _handle_event(self, event: Any) -> None:
+        if isinstance(event, mc.ResponseStarted):
+            if self._response is None:
+                self._response = ResponseStats()
+            self._response.response_id = event.response_id
+            await self.push_frame(LLMFullResponseStartFrame())
+        elif isinstance(event, mc.AudioChunk):
+            if not self._response_requested:
+                return  # audio of a cancelled response still in flight
+            if not self._audio_started:
+                self._audio_started = True
+                await self.stop_ttfb_metrics()
+                await self.push_frame(TTSStartedFrame())
+            if self._response is not None:
+                self._response.audio_bytes += len(event.pcm)
+            await self.push_frame(TTSAudioRawFrame(event.pcm, event.sample_rate, 1))
+        elif isinstance(event, mc.TextDelta):
+            if not self._response_requested:
+                return
+            text = LLMTextFrame(event.text)
+            text.append_to_context = False  # TTSTextFrame feeds the assistant context
+            await self.push_frame(text)
+            spoken = TTSTextFrame(event.text, text_type=TextType.SENTENCE)
+            spoken.includes_inter_frame_spaces = True
+            await self.push_frame(spoken)
+        elif isinstance(event, mc.ToolCall):
+            if self._response is not None:
+                self._response.tool_call = True
+            await self.run_function_calls(
+                [
+                    FunctionCallFromLLM(
+                        function_name=event.name,
+                        tool_call_id=event.call_id,
+                        arguments=event.arguments,
+                        context=self._context,
+                    )
+                ]
+            )
+        elif isinstance(event, mc.ResponseDone):
+            if self._response is not None:
+                self._response.server_timings = dict(event.timings or {})
+            usage = event.usage or {}
+            prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+            if prompt or completion:
+                await self.start_llm_usage_metrics(
+                    LLMTokenUsage(
+                        prompt_tokens=prompt,
+                        completion_tokens=completion,
+                        total_tokens=prompt + completion,
+                    )
+                )
+            self._log.debug(f"response done: {event.status} timings={event.timings}")
+            if event.status != "cancelled":
+                await self.stop_processing_metrics()
+                await self._end_response(interrupted=False)
+        elif isinstance(event, mc.ErrorEvent):
+            self._log.warning(f"model service error {event.code}: {event.message}")
+            if event.code == "response_active":
+                return
+            if self._response_requested and event.fatal:
+                await self._end_response(interrupted=False)
+        elif isinstance(event, mc.Closed):
+            self._log.warning(f"model service connection closed: {event.reason}")
+            if self._response_requested:
+                await self._end_response(interrupted=False)
+
+    async def _end_response(self, *, interrupted: bool) -> None:
+        was_active = self._response_requested
+        self._response_requested = False
+        if self._audio_started:
+            await self.push_frame(TTSStoppedFrame())
+        if was_active and not interrupted:
+            await self.push_frame(LLMFullResponseEndFrame())
+        self._audio_started = False
+        if self._pending_end is not None:
+            frame, self._pending_end = self._pending_end, None
+            await self.queue_frame(frame)

@@ -1,0 +1,35 @@
+"""Settings come from env vars, CLI overrides win, secrets never appear in redacted output."""
+
+import pytest
+
+from bots.settings import Settings
+
+
+def test_defaults_and_env(monkeypatch):
+    monkeypatch.setenv("STEPCALL_PORT", "9001")
+    monkeypatch.setenv("STEPCALL_MODEL_TOKEN", "s3cret")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tw-secret")
+    s = Settings.from_env()
+    assert s.port == 9001 and s.model_token == "s3cret"
+    assert s.host == "127.0.0.1" and s.max_sessions == 32
+    red = s.redacted()
+    assert red["model_token"] == "***" and red["twilio_auth_token"] == "***"
+    assert "s3cret" not in repr(s) and "tw-secret" not in repr(s)
+
+
+def test_bad_number_names_the_variable(monkeypatch):
+    monkeypatch.setenv("STEPCALL_PORT", "eighty")
+    with pytest.raises(ValueError, match="STEPCALL_PORT"):
+        Settings.from_env()
+
+
+def test_replace_overrides_and_rejects_unknown():
+    s = Settings().replace(port=1234, host=None)
+    assert s.port == 1234 and s.host == "127.0.0.1"
+    with pytest.raises(TypeError, match="nope"):
+        Settings().replace(nope=1)
+
+
+def test_base_url():
+    assert Settings(port=8081).base_url == "http://127.0.0.1:8081"
+    assert Settings(public_url="https://bots.example.com/").base_url == "https://bots.example.com"

@@ -1,0 +1,21 @@
+"""A Twilio mark follows the last audio of every bot response."""
+
+from pipecat.frames.frames import OutputTransportMessageFrame, TTSAudioRawFrame, TTSStartedFrame, TTSStoppedFrame
+from pipecat.tests.utils import run_test
+
+from pipeline.twilio_marks import TwilioMarkProcessor
+
+
+async def test_mark_after_each_response():
+    frames = [TTSStartedFrame(), TTSAudioRawFrame(b"\0\0" * 160, 8000, 1), TTSStoppedFrame()] * 2
+    down, _ = await run_test(
+        TwilioMarkProcessor("MZ" + "0" * 32),
+        frames_to_send=frames,
+        expected_down_frames=[
+            TTSStartedFrame, TTSAudioRawFrame, TTSStoppedFrame, OutputTransportMessageFrame,
+            TTSStartedFrame, TTSAudioRawFrame, TTSStoppedFrame, OutputTransportMessageFrame,
+        ],
+    )
+    marks = [f.message for f in down if isinstance(f, OutputTransportMessageFrame)]
+    assert [m["mark"]["name"] for m in marks] == ["response-1", "response-2"]
+    assert all(m["event"] == "mark" and m["streamSid"] == "MZ" + "0" * 32 for m in marks)
