@@ -1,0 +1,96 @@
+"""``stepcall call``: place a simulated Twilio phone call to a bot and report latency.
+
+Example::
+
+    stepcall call ws://127.0.0.1:8080/twilio/stream --param bot=support \\
+        --say "Hi, I need to reset my password." --say "My email is ada at example dot com." \\
+        --out call.wav --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from bots.caller.report import format_table, to_json
+from bots.caller.speech import ENGINES, SpeechUnavailableError
+from bots.caller.twilio_client import CallerTurn, CallOptions, run_call
+
+
+class _TurnAction(argparse.Action):
+    """Appends (--say TEXT | --dtmf DIGITS) to one ordered list of turns."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001
+        turns = list(getattr(namespace, "turns", None) or [])
+        kind = "dtmf" if option_string == "--dtmf" else "say"
+        turns.append((kind, values))
+        namespace.turns = turns
+
+
+def _param(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--param needs key=value, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stepcall call",
+        description="Place a simulated phone call: speak Twilio's Media Streams protocol to a "
+        "bot's WebSocket, say each turn (synthesised speech, real-time 20 ms frames), wait "
+        "for the bot's reply, and report voice-to-voice latency per turn.",
+    )
+    p.add_argument("url", help="the bot's media-stream WebSocket, e.g. ws://HOST:PORT/twilio/stream")
+    p.add_argument("--say", action=_TurnAction, dest="turns", metavar="TEXT",
+                   help="a caller turn (repeat for more turns, in order)")
+    p.add_argument("--dtmf", action=_TurnAction, dest="turns", metavar="DIGITS",
+                   help="a keypad turn, e.g. 12# (in order with --say)")
+    p.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
+                   help="start.customParameters entry, e.g. bot=support (repeatable)")
+    p.add_argument("--from", dest="from_number", help="caller number (customParameters from_number)")
+    p.add_argument("--to", dest="to_number", help="called number (customParameters to_number)")
+    p.add_argument("--pause", type=float, default=0.5, metavar="SECS",
+                   help="silence before each turn (default 0.5)")
+    p.add_argument("--wait", type=float, default=15.0, metavar="SECS",
+                   help="max wait for each bot reply to begin (default 15)")
+    p.add_argument("--quiet", type=float, default=1.2, metavar="SECS",
+                   help="bot silence that ends its reply (default 1.2)")
+    p.add_argument("--greeting-wait", type=float, default=1.0, metavar="SECS",
+                   help="listen this long for a bot greeting before the first turn (default 1)")
+    p.add_argument("--barge-in-after", type=float, metavar="SECS",
+                   help="start the next turn this long into the bot's reply (interrupt it)")
+    p.add_argument("--engine", choices=ENGINES, help="speech engine (default: best installed)")
+    p.add_argument("--out", metavar="WAV", help="write a stereo recording (left caller, right bot)")
+    p.add_argument("--json", action="store_true", help="print the JSON summary instead of a table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns 0 when every turn was answered and no protocol error occurred."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    specs = getattr(args, "turns", None) or []
+    if not specs:
+        print("stepcall call: give at least one --say TEXT or --dtmf DIGITS", file=sys.stderr)
+        return 2
+    try:
+        turns = [CallerTurn(text=v) if k == "say" else CallerTurn(dtmf=v) for k, v in specs]
+        options = CallOptions(
+            params=dict(args.param), from_number=args.from_number, to_number=args.to_number,
+            pause_secs=args.pause, wait_secs=args.wait, quiet_secs=args.quiet,
+            greeting_wait_secs=args.greeting_wait, barge_in_after=args.barge_in_after,
+            engine=args.engine, record_path=args.out,
+        )
+        result = asyncio.run(run_call(args.url, turns, options))
+    except (ValueError, SpeechUnavailableError) as e:
+        print(f"stepcall call: {e}", file=sys.stderr)
+        return 2
+    print(to_json(result) if args.json else format_table(result))
+    if args.out and not args.json:
+        print(f"recording: {result.record_path}")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Human-readable per-turn table and JSON summary of a simulated call."""
+
+from __future__ import annotations
+
+import json
+
+from bots.caller.twilio_client import CallResult, TurnResult
+
+
+def _fmt_ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def _said(t: TurnResult, width: int = 38) -> str:
+    s = t.text if t.text is not None else (f"DTMF {t.dtmf}" if t.dtmf else "(greeting)")
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def format_table(result: CallResult) -> str:
+    """A per-turn table: what was said, latency, bot audio, flags."""
+    rows = [("turn", "caller", "v2v ms", "bot audio s", "played s", "notes")]
+    turns = ([result.greeting] if result.greeting else []) + result.turns
+    for t in turns:
+        notes = [n for n, on in (("no reply", t.expect_reply and not t.replied and not t.skipped),
+                                 ("timeout", t.timed_out), ("barge-in", t.barged_in),
+                                 (f"clear x{t.clears}", t.clears), ("skipped", t.skipped)) if on]
+        rows.append((str(t.index) if t.kind != "greeting" else "0",
+                     _said(t), _fmt_ms(t.latency_ms), f"{t.bot_bytes / 8000:.2f}",
+                     f"{t.bot_played_bytes / 8000:.2f}", ", ".join(notes)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    sids = ", ".join(result.stream_sids_seen) or "(none)"
+    lines.append("")
+    lines.append(f"streamSid {result.stream_sid}; seen on bot messages: {sids}")
+    lines.append(f"marks: {len(result.marks)} received, "
+                 f"{sum(m.echoed_ms is not None for m in result.marks)} echoed; "
+                 f"hung up by: {result.hung_up_by or '-'}; "
+                 f"max frame lag {result.max_send_lag_ms:.1f} ms")
+    for e in result.errors:
+        lines.append(f"ERROR: {e}")
+    lines.append("result: OK" if result.ok else
+                 f"result: FAILED (unanswered turns: {result.unanswered_turns or 'none'})")
+    return "\n".join(lines)
+
+
+def to_json(result: CallResult, with_events: bool = True) -> str:
+    """The JSON summary (``--json``)."""
+    d = result.to_dict()
+    if not with_events:
+        d.pop("events", None)
+    return json.dumps(d, indent=2)

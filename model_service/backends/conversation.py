@@ -1,0 +1,221 @@
+"""Per-session conversation bookkeeping for Step-Audio 2 backends.
+
+``Conversation`` owns what a call has said so far as ``prompt.Message`` objects: the human turns
+(audio as precomputed mel chunks, text), the assistant turns as the exact generated ids, tool
+results as ``input`` turns. It also tracks the tool calls awaiting a result, the loop guard
+(consecutive tool-call responses without user input) and barge-in truncation of the latest
+assistant turn. ``UserAudioBuffer`` collects the open user turn's 16 kHz audio and computes the
+mel of every finished 25 s chunk while the user is still speaking, so ``commit`` only has to
+process the last piece.
+
+Nothing here touches the model: it is plain, synchronous state; the backend decides which
+thread calls what.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from model_service.stepaudio2 import mel as _mel
+from model_service.stepaudio2.prompt import (
+    AssistantMessage,
+    AudioPart,
+    HumanMessage,
+    InputMessage,
+    Message,
+    SystemMessage,
+    TextPart,
+    codes_for_ms,
+    truncate_assistant_ids,
+)
+from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
+
+SAMPLE_RATE = _mel.SAMPLE_RATE
+
+
+class UserAudioBuffer:
+    """The open user turn's audio (16 kHz float32), chunked exactly like ``mel.split_audio``.
+
+    A 25 s chunk is final once at least 1 s more audio follows it (``split_audio`` merges a
+    shorter tail into the previous chunk), so its mel is computed at that point; ``finish``
+    turns the rest into mel chunks. The chunking equals ``split_audio`` on the whole turn.
+    """
+
+    def __init__(self, max_chunk_secs: float = _mel.MAX_CHUNK_SECS) -> None:
+        self.chunk_samples = int(round(max_chunk_secs * SAMPLE_RATE))
+        self._pieces: list[np.ndarray] = []
+        self._pending = 0  # samples in self._pieces
+        self._mels: list[torch.Tensor] = []  # finished chunks
+        self.total_samples = 0
+
+    @property
+    def duration_ms(self) -> float:
+        """Milliseconds of audio in the open turn."""
+        return self.total_samples * 1000.0 / SAMPLE_RATE
+
+    def append(self, pcm16k: np.ndarray) -> None:
+        """Add audio; computes the mel of any 25 s chunk that became final (CPU work)."""
+        arr = np.asarray(pcm16k)
+        if arr.ndim != 1:
+            raise ValueError(f"user audio must be mono [samples], got shape {arr.shape}")
+        if arr.dtype == np.int16:
+            arr = arr.astype(np.float32) / 32768.0
+        arr = arr.astype(np.float32, copy=False)
+        if arr.size == 0:
+            return
+        self._pieces.append(arr.copy())
+        self._pending += arr.shape[0]
+        self.total_samples += arr.shape[0]
+        while self._pending >= self.chunk_samples + SAMPLE_RATE:
+            joined = np.concatenate(self._pieces)
+            self._mels.append(_mel.log_mel_spectrogram(joined[: self.chunk_samples]))
+            rest = joined[self.chunk_samples :]
+            self._pieces = [rest]
+            self._pending = rest.shape[0]
+
+    def clear(self) -> None:
+        """Drop everything."""
+        self._pieces = []
+        self._pending = 0
+        self._mels = []
+        self.total_samples = 0
+
+    def finish(self) -> list[torch.Tensor]:
+        """Mel chunks ``[128, T]`` of the whole turn (empty if no audio); clears the buffer."""
+        mels = list(self._mels)
+        if self._pending:
+            rest = np.concatenate(self._pieces)
+            mels += [_mel.log_mel_spectrogram(c) for c in _mel.split_audio(rest)]
+        self.clear()
+        return mels
+
+
+@dataclass
+class PendingToolCall:
+    """A tool call the model made whose result has not arrived yet."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class _LastReply:
+    """The most recent assistant turn: where it sits in the history and its full ids."""
+
+    index: int
+    ids: list[int]
+    call_ids: list[str] = field(default_factory=list)
+
+
+class Conversation:
+    """One call's history (``messages``) plus tool-call and barge-in bookkeeping.
+
+    ``system`` is the composed system prompt and ``tools`` the OpenAI tool list; they are not
+    part of ``messages`` and are rendered first by ``prompt_messages``.
+    """
+
+    def __init__(self, tokenizer: StepAudio2Tokenizer, tool_result_suffix: str = "") -> None:
+        self.tok = tokenizer
+        self.tool_result_suffix = tool_result_suffix
+        self.messages: list[Message] = []
+        self.pending_calls: dict[str, PendingToolCall] = {}
+        self.tool_call_streak = 0  # consecutive tool-call responses without user input
+        self._last: _LastReply | None = None
+
+    # ----------------------------------------------------------------- user side
+    def add_user_audio(self, mels: Sequence[torch.Tensor], text: str = "") -> None:
+        """A human turn of precomputed mel chunks (and optional text)."""
+        parts: list[Any] = [AudioPart(mel=m) for m in mels]
+        if text:
+            parts.append(TextPart(text))
+        if not parts:
+            raise ValueError("a user turn needs audio or text")
+        self.messages.append(HumanMessage(parts))
+        self.tool_call_streak = 0
+        self._last = None
+
+    def add_text(self, text: str, role: str = "human") -> None:
+        """A text turn: ``human`` (e.g. DTMF digits) or ``system`` (flow instructions)."""
+        if not isinstance(text, str) or not text:
+            raise ValueError("text must be a non-empty string")
+        if role == "human":
+            self.messages.append(HumanMessage([TextPart(text)]))
+            self.tool_call_streak = 0
+        elif role == "system":
+            self.messages.append(SystemMessage(text))
+        else:
+            raise ValueError(f"role must be 'human' or 'system', got {role!r}")
+        self._last = None
+
+    # ----------------------------------------------------------------- assistant side
+    def add_reply(self, ids: Sequence[int], tool_calls: Sequence[PendingToolCall] = ()) -> None:
+        """Record a generated spoken turn (exact ids after ``<tts_start>``) and its tool calls."""
+        body = [int(i) for i in ids]
+        if body and body[-1] in self.tok.stop_ids:
+            body = body[:-1]
+        self.messages.append(AssistantMessage(ids=body))
+        for call in tool_calls:
+            self.pending_calls[call.call_id] = call
+        self.tool_call_streak = self.tool_call_streak + 1 if tool_calls else 0
+        self._last = _LastReply(len(self.messages) - 1, body, [c.call_id for c in tool_calls])
+
+    def truncate_last_reply(self, heard_ms: float) -> list[int] | None:
+        """Barge-in: cut the latest assistant turn to the first ``heard_ms`` of its audio.
+
+        Returns the kept ids, or None when there is no assistant turn to cut (a user turn came
+        after it). Tool calls whose text was cut away are forgotten.
+        """
+        if self._last is None:
+            return None
+        kept = truncate_assistant_ids(self._last.ids, codes_for_ms(heard_ms), self.tok)
+        self.messages[self._last.index] = AssistantMessage(ids=kept)
+        if len(kept) < len(self._last.ids):
+            for call_id in self._last.call_ids:
+                self.pending_calls.pop(call_id, None)
+            if self._last.call_ids:
+                self.tool_call_streak = max(0, self.tool_call_streak - 1)
+        return kept
+
+    def last_reply_ids(self) -> list[int] | None:
+        """Ids of the latest assistant turn as stored in the history (None if none)."""
+        if self._last is None:
+            return None
+        msg = self.messages[self._last.index]
+        assert isinstance(msg, AssistantMessage) and msg.ids is not None
+        return list(msg.ids)
+
+    # ----------------------------------------------------------------- tools
+    def add_tool_result(self, call_id: str, output: str) -> PendingToolCall:
+        """The result of a pending call becomes an ``input`` turn; unknown ids raise ValueError."""
+        call = self.pending_calls.pop(call_id, None)
+        if call is None:
+            known = ", ".join(sorted(self.pending_calls)) or "none"
+            raise ValueError(f"unknown tool call_id {call_id!r} (pending: {known})")
+        if not isinstance(output, str):
+            raise ValueError(f"tool output for {call_id!r} must be a string")
+        self.messages.append(InputMessage(output, suffix=self.tool_result_suffix))
+        self._last = None
+        return call
+
+    # ----------------------------------------------------------------- rendering
+    def prompt_messages(
+        self, system: str, tools: Sequence[dict[str, Any]], instructions: str | None = None
+    ) -> list[Message]:
+        """System turn, tools turn, history, then one-shot ``instructions`` as a system turn."""
+        from model_service.stepaudio2.prompt import ToolSchemasMessage
+
+        out: list[Message] = []
+        if system:
+            out.append(SystemMessage(system))
+        if tools:
+            out.append(ToolSchemasMessage(list(tools)))
+        out.extend(self.messages)
+        if instructions:
+            out.append(SystemMessage(instructions))
+        return out

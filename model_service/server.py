@@ -1,0 +1,326 @@
+"""The model-service web app: health/readiness/metrics endpoints and ``WS /v1/session``.
+
+``create_app(backend, token=..., max_sessions=...)`` builds the FastAPI app around a loaded
+backend (or ``None`` while it loads: ``/readyz`` answers 503 until ``ServiceState.set_backend``).
+Each WebSocket connection is one :class:`~model_service.sessions.CallSession`; the protocol is
+specified in ``model_service/PROTOCOL.md``. ``run_model_service(settings, ...)`` picks and loads a
+backend and serves the app with uvicorn (the ``stepcall model`` command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import importlib.util
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse
+from loguru import logger
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from model_service import protocol as p
+from model_service.backends.base import Backend
+from model_service.metrics import CONTENT_TYPE, ServiceMetrics
+from model_service.sessions import CallSession, ServiceState
+
+if TYPE_CHECKING:
+    from bots.settings import Settings
+
+SESSION_PATH = "/v1/session"
+
+
+class _StarletteTransport:
+    """Adapts a Starlette WebSocket to the :class:`~model_service.sessions.Transport` protocol."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def send_text(self, text: str) -> None:
+        await self.ws.send_text(text)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.ws.application_state != WebSocketState.DISCONNECTED:
+            await self.ws.close(code=code, reason=reason)
+
+
+def _presented_token(ws: WebSocket) -> str | None:
+    """The bearer token of a connection: ``Authorization: Bearer X`` header or ``?token=X``."""
+    header = ws.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return ws.query_params.get("token") or None
+
+
+def token_matches(expected: str | None, presented: str | None) -> bool:
+    """Constant-time token check; no token configured means open access."""
+    if not expected:
+        return True
+    if presented is None:
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8"))
+
+
+def create_app(
+    backend: Backend | None,
+    *,
+    token: str | None,
+    max_sessions: int,
+    backend_reason: str = "",
+    metrics: ServiceMetrics | None = None,
+) -> FastAPI:
+    """The model-service app; ``app.state.service`` is its :class:`ServiceState`."""
+    service = ServiceState(
+        backend, max_sessions=max_sessions, metrics=metrics, backend_reason=backend_reason
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if service.backend is not None:
+            with contextlib.suppress(Exception):
+                await service.backend.close()
+
+    app = FastAPI(title="stepcall model service", lifespan=lifespan)
+    app.state.service = service
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if service.backend is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ready",
+                "backend": service.backend.name,
+                "model": service.backend.model_name,
+                "active_sessions": service.active_sessions,
+                "max_sessions": service.max_sessions,
+            }
+        )
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> PlainTextResponse:
+        return PlainTextResponse(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.websocket(SESSION_PATH)
+    async def session_endpoint(ws: WebSocket) -> None:
+        await ws.accept()
+        peer = f"{ws.client.host}:{ws.client.port}" if ws.client else ""
+        if not token_matches(token, _presented_token(ws)):
+            logger.warning(f"model session from {peer or '?'} refused: missing or wrong token")
+            await ws.close(code=p.CLOSE_UNAUTHORIZED, reason="unauthorized")
+            return
+        call = CallSession(service, _StarletteTransport(ws), peer=peer)
+        try:
+            await _receive_loop(ws, call)
+        except Exception:
+            logger.exception(f"{call._tag()} session loop failed")
+            await call.send_error(p.INTERNAL, "internal server error", fatal=True)
+            await call._close_transport(p.CLOSE_INTERNAL, "internal")
+        finally:
+            await call.close("disconnected")
+
+    return app
+
+
+async def _receive_loop(ws: WebSocket, call: CallSession) -> None:
+    """Read messages until the client leaves or the session ends."""
+    while True:
+        try:
+            message = await ws.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        kind = message.get("type")
+        if kind == "websocket.disconnect":
+            return
+        if kind != "websocket.receive":
+            continue
+        text = message.get("text")
+        if text is not None:
+            if not await call.handle_text(text):
+                return
+            continue
+        data = message.get("bytes")
+        if data is not None:
+            await call.handle_binary(data)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn inside the running event loop (embedding, tests).
+
+    Yields the session URL (``ws://HOST:PORT/v1/session``; ``port=0`` picks a free port) and
+    shuts the server down on exit.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises the startup error
+                raise RuntimeError("uvicorn stopped during startup")
+            await asyncio.sleep(0.01)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        yield f"ws://{host}:{bound}{SESSION_PATH}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5.0)
+        if not task.done():
+            task.cancel()
+
+
+# --------------------------------------------------------------------------------------------
+# backend selection and serving
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackendChoice:
+    """Which backend to run and why."""
+
+    name: str
+    reason: str
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _checkpoint_exists(model_path: str) -> bool:
+    path = Path(model_path).expanduser()
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def choose_backend(backend_name: str, model_path: str, device: str = "auto") -> BackendChoice:
+    """Resolve ``auto``: vllm when CUDA and vllm are there, else reference when the checkpoint
+    exists, else cpu. Explicit names are taken as given."""
+    name = backend_name.lower()
+    if name in ("reference", "vllm", "cpu"):
+        return BackendChoice(name, f"requested explicitly (STEPCALL_MODEL_BACKEND={name})")
+    if name != "auto":
+        raise ValueError(f"unknown model backend {backend_name!r}; use reference, vllm, cpu or auto")
+    cuda = device != "cpu" and _cuda_available()
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if cuda and has_vllm:
+        return BackendChoice("vllm", "auto: CUDA is available and vllm is installed")
+    if _checkpoint_exists(model_path):
+        why = "no CUDA" if not cuda else "vllm is not installed"
+        return BackendChoice("reference", f"auto: {why}; checkpoint found at {model_path}")
+    return BackendChoice(
+        "cpu",
+        f"auto: {'no CUDA' if not cuda else 'vllm is not installed'} and no local checkpoint "
+        f"at {model_path}",
+    )
+
+
+def load_backend(choice: BackendChoice, model_path: str, device: str, dtype: str) -> Backend:
+    """Build the chosen backend (blocking: loads weights)."""
+    if choice.name == "reference":
+        from model_service.backends.reference import load_reference_backend
+
+        return load_reference_backend(model_path, device, dtype)
+    if choice.name == "vllm":
+        try:
+            from model_service.backends.vllm import load_vllm_backend  # type: ignore
+        except ImportError as e:
+            raise RuntimeError(f"the vllm backend is not available: {e}") from e
+        return load_vllm_backend(model_path, device, dtype)
+    if choice.name == "cpu":
+        raise RuntimeError(
+            f"the cpu backend is not implemented yet ({choice.reason}); point "
+            "STEPCALL_MODEL_PATH at a local Step-Audio 2 checkpoint and use "
+            "STEPCALL_MODEL_BACKEND=reference"
+        )
+    raise ValueError(f"unknown backend {choice.name!r}")
+
+
+def run_model_service(
+    settings: Settings,
+    backend_name: str | None = None,
+    model_path: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> None:
+    """Choose and load the backend, then serve the model service until interrupted.
+
+    The backend loads in a thread after the server starts listening, so ``/healthz`` answers
+    at once and ``/readyz`` turns 200 when the model is loaded (503 before; a load failure ends
+    the process with the error).
+    """
+    import uvicorn
+
+    backend_name = backend_name or settings.model_backend
+    model_path = model_path or settings.model_path
+    device = device or settings.model_device
+    dtype = dtype or settings.model_dtype
+    choice = choose_backend(backend_name, model_path, device)
+    logger.info(f"model service backend: {choice.name} ({choice.reason})")
+    if choice.name == "cpu":
+        load_backend(choice, model_path, device, dtype)  # raises the clear error now
+    app = create_app(
+        None, token=settings.model_token, max_sessions=settings.max_sessions,
+        backend_reason=choice.reason,
+    )
+    service: ServiceState = app.state.service
+    config = uvicorn.Config(
+        app,
+        host=host or settings.model_host,
+        port=port or settings.model_port,
+        log_level=settings.log_level.lower(),
+        ws_max_size=4 * 1024 * 1024,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+    )
+    server = uvicorn.Server(config)
+    failure: list[BaseException] = []
+
+    async def load_then_ready() -> None:
+        try:
+            backend = await asyncio.to_thread(load_backend, choice, model_path, device, dtype)
+        except BaseException as e:
+            failure.append(e)
+            logger.opt(exception=e).error(f"loading the {choice.name} backend failed")
+            server.should_exit = True
+            return
+        service.set_backend(backend)
+        logger.info(f"model service ready: backend {backend.name}, model {backend.model_name}")
+
+    async def main() -> None:
+        loader = asyncio.create_task(load_then_ready())
+        try:
+            await server.serve()
+        finally:
+            if not loader.done():
+                loader.cancel()
+        if failure:
+            raise RuntimeError(f"model backend failed to load: {failure[0]}") from failure[0]
+
+    if settings.model_token is None and (host or settings.model_host) not in ("127.0.0.1", "::1", "localhost"):
+        logger.warning("model service listens beyond loopback without STEPCALL_MODEL_TOKEN")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    asyncio.run(main())

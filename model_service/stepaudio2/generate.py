@@ -1,0 +1,330 @@
+"""Streaming decoding for :class:`StepAudio2ForCausalLM` with a KV cache and session reuse.
+
+``Generator.stream`` prefills the prompt once (audio features injected at ``<audio_patch>``
+positions), then decodes one token per step, greedy when ``temperature == 0`` and otherwise
+temperature / top-k / top-p / repetition-penalty sampling from a seeded ``torch.Generator``.
+It stops on a stop id (yielded last, so callers see it), on ``max_tokens`` or when ``cancel``
+is set (checked before every model step).
+
+Multi-turn calls pass the same :class:`KVSession`: when the new prompt extends what the cache
+already holds (token ids *and* audio chunk identities match), only the new suffix is
+prefilled. ``no_cache_greedy`` is the slow reference used to prove the cached path exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from .mel import N_MELS, audio_token_count
+from .modeling import StepAudio2ForCausalLM
+
+AUDIO_PATCH_ID = 151690
+
+
+class SamplingLike(Protocol):
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    seed: int | None
+
+
+@dataclass
+class Sampling:
+    """Decoding settings (same fields as ``backends.base.SamplingParams``); temperature 0 = greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class GenerationStats:
+    """Timings of the last ``stream`` call (milliseconds)."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV came from the session cache
+    prefill_tokens: int = 0  # prompt tokens actually run through the model
+    audio_encode_ms: float = 0.0
+    prefill_ms: float = 0.0
+    token_ms: list[float] = field(default_factory=list)  # per decoded token after the first
+    generated: int = 0
+    stop_reason: str = ""  # "stop" | "length" | "cancelled"
+
+
+@dataclass
+class KVSession:
+    """A conversation's KV cache plus the keys (ids / audio identities) of what it holds."""
+
+    keys: list[Any] = field(default_factory=list)
+    cache: Any = None
+
+    def reset(self) -> None:
+        self.keys = []
+        self.cache = None
+
+
+def _is_mel(a: torch.Tensor, hidden: int, kind: str) -> bool:
+    if kind != "auto":
+        return kind == "mel"
+    return a.shape[0] == N_MELS and a.shape[1] != hidden
+
+
+def _chunk_fingerprint(t: torch.Tensor) -> str:
+    data = t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+class Generator:
+    """Streams token ids from a prompt; one instance per model, one ``KVSession`` per conversation."""
+
+    def __init__(
+        self,
+        model: StepAudio2ForCausalLM,
+        stop_ids: Iterable[int],
+        patch_id: int = AUDIO_PATCH_ID,
+    ) -> None:
+        self.model = model
+        self.stop_ids = frozenset(int(s) for s in stop_ids)
+        self.patch_id = int(patch_id)
+        self.last_stats = GenerationStats()
+
+    # ------------------------------------------------------------------ audio
+    def _audio_rows(
+        self, audio: Sequence[torch.Tensor], skip_rows: int, kind: str
+    ) -> tuple[list[torch.Tensor], float]:
+        """Features for patch rows ``skip_rows..`` (and the audio-encode time in ms).
+
+        Each item of ``audio`` is either a mel chunk ``[128, T]`` (encoded here, only when some
+        of its rows are needed) or precomputed features ``[n, hidden]``.
+        """
+        hidden = self.model.hidden_size
+        counts: list[int] = []
+        is_mel: list[bool] = []
+        for i, a in enumerate(audio):
+            if a.dim() != 2:
+                raise ValueError(f"audio item {i} must be 2-D, got shape {tuple(a.shape)}")
+            mel = _is_mel(a, hidden, kind)
+            is_mel.append(mel)
+            counts.append(audio_token_count(int(a.shape[1])) if mel else int(a.shape[0]))
+        t0 = time.perf_counter()
+        need = [i for i in range(len(audio)) if sum(counts[: i + 1]) > skip_rows]
+        mel_idx = [i for i in need if is_mel[i]]
+        encoded = dict(zip(mel_idx, self.model.encode_audio([audio[i] for i in mel_idx]), strict=True))
+        enc_ms = (time.perf_counter() - t0) * 1000 if mel_idx else 0.0
+        rows: list[torch.Tensor] = []
+        start = 0
+        for i, n in enumerate(counts):
+            if i in need:
+                feats = encoded[i] if is_mel[i] else audio[i]
+                lo = max(0, skip_rows - start)
+                rows.append(feats[lo:])
+            start += n
+        return rows, enc_ms
+
+    def _prompt_keys(self, ids: Sequence[int], audio_keys: list[tuple[str, int]]) -> list[Any]:
+        keys: list[Any] = []
+        k = 0
+        for t in ids:
+            if t == self.patch_id:
+                if k >= len(audio_keys):
+                    raise ValueError(
+                        f"prompt has more <audio_patch> tokens than audio frames ({len(audio_keys)})"
+                    )
+                keys.append(("audio", *audio_keys[k]))
+                k += 1
+            else:
+                keys.append(int(t))
+        if k != len(audio_keys):
+            raise ValueError(
+                f"prompt has {k} <audio_patch> tokens but the audio gives {len(audio_keys)} frames"
+            )
+        return keys
+
+    # ------------------------------------------------------------------ decoding
+    @torch.inference_mode()
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        audio: Sequence[torch.Tensor] | None = None,
+        sampling: SamplingLike | None = None,
+        cancel: threading.Event | None = None,
+        max_tokens: int = 2048,
+        session: KVSession | None = None,
+        audio_kind: str = "auto",
+        stats: GenerationStats | None = None,
+    ) -> Iterator[int]:
+        """Yield generated token ids (the stop id, if reached, is yielded last).
+
+        ``audio``: one item per ``<audio_start>…<audio_end>`` chunk, in prompt order: mel
+        ``[128, T]`` or features ``[n, hidden]`` (``audio_kind`` "mel" / "features" says which
+        when a shape is ambiguous; "auto" treats ``[128, T]`` with ``T != hidden`` as mel).
+        ``session``: reused and updated in place. ``stats`` (optional) is filled with timings;
+        ``self.last_stats`` also points at it (use ``stats`` when threads share a Generator).
+        """
+        if audio_kind not in ("auto", "mel", "features"):
+            raise ValueError(f"audio_kind must be auto, mel or features, got {audio_kind!r}")
+
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise ValueError("empty prompt")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        sampling = sampling or Sampling()
+        stats = stats if stats is not None else GenerationStats()
+        stats.prompt_tokens = len(ids)
+        self.last_stats = stats
+        session = session if session is not None else KVSession()
+        model = self.model
+        audio = list(audio or [])
+
+        # --- what can be reused from the session cache
+        audio_keys = self._audio_keys(audio, audio_kind)
+        keys = self._prompt_keys(ids, audio_keys)
+        reuse = 0
+        if session.cache is not None:
+            limit = min(len(session.keys), len(keys) - 1)  # always prefill >= 1 token
+            while reuse < limit and session.keys[reuse] == keys[reuse]:
+                reuse += 1
+            drop = len(session.keys) - reuse
+            if drop > 0:
+                session.cache.crop(-drop)
+        if session.cache is None or reuse == 0:
+            session.cache = model.new_cache()
+            reuse = 0
+        session.keys = keys[:reuse]
+        stats.reused_tokens = reuse
+        stats.prefill_tokens = len(ids) - reuse
+
+        if cancel is not None and cancel.is_set():
+            stats.stop_reason = "cancelled"
+            return
+        skip_rows = sum(1 for t in ids[:reuse] if t == self.patch_id)
+        rows, enc_ms = self._audio_rows(audio, skip_rows, audio_kind)
+        stats.audio_encode_ms = enc_ms
+
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(sampling.seed if sampling.seed is not None else random.getrandbits(63))
+        seen = set(ids)
+
+        t0 = time.perf_counter()
+        new_ids = torch.tensor([ids[reuse:]], dtype=torch.long, device=model.device)
+        try:
+            embeds = model.embed(new_ids, rows, self.patch_id)
+            logits, cache = model(
+                inputs_embeds=embeds, past_key_values=session.cache, logits_to_keep=1
+            )
+        except BaseException:
+            session.reset()  # the cache may hold a partial prefill
+            raise
+        session.keys = list(keys)
+        token = self._pick(logits[0, -1], sampling, seen, gen)
+        stats.prefill_ms = (time.perf_counter() - t0) * 1000
+
+        produced = 0
+        while True:
+            produced += 1
+            stats.generated = produced
+            seen.add(token)
+            yield token
+            if token in self.stop_ids:
+                stats.stop_reason = "stop"
+                return
+            if produced >= max_tokens:
+                stats.stop_reason = "length"
+                return
+            if cancel is not None and cancel.is_set():
+                stats.stop_reason = "cancelled"
+                return
+            t1 = time.perf_counter()
+            step = torch.tensor([[token]], dtype=torch.long, device=model.device)
+            try:
+                logits, cache = model(input_ids=step, past_key_values=cache, logits_to_keep=1)
+            except BaseException:
+                session.reset()
+                raise
+            session.keys.append(token)
+            token = self._pick(logits[0, -1], sampling, seen, gen)
+            stats.token_ms.append((time.perf_counter() - t1) * 1000)
+
+    def _audio_keys(self, audio: Sequence[torch.Tensor], kind: str) -> list[tuple[str, int]]:
+        """Identity key (chunk fingerprint, row) of every audio patch row, in prompt order."""
+        hidden = self.model.hidden_size
+        keys: list[tuple[str, int]] = []
+        for i, a in enumerate(audio):
+            if a.dim() != 2:
+                raise ValueError(f"audio item {i} must be 2-D, got shape {tuple(a.shape)}")
+            mel = _is_mel(a, hidden, kind)
+            n = audio_token_count(int(a.shape[1])) if mel else int(a.shape[0])
+            fp = _chunk_fingerprint(a)
+            keys.extend((fp, j) for j in range(n))
+        return keys
+
+    @staticmethod
+    def _pick(
+        logits: torch.Tensor, sampling: SamplingLike, seen: set[int], gen: torch.Generator
+    ) -> int:
+        logits = logits.float()
+        rp = float(getattr(sampling, "repetition_penalty", 1.0) or 1.0)
+        if rp != 1.0 and seen:
+            idx = torch.tensor(sorted(seen), device=logits.device)
+            vals = logits[idx]
+            logits = logits.clone()
+            logits[idx] = torch.where(vals > 0, vals / rp, vals * rp)
+        temp = float(getattr(sampling, "temperature", 0.0) or 0.0)
+        if temp <= 0.0:
+            return int(torch.argmax(logits).item())
+        logits = logits / temp
+        top_k = int(getattr(sampling, "top_k", 0) or 0)
+        if 0 < top_k < logits.shape[-1]:
+            kth = torch.topk(logits, top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        top_p = float(getattr(sampling, "top_p", 1.0) or 1.0)
+        if 0.0 < top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            cum = torch.cumsum(probs, dim=-1)
+            drop = cum - probs > top_p  # keep the smallest prefix reaching top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
+        probs = torch.softmax(logits, dim=-1).cpu()
+        return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+@torch.inference_mode()
+def no_cache_greedy(
+    model: StepAudio2ForCausalLM,
+    prompt_ids: Sequence[int],
+    audio: Sequence[torch.Tensor] | None = None,
+    stop_ids: Iterable[int] = (),
+    max_tokens: int = 32,
+    patch_id: int = AUDIO_PATCH_ID,
+    audio_kind: str = "auto",
+) -> list[int]:
+    """Reference greedy decoding: re-runs the full sequence every step (no KV cache)."""
+    stops = {int(s) for s in stop_ids}
+    feats = []
+    for a in audio or []:
+        is_mel = _is_mel(a, model.hidden_size, audio_kind)
+        feats.append(model.encode_audio([a])[0] if is_mel else a)
+    ids = [int(t) for t in prompt_ids]
+    out: list[int] = []
+    for _ in range(max_tokens):
+        x = torch.tensor([ids], dtype=torch.long, device=model.device)
+        logits, _ = model(inputs_embeds=model.embed(x, feats, patch_id), logits_to_keep=1)
+        tok = int(torch.argmax(logits[0, -1].float()).item())
+        out.append(tok)
+        ids.append(tok)
+        if tok in stops:
+            break
+    return out

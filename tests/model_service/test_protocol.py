@@ -1,0 +1,176 @@
+"""Protocol v1 parsing, validation and encoding (model_service/protocol.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from model_service import protocol as p
+
+START = {
+    "type": "session.start",
+    "protocol": 1,
+    "call_id": "CA123",
+    "system_prompt": "You are a receptionist.",
+    "voice": "alice",
+    "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
+    "input_sample_rate": 8000,
+    "output_sample_rate": 8000,
+    "max_response_tokens": 300,
+    "sampling": {"temperature": 0.0, "seed": 7},
+}
+
+
+def _with(**changes) -> str:
+    d = dict(START)
+    for k, v in changes.items():
+        if v is ...:
+            d.pop(k)
+        else:
+            d[k] = v
+    return json.dumps(d)
+
+
+def test_session_start_parses_every_field() -> None:
+    m = p.parse_client_message(json.dumps(START))
+    assert isinstance(m, p.SessionStart)
+    assert m.call_id == "CA123" and m.voice == "alice" and m.style is None
+    assert m.input_sample_rate == 8000 and m.output_sample_rate == 8000
+    assert m.tools[0]["function"]["name"] == "lookup"
+    assert m.max_response_tokens == 300
+    assert m.sampling == p.Sampling(temperature=0.0, seed=7)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"type": "input_audio.commit"}', p.InputAudioCommit()),
+        ('{"type": "input_audio.clear"}', p.InputAudioClear()),
+        ('{"type": "input_text.append", "text": "1"}', p.InputTextAppend("1", "human")),
+        (
+            '{"type": "input_text.append", "text": "be brief", "role": "system"}',
+            p.InputTextAppend("be brief", "system"),
+        ),
+        ('{"type": "response.create"}', p.ResponseCreate()),
+        ('{"type": "response.create", "instructions": "greet"}', p.ResponseCreate("greet")),
+        ('{"type": "response.cancel", "heard_ms": 1250}', p.ResponseCancel(1250.0)),
+        ('{"type": "response.cancel"}', p.ResponseCancel(None)),
+        ('{"type": "tool.result", "call_id": "c1", "output": "{}"}', p.ToolResult("c1", "{}")),
+        ('{"type": "session.update", "voice": "bob"}', p.SessionUpdate(voice="bob")),
+        ('{"type": "session.update", "tools": []}', p.SessionUpdate(tools=[])),
+        ('{"type": "session.end"}', p.SessionEnd()),
+        ('{"type": "session.end", "future_field": 1}', p.SessionEnd()),
+    ],
+)
+def test_valid_messages(text: str, message: p.ClientMessage) -> None:
+    assert p.parse_client_message(text) == message
+
+
+@pytest.mark.parametrize(
+    "text, code, fragment",
+    [
+        ("not json", p.BAD_MESSAGE, "not valid JSON"),
+        ("[1, 2]", p.BAD_MESSAGE, "JSON object"),
+        ('{"kind": "x"}', p.BAD_MESSAGE, "no 'type'"),
+        ('{"type": 5}', p.BAD_MESSAGE, "'type' must be a string"),
+        ('{"type": "response.explode"}', p.BAD_MESSAGE, "unknown message type 'response.explode'"),
+        ('{"type": "input_text.append"}', p.BAD_MESSAGE, "missing 'text'"),
+        ('{"type": "input_text.append", "text": 5}', p.BAD_MESSAGE, "'text' must be a string"),
+        ('{"type": "input_text.append", "text": "x", "role": "bot"}', p.BAD_MESSAGE, "'role'"),
+        ('{"type": "response.cancel", "heard_ms": "soon"}', p.BAD_MESSAGE, "'heard_ms' must be a number"),
+        ('{"type": "response.cancel", "heard_ms": -5}', p.BAD_MESSAGE, ">= 0"),
+        ('{"type": "response.cancel", "heard_ms": true}', p.BAD_MESSAGE, "'heard_ms'"),
+        ('{"type": "tool.result", "output": "x"}', p.BAD_MESSAGE, "missing 'call_id'"),
+        ('{"type": "tool.result", "call_id": "c"}', p.BAD_MESSAGE, "missing 'output'"),
+        ('{"type": "tool.result", "call_id": "c", "output": {"a": 1}}', p.BAD_MESSAGE, "'output' must be a string"),
+        ('{"type": "session.update", "tools": {}}', p.BAD_MESSAGE, "'tools' must be a list"),
+        ('{"type": "session.update", "tools": [{"type": "function"}]}', p.BAD_MESSAGE, "tools[0] has no function name"),
+        ('{"type": "response.create", "instructions": 3}', p.BAD_MESSAGE, "'instructions'"),
+        (_with(protocol=2), p.PROTOCOL_VERSION_ERROR, "unsupported protocol version 2"),
+        (_with(protocol=...), p.BAD_MESSAGE, "missing 'protocol'"),
+        (_with(input_sample_rate=...), p.BAD_MESSAGE, "missing 'input_sample_rate'"),
+        (_with(input_sample_rate=44100), p.BAD_MESSAGE, "'input_sample_rate' must be one of"),
+        (_with(output_sample_rate="8000"), p.BAD_MESSAGE, "'output_sample_rate' must be an integer"),
+        (_with(call_id=12), p.BAD_MESSAGE, "'call_id' must be a string"),
+        (_with(tools=["lookup"]), p.BAD_MESSAGE, "tools[0] must be an object"),
+        (_with(max_response_tokens=0), p.BAD_MESSAGE, "'max_response_tokens' must be > 0"),
+        (_with(sampling={"temperature": -1}), p.BAD_MESSAGE, "'temperature' must be >= 0"),
+        (_with(sampling={"top_p": 1.5}), p.BAD_MESSAGE, "'top_p'"),
+        (_with(sampling={"beam": 4}), p.BAD_MESSAGE, "unknown fields ['beam']"),
+        (_with(sampling=[]), p.BAD_MESSAGE, "'sampling' must be an object"),
+        ('{"type": "input_text.append", "text": "' + "x" * 70000 + '"}', p.TOO_LARGE, "over 65536 bytes"),
+    ],
+)
+def test_invalid_messages(text: str, code: str, fragment: str) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_message(text)
+    assert info.value.code == code
+    assert fragment in info.value.message
+
+
+def test_size_cap_counts_utf8_bytes_not_characters() -> None:
+    # 30000 three-byte characters: under 64 Ki characters but over 64 KiB
+    text = json.dumps({"type": "input_text.append", "text": "語" * 30000}, ensure_ascii=False)
+    assert len(text) < p.MAX_TEXT_BYTES
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_message(text)
+    assert info.value.code == p.TOO_LARGE
+
+
+def test_client_messages_round_trip_through_json() -> None:
+    start = p.parse_client_message(json.dumps(START))
+    assert p.parse_client_message(p.message_to_json(start)) == start
+    for m in (
+        p.ResponseCancel(320.0),
+        p.ToolResult("c1", "ok"),
+        p.SessionUpdate(system_prompt="new", tools=[{"name": "f"}]),
+        p.InputTextAppend("5", "human"),
+    ):
+        assert p.parse_client_message(p.message_to_json(m)) == m
+
+
+def test_none_fields_are_left_out_of_the_wire_format() -> None:
+    wire = json.loads(p.message_to_json(p.SessionUpdate(voice="bob")))
+    assert wire == {"type": "session.update", "voice": "bob"}
+    start = json.loads(p.message_to_json(p.SessionStart(sampling=p.Sampling(seed=3))))
+    assert start["sampling"] == {"seed": 3} and "max_response_tokens" not in start
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        p.SessionStarted("s1", backend="reference", model="tiny", input_sample_rate=8000, output_sample_rate=8000),
+        p.ResponseStarted("s1", "r1"),
+        p.TextDelta("s1", "r1", "héllo"),
+        p.ToolCall("s1", "r1", call_id="c1", name="lookup", arguments={"q": "x"}),
+        p.ResponseDone(
+            "s1",
+            "r1",
+            status="completed",
+            text="hi",
+            audio_ms=480.0,
+            timings={k: 1.0 for k in p.TIMING_KEYS},
+            usage={"prompt_tokens": 10, "completion_tokens": 20},
+        ),
+        p.ErrorEvent("busy", "full", fatal=True, session_id="s1"),
+        p.SessionEnded("s1"),
+    ],
+)
+def test_server_events_round_trip(event: p.ServerEvent) -> None:
+    wire = p.event_to_json(event)
+    assert json.loads(wire)["type"] == event.type
+    assert p.parse_server_event(wire) == event
+
+
+def test_server_event_tool_arguments_may_be_a_json_string() -> None:
+    ev = p.parse_server_event(
+        '{"type": "tool.call", "call_id": "c", "name": "f", "arguments": "{\\"a\\": 1}"}'
+    )
+    assert isinstance(ev, p.ToolCall) and ev.arguments == {"a": 1}
+
+
+@pytest.mark.parametrize("text", ["nope", '{"type": "mystery"}', '{"type": "text.delta"}', "[]"])
+def test_malformed_server_events_raise_protocol_error(text: str) -> None:
+    with pytest.raises(p.ProtocolError):
+        p.parse_server_event(text)
