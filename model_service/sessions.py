@@ -20,6 +20,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,8 +54,10 @@ class StreamResampler:
     """Streaming rational resampler (polyphase windowed-sinc FIR) for speech.
 
     Every call to :meth:`process` returns the output that its input makes available (about
-    ``len(x) * out_rate / in_rate`` samples, no buffering bursts); the filter delays the signal
-    by ``delay_ms`` (1–2 ms). :meth:`flush` returns the delayed tail and resets the stream.
+    ``len(x) * out_rate / in_rate`` samples, no buffering bursts). The filter's delay
+    (``delay_ms``, 1–2 ms) is trimmed from the start of the stream, so the output is aligned with
+    the input and, after :meth:`flush` (which returns the tail and resets), exactly
+    ``n * out_rate / in_rate`` samples long.
     """
 
     def __init__(self, in_rate: int, out_rate: int, *, span: int = 32, beta: float = 8.0) -> None:
@@ -72,12 +75,17 @@ class StreamResampler:
         n = self._taps * self._up
         fs_up = in_rate * self._up
         cutoff = 0.85 * 0.5 * min(in_rate, out_rate) / fs_up  # cycles per upsampled sample
-        t = np.arange(n) - (n - 1) / 2.0
-        h = 2 * cutoff * np.sinc(2 * cutoff * t) * np.kaiser(n, beta)
+        # Centre the filter on a whole number of output samples so the trimmed delay is exact.
+        self._delay_out = max(1, int(round((n - 1) / 2.0 / self._down)))  # in output samples
+        center = min(self._delay_out * self._down, n - 1)
+        t = np.arange(n) - center
+        half = max(center, n - 1 - center)
+        window = np.i0(beta * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, 1.0))) / np.i0(beta)
+        h = 2 * cutoff * np.sinc(2 * cutoff * t) * window
         h = h / h.sum() * self._up
         # phase-major taps: _poly[phase, j] multiplies input sample p0 - j
         self._poly = h.reshape(self._taps, self._up).T.astype(np.float64)
-        self.delay_ms = (n - 1) / 2.0 / fs_up * 1000.0
+        self.delay_ms = center / fs_up * 1000.0
         self.reset()
 
     def reset(self) -> None:
@@ -85,6 +93,8 @@ class StreamResampler:
         self._hist = np.zeros(self._taps - 1, dtype=np.float64)
         self._n_in = 0
         self._k_next = 0
+        self._skip = self._delay_out
+        self._n_out = 0
 
     def process(self, x: np.ndarray) -> np.ndarray:
         """Resample the next chunk (float32 mono); returns float32."""
@@ -107,13 +117,19 @@ class StreamResampler:
         self._hist = buf[buf.size - (self._taps - 1) :] if self._taps > 1 else buf[:0]
         self._n_in = n_in
         self._k_next = int(k_end)
+        if self._skip:
+            dropped = min(self._skip, y.size)
+            y = y[dropped:]
+            self._skip -= dropped
+        self._n_out += y.size
         return y.astype(np.float32)
 
     def flush(self) -> np.ndarray:
         """Emit the tail still inside the filter, then reset."""
         if self.passthrough:
             return np.zeros(0, dtype=np.float32)
-        tail = self.process(np.zeros(self._taps // 2 + 1, dtype=np.float32))
+        wanted = self._n_in * self._up // self._down - self._n_out
+        tail = self.process(np.zeros(self._taps // 2 + 2, dtype=np.float32))[: max(0, wanted)]
         self.reset()
         return tail
 
@@ -141,6 +157,7 @@ class ServiceState:
         self.backend: base.Backend | None = None
         self.backend_reason = backend_reason
         self.active_sessions = 0
+        self.sessions: dict[str, CallSession] = {}  # started sessions by session_id
         if backend is not None:
             self.set_backend(backend)
 
@@ -304,6 +321,9 @@ class CallSession:
             return True
         try:
             return await self._dispatch(message)
+        except ValueError as e:  # the backend refused the request (unknown voice, empty turn)
+            await self.send_error(p.BAD_MESSAGE, f"{message.type}: {e}")
+            return True
         except Exception as e:  # a backend failure must not end the session
             self._log.exception(f"{self._tag()} {message.type} failed")
             await self.send_error(p.INTERNAL, f"{message.type} failed: {type(e).__name__}: {e}")
@@ -411,12 +431,15 @@ class CallSession:
         try:
             self.backend_session = await backend.open_session(self.config)
         except Exception as e:
-            self._log.exception(f"{self._tag()} open_session failed")
-            await self.send_error(p.INTERNAL, f"could not open a session: {e}", fatal=True)
+            code = p.BAD_MESSAGE if isinstance(e, ValueError) else p.INTERNAL
+            if code == p.INTERNAL:
+                self._log.exception(f"{self._tag()} open_session failed")
+            await self.send_error(code, f"could not open a session: {e}", fatal=True)
             await self.close("open_session failed")
             await self._close_transport(p.CLOSE_INTERNAL, "internal")
             return False
         self.start = m
+        self.service.sessions[self.session_id] = self
         self._in_resampler = StreamResampler(m.input_sample_rate, base.INPUT_RATE)
         self.info(
             f"session started from {self.peer or '?'}: in {m.input_sample_rate} Hz, "
@@ -470,7 +493,17 @@ class CallSession:
         self._out_resampler = StreamResampler(base.OUTPUT_RATE, self._output_rate)
         self.service.metrics.responses_active.inc()
         self.service.metrics.queue_depth.inc()
-        resp.task = asyncio.create_task(self._run_response(resp), name=resp.response_id)
+        # Start the backend's response now (not in the task) so that a response.cancel right
+        # behind this message finds it running.
+        stream: AsyncIterator[base.BackendEvent] | None = None
+        failure: Exception | None = None
+        try:
+            stream = self.backend_session.respond(instructions)
+        except Exception as e:
+            failure = e
+        resp.task = asyncio.create_task(
+            self._run_response(resp, stream, failure), name=resp.response_id
+        )
 
     @property
     def _output_rate(self) -> int:
@@ -501,14 +534,21 @@ class CallSession:
             self.warning("backend did not end a cancelled response in time; stopping it")
             task.cancel()
 
-    async def _run_response(self, resp: _Response) -> None:
-        assert self.backend_session is not None and self._out_resampler is not None
+    async def _run_response(
+        self,
+        resp: _Response,
+        stream: AsyncIterator[base.BackendEvent] | None,
+        failure: Exception | None,
+    ) -> None:
+        assert self._out_resampler is not None
         metrics = self.service.metrics
         done: base.ResponseDone | None = None
         error: str | None = None
         await self._send_event(p.ResponseStarted(self.session_id, resp.response_id))
         try:
-            stream = self.backend_session.respond(resp.instructions)
+            if failure is not None:
+                raise failure
+            assert stream is not None
             async with contextlib.aclosing(stream):
                 async for event in stream:
                     if resp.first_output_at is None:
@@ -648,6 +688,7 @@ class CallSession:
                 await bs.close()
             except Exception:
                 self._log.exception(f"{self._tag()} backend session close failed")
+        self.service.sessions.pop(self.session_id, None)
         if self.admitted:
             self.admitted = False
             self.service.release()

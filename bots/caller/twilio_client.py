@@ -8,7 +8,8 @@ it has played; ``clear`` empties the buffer (barge-in) and echoes the pending ma
 it sends ``stop`` and closes the socket.
 
 Per turn it measures voice-to-voice latency: from sending the last voiced frame of the caller's
-utterance to receiving the bot's first ``media`` frame after it.
+utterance to receiving the bot's first audible ``media`` frame after it (media that is all
+silence, which some servers stream while idle, does not count as the bot speaking).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ from bots.caller.twilio_messages import (
 )
 
 SILENCE_FRAME = bytes([ULAW_SILENCE]) * FRAME_BYTES
+AUDIBLE_PEAK = 100  # PCM16 peak above which bot audio counts as sound, not (comfort) silence
+_AUDIBLE = np.abs(ulaw_to_pcm16(bytes(range(256))).astype(np.int32)) > AUDIBLE_PEAK
+
+
+def is_audible(ulaw: bytes | bytearray) -> bool:
+    """Whether mu-law audio holds any sample louder than :data:`AUDIBLE_PEAK`."""
+    return bool(_AUDIBLE[np.frombuffer(bytes(ulaw), dtype=np.uint8)].any())
 _TICK = FRAME_MS / 1000.0
 _POLL = 0.01
 
@@ -131,7 +139,7 @@ class TurnResult:
     expect_reply: bool = True
     speech_start_ms: float | None = None  # call clock: first frame/digit sent
     speech_end_ms: float | None = None  # last voiced frame (or last digit) sent
-    first_bot_media_ms: float | None = None  # first bot media received after speech end
+    first_bot_media_ms: float | None = None  # first audible bot media received after speech end
     latency_ms: float | None = None  # voice-to-voice
     bot_audio: bytearray = field(default_factory=bytearray, repr=False)  # mu-law received
     bot_bytes_during_speech: int = 0  # part of bot_audio received before speech end
@@ -359,7 +367,8 @@ class _CallSession:
             if not item:
                 self._playout.popleft()
         if out:
-            self.last_bot_activity = self.loop.time()
+            if is_audible(out):
+                self.last_bot_activity = self.loop.time()
             if self.current is not None:
                 self.current.bot_played_bytes += len(out)
         return bytes(out) + SILENCE_FRAME[len(out):]
@@ -449,14 +458,16 @@ class _CallSession:
             self._playout[-1] += payload
         else:
             self._playout.append(bytearray(payload))
-        self.last_bot_activity = self.loop.time()
+        audible = is_audible(payload)
+        if audible:
+            self.last_bot_activity = self.loop.time()
         turn = self.current
         if turn is None:
             return
         turn.bot_audio += payload
         if turn.kind != "greeting" and turn.speech_end_ms is None:
             turn.bot_bytes_during_speech += len(payload)
-        elif turn.first_bot_media_ms is None:
+        elif turn.first_bot_media_ms is None and audible:
             turn.first_bot_media_ms = self.now_ms()
             start = turn.speech_end_ms if turn.speech_end_ms is not None else 0.0
             turn.latency_ms = turn.first_bot_media_ms - start
@@ -464,8 +475,8 @@ class _CallSession:
 
     # -- the turn script --------------------------------------------------------------
     def bot_quiet(self) -> bool:
-        return (not self._playout_has_audio()
-                and self.loop.time() - self.last_bot_activity >= self.opt.quiet_secs)
+        """No audible bot audio received or played out for ``quiet_secs``."""
+        return self.loop.time() - self.last_bot_activity >= self.opt.quiet_secs
 
     async def _sleep_unless_closed(self, secs: float) -> None:
         try:

@@ -173,13 +173,16 @@ class Conversation:
         """
         if self._last is None:
             return None
-        kept = truncate_assistant_ids(self._last.ids, codes_for_ms(heard_ms), self.tok)
+        ids = self._last.ids
+        heard = codes_for_ms(heard_ms) if heard_ms != float("inf") else len(ids)
+        kept = truncate_assistant_ids(ids, heard, self.tok)
+        tts_end = self.tok.ids.tts_end
+        pending = [c for c in self._last.call_ids if c in self.pending_calls]
+        if pending and tts_end in ids and kept and kept[-1] == tts_end:
+            # The caller already has these tool calls: keep the text after <tts_end> (the calls)
+            # so their results still make sense; only the spoken part is cut.
+            kept = kept + ids[ids.index(tts_end) + 1 :]
         self.messages[self._last.index] = AssistantMessage(ids=kept)
-        if len(kept) < len(self._last.ids):
-            for call_id in self._last.call_ids:
-                self.pending_calls.pop(call_id, None)
-            if self._last.call_ids:
-                self.tool_call_streak = max(0, self.tool_call_streak - 1)
         return kept
 
     def last_reply_ids(self) -> list[int] | None:

@@ -399,7 +399,6 @@ def _save_shards(sd: dict[str, torch.Tensor], out: Path, shards: int) -> None:
         save_file({n: sd[n].contiguous() for n in names}, str(out / "model.safetensors"),
                   metadata={"format": "pt"})
         return
-    groups = [names[i::1] for i in range(1)]
     per = math.ceil(len(names) / shards)
     groups = [names[i * per : (i + 1) * per] for i in range(shards)]
     weight_map: dict[str, str] = {}

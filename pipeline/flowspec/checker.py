@@ -203,21 +203,31 @@ class Checker:
         raise TypeError(f"unknown schema type {spec!r}")
 
     def _pairs(self, node: yaml.MappingNode, path: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
-        """Key/value pairs with string keys; reports non-string and duplicate keys."""
-        seen: dict[str, yaml.Node] = {}
-        out = []
+        """Key/value pairs with string keys; reports non-string and duplicate keys.
+
+        YAML merge keys (``<<: *anchor``) are applied; a key written in the mapping itself
+        overrides a merged one without counting as a duplicate.
+        """
+        own = {id(k) for k, _ in node.value if k.tag != _TAG + "merge"}
+        try:
+            self._loader.flatten_mapping(node)
+        except yaml.MarkedYAMLError as e:
+            self.report(node, path, f"invalid merge: {e.problem}")
+            return []
+        pairs: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         for key_node, value_node in node.value:
             if self._scalar_kind(key_node) != "str":
                 self.report(key_node, path, f"keys must be strings, got {describe(key_node)}")
                 continue
             key = key_node.value
-            if key in seen:
-                first = seen[key].start_mark.line + 1
-                self.report(key_node, path, f"duplicate key '{key}' (first defined on line {first})")
+            if key in pairs and id(key_node) in own and id(pairs[key][0]) in own:
+                first = pairs[key][0].start_mark.line + 1
+                self.report(
+                    key_node, path, f"duplicate key '{key}' (first defined on line {first})"
+                )
                 continue
-            seen[key] = key_node
-            out.append((key, key_node, value_node))
-        return out
+            pairs[key] = (key_node, value_node)
+        return [(key, k, v) for key, (k, v) in pairs.items()]
 
     def _check_obj(
         self, node: yaml.Node, spec: Obj, path: str, what: str = ""
@@ -242,7 +252,10 @@ class Checker:
                 continue
             if self._scalar_kind(value_node) == "null" and not prop.required:
                 if prop.default is None or isinstance(prop.default, dict | list):
-                    self.marks[sub] = (value_node.start_mark.line + 1, value_node.start_mark.column + 1)
+                    self.marks[sub] = (
+                        value_node.start_mark.line + 1,
+                        value_node.start_mark.column + 1,
+                    )
                     out[key] = self._default(prop, sub)
                     continue
             out[key] = self.check(value_node, prop.type, sub)
@@ -261,9 +274,7 @@ class Checker:
         if prop.default is MISSING:
             return INVALID
         if isinstance(prop.type, Obj) and isinstance(prop.default, dict):
-            return {
-                p.name: self._default(p, join(path, p.name)) for p in prop.type.props
-            }
+            return {p.name: self._default(p, join(path, p.name)) for p in prop.type.props}
         if isinstance(prop.default, dict | list):
             return type(prop.default)(prop.default)
         return prop.default
@@ -278,7 +289,9 @@ class Checker:
         )
         kinds = list(spec.variants)
         if tag_node is None:
-            self.report(node, path, f"missing required key '{spec.tag}' (one of {', '.join(kinds)})")
+            self.report(
+                node, path, f"missing required key '{spec.tag}' (one of {', '.join(kinds)})"
+            )
             return INVALID
         kind = self.check(tag_node, Str(enum=tuple(kinds)), join(path, spec.tag))
         if kind is INVALID:
@@ -305,5 +318,9 @@ class Checker:
                 continue
             out[key] = self.check(value_node, spec.value, sub)
         if len(node.value) < spec.min_items:
-            self.report(node, path, f"needs at least {spec.min_items} entr{'y' if spec.min_items == 1 else 'ies'}")
+            self.report(
+                node,
+                path,
+                f"needs at least {spec.min_items} entr{'y' if spec.min_items == 1 else 'ies'}",
+            )
         return out

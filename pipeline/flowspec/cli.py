@@ -16,9 +16,7 @@ def _ok_line(spec: FlowSpec) -> str:
     return f"OK {spec.path} (bot '{spec.name}', {count} node{'s' if count != 1 else ''})"
 
 
-def validate_command(
-    path: str, *, out: TextIO | None = None, err: TextIO | None = None
-) -> int:
+def validate_command(path: str, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Validate a flow file or a folder of flows; return 0 when valid, 1 otherwise.
 
     Prints ``OK <file> (bot 'name', N nodes)`` per valid flow to stdout, warnings as

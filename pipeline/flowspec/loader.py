@@ -67,8 +67,15 @@ def parse_flow(text: str, path: str | Path) -> FlowSpec:
             ) from None
         if root is None:
             raise FlowValidationError(
-                [FlowIssue(file, 1, 1, "", "the file is empty; expected a mapping with bot, "
-                           "persona and nodes")]
+                [
+                    FlowIssue(
+                        file,
+                        1,
+                        1,
+                        "",
+                        "the file is empty; expected a mapping with bot, persona and nodes",
+                    )
+                ]
             )
         checker = Checker(file, loader)
         data = checker.check(root, FLOW, "")
@@ -115,8 +122,15 @@ def _cross_flow_issues(specs: list[FlowSpec]) -> list[FlowIssue]:
             first = names[spec.name]
             line, col = spec.marks.get("bot.name", (1, 1))
             where = _where(first, "bot.name")
-            issues.append(FlowIssue(str(spec.path), line, col, "bot.name",
-                                    f"bot name '{spec.name}' is also used by {where}"))
+            issues.append(
+                FlowIssue(
+                    str(spec.path),
+                    line,
+                    col,
+                    "bot.name",
+                    f"bot name '{spec.name}' is also used by {where}",
+                )
+            )
         else:
             names[spec.name] = spec
         for i, number in enumerate(spec.phone_numbers):
@@ -126,11 +140,16 @@ def _cross_flow_issues(specs: list[FlowSpec]) -> list[FlowIssue]:
                 if first is spec:
                     continue  # reported by load_flow
                 line, col = spec.marks.get(field_path, (1, 1))
-                issues.append(FlowIssue(
-                    str(spec.path), line, col, field_path,
-                    f"phone number {number} is already routed to bot '{first.name}' "
-                    f"({_where(first, first_path)})",
-                ))
+                issues.append(
+                    FlowIssue(
+                        str(spec.path),
+                        line,
+                        col,
+                        field_path,
+                        f"phone number {number} is already routed to bot '{first.name}' "
+                        f"({_where(first, first_path)})",
+                    )
+                )
             else:
                 numbers[number] = (spec, field_path)
     return issues
@@ -193,17 +212,23 @@ class _References:
                 self.report(join(path, "name"), f"duplicate tool name '{name}'")
                 continue
             if name in transition_names:
-                self.report(join(path, "name"), f"tool name '{name}' clashes with the transition "
-                            f"function into node '{name.removeprefix('go_to_')}'")
+                self.report(
+                    join(path, "name"),
+                    f"tool name '{name}' clashes with the transition "
+                    f"function into node '{name.removeprefix('go_to_')}'",
+                )
             self.tools[name] = tool
             kind = tool.get("kind")
             if kind == "builtin":
                 builtin = tool.get("builtin") or name
                 if builtin not in vocab.BUILTIN_TOOLS:
                     known = ", ".join(vocab.BUILTIN_TOOLS)
-                    self.report(join(path, "name"), f"unknown builtin tool '{builtin}' (known: "
-                                f"{known}){did_you_mean(builtin, tuple(vocab.BUILTIN_TOOLS))}; "
-                                "name it after a builtin or set 'builtin:'")
+                    self.report(
+                        join(path, "name"),
+                        f"unknown builtin tool '{builtin}' (known: "
+                        f"{known}){did_you_mean(builtin, tuple(vocab.BUILTIN_TOOLS))}; "
+                        "name it after a builtin or set 'builtin:'",
+                    )
                     tool["builtin"] = INVALID
                 else:
                     tool["builtin"] = builtin
@@ -214,13 +239,19 @@ class _References:
         """A tool's ``parameters`` must be a JSON Schema object with typed properties."""
         for key in params:
             if key not in _PARAMETER_KEYS:
-                self.report(join(path, str(key)), f"unknown key '{key}'{did_you_mean(str(key), _PARAMETER_KEYS)} "
-                            f"(allowed: {', '.join(_PARAMETER_KEYS)})")
+                self.report(
+                    join(path, str(key)),
+                    f"unknown key '{key}'{did_you_mean(str(key), _PARAMETER_KEYS)} "
+                    f"(allowed: {', '.join(_PARAMETER_KEYS)})",
+                )
         if params.get("type") != "object":
             self.report(join(path, "type"), f"type must be 'object', got {params.get('type')!r}")
         props = params.get("properties", {})
         if not isinstance(props, dict):
-            self.report(join(path, "properties"), "properties must be a mapping of argument name to JSON Schema")
+            self.report(
+                join(path, "properties"),
+                "properties must be a mapping of argument name to JSON Schema",
+            )
             props = {}
         for name, prop in props.items():
             sub = join(join(path, "properties"), str(name))
@@ -231,16 +262,21 @@ class _References:
             types = ptype if isinstance(ptype, list) else [ptype]
             bad = [t for t in types if t not in vocab.JSON_TYPES]
             if "enum" not in prop and (ptype is None or bad):
-                self.report(join(sub, "type"), f"must be one of "
-                            f"{', '.join(vocab.JSON_TYPES)}, got {ptype!r}")
+                self.report(
+                    join(sub, "type"),
+                    f"must be one of {', '.join(vocab.JSON_TYPES)}, got {ptype!r}",
+                )
         required = params.get("required", [])
         if not isinstance(required, list):
             self.report(join(path, "required"), "must be a list of argument names")
             return
         for i, name in enumerate(required):
             if name not in props:
-                self.report(join(join(path, "required"), i), f"required argument '{name}' is not in properties "
-                            f"(known: {', '.join(props) or 'none'})")
+                self.report(
+                    join(join(path, "required"), i),
+                    f"required argument '{name}' is not in properties "
+                    f"(known: {', '.join(props) or 'none'})",
+                )
 
     def _tool_refs(self, path: str, names: Any) -> None:
         if not isinstance(names, list):
@@ -264,7 +300,9 @@ class _References:
 
     def _unknown_node(self, path: str, name: str) -> None:
         known = ", ".join(self.nodes) or "none"
-        self.report(path, f"unknown node '{name}' (known: {known}){did_you_mean(name, list(self.nodes))}")
+        self.report(
+            path, f"unknown node '{name}' (known: {known}){did_you_mean(name, list(self.nodes))}"
+        )
 
     def _initial_node(self) -> None:
         initial = self.data["initial_node"]
@@ -313,8 +351,10 @@ class _References:
                     todo.append(target)
         for name in self.nodes:
             if name not in reached:
-                self.warn(f"nodes.{name}", f"node '{name}' is unreachable from initial node "
-                          f"'{self.initial_node}'")
+                self.warn(
+                    f"nodes.{name}",
+                    f"node '{name}' is unreachable from initial node '{self.initial_node}'",
+                )
         used = set(self.data["tools_allowed"] or [])
         for node in self.nodes.values():
             if isinstance(node, dict) and isinstance(node["tools"], list):
@@ -337,7 +377,11 @@ class _References:
 
     def _timeouts(self) -> None:
         timeouts = self.data["timeouts"]
-        if isinstance(timeouts, dict) and timeouts["then"] == "transfer" and timeouts["transfer_to"] is None:
+        if (
+            isinstance(timeouts, dict)
+            and timeouts["then"] == "transfer"
+            and timeouts["transfer_to"] is None
+        ):
             self.report("timeouts.then", "then: transfer needs transfer_to (an E.164 number)")
 
     def _phone_numbers(self) -> None:
@@ -350,8 +394,10 @@ class _References:
                 continue
             if number in first:
                 line = self.c.mark(f"phone_numbers[{first[number]}]")[0]
-                self.report(f"phone_numbers[{i}]", f"duplicate phone number {number} "
-                            f"(first listed on line {line})")
+                self.report(
+                    f"phone_numbers[{i}]",
+                    f"duplicate phone number {number} (first listed on line {line})",
+                )
             else:
                 first[number] = i
 

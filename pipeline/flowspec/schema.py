@@ -5,7 +5,7 @@ allowed values or range, and a one-line meaning. The loader (``loader.py``) vali
 it, ``json_schema()`` renders it as a JSON Schema (``flow.schema.json``), and ``flows/SCHEMA.md``
 documents the same fields (a test keeps all three in sync).
 
-Run ``python -m pipeline.flowspec.schema`` to rewrite ``flow.schema.json`` after changing ``FLOW``.
+Run ``python -m pipeline.flowspec schema`` to rewrite ``flow.schema.json`` after changing ``FLOW``.
 """
 
 from __future__ import annotations
@@ -244,13 +244,15 @@ TOOL = Tagged(
     noun="tool",
     tag_doc="How the tool runs: 'webhook' (HTTP call), 'python' (a handler function) or "
     "'builtin' (" + ", ".join(vocab.BUILTIN_TOOLS) + ").",
-    common=(
-        Prop("name", _TOOL_NAME, "Function name the model calls.", required=True),
-    ),
+    common=(Prop("name", _TOOL_NAME, "Function name the model calls.", required=True),),
     variants={
         "webhook": (
-            Prop("description", Str(min_length=1), "What the tool does (shown to the model).",
-                 required=True),
+            Prop(
+                "description",
+                Str(min_length=1),
+                "What the tool does (shown to the model).",
+                required=True,
+            ),
             Prop("parameters", JsonObject(), _PARAMETERS_DOC, default=None),
             Prop(
                 "url",
@@ -269,8 +271,12 @@ TOOL = Tagged(
             ),
         ),
         "python": (
-            Prop("description", Str(min_length=1), "What the tool does (shown to the model).",
-                 required=True),
+            Prop(
+                "description",
+                Str(min_length=1),
+                "What the tool does (shown to the model).",
+                required=True,
+            ),
             Prop("parameters", JsonObject(), _PARAMETERS_DOC, default=None),
             Prop(
                 "handler",
@@ -287,10 +293,18 @@ TOOL = Tagged(
                 "Which built-in tool this is (default: the tool's name).",
                 default=None,
             ),
-            Prop("description", Str(min_length=1),
-                 "What the tool does (default: the built-in's description).", default=None),
-            Prop("parameters", JsonObject(),
-                 _PARAMETERS_DOC + " Default: the built-in's parameters.", default=None),
+            Prop(
+                "description",
+                Str(min_length=1),
+                "What the tool does (default: the built-in's description).",
+                default=None,
+            ),
+            Prop(
+                "parameters",
+                JsonObject(),
+                _PARAMETERS_DOC + " Default: the built-in's parameters.",
+                default=None,
+            ),
         ),
     },
 )
@@ -316,10 +330,18 @@ TRANSITION = Obj(
 NODE = Obj(
     (
         Prop("instructions", Str(min_length=1), "What the bot does in this node.", required=True),
-        Prop("style", Str(enum=vocab.STYLES), "Speaking style in this node (default: the bot's).",
-             default=None),
-        Prop("tools", ListOf(_TOOL_NAME), "Tools usable in this node, on top of tools_allowed.",
-             default=[]),
+        Prop(
+            "style",
+            Str(enum=vocab.STYLES),
+            "Speaking style in this node (default: the bot's).",
+            default=None,
+        ),
+        Prop(
+            "tools",
+            ListOf(_TOOL_NAME),
+            "Tools usable in this node, on top of tools_allowed.",
+            default=[],
+        ),
         Prop("transitions", ListOf(TRANSITION), "Where the conversation can go next.", default=[]),
         Prop(
             "context_strategy",
@@ -362,8 +384,12 @@ RECORDING = Obj(
 FLOW = Obj(
     (
         Prop("bot", BOT, "Who the bot is: name and description.", required=True),
-        Prop("persona", Str(min_length=1), "System prompt: who the bot is and how it behaves.",
-             required=True),
+        Prop(
+            "persona",
+            Str(min_length=1),
+            "System prompt: who the bot is and how it behaves.",
+            required=True,
+        ),
         Prop(
             "voice",
             Str(min_length=1),
@@ -371,8 +397,12 @@ FLOW = Obj(
             "the voices/ folder) or a path to a prompt .wav relative to the flow file.",
             default=vocab.DEFAULT_VOICE,
         ),
-        Prop("style", Str(enum=vocab.STYLES), "Default speaking style / emotion.",
-             default=vocab.DEFAULT_STYLE),
+        Prop(
+            "style",
+            Str(enum=vocab.STYLES),
+            "Default speaking style / emotion.",
+            default=vocab.DEFAULT_STYLE,
+        ),
         Prop(
             "language",
             Str(pattern=vocab.BCP47, hint="a BCP-47 tag like 'en-US'"),
@@ -386,8 +416,12 @@ FLOW = Obj(
         Prop("tools_allowed", ListOf(_TOOL_NAME), "Tools usable in every node.", default=[]),
         Prop(
             "nodes",
-            MapOf(NODE, vocab.NODE_NAME, "a node name like 'take_order' (lowercase, digits, _)",
-                  min_items=1),
+            MapOf(
+                NODE,
+                vocab.NODE_NAME,
+                "a node name like 'take_order' (lowercase, digits, _)",
+                min_items=1,
+            ),
             "The conversation steps, by name.",
             required=True,
         ),
@@ -501,8 +535,3 @@ JSON_SCHEMA_PATH = Path(__file__).with_name("flow.schema.json")
 def json_schema_text() -> str:
     """``json_schema()`` serialised exactly as it is stored in ``flow.schema.json``."""
     return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
-
-
-if __name__ == "__main__":
-    JSON_SCHEMA_PATH.write_text(json_schema_text(), encoding="utf-8")
-    print(f"wrote {JSON_SCHEMA_PATH}")

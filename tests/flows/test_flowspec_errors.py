@@ -58,15 +58,18 @@ def test_syntax_error_in_flow_sequence(tmp_path: Path) -> None:
 
 def test_empty_file_and_non_mapping(tmp_path: Path) -> None:
     empty = write(tmp_path, "# nothing\n", "empty.yaml")
-    assert problems(empty) == [f"{empty}:1:1: the file is empty; expected a mapping with bot, "
-                               "persona and nodes"]
+    assert problems(empty) == [
+        f"{empty}:1:1: the file is empty; expected a mapping with bot, persona and nodes"
+    ]
     lst = write(tmp_path, "- a\n- b\n", "list.yaml")
     assert problems(lst) == [f"{lst}:1:1: expected a mapping, got a list"]
 
 
 def test_unknown_key_with_did_you_mean(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "vocie: default_male\n")
-    assert problems(path) == [f"{path}:7:1: unknown key 'vocie' at top level (did you mean 'voice'?)"]
+    assert problems(path) == [
+        f"{path}:7:1: unknown key 'vocie' at top level (did you mean 'voice'?)"
+    ]
 
 
 def test_unknown_key_without_close_match_lists_allowed(tmp_path: Path) -> None:
@@ -240,7 +243,7 @@ def test_tool_definitions(tmp_path: Path) -> None:
         f"{path}:17:11: tools[4].name: duplicate tool name 'hook'",
         f"{path}:27:19: tools[5].parameters.properties.n.type: must be one of string, integer, "
         "number, boolean, array, object, null, got 'int'",
-        f"{path}:28:26: tools[5].parameters.required[1]: required argument 'm' is not in "
+        f"{path}:28:21: tools[5].parameters.required[1]: required argument 'm' is not in "
         "properties (known: n)",
     ]
 
@@ -270,7 +273,9 @@ def test_voice_from_library_and_relative_path(tmp_path: Path) -> None:
     (tmp_path / "voices").mkdir()
     (tmp_path / "voices" / "alice.wav").write_bytes(b"RIFF")
     spec = load_flow(write(tmp_path, MINIMAL + "voice: alice\n"))
-    assert spec.voice == "alice" and spec.voice_path == (tmp_path / "voices" / "alice.wav").resolve()
+    assert (
+        spec.voice == "alice" and spec.voice_path == (tmp_path / "voices" / "alice.wav").resolve()
+    )
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "me.wav").write_bytes(b"RIFF")
     spec = load_flow(write(tmp_path, MINIMAL + "voice: prompts/me.wav\n", "y.yaml"))
@@ -278,7 +283,9 @@ def test_voice_from_library_and_relative_path(tmp_path: Path) -> None:
 
 
 def test_invalid_e164_and_duplicates_in_one_flow(tmp_path: Path) -> None:
-    path = write(tmp_path, MINIMAL + 'phone_numbers: ["+15551234567", "555-1234", "+15551234567"]\n')
+    path = write(
+        tmp_path, MINIMAL + 'phone_numbers: ["+15551234567", "555-1234", "+15551234567"]\n'
+    )
     assert problems(path) == [
         f"{path}:7:33: phone_numbers[1]: expected an E.164 phone number like '+15551234567' "
         "(quoted), got '555-1234'",
@@ -386,8 +393,11 @@ def test_warnings_for_unreachable_nodes_and_unused_tools(tmp_path: Path) -> None
 
 
 def test_duplicate_phone_numbers_and_bot_names_across_flows(tmp_path: Path) -> None:
-    write(tmp_path, MINIMAL.replace("name: t", "name: a") + 'phone_numbers: ["+15550001111"]\n',
-          "a.yaml")
+    write(
+        tmp_path,
+        MINIMAL.replace("name: t", "name: a") + 'phone_numbers: ["+15550001111"]\n',
+        "a.yaml",
+    )
     b = write(
         tmp_path,
         MINIMAL.replace("name: t", "name: a")
@@ -410,3 +420,47 @@ def test_load_flows_collects_problems_of_every_file(tmp_path: Path) -> None:
     with pytest.raises(FlowValidationError) as info:
         load_flows(tmp_path)
     assert [i.file for i in info.value.issues] == [str(one), str(two)]
+
+
+def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        bot: {name: t}
+        persona: p
+        x-defaults: &node
+          style: calm
+        nodes:
+          a:
+            <<: *node
+            instructions: A.
+          b:
+            <<: *node
+            instructions: B.
+            colour: red
+        """,
+    )
+    assert problems(path) == [
+        f"{path}:3:1: unknown key 'x-defaults' at top level (allowed: bot, persona, voice, style, "
+        "language, greeting, turn_taking, timeouts, tools, tools_allowed, nodes, initial_node, "
+        "variables, phone_numbers, recording)",
+        f"{path}:12:5: nodes.b: unknown key 'colour' (allowed: instructions, style, tools, "
+        "transitions, context_strategy, end, transfer)",
+    ]
+    ok = write(
+        tmp_path,
+        """\
+        bot: {name: t}
+        persona: p
+        nodes:
+          a: &node
+            instructions: A.
+            style: calm
+          b:
+            <<: *node
+            instructions: B.
+        """,
+        "ok.yaml",
+    )
+    spec = load_flow(ok)
+    assert spec.nodes["b"].style == "calm" and spec.nodes["b"].instructions == "B."

@@ -1,0 +1,575 @@
+"""The ``reference`` backend: Step-Audio 2 in plain PyTorch plus our streaming token2wav.
+
+One loaded model and one token2wav are shared by every session. The reference backend does not
+batch: responses queue for the model (a single worker thread, ``queue_ms`` is the wait) and each
+one decodes alone, while token2wav runs on its own worker thread so vocoding overlaps decoding.
+
+Per session (``ReferenceSession``): the ``Conversation`` (history with the exact generated ids of
+assistant turns, pending tool calls, loop guard), the open user turn's audio
+(``UserAudioBuffer``, mel computed chunk by chunk), the ``KVSession`` that lets the next turn
+prefill only the new suffix, and the session config (persona, voice, style, tools, sampling).
+
+A response runs as an asyncio task: the model thread streams token ids through ``TA4Parser``;
+text and tool calls go straight to the response's event queue, audio codes go to the vocoder
+task (token2wav ``push`` as codes arrive, ``flush`` at the end); ``respond()`` only drains the
+queue, so a consumer that stops reading never leaves the history half-updated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_service.backends.base import (
+    OUTPUT_RATE,
+    AudioChunk,
+    Backend,
+    BackendEvent,
+    BackendSession,
+    ResponseDone,
+    ResponseError,
+    ResponseTimings,
+    SessionConfig,
+    TextDelta,
+    ToolCallEvent,
+)
+from model_service.backends.conversation import Conversation, PendingToolCall, UserAudioBuffer
+from model_service.stepaudio2 import parser as ta4
+from model_service.stepaudio2.generate import GenerationStats, Generator, KVSession
+from model_service.stepaudio2.prompt import SUMMARY_SUFFIX_EN, PromptBuilder, system_prompt
+
+log = logging.getLogger(__name__)
+
+#: Default cap on consecutive tool-call responses without user input (the loop guard).
+DEFAULT_MAX_TOOL_CALLS_IN_A_ROW = 3
+#: One-shot instruction added once the loop guard trips.
+TOOL_LOOP_INSTRUCTION = (
+    "Do not call any tool now. Answer the user directly with what you already know."
+)
+#: Voice names with a hand-written description for the system prompt ("talk in ...").
+VOICE_DESCRIPTIONS = {
+    "default_female": "the default female voice",
+    "default_male": "the default male voice",
+}
+
+
+def voice_description(voice: str | None) -> str | None:
+    """How the system prompt names a voice: ``default_female`` → "the default female voice"."""
+    if not voice:
+        return None
+    return VOICE_DESCRIPTIONS.get(voice, f"the {voice.replace('_', ' ').replace('-', ' ')} voice")
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def _ms(t0: float, t: float | None) -> float | None:
+    return None if t is None else round((t - t0) * 1000.0, 3)
+
+
+# ------------------------------------------------------------------------------ the backend
+class ReferenceBackend(Backend):
+    """Step-Audio 2 (PyTorch) + token2wav, one response at a time on the model.
+
+    ``loaded`` is a ``stepaudio2.loader.LoadedModel``; ``vocoder`` a ``token2wav.Token2Wav`` or
+    None (then responses carry text and codes but no audio). ``voices`` maps voice names to
+    prompt files (``.wav`` or ``.npz``); ``default_voice`` is used when a session names none.
+    """
+
+    name = "reference"
+
+    def __init__(
+        self,
+        loaded: Any,
+        vocoder: Any | None = None,
+        *,
+        voices: dict[str, str | Path] | None = None,
+        default_voice: str | None = None,
+        max_tool_calls_in_a_row: int = DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
+        tool_result_suffix: str = SUMMARY_SUFFIX_EN,
+        today: Callable[[], _dt.date] = _dt.date.today,
+    ) -> None:
+        if loaded.tokenizer is None:
+            raise ValueError("the reference backend needs the checkpoint's tokenizer")
+        if max_tool_calls_in_a_row < 1:
+            raise ValueError(f"max_tool_calls_in_a_row must be >= 1, got {max_tool_calls_in_a_row}")
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tok = loaded.tokenizer
+        self.model_name = Path(str(loaded.path)).name
+        self.generator = Generator(self.model, self.tok.stop_ids, patch_id=self.tok.ids.audio_patch)
+        self.prompts = PromptBuilder(self.tok)
+        self.vocoder = vocoder
+        self.voices: dict[str, Path] = {k: Path(v) for k, v in (voices or {}).items()}
+        self.default_voice = default_voice or (next(iter(self.voices)) if self.voices else None)
+        self.max_tool_calls_in_a_row = max_tool_calls_in_a_row
+        self.tool_result_suffix = tool_result_suffix
+        self.today = today
+        # The model queue: one worker, so responses never overlap on the model.
+        self._model_exec = ThreadPoolExecutor(1, thread_name_prefix="ref-model")
+        self._vocoder_exec = ThreadPoolExecutor(1, thread_name_prefix="ref-token2wav")
+        self._voice_cache: dict[str, Any] = {}
+        self._voice_lock = threading.Lock()
+        self.sessions: set[ReferenceSession] = set()
+
+    async def open_session(self, config: SessionConfig) -> ReferenceSession:
+        if config.voice and config.voice not in self.voices and self.vocoder is not None:
+            raise ValueError(f"unknown voice {config.voice!r} (known: {sorted(self.voices)})")
+        session = ReferenceSession(self, config)
+        self.sessions.add(session)
+        return session
+
+    async def close(self) -> None:
+        for session in list(self.sessions):
+            await session.close()
+        self._model_exec.shutdown(wait=False, cancel_futures=True)
+        self._vocoder_exec.shutdown(wait=False, cancel_futures=True)
+
+    # ----------------------------------------------------------------- voices
+    def voice_for(self, name: str | None) -> Any:
+        """The prepared token2wav voice for ``name`` (default voice when None); cached."""
+        name = name or self.default_voice
+        if self.vocoder is None or name is None:
+            return None
+        with self._voice_lock:
+            if name not in self._voice_cache:
+                if name not in self.voices:
+                    raise ValueError(f"unknown voice {name!r} (known: {sorted(self.voices)})")
+                self._voice_cache[name] = self.vocoder.prepare_voice(self.voices[name])
+            return self._voice_cache[name]
+
+
+def find_voices(model_dir: Path) -> dict[str, Path]:
+    """Voice prompts shipped with a checkpoint: ``*.wav``/``*.npz`` in ``token2wav/`` or ``assets/``.
+
+    A wav with a same-named ``.npz`` beside it is listed once (token2wav prefers the npz).
+    """
+    found: dict[str, Path] = {}
+    for folder in (model_dir / "assets", model_dir / "token2wav" / "voices", model_dir / "token2wav"):
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if p.suffix in (".wav", ".npz") and p.stem not in found:
+                found[p.stem] = p.with_suffix(".wav") if p.with_suffix(".wav").exists() else p
+    return found
+
+
+def load_reference_backend(
+    model_path: str | Path, device: str = "cpu", dtype: str = "auto", **kwargs: Any
+) -> ReferenceBackend:
+    """Load the checkpoint (and its ``token2wav/`` when present) into a ``ReferenceBackend``.
+
+    ``kwargs`` go to ``ReferenceBackend`` (``voices``, ``default_voice``,
+    ``max_tool_calls_in_a_row``, ``tool_result_suffix``).
+    """
+    from model_service.stepaudio2.loader import load_model
+
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = load_model(model_path, dtype=dtype, device=device)
+    vocoder = None
+    t2w_dir = loaded.path / "token2wav"
+    if t2w_dir.is_dir():
+        from model_service.token2wav.engine import Token2Wav
+
+        vocoder = Token2Wav.load(t2w_dir, device=device)
+    if "voices" not in kwargs:
+        voices = find_voices(loaded.path)
+        if vocoder is not None:
+            if vocoder.dir is not None and vocoder.dir != t2w_dir:
+                for name, p in find_voices(vocoder.dir).items():
+                    voices.setdefault(name, p)
+            default = vocoder.default_voice_path()
+            if default is not None:
+                voices.setdefault(default.stem, default)
+        kwargs["voices"] = voices
+    return ReferenceBackend(loaded, vocoder, **kwargs)
+
+
+# ------------------------------------------------------------------------------ one response
+@dataclass
+class _Run:
+    """One response in flight."""
+
+    t0: float
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    codes: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    heard_ms: float | None = None
+    ids: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    calls: list[PendingToolCall] = field(default_factory=list)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    t_start: float | None = None
+    t_prefill: float | None = None
+    t_first_code: float | None = None
+    t_first_audio: float | None = None
+    audio_samples: int = 0
+    prompt_ids: list[int] = field(default_factory=list)
+    recorded: bool = False  # the reply is in the history
+    task: asyncio.Task | None = None
+
+    def post(self, item: Any) -> None:
+        """Thread-safe: hand an event to the response's queue."""
+        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+    def post_codes(self, codes: list[int] | None) -> None:
+        self.loop.call_soon_threadsafe(self.codes.put_nowait, codes)
+
+
+_END = object()
+
+
+class ReferenceSession(BackendSession):
+    """One call's conversation on a ``ReferenceBackend``."""
+
+    def __init__(self, backend: ReferenceBackend, config: SessionConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self.conversation = Conversation(backend.tok, backend.tool_result_suffix)
+        self.audio = UserAudioBuffer()
+        self.kv = KVSession()
+        self.date = backend.today()
+        self._run: _Run | None = None
+        self._closed = False
+
+    @property
+    def last_stats(self) -> GenerationStats | None:
+        """Decoder statistics of the latest response (reused / prefilled tokens, stop reason)."""
+        return self._run.stats if self._run is not None else None
+
+    @property
+    def last_prompt_ids(self) -> list[int] | None:
+        """Prompt ids of the latest response."""
+        return self._run.prompt_ids if self._run is not None else None
+
+    # ----------------------------------------------------------------- user input
+    async def append_audio(self, pcm16k: np.ndarray) -> None:
+        self._check_open()
+        # Appending is a copy; a finished 25 s chunk also gets its mel (tens of ms): off-loop.
+        if self.audio._pending + len(pcm16k) >= self.audio.chunk_samples:
+            await asyncio.get_running_loop().run_in_executor(None, self.audio.append, pcm16k)
+        else:
+            self.audio.append(pcm16k)
+
+    async def clear_audio(self) -> None:
+        self._check_open()
+        self.audio.clear()
+
+    async def commit(self) -> None:
+        self._check_open()
+        if self.audio.total_samples == 0:
+            raise ValueError("commit with no user audio")
+        mels = await asyncio.get_running_loop().run_in_executor(None, self.audio.finish)
+        self.conversation.add_user_audio(mels)
+
+    async def append_text(self, text: str, role: str = "human") -> None:
+        self._check_open()
+        self.conversation.add_text(text, role)
+
+    async def add_tool_result(self, call_id: str, output: str) -> None:
+        self._check_open()
+        self.conversation.add_tool_result(call_id, output)
+
+    async def update(self, config: SessionConfig) -> None:
+        self._check_open()
+        if config.voice and config.voice != self.config.voice and self.backend.vocoder is not None:
+            if config.voice not in self.backend.voices:
+                raise ValueError(
+                    f"unknown voice {config.voice!r} (known: {sorted(self.backend.voices)})"
+                )
+        self.config = config
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        if self._run is not None and not self._run.recorded:
+            await self.cancel()
+        self._closed = True
+        self.kv.reset()
+        self.audio.clear()
+        self.backend.sessions.discard(self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("session is closed")
+
+    # ----------------------------------------------------------------- prompt
+    def system_text(self) -> str:
+        """The system prompt: persona + tools sentence + date + style + voice."""
+        cfg = self.config
+        voice = cfg.voice or self.backend.default_voice
+        return system_prompt(
+            cfg.system_prompt or "You are a helpful voice assistant.",
+            voice_desc=voice_description(voice),
+            style=cfg.style,
+            date=self.date,
+            tools=bool(cfg.tools),
+        )
+
+    def prompt_messages(self, instructions: str | None = None) -> list[Any]:
+        """What the next response's prompt is rendered from (system, tools, history, extra)."""
+        return self.conversation.prompt_messages(self.system_text(), self.config.tools, instructions)
+
+    def build_prompt(self, instructions: str | None = None) -> Any:
+        """The next response's ``prompt.Prompt`` (ids and audio slots), for inspection."""
+        return self.backend.prompts.build(self.prompt_messages(instructions), reply="speech")
+
+    def tool_names(self) -> set[str]:
+        names = set()
+        for tool in self.config.tools:
+            fn = tool.get("function", tool) if isinstance(tool, dict) else {}
+            if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+                names.add(fn["name"])
+        return names
+
+    # ----------------------------------------------------------------- respond
+    def respond(self, instructions: str | None = None) -> AsyncIterator[BackendEvent]:
+        self._check_open()
+        if self._run is not None and not self._run.recorded:
+            raise RuntimeError("a response is already running in this session")
+        loop = asyncio.get_running_loop()
+        run = _Run(t0=_now(), loop=loop)
+        guard_tripped = self.conversation.tool_call_streak >= self.backend.max_tool_calls_in_a_row
+        if guard_tripped:
+            instructions = f"{instructions}\n{TOOL_LOOP_INSTRUCTION}" if instructions else TOOL_LOOP_INSTRUCTION
+        messages = self.prompt_messages(instructions)
+        self._run = run
+        run.task = loop.create_task(self._drive(run, messages, guard_tripped))
+        return self._drain(run)
+
+    async def _drain(self, run: _Run) -> AsyncIterator[BackendEvent]:
+        while True:
+            item = await run.events.get()
+            if item is _END:
+                return
+            yield item
+
+    async def _drive(self, run: _Run, messages: list[Any], guard_tripped: bool) -> None:
+        """Run one response to its end: model thread, vocoder task, history, ``ResponseDone``."""
+        backend = self.backend
+        loop = run.loop
+        voice = None
+        vocoder_task = None
+        error: BaseException | None = None
+        status = "completed"
+        try:
+            if backend.vocoder is not None:
+                voice_name = self.config.voice or backend.default_voice
+                if voice_name is not None:
+                    voice = await loop.run_in_executor(
+                        backend._vocoder_exec, backend.voice_for, voice_name
+                    )
+            vocoder_task = loop.create_task(self._vocode(run, voice))
+            await loop.run_in_executor(
+                backend._model_exec, self._generate, run, messages, guard_tripped
+            )
+        except Exception as exc:  # noqa: BLE001 - reported to the client, session survives
+            log.exception("response failed in session %s", self.config.call_id)
+            error = exc
+            run.cancel.set()
+        finally:
+            run.post_codes(None)
+        if vocoder_task is not None:
+            try:
+                await vocoder_task
+            except Exception as exc:  # noqa: BLE001
+                log.exception("token2wav failed in session %s", self.config.call_id)
+                error = error or exc
+
+        cancelled = run.cancel.is_set() and error is None
+        if error is not None:
+            status = "error"
+            run.events.put_nowait(ResponseError("internal", f"{type(error).__name__}: {error}"))
+            self.kv.reset()
+        else:
+            self._record(run, cancelled)
+            if cancelled:
+                status = "cancelled"
+            elif run.calls:
+                status = "tool_call"
+        run.recorded = True
+        t_end = _now()
+        timings = ResponseTimings(
+            queue_ms=_ms(run.t0, run.t_start),
+            prefill_ms=_ms(run.t0, run.t_prefill),
+            first_code_ms=_ms(run.t0, run.t_first_code),
+            first_audio_ms=_ms(run.t0, run.t_first_audio),
+            total_ms=_ms(run.t0, t_end),
+        )
+        run.events.put_nowait(
+            ResponseDone(
+                status=status,
+                text="".join(run.text),
+                audio_ms=run.audio_samples * 1000.0 / OUTPUT_RATE,
+                timings=timings,
+                prompt_tokens=run.stats.prompt_tokens,
+                completion_tokens=len(run.ids),
+            )
+        )
+        run.events.put_nowait(_END)
+
+    def _record(self, run: _Run, cancelled: bool) -> None:
+        """Put the generated turn in the history (cut to what was heard when cancelled)."""
+        if not run.ids:
+            return
+        conv = self.conversation
+        conv.add_reply(run.ids, [] if cancelled else run.calls)
+        if cancelled:
+            # heard_ms None: keep everything generated before the stop.
+            conv.truncate_last_reply(run.heard_ms if run.heard_ms is not None else float("inf"))
+
+    # ----------------------------------------------------------------- model thread
+    def _generate(self, run: _Run, messages: list[Any], guard_tripped: bool) -> None:
+        """Runs on the model worker thread: prompt → tokens → parser events."""
+        run.t_start = _now()
+        if run.cancel.is_set():
+            return
+        backend = self.backend
+        prompt = backend.prompts.build(messages, reply="speech")
+        run.prompt_ids = prompt.ids
+        audio = [slot.mel for slot in prompt.audios]
+        parser = ta4.TA4Parser(backend.tok)
+        tools = self.tool_names()
+        sampling = self.config.sampling
+        for token in backend.generator.stream(
+            prompt.ids,
+            audio=audio,
+            sampling=sampling,
+            cancel=run.cancel,
+            max_tokens=sampling.max_tokens,
+            session=self.kv,
+            audio_kind="mel",
+            stats=run.stats,
+        ):
+            if run.t_prefill is None:
+                run.t_prefill = _now()
+            run.ids.append(token)
+            for ev in parser.feed(token):
+                self._on_parsed(run, ev, tools, guard_tripped)
+        if run.t_prefill is None and not run.cancel.is_set():
+            run.t_prefill = _now()
+        for ev in parser.finish():
+            self._on_parsed(run, ev, tools, guard_tripped)
+
+    def _on_parsed(self, run: _Run, ev: Any, tools: set[str], guard_tripped: bool) -> None:
+        if isinstance(ev, ta4.AudioCodes):
+            if run.t_first_code is None:
+                run.t_first_code = _now()
+            run.post_codes(list(ev.codes))
+        elif isinstance(ev, ta4.TextDelta):
+            if ev.text:
+                run.text.append(ev.text)
+                run.post(TextDelta(ev.text))
+        elif isinstance(ev, ta4.ToolCall):
+            if guard_tripped:
+                run.post(
+                    ResponseError(
+                        "tool_call_limit",
+                        f"tool call {ev.name!r} dropped: more than "
+                        f"{self.backend.max_tool_calls_in_a_row} tool-call responses in a row "
+                        "without user input",
+                    )
+                )
+            elif tools and ev.name not in tools:
+                run.post(
+                    ResponseError(
+                        "bad_tool_call",
+                        f"model called unknown tool {ev.name!r} (session tools: {sorted(tools)})",
+                    )
+                )
+            else:
+                call = PendingToolCall(f"call_{uuid.uuid4().hex[:16]}", ev.name, dict(ev.arguments))
+                run.calls.append(call)
+                run.post(ToolCallEvent(call.call_id, call.name, call.arguments))
+        elif isinstance(ev, ta4.ToolCallError):
+            run.post(ResponseError("bad_tool_call", ev.message))
+
+    # ----------------------------------------------------------------- vocoder task
+    async def _vocode(self, run: _Run, voice: Any) -> None:
+        """Turn codes into 24 kHz audio as they arrive; flush at the end unless cancelled."""
+        backend = self.backend
+        vocoder = backend.vocoder
+        loop = run.loop
+        state = None
+        if vocoder is not None and voice is not None:
+            state = vocoder.new_stream(voice)
+        while True:
+            batch: list[int] = []
+            item = await run.codes.get()
+            done = item is None
+            if item is not None:
+                batch.extend(item)
+            while not done and not run.codes.empty():  # take everything already waiting
+                more = run.codes.get_nowait()
+                if more is None:
+                    done = True
+                else:
+                    batch.extend(more)
+            if state is None or run.cancel.is_set():
+                if done:
+                    return
+                continue
+            if batch:
+                chunks = await loop.run_in_executor(
+                    backend._vocoder_exec, vocoder.push, state, batch
+                )
+                self._emit_audio(run, chunks)
+            if done:
+                if not run.cancel.is_set():
+                    chunks = await loop.run_in_executor(backend._vocoder_exec, vocoder.flush, state)
+                    self._emit_audio(run, chunks)
+                return
+
+    def _emit_audio(self, run: _Run, chunks: Any) -> None:
+        if run.cancel.is_set() or chunks is None:
+            return
+        if isinstance(chunks, np.ndarray):
+            chunks = [chunks]
+        for pcm in chunks:
+            pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+            if pcm.size == 0:
+                continue
+            if run.t_first_audio is None:
+                run.t_first_audio = _now()
+            run.audio_samples += pcm.size
+            run.events.put_nowait(AudioChunk(pcm))
+
+    # ----------------------------------------------------------------- barge-in
+    async def cancel(self, heard_ms: float | None = None) -> None:
+        """Stop the running response (within one decode step) and cut the history to what was
+        heard; with no response running, cut the latest reply (its audio may still be playing)."""
+        run = self._run
+        if run is not None and not run.recorded:
+            run.heard_ms = heard_ms
+            run.cancel.set()
+            assert run.task is not None
+            await asyncio.shield(run.task)
+            return
+        if heard_ms is not None:
+            self.conversation.truncate_last_reply(heard_ms)
+
+
+__all__ = [
+    "DEFAULT_MAX_TOOL_CALLS_IN_A_ROW",
+    "ReferenceBackend",
+    "ReferenceSession",
+    "find_voices",
+    "load_reference_backend",
+    "voice_description",
+]

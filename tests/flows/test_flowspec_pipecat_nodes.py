@@ -1,0 +1,86 @@
+"""FlowSpec -> pipecat.flows NodeConfig rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pipecat.flows import ContextStrategy
+
+from pipeline.flowspec import load_flow
+from pipeline.flowspec.pipecat_nodes import (
+    STYLE_ACTION,
+    TRANSFER_ACTION,
+    import_handler,
+    render_nodes,
+)
+
+FLOWS = Path(__file__).resolve().parents[2] / "flows"
+
+
+async def _echo(args: dict[str, Any], flow_manager: Any) -> dict[str, Any]:
+    return {"echo": args}
+
+
+def _handlers(names: list[str]) -> dict[str, Any]:
+    return {name: _echo for name in names}
+
+
+def test_pizza_nodes_have_tools_transitions_and_actions() -> None:
+    spec = load_flow(FLOWS / "pizza_order.yaml")
+    nodes = render_nodes(spec, _handlers(list(spec.tools)))
+    assert list(nodes) == ["greet", "take_order", "confirm", "goodbye"]
+    greet = nodes["greet"]
+    assert greet["role_message"].startswith("You are Tony")
+    assert "Opening of the call: Welcome the caller" in greet["task_messages"][0]["content"]
+    assert greet["respond_immediately"] is True
+    assert [f.name for f in nodes["confirm"].get("functions", [])] == [
+        "transfer_call",
+        "price_order",
+        "go_to_goodbye",
+        "go_to_take_order",
+    ]
+    assert nodes["confirm"]["pre_actions"] == [{"type": STYLE_ACTION, "style": "calm"}]
+    assert nodes["greet"]["pre_actions"] == [{"type": STYLE_ACTION, "style": "cheerful"}]
+    assert nodes["goodbye"]["post_actions"] == [{"type": "end_conversation"}]
+    assert nodes["goodbye"]["context_strategy"].strategy is ContextStrategy.APPEND
+    hook = next(f for f in nodes["take_order"]["functions"] if f.name == "check_delivery_area")
+    assert hook.required == ["address"] and hook.timeout_secs == 6.0
+
+
+async def test_transition_function_returns_the_target_node() -> None:
+    spec = load_flow(FLOWS / "pizza_order.yaml")
+    nodes = render_nodes(spec, _handlers(list(spec.tools)))
+    go = next(f for f in nodes["confirm"]["functions"] if f.name == "go_to_take_order")
+    result, target = await go.handler({}, None)
+    assert result is None and target is nodes["take_order"]
+    tool = next(f for f in nodes["confirm"]["functions"] if f.name == "price_order")
+    assert await tool.handler({"items": []}, None) == {"echo": {"items": []}}
+
+
+def test_missing_handlers_are_named(tmp_path: Path) -> None:
+    spec = load_flow(FLOWS / "pizza_order.yaml")
+    with pytest.raises(KeyError, match="no handler for tools: check_delivery_area, price_order"):
+        render_nodes(spec, _handlers(["end_call", "transfer_call"]))
+
+
+def test_caller_first_reset_and_transfer(tmp_path: Path) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text(
+        "bot: {name: t}\npersona: p\ngreeting: {who_speaks_first: caller}\n"
+        "nodes:\n  a:\n    instructions: A.\n    transitions: [{to: b, when: w}]\n"
+        "  b:\n    instructions: B.\n    context_strategy: reset\n    transfer: '+15551230000'\n"
+    )
+    nodes = render_nodes(load_flow(path), {})
+    assert nodes["a"]["respond_immediately"] is False and nodes["b"]["respond_immediately"] is True
+    assert nodes["b"]["context_strategy"].strategy is ContextStrategy.RESET
+    assert nodes["b"]["post_actions"] == [{"type": TRANSFER_ACTION, "number": "+15551230000"}]
+
+
+def test_import_handler() -> None:
+    assert import_handler("os.path:join") is import_handler("os.path.join")
+    with pytest.raises(ImportError, match="has no 'nope'"):
+        import_handler("os.path:nope")
+    with pytest.raises(ImportError, match="cannot import module 'no_such_mod'"):
+        import_handler("no_such_mod.f")

@@ -1,0 +1,606 @@
+"""Model-service server over a real loopback socket (uvicorn + raw websockets client).
+
+Two backends: ``ScriptedBackend`` below (a stand-in at the GPU-model edge whose replies are
+predictable, used for the server mechanics: resampling, cancellation, leaks, errors) and, when
+available, the reference backend on the tiny checkpoint (see the ``reference`` tests at the end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from model_service import protocol as p
+from model_service.backends import base
+from model_service.server import choose_backend, create_app, serving, token_matches
+from model_service.sessions import StreamResampler, float_to_pcm16, pcm16_to_float
+
+TOKEN = "s3cret-token"
+
+# --------------------------------------------------------------------------------------------
+# a scripted backend (GPU-model edge)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    """What a scripted session saw."""
+
+    config: base.SessionConfig
+    audio: list[np.ndarray] = field(default_factory=list)
+    commits: int = 0
+    clears: int = 0
+    texts: list[tuple[str, str]] = field(default_factory=list)
+    tool_results: list[tuple[str, str]] = field(default_factory=list)
+    updates: list[base.SessionConfig] = field(default_factory=list)
+    cancels: list[float | None] = field(default_factory=list)
+    closed: bool = False
+
+
+class ScriptedSession(base.BackendSession):
+    """Replies by ``instructions``: "tool" → a tool call, "slow" → 10 s of audio in 40 ms steps,
+    "boom" → raises; otherwise "Hello there." with 480 ms of 440 Hz tone."""
+
+    def __init__(self, record: Record) -> None:
+        self.r = record
+        self._cancel = asyncio.Event()
+
+    async def append_audio(self, pcm16k: np.ndarray) -> None:
+        assert pcm16k.dtype == np.float32
+        self.r.audio.append(pcm16k)
+
+    async def clear_audio(self) -> None:
+        self.r.clears += 1
+        self.r.audio.clear()
+
+    async def commit(self) -> None:
+        self.r.commits += 1
+
+    async def append_text(self, text: str, role: str = "human") -> None:
+        self.r.texts.append((text, role))
+
+    def respond(self, instructions: str | None = None) -> AsyncIterator[base.BackendEvent]:
+        if instructions == "boom":
+            raise RuntimeError("GPU fell over")
+        self._cancel = asyncio.Event()  # armed now: a cancel right after this call counts
+        return self._reply(instructions)
+
+    async def _reply(self, instructions: str | None) -> AsyncIterator[base.BackendEvent]:
+        if instructions == "boom-later":
+            yield base.TextDelta("Hel")
+            raise RuntimeError("GPU fell over later")
+        if instructions == "tool":
+            yield base.TextDelta("Let me check.")
+            yield base.ToolCallEvent("call_1", "lookup", {"order": "42"})
+            yield base.ResponseDone("tool_call", text="Let me check.", completion_tokens=7)
+            return
+        steps, step_ms = (250, 40) if instructions == "slow" else (6, 80)
+        yield base.TextDelta("Hello ")
+        t = 0
+        for _ in range(steps):
+            if self._cancel.is_set():
+                yield base.ResponseDone("cancelled", text="Hello")
+                return
+            n = base.OUTPUT_RATE * step_ms // 1000
+            tone = 0.3 * np.sin(2 * np.pi * 440 * (np.arange(t, t + n) / base.OUTPUT_RATE))
+            t += n
+            yield base.AudioChunk(tone.astype(np.float32))
+            await asyncio.sleep(0.002 if instructions != "slow" else 0.02)
+        yield base.TextDelta("there.")
+        yield base.ResponseDone(
+            "completed",
+            timings=base.ResponseTimings(queue_ms=0.1, prefill_ms=5.0),
+            prompt_tokens=11,
+            completion_tokens=30,
+        )
+
+    async def cancel(self, heard_ms: float | None = None) -> None:
+        self.r.cancels.append(heard_ms)
+        self._cancel.set()
+
+    async def add_tool_result(self, call_id: str, output: str) -> None:
+        self.r.tool_results.append((call_id, output))
+
+    async def update(self, config: base.SessionConfig) -> None:
+        self.r.updates.append(config)
+
+    async def close(self) -> None:
+        self.r.closed = True
+
+
+class ScriptedBackend(base.Backend):
+    """Opens :class:`ScriptedSession`s and keeps their records."""
+
+    name = "scripted"
+    model_name = "scripted-test"
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    async def open_session(self, config: base.SessionConfig) -> base.BackendSession:
+        record = Record(config)
+        self.records.append(record)
+        return ScriptedSession(record)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def start_msg(**changes) -> str:
+    d = {
+        "type": "session.start",
+        "protocol": 1,
+        "call_id": "CAtest",
+        "system_prompt": "Be nice.",
+        "tools": [{"type": "function", "function": {"name": "lookup"}}],
+        "input_sample_rate": 8000,
+        "output_sample_rate": 8000,
+    }
+    d.update(changes)
+    return json.dumps(d)
+
+
+class Peer:
+    """A raw protocol client: collects JSON events and audio bytes."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+
+    async def send(self, obj: dict | str | bytes) -> None:
+        await self.ws.send(json.dumps(obj) if isinstance(obj, dict) else obj)
+
+    async def next_event(self, timeout: float = 5.0) -> dict:
+        while True:
+            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+            if isinstance(raw, str):
+                return json.loads(raw)
+
+    async def until(self, type_: str, timeout: float = 5.0) -> tuple[dict, list[dict], bytes]:
+        """Events and audio up to (and including) the first event of ``type_``."""
+        events: list[dict] = []
+        audio = bytearray()
+        while True:
+            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+            if isinstance(raw, bytes):
+                audio.extend(raw)
+                continue
+            ev = json.loads(raw)
+            events.append(ev)
+            if ev["type"] == type_:
+                return ev, events, bytes(audio)
+
+
+@pytest.fixture
+async def backend() -> ScriptedBackend:
+    return ScriptedBackend()
+
+
+@pytest.fixture
+async def service(backend: ScriptedBackend):
+    app = create_app(backend, token=TOKEN, max_sessions=2)
+    async with serving(app) as url:
+        yield app, url
+
+
+async def open_peer(url: str, start: str | None = None) -> Peer:
+    ws = await connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"})
+    peer = Peer(ws)
+    if start is not None:
+        await peer.send(start)
+        ev = await peer.next_event()
+        assert ev["type"] == "session.started", ev
+    return peer
+
+
+async def wait_for(predicate, timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def http_base(ws_url: str) -> str:
+    return ws_url.replace("ws://", "http://").removesuffix("/v1/session")
+
+
+# --------------------------------------------------------------------------------------------
+# audio conversion
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rates", [(8000, 16000), (24000, 8000), (24000, 48000), (48000, 16000), (24000, 16000)])
+def test_stream_resampler_is_steady_and_matches_one_shot(rates: tuple[int, int]) -> None:
+    src, dst = rates
+    t = np.arange(src) / src
+    x = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    chunk = src // 50  # 20 ms
+    r = StreamResampler(src, dst)
+    outs = [r.process(x[i : i + chunk]) for i in range(0, len(x), chunk)]
+    expected = chunk * dst // src
+    # no bursts: every 20 ms chunk yields 20 ms (±1 sample) of output; the first one is short
+    # by the filter delay (< 3 ms), which is trimmed so the output lines up with the input
+    assert StreamResampler(src, dst).delay_ms < 3.0
+    assert expected - dst * 3 // 1000 <= len(outs[0]) < expected
+    assert all(abs(len(o) - expected) <= 1 for o in outs[1:])
+    tail = r.flush()
+    streamed = np.concatenate(outs + [tail])
+    assert len(streamed) == dst  # exactly 1 s out for 1 s in
+    one_shot = StreamResampler(src, dst)
+    np.testing.assert_allclose(streamed, np.concatenate([one_shot.process(x), one_shot.flush()]), atol=1e-6)
+    # the 300 Hz tone survives, aligned in time
+    ty = np.arange(len(streamed)) / dst
+    ideal = 0.5 * np.sin(2 * np.pi * 300 * ty)
+    mid = slice(dst // 10, -dst // 10)
+    assert np.max(np.abs(streamed[mid] - ideal[mid])) < 0.02
+
+
+def test_stream_resampler_removes_aliases_when_downsampling() -> None:
+    t = np.arange(24000) / 24000
+    tone = (0.5 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32)  # above 4 kHz Nyquist
+    y = StreamResampler(24000, 8000).process(tone)
+    assert np.max(np.abs(y[800:-800])) < 0.005  # would alias to 2 kHz at full level otherwise
+
+
+def test_pcm16_conversion_round_trips() -> None:
+    x = np.array([0.0, 0.5, -0.5, 0.999, -1.0, 1.7], dtype=np.float32)
+    back = pcm16_to_float(float_to_pcm16(x))
+    np.testing.assert_allclose(back[:5], x[:5], atol=1 / 32768)
+    assert back[5] == pytest.approx(32767 / 32768)  # clipped, not wrapped
+
+
+def test_token_comparison() -> None:
+    assert token_matches(None, None) and token_matches("", "anything")
+    assert token_matches("abc", "abc")
+    assert not token_matches("abc", "abd") and not token_matches("abc", None)
+
+
+def test_backend_choice(tmp_path) -> None:
+    assert choose_backend("reference", "x").name == "reference"
+    (tmp_path / "config.json").write_text("{}")
+    assert choose_backend("auto", str(tmp_path), device="cpu").name == "reference"
+    choice = choose_backend("auto", str(tmp_path / "missing"), device="cpu")
+    assert choice.name == "cpu" and "no local checkpoint" in choice.reason
+    with pytest.raises(ValueError, match="unknown model backend 'gpu'"):
+        choose_backend("gpu", "x")
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP endpoints
+# --------------------------------------------------------------------------------------------
+
+
+async def test_health_ready_and_metrics(service) -> None:
+    app, url = service
+    base_url = http_base(url)
+    status, body = await asyncio.to_thread(http_get, base_url + "/healthz")
+    assert status == 200
+    status, body = await asyncio.to_thread(http_get, base_url + "/readyz")
+    assert status == 200 and json.loads(body)["backend"] == "scripted"
+    app.state.service.set_backend(None)
+    status, _ = await asyncio.to_thread(http_get, base_url + "/readyz")
+    assert status == 503
+    status, body = await asyncio.to_thread(http_get, base_url + "/metrics")
+    assert status == 200
+    assert "# TYPE stepcall_model_sessions_active gauge" in body
+    assert "stepcall_model_ready 0" in body
+    assert 'stepcall_model_time_to_first_audio_seconds_bucket{le="+Inf"} 0' in body
+
+
+async def test_not_ready_refuses_sessions(service) -> None:
+    app, url = service
+    app.state.service.set_backend(None)
+    peer = await open_peer(url)
+    await peer.send(start_msg())
+    ev = await peer.next_event()
+    assert ev["type"] == "error" and ev["code"] == "not_ready" and ev["fatal"] is True
+
+
+# --------------------------------------------------------------------------------------------
+# auth
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["none", "wrong-header", "wrong-query"])
+async def test_auth_refused_with_4401(service, how: str) -> None:
+    _, url = service
+    headers = {"Authorization": "Bearer nope"} if how == "wrong-header" else None
+    target = url + "?token=nope" if how == "wrong-query" else url
+    async with connect(target, additional_headers=headers) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await ws.recv()
+    assert info.value.rcvd.code == p.CLOSE_UNAUTHORIZED
+
+
+async def test_auth_by_query_parameter(service, backend) -> None:
+    _, url = service
+    async with connect(f"{url}?token={TOKEN}") as ws:
+        await ws.send(start_msg())
+        assert json.loads(await ws.recv())["type"] == "session.started"
+
+
+async def test_token_never_logged(service, caplog) -> None:
+    from loguru import logger
+
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="DEBUG")
+    try:
+        _, url = service
+        async with connect(url + "?token=wrong-secret-123") as ws:
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+        peer = await open_peer(url, start_msg())
+        await peer.send({"type": "session.end"})
+        await peer.until("session.ended")
+    finally:
+        logger.remove(sink)
+    joined = "".join(lines)
+    assert "refused" in joined
+    assert TOKEN not in joined and "wrong-secret-123" not in joined
+
+
+# --------------------------------------------------------------------------------------------
+# sessions and responses
+# --------------------------------------------------------------------------------------------
+
+
+async def test_full_turn_audio_in_and_out(service, backend) -> None:
+    app, url = service
+    peer = await open_peer(url, start_msg())
+    rec = backend.records[0]
+    assert rec.config.call_id == "CAtest" and rec.config.tools[0]["function"]["name"] == "lookup"
+    # 1 s of 8 kHz user audio in 20 ms frames → ~1 s at 16 kHz reaches the backend
+    tone = (0.3 * np.sin(2 * np.pi * 200 * np.arange(8000) / 8000)).astype(np.float32)
+    pcm = float_to_pcm16(tone)
+    for i in range(0, len(pcm), 320):
+        await peer.send(pcm[i : i + 320])
+    await peer.send({"type": "input_audio.commit"})
+    await peer.send({"type": "response.create"})
+    done, events, audio = await peer.until("response.done")
+    assert rec.commits == 1
+    total_in = sum(len(a) for a in rec.audio)
+    assert total_in == 16000  # flushed at commit: nothing lost, nothing added
+    types = [e["type"] for e in events]
+    assert types[0] == "response.started"
+    assert "".join(e["text"] for e in events if e["type"] == "text.delta") == "Hello there."
+    assert done["status"] == "completed" and done["text"] == "Hello there."
+    # 480 ms of 24 kHz audio arrives as 8 kHz PCM16
+    assert abs(len(audio) // 2 - 3840) <= 8
+    assert done["audio_ms"] == pytest.approx(480, abs=2)
+    assert done["usage"] == {"prompt_tokens": 11, "completion_tokens": 30}
+    assert done["timings"]["prefill_ms"] == 5.0 and done["timings"]["first_audio_ms"] > 0
+    assert all(e.get("response_id") == done["response_id"] for e in events)
+    # the bot audio is the 440 Hz tone, not garbage
+    out = pcm16_to_float(audio)[400:-400]
+    spectrum = np.abs(np.fft.rfft(out))
+    assert abs(np.argmax(spectrum) * 8000 / len(out) - 440) < 10
+    metrics = app.state.service.metrics
+    assert metrics.responses_total.value(status="completed") == 1
+    assert metrics.tokens_generated.value() == 30
+    assert metrics.time_to_first_audio.count == 1
+    await peer.send({"type": "session.end"})
+    ended, _, _ = await peer.until("session.ended")
+    assert ended["session_id"]
+    await wait_for(lambda: app.state.service.active_sessions == 0)
+    assert rec.closed
+
+
+async def test_cancel_mid_response_with_heard_ms(service, backend) -> None:
+    _, url = service
+    peer = await open_peer(url, start_msg())
+    await peer.send({"type": "response.create", "instructions": "slow"})
+    audio = bytearray()
+    while len(audio) < 3200:  # ~200 ms of bot audio
+        raw = await asyncio.wait_for(peer.ws.recv(), 5)
+        if isinstance(raw, bytes):
+            audio.extend(raw)
+    await peer.send({"type": "response.cancel", "heard_ms": 150})
+    done, events, _ = await peer.until("response.done")
+    assert done["status"] == "cancelled"
+    assert backend.records[0].cancels == [150.0]
+    assert done["audio_ms"] < 3000  # stopped long before the 10 s script ends
+    # the session is still usable: a new response runs to completion
+    await peer.send({"type": "response.create"})
+    done2, _, _ = await peer.until("response.done")
+    assert done2["status"] == "completed" and done2["response_id"] != done["response_id"]
+
+
+async def test_cancel_right_behind_create_stops_the_backend(service, backend) -> None:
+    _, url = service
+    peer = await open_peer(url, start_msg())
+    await peer.send({"type": "response.create", "instructions": "slow"})
+    await peer.send({"type": "response.cancel", "heard_ms": 0})
+    done, _, audio = await peer.until("response.done")
+    assert done["status"] == "cancelled" and audio == b""
+    assert done["timings"]["total_ms"] < 1000  # the backend stopped; no 10 s drain
+
+
+async def test_cancel_after_done_still_reaches_the_backend(service, backend) -> None:
+    _, url = service
+    peer = await open_peer(url, start_msg())
+    await peer.send({"type": "response.create"})
+    await peer.until("response.done")
+    await peer.send({"type": "response.cancel", "heard_ms": 90})
+    await wait_for(lambda: backend.records[0].cancels == [90.0])
+
+
+async def test_response_create_while_active_is_refused_but_harmless(service) -> None:
+    _, url = service
+    peer = await open_peer(url, start_msg())
+    await peer.send({"type": "response.create", "instructions": "slow"})
+    await peer.until("response.started")
+    await peer.send({"type": "response.create"})
+    err, _, _ = await peer.until("error")
+    assert err["code"] == "response_active" and err["fatal"] is False
+    await peer.send({"type": "response.cancel", "heard_ms": 0})
+    done, _, _ = await peer.until("response.done")
+    assert done["status"] == "cancelled"
+
+
+async def test_tool_call_round_trip(service, backend) -> None:
+    _, url = service
+    peer = await open_peer(url, start_msg())
+    await peer.send({"type": "response.create", "instructions": "tool"})
+    done, events, _ = await peer.until("response.done")
+    call = next(e for e in events if e["type"] == "tool.call")
+    assert call["name"] == "lookup" and call["arguments"] == {"order": "42"}
+    assert done["status"] == "tool_call"
+    await peer.send({"type": "tool.result", "call_id": "nope", "output": "x"})
+    err, _, _ = await peer.until("error")
+    assert err["code"] == "unknown_tool_call"
+    await peer.send({"type": "tool.result", "call_id": call["call_id"], "output": '{"status": "shipped"}'})
+    await peer.send({"type": "response.create"})
+    done, _, _ = await peer.until("response.done")
+    assert backend.records[0].tool_results == [("call_1", '{"status": "shipped"}')]
+    assert done["status"] == "completed"
+
+
+@pytest.mark.parametrize("script", ["boom", "boom-later"])
+async def test_backend_exception_ends_response_with_error_not_session(service, script) -> None:
+    _, url = service
+    peer = await open_peer(url, start_msg())
+    await peer.send({"type": "response.create", "instructions": script})
+    done, events, _ = await peer.until("response.done")
+    assert done["status"] == "error"
+    assert any(e["type"] == "error" and "GPU fell over" in e["message"] for e in events)
+    await peer.send({"type": "response.create"})
+    done, _, _ = await peer.until("response.done")
+    assert done["status"] == "completed"
+
+
+async def test_text_update_and_clear_reach_the_backend(service, backend) -> None:
+    _, url = service
+    peer = await open_peer(url, start_msg())
+    await peer.send({"type": "input_text.append", "text": "The caller pressed 5.", "role": "human"})
+    await peer.send({"type": "session.update", "voice": "bob", "system_prompt": "Be terse."})
+    await peer.send(b"\x00\x01" * 160)
+    await peer.send({"type": "input_audio.clear"})
+    await peer.send({"type": "session.end"})
+    await peer.until("session.ended")
+    rec = backend.records[0]
+    assert rec.texts == [("The caller pressed 5.", "human")]
+    assert rec.updates[-1].voice == "bob" and rec.updates[-1].system_prompt == "Be terse."
+    assert rec.updates[-1].tools == rec.config.tools  # unchanged fields are kept
+    assert rec.clears == 1 and rec.audio == []
+
+
+@pytest.mark.parametrize(
+    "message, code",
+    [
+        ("this is not json", "bad_message"),
+        ({"type": "response.explode"}, "bad_message"),
+        ({"type": "input_text.append"}, "bad_message"),
+        ({"type": "response.cancel", "heard_ms": "later"}, "bad_message"),
+        (b"\x00\x01\x02", "bad_audio"),
+        (b"\x00" * (8000 * 2 + 2), "too_large"),
+        ("x" * (65 * 1024), "too_large"),
+        ({"type": "tool.result", "call_id": "c", "output": "o"}, "unknown_tool_call"),
+        (start_msg(), "bad_message"),  # a second session.start
+    ],
+)
+async def test_bad_input_gets_an_error_and_the_session_continues(service, message, code) -> None:
+    _, url = service
+    peer = await open_peer(url, start_msg())
+    await peer.send(message)
+    err, _, _ = await peer.until("error")
+    assert err["code"] == code and err["fatal"] is False, err
+    await peer.send({"type": "response.create"})
+    done, _, audio = await peer.until("response.done")
+    assert done["status"] == "completed" and audio
+
+
+async def test_messages_before_session_start(service) -> None:
+    _, url = service
+    peer = await open_peer(url)
+    await peer.send(b"\x00\x00" * 80)
+    err = await peer.next_event()
+    assert err["code"] == "bad_audio" and "before session.start" in err["message"]
+    await peer.send({"type": "response.create"})
+    err = await peer.next_event()
+    assert err["code"] == "no_session"
+    await peer.send(start_msg())
+    assert (await peer.next_event())["type"] == "session.started"
+
+
+async def test_wrong_protocol_version_is_fatal(service) -> None:
+    _, url = service
+    peer = await open_peer(url)
+    await peer.send(start_msg(protocol=2))
+    err = await peer.next_event()
+    assert err["code"] == "protocol_version" and err["fatal"] is True
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        await peer.ws.recv()
+    assert info.value.rcvd.code == p.CLOSE_PROTOCOL
+
+
+async def test_busy_rejection_at_max_sessions(service) -> None:
+    app, url = service
+    a = await open_peer(url, start_msg(call_id="a"))
+    b = await open_peer(url, start_msg(call_id="b"))
+    c = await open_peer(url)
+    await c.send(start_msg(call_id="c"))
+    err = await c.next_event(timeout=2.0)
+    assert err["type"] == "error" and err["code"] == "busy" and err["fatal"] is True
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        await c.ws.recv()
+    assert info.value.rcvd.code == p.CLOSE_BUSY
+    assert app.state.service.metrics.sessions_rejected_busy.value() == 1
+    # a slot frees when a session leaves
+    await a.ws.close()
+    await wait_for(lambda: app.state.service.active_sessions == 1)
+    d = await open_peer(url, start_msg(call_id="d"))
+    await d.ws.close()
+    await b.ws.close()
+    await wait_for(lambda: app.state.service.active_sessions == 0)
+
+
+async def test_disconnect_mid_response_cancels_and_frees_everything(service, backend) -> None:
+    app, url = service
+    peer = await open_peer(url, start_msg())
+    await peer.send({"type": "response.create", "instructions": "slow"})
+    await peer.until("response.started")
+    await asyncio.sleep(0.1)
+    await peer.ws.close()
+    state = app.state.service
+    await wait_for(lambda: state.active_sessions == 0 and backend.records[0].closed)
+    assert state.sessions == {}
+    assert backend.records[0].cancels  # the running response was cancelled
+    await wait_for(lambda: state.metrics.responses_active.value == 0)
+    assert state.metrics.queue_depth.value == 0
+
+
+async def test_interleaved_sessions_keep_their_own_responses(service, backend) -> None:
+    app, url = service
+    a = await open_peer(url, start_msg(call_id="a", output_sample_rate=8000))
+    b = await open_peer(url, start_msg(call_id="b", output_sample_rate=48000))
+    await a.send({"type": "response.create", "instructions": "tool"})
+    await b.send({"type": "response.create"})
+    (done_a, ev_a, audio_a), (done_b, ev_b, audio_b) = await asyncio.gather(
+        a.until("response.done"), b.until("response.done")
+    )
+    assert done_a["status"] == "tool_call" and audio_a == b""
+    assert done_b["status"] == "completed"
+    assert abs(len(audio_b) // 2 - 48000 * 480 // 1000) <= 16
+    assert {e["session_id"] for e in ev_a} != {e["session_id"] for e in ev_b}
+    for peer in (a, b):
+        await peer.send({"type": "session.end"})
+        await peer.until("session.ended")
+    await wait_for(lambda: app.state.service.active_sessions == 0)
