@@ -54,7 +54,3 @@ def voice_b(t2w: Token2Wav, voice: Voice, tmp_path_factory: pytest.TempPathFacto
     )
     path = save_voice_npz(other, tmp_path_factory.mktemp("voices") / "other.npz")
     return t2w.prepare_voice(path)
-
-
-def random_codes(n: int, seed: int = 0) -> list[int]:
-    return np.random.default_rng(seed).integers(0, 6561, n).tolist()
