@@ -269,7 +269,13 @@ class SessionEnded:
 
 
 ServerEvent = (
-    SessionStarted | ResponseStarted | TextDelta | ToolCall | ResponseDone | ErrorEvent | SessionEnded
+    SessionStarted
+    | ResponseStarted
+    | TextDelta
+    | ToolCall
+    | ResponseDone
+    | ErrorEvent
+    | SessionEnded
 )
 
 TIMING_KEYS = ("queue_ms", "prefill_ms", "first_code_ms", "first_audio_ms", "total_ms")
@@ -313,7 +319,9 @@ def _bad(message: str) -> ProtocolError:
 def _load_object(text: str | bytes) -> dict[str, Any]:
     if isinstance(text, bytes):
         if len(text) > MAX_TEXT_BYTES:
-            raise ProtocolError(TOO_LARGE, f"text message of {len(text)} bytes (max {MAX_TEXT_BYTES})")
+            raise ProtocolError(
+                TOO_LARGE, f"text message of {len(text)} bytes (max {MAX_TEXT_BYTES})"
+            )
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import hmac
 import importlib.util
+import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,32 @@ def token_matches(expected: str | None, presented: str | None) -> bool:
     return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8"))
 
 
+_TOKEN_IN_QUERY = re.compile(r"(?i)(token=)[^&\s\"']+")
+
+
+class RedactTokenFilter(logging.Filter):
+    """Masks ``token=...`` in log records (uvicorn logs WebSocket paths with their query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "token=" in record.msg.lower():
+            record.msg = _TOKEN_IN_QUERY.sub(r"\1***", record.msg)
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            if any(isinstance(a, str) and "token=" in a.lower() for a in args):
+                record.args = tuple(
+                    _TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in args
+                )
+        return True
+
+
+def install_log_redaction() -> None:
+    """Attach :class:`RedactTokenFilter` to uvicorn's loggers (once)."""
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokenFilter) for f in log.filters):
+            log.addFilter(RedactTokenFilter())
+
+
 def create_app(
     backend: Backend | None,
     *,
@@ -78,20 +106,19 @@ def create_app(
     max_sessions: int,
     backend_reason: str = "",
     metrics: ServiceMetrics | None = None,
+    start_timeout_s: float = 30.0,
 ) -> FastAPI:
-    """The model-service app; ``app.state.service`` is its :class:`ServiceState`."""
+    """The model-service app; ``app.state.service`` is its :class:`ServiceState`.
+
+    The app does not own the backend: whoever created it closes it (``run_model_service`` does).
+    A connection that sends no valid ``session.start`` within ``start_timeout_s`` is closed.
+    """
     service = ServiceState(
         backend, max_sessions=max_sessions, metrics=metrics, backend_reason=backend_reason
     )
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if service.backend is not None:
-            with contextlib.suppress(Exception):
-                await service.backend.close()
-
-    app = FastAPI(title="stepcall model service", lifespan=lifespan)
+    install_log_redaction()
+    app = FastAPI(title="stepcall model service")
     app.state.service = service
 
     @app.get("/healthz")
@@ -126,22 +153,34 @@ def create_app(
             return
         call = CallSession(service, _StarletteTransport(ws), peer=peer)
         try:
-            await _receive_loop(ws, call)
+            await _receive_loop(ws, call, start_timeout_s)
         except Exception:
-            logger.exception(f"{call._tag()} session loop failed")
+            logger.exception(f"{call.tag()} session loop failed")
             await call.send_error(p.INTERNAL, "internal server error", fatal=True)
-            await call._close_transport(p.CLOSE_INTERNAL, "internal")
+            await call.close_transport(p.CLOSE_INTERNAL, "internal")
         finally:
             await call.close("disconnected")
 
     return app
 
 
-async def _receive_loop(ws: WebSocket, call: CallSession) -> None:
+async def _receive_loop(ws: WebSocket, call: CallSession, start_timeout_s: float) -> None:
     """Read messages until the client leaves or the session ends."""
+    loop = asyncio.get_running_loop()
+    start_deadline = loop.time() + start_timeout_s
     while True:
         try:
-            message = await ws.receive()
+            if call.start is None:
+                async with asyncio.timeout_at(start_deadline):
+                    message = await ws.receive()
+            else:
+                message = await ws.receive()
+        except TimeoutError:
+            await call.send_error(
+                p.NO_SESSION, f"no session.start within {start_timeout_s:g} s", fatal=True
+            )
+            await call.close_transport(p.CLOSE_PROTOCOL, "no session.start")
+            return
         except (WebSocketDisconnect, RuntimeError):
             return
         kind = message.get("type")
@@ -220,7 +259,9 @@ def choose_backend(backend_name: str, model_path: str, device: str = "auto") -> 
     if name in ("reference", "vllm", "cpu"):
         return BackendChoice(name, f"requested explicitly (STEPCALL_MODEL_BACKEND={name})")
     if name != "auto":
-        raise ValueError(f"unknown model backend {backend_name!r}; use reference, vllm, cpu or auto")
+        raise ValueError(
+            f"unknown model backend {backend_name!r}; use reference, vllm, cpu or auto"
+        )
     cuda = device != "cpu" and _cuda_available()
     has_vllm = importlib.util.find_spec("vllm") is not None
     if cuda and has_vllm:
@@ -283,7 +324,9 @@ def run_model_service(
     if choice.name == "cpu":
         load_backend(choice, model_path, device, dtype)  # raises the clear error now
     app = create_app(
-        None, token=settings.model_token, max_sessions=settings.max_sessions,
+        None,
+        token=settings.model_token,
+        max_sessions=settings.max_sessions,
         backend_reason=choice.reason,
     )
     service: ServiceState = app.state.service
@@ -317,10 +360,17 @@ def run_model_service(
         finally:
             if not loader.done():
                 loader.cancel()
+            if service.backend is not None:
+                with contextlib.suppress(Exception):
+                    await service.backend.close()
         if failure:
             raise RuntimeError(f"model backend failed to load: {failure[0]}") from failure[0]
 
-    if settings.model_token is None and (host or settings.model_host) not in ("127.0.0.1", "::1", "localhost"):
+    if settings.model_token is None and (host or settings.model_host) not in (
+        "127.0.0.1",
+        "::1",
+        "localhost",
+    ):
         logger.warning("model service listens beyond loopback without STEPCALL_MODEL_TOKEN")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     asyncio.run(main())

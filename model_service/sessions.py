@@ -19,8 +19,8 @@ import contextlib
 import math
 import time
 import uuid
-from dataclasses import dataclass, field, replace
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -250,16 +250,17 @@ class CallSession:
 
     # -- logging --------------------------------------------------------------------------------
 
-    def _tag(self) -> str:
+    def tag(self) -> str:
+        """``[call CALL_ID SESSION_ID]``, the prefix of this session's log lines."""
         return f"[call {self.call_id or '-'} {self.session_id}]"
 
     def info(self, msg: str) -> None:
         """Log with the call id attached (bound and as a prefix)."""
-        self._log.info(f"{self._tag()} {msg}")
+        self._log.info(f"{self.tag()} {msg}")
 
     def warning(self, msg: str) -> None:
         """Log a warning with the call id."""
-        self._log.warning(f"{self._tag()} {msg}")
+        self._log.warning(f"{self.tag()} {msg}")
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -277,7 +278,7 @@ class CallSession:
                     await self.transport.send_text(data)
         except Exception as e:  # the client went away; the receive loop will notice
             self._transport_open = False
-            self._log.debug(f"{self._tag()} send failed: {e!r}")
+            self._log.debug(f"{self.tag()} send failed: {e!r}")
 
     async def send_error(
         self, code: str, message: str, *, fatal: bool = False, response_id: str | None = None
@@ -285,7 +286,7 @@ class CallSession:
         """Send an ``error`` event (and count it)."""
         self.service.metrics.errors_total.inc(code=code)
         level = "warning" if code != p.INTERNAL else "error"
-        getattr(self._log, level)(f"{self._tag()} error {code}: {message}")
+        getattr(self._log, level)(f"{self.tag()} error {code}: {message}")
         await self._send_event(
             p.ErrorEvent(
                 code=code,
@@ -296,7 +297,8 @@ class CallSession:
             )
         )
 
-    async def _close_transport(self, code: int, reason: str = "") -> None:
+    async def close_transport(self, code: int, reason: str = "") -> None:
+        """Close the socket with ``code`` (once)."""
         if not self._transport_open:
             return
         self._transport_open = False
@@ -312,7 +314,7 @@ class CallSession:
         except p.ProtocolError as e:
             if e.code == p.PROTOCOL_VERSION_ERROR:
                 await self.send_error(e.code, e.message, fatal=True)
-                await self._close_transport(p.CLOSE_PROTOCOL, "protocol version")
+                await self.close_transport(p.CLOSE_PROTOCOL, "protocol version")
                 return False
             await self.send_error(e.code, e.message)
             return True
@@ -325,7 +327,7 @@ class CallSession:
             await self.send_error(p.BAD_MESSAGE, f"{message.type}: {e}")
             return True
         except Exception as e:  # a backend failure must not end the session
-            self._log.exception(f"{self._tag()} {message.type} failed")
+            self._log.exception(f"{self.tag()} {message.type} failed")
             await self.send_error(p.INTERNAL, f"{message.type} failed: {type(e).__name__}: {e}")
             return True
 
@@ -354,7 +356,7 @@ class CallSession:
             try:
                 await self.backend_session.append_audio(audio16k)
             except Exception as e:
-                self._log.exception(f"{self._tag()} append_audio failed")
+                self._log.exception(f"{self.tag()} append_audio failed")
                 await self.send_error(p.INTERNAL, f"append_audio failed: {e}")
 
     async def _dispatch(self, m: p.ClientMessage) -> bool:
@@ -390,7 +392,7 @@ class CallSession:
             self.info("session.end")
             await self.close("session.end")
             await self._send_event(p.SessionEnded(session_id=self.session_id))
-            await self._close_transport(p.CLOSE_NORMAL, "session ended")
+            await self.close_transport(p.CLOSE_NORMAL, "session ended")
             return False
         return True
 
@@ -403,7 +405,7 @@ class CallSession:
         backend = self.service.backend
         if backend is None:
             await self.send_error(p.NOT_READY, "the model is still loading", fatal=True)
-            await self._close_transport(p.CLOSE_NOT_READY, "not ready")
+            await self.close_transport(p.CLOSE_NOT_READY, "not ready")
             return False
         if not self.service.try_admit():
             await self.send_error(
@@ -411,7 +413,7 @@ class CallSession:
                 f"the model service is at its limit of {self.service.max_sessions} sessions",
                 fatal=True,
             )
-            await self._close_transport(p.CLOSE_BUSY, "busy")
+            await self.close_transport(p.CLOSE_BUSY, "busy")
             return False
         self.admitted = True
         sampling = base.SamplingParams()
@@ -433,10 +435,10 @@ class CallSession:
         except Exception as e:
             code = p.BAD_MESSAGE if isinstance(e, ValueError) else p.INTERNAL
             if code == p.INTERNAL:
-                self._log.exception(f"{self._tag()} open_session failed")
+                self._log.exception(f"{self.tag()} open_session failed")
             await self.send_error(code, f"could not open a session: {e}", fatal=True)
             await self.close("open_session failed")
-            await self._close_transport(p.CLOSE_INTERNAL, "internal")
+            await self.close_transport(p.CLOSE_INTERNAL, "internal")
             return False
         self.start = m
         self.service.sessions[self.session_id] = self
@@ -565,7 +567,7 @@ class CallSession:
         except asyncio.CancelledError:
             error = None if resp.cancel_requested or self.closed else "response task cancelled"
         except Exception as e:
-            self._log.exception(f"{self._tag()} response {resp.response_id} failed")
+            self._log.exception(f"{self.tag()} response {resp.response_id} failed")
             error = f"{type(e).__name__}: {e}"
         finally:
             if resp.first_output_at is None:
@@ -634,6 +636,7 @@ class CallSession:
                 else server["first_audio_ms"],
                 "total_ms": t.total_ms if t.total_ms is not None else server["total_ms"],
             }
+            timings = {k: None if v is None else round(float(v), 1) for k, v in timings.items()}
             audio_ms = round(resp.audio_samples / self._output_rate * 1000.0, 1)
             metrics.responses_total.inc(status=status)
             metrics.tokens_generated.inc(max(0, done.completion_tokens))
@@ -687,7 +690,7 @@ class CallSession:
             try:
                 await bs.close()
             except Exception:
-                self._log.exception(f"{self._tag()} backend session close failed")
+                self._log.exception(f"{self.tag()} backend session close failed")
         self.service.sessions.pop(self.session_id, None)
         if self.admitted:
             self.admitted = False

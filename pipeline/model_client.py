@@ -95,7 +95,14 @@ class Closed:
 
 
 ClientEvent = (
-    ResponseStarted | TextDelta | AudioChunk | ToolCall | ResponseDone | ErrorEvent | SessionEnded | Closed
+    ResponseStarted
+    | TextDelta
+    | AudioChunk
+    | ToolCall
+    | ResponseDone
+    | ErrorEvent
+    | SessionEnded
+    | Closed
 )
 
 
@@ -150,7 +157,9 @@ class ModelServiceClient:
                 proxy=None,
             )
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as e:
-            raise ModelServiceError(f"cannot connect to the model service at {self.url}: {e}") from e
+            raise ModelServiceError(
+                f"cannot connect to the model service at {self.url}: {e}"
+            ) from e
         self._ws = ws
         self._input_rate = start.input_sample_rate
         try:

@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max wait for each bot reply to begin (default 15)")
     p.add_argument("--quiet", type=float, default=1.2, metavar="SECS",
                    help="bot silence that ends its reply (default 1.2)")
-    p.add_argument("--greeting-wait", type=float, default=1.0, metavar="SECS",
-                   help="listen this long for a bot greeting before the first turn (default 1)")
+    p.add_argument("--greeting-wait", type=float, default=2.0, metavar="SECS",
+                   help="listen this long for a bot greeting before the first turn (default 2)")
     p.add_argument("--barge-in-after", type=float, metavar="SECS",
                    help="start the next turn this long into the bot's reply (interrupt it)")
     p.add_argument("--engine", choices=ENGINES, help="speech engine (default: best installed)")

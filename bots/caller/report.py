@@ -19,6 +19,7 @@ def _said(t: TurnResult, width: int = 38) -> str:
 def format_table(result: CallResult) -> str:
     """A per-turn table: what was said, latency, bot audio, flags."""
     rows = [("turn", "caller", "v2v ms", "bot audio s", "played s", "notes")]
+    # v2v ms: end of the caller's speech -> first audible bot media (greeting: from stream start)
     turns = ([result.greeting] if result.greeting else []) + result.turns
     for t in turns:
         notes = [n for n, on in (("no reply", t.expect_reply and not t.replied and not t.skipped),
@@ -33,9 +34,12 @@ def format_table(result: CallResult) -> str:
     sids = ", ".join(result.stream_sids_seen) or "(none)"
     lines.append("")
     lines.append(f"streamSid {result.stream_sid}; seen on bot messages: {sids}")
+    hung_up = result.hung_up_by or "-"
+    if result.hung_up_by == "bot":
+        hung_up += f" (close code {result.close_code}{', ' + result.close_reason if result.close_reason else ''})"
     lines.append(f"marks: {len(result.marks)} received, "
                  f"{sum(m.echoed_ms is not None for m in result.marks)} echoed; "
-                 f"hung up by: {result.hung_up_by or '-'}; "
+                 f"hung up by: {hung_up}; "
                  f"max frame lag {result.max_send_lag_ms:.1f} ms")
     for e in result.errors:
         lines.append(f"ERROR: {e}")

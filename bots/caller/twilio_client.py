@@ -92,7 +92,7 @@ class CallOptions:
     quiet_secs: float = 1.2  # bot silence that ends its reply
     max_reply_secs: float = 60.0  # cap on one reply once it has begun
     barge_in_after: float | None = None  # start the next turn this long into the bot's reply
-    greeting_wait_secs: float = 1.0  # how long to listen for a greeting before turn 1
+    greeting_wait_secs: float = 2.0  # how long to listen for a greeting before turn 1
     dtmf_gap_secs: float = 0.25  # between DTMF digits
     hangup_delay_secs: float = 0.2  # silence after the last reply before `stop`
     voiced_rms: float = 200.0  # PCM16 RMS above which a frame counts as speech
@@ -189,6 +189,8 @@ class CallResult:
     events: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     hung_up_by: str | None = None  # "caller" or "bot"
+    close_code: int | None = None  # WebSocket close code when the bot closed the stream
+    close_reason: str = ""
     duration_ms: float = 0.0
     frames_sent: int = 0
     max_send_lag_ms: float = 0.0  # worst lateness of a frame against the call clock
@@ -227,7 +229,8 @@ class CallResult:
                  "cleared": m.cleared} for m in self.marks
             ],
             "unanswered_turns": self.unanswered_turns, "errors": self.errors,
-            "hung_up_by": self.hung_up_by, "duration_ms": _r(self.duration_ms),
+            "hung_up_by": self.hung_up_by, "close_code": self.close_code,
+            "close_reason": self.close_reason, "duration_ms": _r(self.duration_ms),
             "frames_sent": self.frames_sent, "max_send_lag_ms": _r(self.max_send_lag_ms),
             "record_path": self.record_path, "events": self.events,
         }
@@ -396,7 +399,10 @@ class _CallSession:
         finally:
             if not self._hanging_up and self.result.hung_up_by is None:
                 self.result.hung_up_by = "bot"
-                self.log("in", "closed")
+                self.result.close_code = getattr(self.ws, "close_code", None)
+                self.result.close_reason = getattr(self.ws, "close_reason", None) or ""
+                self.log("in", "closed", code=self.result.close_code,
+                         reason=self.result.close_reason)
             self.closed.set()
 
     async def _on_message(self, raw: str | bytes) -> None:

@@ -53,6 +53,10 @@ class UserAudioBuffer:
         self._mels: list[torch.Tensor] = []  # finished chunks
         self.total_samples = 0
 
+    def completes_chunk(self, n_samples: int) -> bool:
+        """Whether appending ``n_samples`` more would finish a 25 s chunk (mel work to do)."""
+        return self._pending + n_samples >= self.chunk_samples + SAMPLE_RATE
+
     @property
     def duration_ms(self) -> float:
         """Milliseconds of audio in the open turn."""
@@ -154,15 +158,25 @@ class Conversation:
         self._last = None
 
     # ----------------------------------------------------------------- assistant side
-    def add_reply(self, ids: Sequence[int], tool_calls: Sequence[PendingToolCall] = ()) -> None:
-        """Record a generated spoken turn (exact ids after ``<tts_start>``) and its tool calls."""
+    def add_reply(
+        self,
+        ids: Sequence[int],
+        tool_calls: Sequence[PendingToolCall] = (),
+        tool_call_attempted: bool = False,
+    ) -> None:
+        """Record a generated spoken turn (exact ids after ``<tts_start>``) and its tool calls.
+
+        ``tool_call_attempted``: the model tried a call that was refused (loop guard, bad call);
+        it still counts towards ``tool_call_streak`` so the guard stays on until user input.
+        """
         body = [int(i) for i in ids]
         if body and body[-1] in self.tok.stop_ids:
             body = body[:-1]
         self.messages.append(AssistantMessage(ids=body))
         for call in tool_calls:
             self.pending_calls[call.call_id] = call
-        self.tool_call_streak = self.tool_call_streak + 1 if tool_calls else 0
+        attempted = bool(tool_calls) or tool_call_attempted
+        self.tool_call_streak = self.tool_call_streak + 1 if attempted else 0
         self._last = _LastReply(len(self.messages) - 1, body, [c.call_id for c in tool_calls])
 
     def truncate_last_reply(self, heard_ms: float) -> list[int] | None:

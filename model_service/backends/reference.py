@@ -113,7 +113,11 @@ class ReferenceBackend(Backend):
         self.prompts = PromptBuilder(self.tok)
         self.vocoder = vocoder
         self.voices: dict[str, Path] = {k: Path(v) for k, v in (voices or {}).items()}
-        self.default_voice = default_voice or (next(iter(self.voices)) if self.voices else None)
+        self.default_voice = default_voice or _pick_default_voice(self.voices)
+        if self.default_voice is not None and self.voices and self.default_voice not in self.voices:
+            raise ValueError(
+                f"default voice {self.default_voice!r} is not among the voices {sorted(self.voices)}"
+            )
         self.max_tool_calls_in_a_row = max_tool_calls_in_a_row
         self.tool_result_suffix = tool_result_suffix
         self.today = today
@@ -151,19 +155,37 @@ class ReferenceBackend(Backend):
             return self._voice_cache[name]
 
 
-def find_voices(model_dir: Path) -> dict[str, Path]:
-    """Voice prompts shipped with a checkpoint: ``*.wav``/``*.npz`` in ``token2wav/`` or ``assets/``.
+def _pick_default_voice(voices: dict[str, Path]) -> str | None:
+    for name in ("default", "default_female"):
+        if name in voices:
+            return name
+    return next(iter(sorted(voices)), None)
 
-    A wav with a same-named ``.npz`` beside it is listed once (token2wav prefers the npz).
+
+def find_voices(*folders: Path) -> dict[str, Path]:
+    """Voice prompts (``*.wav`` / ``*.npz``) in ``folders``, by file stem; first folder wins.
+
+    A wav with a same-named ``.npz`` beside it is listed once, as the wav (token2wav reads the
+    npz when present).
     """
     found: dict[str, Path] = {}
-    for folder in (model_dir / "assets", model_dir / "token2wav" / "voices", model_dir / "token2wav"):
+    for folder in folders:
         if not folder.is_dir():
             continue
         for p in sorted(folder.iterdir()):
             if p.suffix in (".wav", ".npz") and p.stem not in found:
-                found[p.stem] = p.with_suffix(".wav") if p.with_suffix(".wav").exists() else p
+                wav = p.with_suffix(".wav")
+                found[p.stem] = wav if wav.exists() else p
     return found
+
+
+def checkpoint_voice_folders(model_dir: Path, token2wav_dir: Path | None = None) -> list[Path]:
+    """Where a checkpoint's voices may live: ``assets/``, ``token2wav/voices/`` (and the loaded
+    token2wav directory's ``voices/`` when it differs)."""
+    folders = [model_dir / "assets", model_dir / "token2wav" / "voices"]
+    if token2wav_dir is not None and token2wav_dir / "voices" not in folders:
+        folders.append(token2wav_dir / "voices")
+    return folders
 
 
 def load_reference_backend(
@@ -188,14 +210,9 @@ def load_reference_backend(
 
         vocoder = Token2Wav.load(t2w_dir, device=device)
     if "voices" not in kwargs:
-        voices = find_voices(loaded.path)
-        if vocoder is not None:
-            if vocoder.dir is not None and vocoder.dir != t2w_dir:
-                for name, p in find_voices(vocoder.dir).items():
-                    voices.setdefault(name, p)
-            default = vocoder.default_voice_path()
-            if default is not None:
-                voices.setdefault(default.stem, default)
+        voices = find_voices(
+            *checkpoint_voice_folders(loaded.path, vocoder.dir if vocoder is not None else None)
+        )
         kwargs["voices"] = voices
     return ReferenceBackend(loaded, vocoder, **kwargs)
 
@@ -221,6 +238,7 @@ class _Run:
     t_first_audio: float | None = None
     audio_samples: int = 0
     prompt_ids: list[int] = field(default_factory=list)
+    refused_calls: int = 0  # tool calls dropped (loop guard, unknown tool, malformed)
     recorded: bool = False  # the reply is in the history
     task: asyncio.Task | None = None
 
@@ -262,7 +280,7 @@ class ReferenceSession(BackendSession):
     async def append_audio(self, pcm16k: np.ndarray) -> None:
         self._check_open()
         # Appending is a copy; a finished 25 s chunk also gets its mel (tens of ms): off-loop.
-        if self.audio._pending + len(pcm16k) >= self.audio.chunk_samples:
+        if self.audio.completes_chunk(len(pcm16k)):
             await asyncio.get_running_loop().run_in_executor(None, self.audio.append, pcm16k)
         else:
             self.audio.append(pcm16k)
@@ -324,7 +342,9 @@ class ReferenceSession(BackendSession):
 
     def prompt_messages(self, instructions: str | None = None) -> list[Any]:
         """What the next response's prompt is rendered from (system, tools, history, extra)."""
-        return self.conversation.prompt_messages(self.system_text(), self.config.tools, instructions)
+        return self.conversation.prompt_messages(
+            self.system_text(), self.config.tools, instructions
+        )
 
     def build_prompt(self, instructions: str | None = None) -> Any:
         """The next response's ``prompt.Prompt`` (ids and audio slots), for inspection."""
@@ -347,7 +367,11 @@ class ReferenceSession(BackendSession):
         run = _Run(t0=_now(), loop=loop)
         guard_tripped = self.conversation.tool_call_streak >= self.backend.max_tool_calls_in_a_row
         if guard_tripped:
-            instructions = f"{instructions}\n{TOOL_LOOP_INSTRUCTION}" if instructions else TOOL_LOOP_INSTRUCTION
+            instructions = (
+                f"{instructions}\n{TOOL_LOOP_INSTRUCTION}"
+                if instructions
+                else TOOL_LOOP_INSTRUCTION
+            )
         messages = self.prompt_messages(instructions)
         self._run = run
         run.task = loop.create_task(self._drive(run, messages, guard_tripped))
@@ -364,18 +388,11 @@ class ReferenceSession(BackendSession):
         """Run one response to its end: model thread, vocoder task, history, ``ResponseDone``."""
         backend = self.backend
         loop = run.loop
-        voice = None
-        vocoder_task = None
         error: BaseException | None = None
         status = "completed"
+        voice_name = self.config.voice or backend.default_voice
+        vocoder_task = loop.create_task(self._vocode(run, voice_name))
         try:
-            if backend.vocoder is not None:
-                voice_name = self.config.voice or backend.default_voice
-                if voice_name is not None:
-                    voice = await loop.run_in_executor(
-                        backend._vocoder_exec, backend.voice_for, voice_name
-                    )
-            vocoder_task = loop.create_task(self._vocode(run, voice))
             await loop.run_in_executor(
                 backend._model_exec, self._generate, run, messages, guard_tripped
             )
@@ -385,12 +402,11 @@ class ReferenceSession(BackendSession):
             run.cancel.set()
         finally:
             run.post_codes(None)
-        if vocoder_task is not None:
-            try:
-                await vocoder_task
-            except Exception as exc:  # noqa: BLE001
-                log.exception("token2wav failed in session %s", self.config.call_id)
-                error = error or exc
+        try:
+            await vocoder_task
+        except Exception as exc:  # noqa: BLE001 - reported to the client, session survives
+            log.exception("token2wav failed in session %s", self.config.call_id)
+            error = error or exc
 
         cancelled = run.cancel.is_set() and error is None
         if error is not None:
@@ -429,7 +445,9 @@ class ReferenceSession(BackendSession):
         if not run.ids:
             return
         conv = self.conversation
-        conv.add_reply(run.ids, [] if cancelled else run.calls)
+        conv.add_reply(
+            run.ids, [] if cancelled else run.calls, tool_call_attempted=run.refused_calls > 0
+        )
         if cancelled:
             # heard_ms None: keep everything generated before the stop.
             conv.truncate_last_reply(run.heard_ms if run.heard_ms is not None else float("inf"))
@@ -477,6 +495,8 @@ class ReferenceSession(BackendSession):
                 run.text.append(ev.text)
                 run.post(TextDelta(ev.text))
         elif isinstance(ev, ta4.ToolCall):
+            if guard_tripped or ev.name not in tools:
+                run.refused_calls += 1
             if guard_tripped:
                 run.post(
                     ResponseError(
@@ -486,11 +506,12 @@ class ReferenceSession(BackendSession):
                         "without user input",
                     )
                 )
-            elif tools and ev.name not in tools:
+            elif ev.name not in tools:
                 run.post(
                     ResponseError(
                         "bad_tool_call",
-                        f"model called unknown tool {ev.name!r} (session tools: {sorted(tools)})",
+                        f"model called unknown tool {ev.name!r} "
+                        f"(session tools: {sorted(tools) or 'none'})",
                     )
                 )
             else:
@@ -498,16 +519,32 @@ class ReferenceSession(BackendSession):
                 run.calls.append(call)
                 run.post(ToolCallEvent(call.call_id, call.name, call.arguments))
         elif isinstance(ev, ta4.ToolCallError):
+            run.refused_calls += 1
             run.post(ResponseError("bad_tool_call", ev.message))
 
     # ----------------------------------------------------------------- vocoder task
-    async def _vocode(self, run: _Run, voice: Any) -> None:
-        """Turn codes into 24 kHz audio as they arrive; flush at the end unless cancelled."""
+    async def _vocode(self, run: _Run, voice_name: str | None) -> None:
+        """Turn codes into 24 kHz audio as they arrive; flush at the end unless cancelled.
+
+        The voice is prepared here (cached after the first use) while the model already
+        decodes. A failure stops the generation too (the response ends with ``error``).
+        """
+        try:
+            await self._vocode_loop(run, voice_name)
+        except BaseException:
+            run.cancel.set()
+            while True:  # drain so the model thread's posts don't pile up unseen
+                if await run.codes.get() is None:
+                    break
+            raise
+
+    async def _vocode_loop(self, run: _Run, voice_name: str | None) -> None:
         backend = self.backend
         vocoder = backend.vocoder
         loop = run.loop
         state = None
-        if vocoder is not None and voice is not None:
+        if vocoder is not None and voice_name is not None:
+            voice = await loop.run_in_executor(backend._vocoder_exec, backend.voice_for, voice_name)
             state = vocoder.new_stream(voice)
         while True:
             batch: list[int] = []
@@ -569,6 +606,7 @@ __all__ = [
     "DEFAULT_MAX_TOOL_CALLS_IN_A_ROW",
     "ReferenceBackend",
     "ReferenceSession",
+    "checkpoint_voice_folders",
     "find_voices",
     "load_reference_backend",
     "voice_description",

@@ -120,7 +120,9 @@ class Generator:
         t0 = time.perf_counter()
         need = [i for i in range(len(audio)) if sum(counts[: i + 1]) > skip_rows]
         mel_idx = [i for i in need if is_mel[i]]
-        encoded = dict(zip(mel_idx, self.model.encode_audio([audio[i] for i in mel_idx]), strict=True))
+        encoded = dict(
+            zip(mel_idx, self.model.encode_audio([audio[i] for i in mel_idx]), strict=True)
+        )
         enc_ms = (time.perf_counter() - t0) * 1000 if mel_idx else 0.0
         rows: list[torch.Tensor] = []
         start = 0
@@ -291,12 +293,17 @@ class Generator:
             logits = logits.masked_fill(logits < kth, float("-inf"))
         top_p = float(getattr(sampling, "top_p", 1.0) or 1.0)
         if 0.0 < top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True)
-            probs = torch.softmax(sorted_logits, dim=-1)
-            cum = torch.cumsum(probs, dim=-1)
-            drop = cum - probs > top_p  # keep the smallest prefix reaching top_p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
+            # Nucleus over the best candidates; a full sort only if they hold < top_p mass.
+            probs_all = torch.softmax(logits, dim=-1)
+            k = min(logits.shape[-1], 2048)
+            top_probs, order = torch.topk(probs_all, k)
+            if k < logits.shape[-1] and float(top_probs.sum()) < top_p:
+                top_probs, order = torch.sort(probs_all, descending=True)
+            cum = torch.cumsum(top_probs, dim=-1)
+            keep = (cum - top_probs) <= top_p  # the smallest prefix reaching top_p
+            keep[0] = True
+            kept = order[keep]
+            logits = torch.full_like(logits, float("-inf")).index_copy_(0, kept, logits[kept])
         probs = torch.softmax(logits, dim=-1).cpu()
         return int(torch.multinomial(probs, 1, generator=gen).item())
 

@@ -100,8 +100,10 @@ def checkpoint_tensor_files(ckpt: Path) -> dict[str, Path]:
         files = {name: ckpt / fname for name, fname in weight_map.items()}
         missing_files = sorted({str(f.name) for f in files.values() if not f.is_file()})
         if missing_files:
-            raise CheckpointError(f"{ckpt}: shard file(s) listed in the index are missing: "
-                                  + ", ".join(missing_files))
+            raise CheckpointError(
+                f"{ckpt}: shard file(s) listed in the index are missing: "
+                + ", ".join(missing_files)
+            )
         return files
     single = ckpt / "model.safetensors"
     if single.is_file():
@@ -109,9 +111,7 @@ def checkpoint_tensor_files(ckpt: Path) -> dict[str, Path]:
 
         with safe_open(str(single), framework="pt") as f:
             return {name: single for name in f.keys()}
-    raise CheckpointError(
-        f"{ckpt} has no model.safetensors.index.json and no model.safetensors"
-    )
+    raise CheckpointError(f"{ckpt} has no model.safetensors.index.json and no model.safetensors")
 
 
 def _fmt(names: list[str], limit: int = 20) -> str:
@@ -162,7 +162,9 @@ def load_model(
             available = set(sf.keys())
             for name in sorted(names):
                 if name not in available:
-                    raise CheckpointError(f"{f.name} does not contain tensor {name} (index is wrong)")
+                    raise CheckpointError(
+                        f"{f.name} does not contain tensor {name} (index is wrong)"
+                    )
                 t = sf.get_tensor(name)
                 if tuple(t.shape) != expected[name]:
                     raise CheckpointError(
@@ -178,9 +180,18 @@ def load_model(
 
     tokenizer = None
     if load_tokenizer:
+        from transformers.utils import logging as hf_logging
+
         from .tokenizer import StepAudio2Tokenizer  # lazy: optional for weight-only uses
 
-        tokenizer = StepAudio2Tokenizer.from_pretrained(ckpt)
+        # trust_remote_code=False: config.json has an auto_map; never prompt or run remote code.
+        # (transformers also warns that "step_audio_2" is not a model type it knows; silence it.)
+        previous = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            tokenizer = StepAudio2Tokenizer.from_pretrained(ckpt, trust_remote_code=False)
+        finally:
+            hf_logging.set_verbosity(previous)
     log.info("loaded Step-Audio 2 from %s (%s on %s)", ckpt, torch_dtype, dev)
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, path=ckpt)
 

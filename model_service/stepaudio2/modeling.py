@@ -15,7 +15,7 @@ from transformers import DynamicCache, Qwen2Model
 from .adapter import Adapter
 from .config import StepAudio2Config
 from .encoder import AudioEncoder
-from .mel import AudioInputError, MAX_MEL_FRAMES, N_MELS, audio_token_count
+from .mel import MAX_MEL_FRAMES, N_MELS, AudioInputError, audio_token_count
 
 
 class StepAudio2ForCausalLM(nn.Module):
@@ -58,7 +58,9 @@ class StepAudio2ForCausalLM(nn.Module):
         lens: list[int] = []
         for i, m in enumerate(mels):
             if m.dim() != 2 or m.shape[0] != N_MELS:
-                raise AudioInputError(f"mel chunk {i} has shape {tuple(m.shape)}, expected [128, T]")
+                raise AudioInputError(
+                    f"mel chunk {i} has shape {tuple(m.shape)}, expected [128, T]"
+                )
             t = int(m.shape[1])
             if t > MAX_MEL_FRAMES:
                 raise AudioInputError(
@@ -66,7 +68,9 @@ class StepAudio2ForCausalLM(nn.Module):
                     "<= 25 s chunks"
                 )
             if audio_token_count(t) < 1:
-                raise AudioInputError(f"mel chunk {i} is too short ({t} frames) to give audio tokens")
+                raise AudioInputError(
+                    f"mel chunk {i} is too short ({t} frames) to give audio tokens"
+                )
             lens.append(t)
         enc_dtype = self.encoder.conv1.weight.dtype
         dev = self.encoder.conv1.weight.device

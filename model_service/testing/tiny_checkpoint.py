@@ -183,6 +183,25 @@ def _random_key(rng: torch.Generator) -> torch.Tensor:
     return v
 
 
+def _spread_key(
+    rng: torch.Generator, chosen: list[torch.Tensor], max_cos: float = 0.45
+) -> torch.Tensor:
+    """A random key whose |cosine| with every already chosen key is at most ``max_cos``."""
+    if not chosen:
+        return _random_key(rng)
+    mat = torch.stack(chosen)
+    best, best_cos = None, 2.0
+    for _ in range(200):
+        k = _random_key(rng)
+        cos = float((mat @ k).abs().max()) / (_NORM * _NORM)
+        if cos <= max_cos:
+            return k
+        if cos < best_cos:
+            best, best_cos = k, cos
+    assert best is not None
+    return best
+
+
 class _Shaper:
     """Builds the shaped weights; see the module docstring for the mechanism."""
 
@@ -284,19 +303,32 @@ class _Shaper:
             raise ScriptError(f"too many distinct predecessors ({len(recent_prev)} > {_N_RECENT})")
         recent_dim = {p: _RECENT0 + i for i, p in enumerate(recent_prev)}
 
-        for attempt in range(50):
+        base_emb = self._embeddings(sd["model.embed_tokens.weight"].shape[0], onehot, seed)
+        for attempt in range(20):
             rng = torch.Generator().manual_seed(seed * 1000 + attempt)
-            emb = self._embeddings(sd["model.embed_tokens.weight"].shape[0], onehot, rng)
-            alt_keys = {s: _random_key(rng) for s, _ in self.transitions if s[0] == "alt"}
-            for _, _, s in self.recency_units:
-                alt_keys.setdefault(s, _random_key(rng))
-            for _, s in self.marker_units:
-                alt_keys.setdefault(s, _random_key(rng))
+            emb = base_emb.clone()
+            alt_keys: dict[tuple, torch.Tensor] = {}
+            chosen: list[torch.Tensor] = []
+            for s in self._keyed_states(onehot):
+                k = _spread_key(rng, chosen)
+                chosen.append(k)
+                if s[0] == "alt":
+                    alt_keys[s] = k
+                else:
+                    scale = (
+                        math.sqrt(62.0) / _NORM
+                        if s[1] == self.marker_id and self.after_tool
+                        else 1.0
+                    )
+                    emb[s[1], :_KEY_DIMS] = k[:_KEY_DIMS] * scale
 
-            def key(s: tuple) -> torch.Tensor:
-                return alt_keys[s] if s[0] == "alt" else emb[s[1]].clone().index_fill_(
-                    0, torch.tensor([_MARK_IN, _CONST]), 0.0
-                )
+            def key(s: tuple, emb: torch.Tensor = emb, alt_keys: dict = alt_keys) -> torch.Tensor:
+                if s[0] == "alt":
+                    return alt_keys[s]
+                v = emb[s[1]].clone()
+                v[_MARK_IN] = 0.0
+                v[_CONST] = 0.0
+                return v
 
             lm = torch.zeros_like(sd["lm_head.weight"])
             for s, y in self.transitions:
@@ -362,7 +394,21 @@ class _Shaper:
             d[:, 2 * i] = delta / _P
             d[:, 2 * i + 1] = -delta / _P
 
-    def _embeddings(self, vocab: int, onehot: dict[int, int], rng: torch.Generator) -> torch.Tensor:
+    def _keyed_states(self, onehot: dict[int, int]) -> list[tuple]:
+        """States whose keys live in the random key subspace (chain states, alt states)."""
+        out: list[tuple] = []
+        for s in (
+            [s for s, _ in self.transitions]
+            + [u[-1] for u in self.recency_units]
+            + [s for _, s in self.marker_units]
+        ):
+            if s in out or (s[0] == "base" and s[1] in onehot):
+                continue
+            out.append(s)
+        return out
+
+    def _embeddings(self, vocab: int, onehot: dict[int, int], seed: int) -> torch.Tensor:
+        rng = torch.Generator().manual_seed(seed + 7919)
         emb = torch.zeros(vocab, 64)
         r = torch.randn(vocab, _KEY_DIMS, generator=rng)
         emb[:, :_KEY_DIMS] = r / r.norm(dim=1, keepdim=True) * _NORM
@@ -396,8 +442,11 @@ def _save_shards(sd: dict[str, torch.Tensor], out: Path, shards: int) -> None:
 
     names = list(sd)
     if shards <= 1:
-        save_file({n: sd[n].contiguous() for n in names}, str(out / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(
+            {n: sd[n].contiguous() for n in names},
+            str(out / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
         return
     per = math.ceil(len(names) / shards)
     groups = [names[i * per : (i + 1) * per] for i in range(shards)]
@@ -405,8 +454,9 @@ def _save_shards(sd: dict[str, torch.Tensor], out: Path, shards: int) -> None:
     total = 0
     for k, group in enumerate(groups, start=1):
         fname = f"model-{k:05d}-of-{shards:05d}.safetensors"
-        save_file({n: sd[n].contiguous() for n in group}, str(out / fname),
-                  metadata={"format": "pt"})
+        save_file(
+            {n: sd[n].contiguous() for n in group}, str(out / fname), metadata={"format": "pt"}
+        )
         for n in group:
             weight_map[n] = fname
             total += sd[n].numel() * sd[n].element_size()
@@ -467,8 +517,8 @@ def build_tiny_checkpoint(
     if token2wav:
         try:
             mod = importlib.import_module("model_service.testing.tiny_token2wav")
-        except ImportError:
-            log.info("model_service.testing.tiny_token2wav not available; no token2wav/ written")
+        except ImportError as e:
+            log.info("tiny token2wav not available (%s); no token2wav/ written", e)
         else:
-            mod.build_tiny_token2wav(out / "token2wav")
+            mod.build_tiny_token2wav(out)  # writes out/token2wav/
     return out

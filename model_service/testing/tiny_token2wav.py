@@ -155,7 +155,8 @@ def build_tiny_token2wav(out_dir: str | Path) -> Path:
 
     (t2w / "flow.yaml").write_text(_FLOW_YAML.format(**cfg.flow.__dict__), encoding="utf-8")
     (t2w / "config.json").write_text(
-        json.dumps({"hift": cfg.to_dict()["hift"]}, indent=1, sort_keys=True) + "\n", encoding="utf-8"
+        json.dumps({"hift": cfg.to_dict()["hift"]}, indent=1, sort_keys=True) + "\n",
+        encoding="utf-8",
     )
     torch.save({k: v.clone() for k, v in flow.state_dict().items()}, t2w / "flow.pt")
     torch.save(_weight_norm_state(hift), t2w / "hift.pt")

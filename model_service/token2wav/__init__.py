@@ -1,12 +1,13 @@
 """token2wav: Step-Audio 2 / CosyVoice-2 speech codes (25 Hz, 6561) -> 24 kHz speech.
 
 Public API: ``Token2Wav`` (load, prepare_voice, synthesize, new_stream/push/push_many/flush,
-stream_step), ``ChunkSchedule``, ``StreamState``, ``Voice``/``save_voice_npz``, and
+stream_step), ``Token2WavBatcher`` (async, batches concurrent sessions), ``ChunkSchedule``, ``StreamState``, ``Voice``/``save_voice_npz``, and
 ``StreamResampler`` / ``Resampler24k`` for the output rate.
 """
 
 from __future__ import annotations
 
+from .batcher import Token2WavBatcher
 from .config import N_CODES, SAMPLE_RATE, FlowConfig, HiFTConfig, Token2WavConfig
 from .engine import ChunkSchedule, StreamState, Token2Wav, Token2WavFileError
 from .resample import Resampler24k, StreamResampler
@@ -23,6 +24,7 @@ __all__ = [
     "StreamResampler",
     "StreamState",
     "Token2Wav",
+    "Token2WavBatcher",
     "Token2WavConfig",
     "Token2WavFileError",
     "Voice",

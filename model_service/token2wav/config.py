@@ -183,7 +183,9 @@ def read_flow_yaml(path: Path) -> dict[str, Any]:
 
 def load_config(token2wav_dir: Path) -> Token2WavConfig:
     """Official defaults, then ``flow.yaml`` numbers, then ``config.json`` overrides."""
-    cfg = Token2WavConfig(flow=FlowConfig.from_yaml_dict(read_flow_yaml(token2wav_dir / "flow.yaml")))
+    cfg = Token2WavConfig(
+        flow=FlowConfig.from_yaml_dict(read_flow_yaml(token2wav_dir / "flow.yaml"))
+    )
     extra = token2wav_dir / "config.json"
     if extra.exists():
         with open(extra, encoding="utf-8") as fh:

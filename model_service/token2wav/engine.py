@@ -34,7 +34,7 @@ import torch
 from .config import MEL_BINS, SAMPLE_RATE, Token2WavConfig, load_config
 from .flow import CausalMaskedDiffWithXvec
 from .hift import HiFTGenerator
-from .voice import PromptEncoders, Voice, load_voice_npz, pad_mel_to_codes
+from .voice import PromptEncoders, Voice, load_voice_npz
 from .weights import load_flow_weights, load_hift_weights
 
 log = logging.getLogger(__name__)
@@ -53,19 +53,22 @@ class ChunkSchedule:
 
     first_chunk / chunk: codes rendered per emitted chunk (the first may be smaller for a lower
     time-to-first-audio); each also waits for the flow's look-ahead codes (3).
-    max_context: already-rendered codes re-fed to the flow as left context.
+    max_context: already-rendered codes re-fed to the flow as left context (50 codes = 100 mel
+        frames, the same window upstream keeps in its attention cache besides the prompt).
     overlap_frames: mel frames of vocoder overlap; that many x 480 samples are withheld and
     crossfaded at every boundary (8 frames = 160 ms, as upstream).
     """
 
     first_chunk: int = 10
     chunk: int = 25
-    max_context: int = 250
+    max_context: int = 50
     overlap_frames: int = 8
 
     def __post_init__(self) -> None:
         if self.first_chunk < 1 or self.chunk < 1:
-            raise ValueError(f"ChunkSchedule: chunk sizes must be >= 1, got {self.first_chunk}/{self.chunk}")
+            raise ValueError(
+                f"ChunkSchedule: chunk sizes must be >= 1, got {self.first_chunk}/{self.chunk}"
+            )
         if self.max_context < 0 or self.overlap_frames < 1:
             raise ValueError("ChunkSchedule: max_context >= 0 and overlap_frames >= 1 required")
         if self.overlap_frames > 2 * min(self.first_chunk, self.chunk):
@@ -103,8 +106,25 @@ class _FlowJob:
     final: bool
 
 
+def resolve_dtype(dtype: torch.dtype | str, device: str | torch.device) -> torch.dtype:
+    """``torch.float16`` etc., or a name: "float32"/"float16"/"bfloat16"/"auto" (fp16 on CUDA)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"token2wav: unknown dtype {dtype!r}")
+    return value
+
+
 class Token2Wav:
-    """Flow-matching + HiFT detokenizer with per-session streaming and cross-session batching."""
+    """Flow-matching + HiFT detokenizer with per-session streaming and cross-session batching.
+
+    The flow runs in ``dtype`` (fp16/bf16 fine on GPU); HiFT always runs in float32. Methods are
+    synchronous and CPU/GPU-heavy: call them from a worker thread (or use ``Token2WavBatcher``).
+    Concurrent calls on *different* streams are safe; one stream must not be used by two threads.
+    """
 
     def __init__(
         self,
@@ -113,8 +133,9 @@ class Token2Wav:
         hift: HiFTGenerator,
         model_dir: Path | None = None,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
     ) -> None:
+        dtype = resolve_dtype(dtype, device)
         self.cfg = cfg
         self.flow = flow.to(device=device, dtype=dtype).eval()
         self.hift = hift.to(device=device, dtype=torch.float32).eval()
@@ -128,17 +149,26 @@ class Token2Wav:
         self._voices: dict[tuple, Voice] = {}
         self._voice_lock = threading.Lock()
         base = model_dir or Path(".")
-        self._encoders = PromptEncoders(base / "speech_tokenizer_v2_25hz.onnx", base / "campplus.onnx")
+        self._encoders = PromptEncoders(
+            base / "speech_tokenizer_v2_25hz.onnx", base / "campplus.onnx"
+        )
 
     # ------------------------------------------------------------------------ loading
 
     @classmethod
     def load(
-        cls, model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
     ) -> Token2Wav:
         """Load ``<model_dir>/token2wav/`` (or ``model_dir`` itself if it holds ``flow.yaml``)."""
         root = Path(model_dir)
-        t2w = root if (root / "flow.yaml").exists() and not (root / "token2wav").is_dir() else root / "token2wav"
+        t2w = (
+            root
+            if (root / "flow.yaml").exists() and not (root / "token2wav").is_dir()
+            else root / "token2wav"
+        )
         if not t2w.is_dir():
             raise Token2WavFileError(f"token2wav: directory {t2w} not found")
         for name in REQUIRED_FILES:
@@ -172,9 +202,7 @@ class Token2Wav:
         npz = path if path.suffix == ".npz" else path.with_suffix(".npz")
         if not path.exists() and not npz.exists():
             raise FileNotFoundError(f"voice prompt {path} not found")
-        key = tuple(
-            (str(p.resolve()), p.stat().st_mtime_ns) for p in (path, npz) if p.exists()
-        )
+        key = tuple((str(p.resolve()), p.stat().st_mtime_ns) for p in (path, npz) if p.exists())
         with self._voice_lock:
             hit = self._voices.get(key)
         if hit is not None:
@@ -187,7 +215,9 @@ class Token2Wav:
             voice = self._encoders.voice_from_wav(path)
         bad = (voice.codes < 0) | (voice.codes >= self.cfg.flow.vocab_size)
         if bad.any():
-            raise ValueError(f"voice {path}: prompt codes out of range [0, {self.cfg.flow.vocab_size})")
+            raise ValueError(
+                f"voice {path}: prompt codes out of range [0, {self.cfg.flow.vocab_size})"
+            )
         if voice.embedding.shape[0] != self.cfg.flow.spk_embed_dim:
             raise ValueError(
                 f"voice {path}: embedding has {voice.embedding.shape[0]} dims, model wants "
@@ -234,7 +264,9 @@ class Token2Wav:
             spks.append(voice.embedding)
             conds.append(voice.mel)
             fidx.append(
-                np.concatenate([np.arange(up * p), up * p + up * gen_start + np.arange(up * len(gen_codes))])
+                np.concatenate(
+                    [np.arange(up * p), up * p + up * gen_start + np.arange(up * len(gen_codes))]
+                )
             )
         T = max(lens)
         b = len(rows)
@@ -308,7 +340,7 @@ class Token2Wav:
                 flow_idx.append(i)
         mels: list[torch.Tensor | None] = [None] * len(jobs)
         if flow_rows:
-            for i, m in zip(flow_idx, self._run_flow(flow_rows)):
+            for i, m in zip(flow_idx, self._run_flow(flow_rows), strict=False):
                 n = len(jobs[i].codes)
                 mels[i] = m[:, : self.up * n]
 
@@ -333,16 +365,19 @@ class Token2Wav:
             mel_b = torch.stack([m for _, m in items]).to(self.device)
             phases = torch.stack(
                 [
-                    jobs[i].state.phase if jobs[i].state.phase is not None
+                    jobs[i].state.phase
+                    if jobs[i].state.phase is not None
                     else self.hift.m_source.initial_phase(1)[0]
                     for i in idx
                 ]
+            ).to(self.device)
+            offsets = torch.tensor(
+                [jobs[i].state.sample_pos for i in idx], dtype=torch.long, device=self.device
             )
-            offsets = torch.tensor([jobs[i].state.sample_pos for i in idx], dtype=torch.long)
             audio_b, ph_b = self.hift(mel_b, phases, offsets)
             audio_np = audio_b.cpu().numpy().astype(np.float32)
             for row, i in enumerate(idx):
-                outputs[i] = self._finish_chunk(jobs[i], mel_b[row].cpu(), audio_np[row], ph_b[row].cpu())
+                outputs[i] = self._finish_chunk(jobs[i], mel_b[row], audio_np[row], ph_b[row])
         for job in jobs:
             st = job.state
             if job.codes:
@@ -357,7 +392,9 @@ class Token2Wav:
             job.state.samples_out += len(outputs[i])
         return outputs
 
-    def _finish_chunk(self, job: _FlowJob, mel_in: torch.Tensor, audio: np.ndarray, phase: torch.Tensor) -> np.ndarray:
+    def _finish_chunk(
+        self, job: _FlowJob, mel_in: torch.Tensor, audio: np.ndarray, phase: torch.Tensor
+    ) -> np.ndarray:
         st = job.state
         tail = st.audio_tail
         if tail.size:
@@ -373,8 +410,8 @@ class Token2Wav:
         ov_s = ov * self.hop
         keep = len(audio) - ov_s
         st.audio_tail = audio[keep:].astype(np.float32)
-        st.mel_tail = mel_in[:, -ov:].clone()
-        st.phase = phase[:, keep].clone()
+        st.mel_tail = mel_in[:, -ov:].clone()  # stays on the model device
+        st.phase = phase[:, keep].cpu()
         st.sample_pos += keep
         return audio[:keep].astype(np.float32)
 
@@ -382,7 +419,9 @@ class Token2Wav:
         """Buffer codes; return the audio chunks (24 kHz float32) that became ready."""
         return self.push_many([(state, codes)])[0]
 
-    def push_many(self, items: Sequence[tuple[StreamState, Iterable[int]]]) -> list[list[np.ndarray]]:
+    def push_many(
+        self, items: Sequence[tuple[StreamState, Iterable[int]]]
+    ) -> list[list[np.ndarray]]:
         """``push`` for several sessions; ready chunks of all sessions share one flow pass per round."""
         if len({id(st) for st, _ in items}) != len(items):
             raise ValueError("push_many: the same StreamState appears twice")
@@ -400,7 +439,7 @@ class Token2Wav:
                     owners.append(k)
             if not jobs:
                 return results
-            for k, audio in zip(owners, self._render(jobs)):
+            for k, audio in zip(owners, self._render(jobs), strict=False):
                 if audio.size:
                     results[k].append(audio)
 
@@ -423,7 +462,7 @@ class Token2Wav:
                 jobs.append(job)
                 owners.append(k)
         if jobs:
-            for k, audio in zip(owners, self._render(jobs)):
+            for k, audio in zip(owners, self._render(jobs), strict=False):
                 if audio.size:
                     outs[k].append(audio)
         return [np.concatenate(o) if o else np.zeros(0, np.float32) for o in outs]
@@ -443,4 +482,4 @@ class Token2Wav:
         return out
 
 
-__all__ = ["ChunkSchedule", "StreamState", "Token2Wav", "Token2WavFileError", "pad_mel_to_codes"]
+__all__ = ["ChunkSchedule", "StreamState", "Token2Wav", "Token2WavFileError", "resolve_dtype"]

@@ -31,10 +31,14 @@ from torch import nn
 from .config import FlowConfig
 
 
-def rel_positional_encoding(size: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def rel_positional_encoding(
+    size: int, dim: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """ESPnet relative sinusoid table for relative positions ``size-1 .. -(size-1)``: [2*size-1, dim]."""
     rel = torch.arange(size - 1, -size, -1, device=device, dtype=torch.float32)[:, None]
-    div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * -(math.log(10000.0) / dim))
+    div = torch.exp(
+        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * -(math.log(10000.0) / dim)
+    )
     pe = torch.zeros(2 * size - 1, dim, device=device, dtype=torch.float32)
     pe[:, 0::2] = torch.sin(rel * div)
     pe[:, 1::2] = torch.cos(rel * div)
@@ -80,9 +84,15 @@ class RelPositionAttention(nn.Module):
         v = self.linear_v(x).view(b, t, self.h, self.d_k).transpose(1, 2)
         p = self.linear_pos(pos_emb).view(-1, self.h, self.d_k).transpose(0, 1)  # [h, 2t-1, d]
         ac = torch.matmul((q + self.pos_bias_u).transpose(1, 2), k.transpose(-2, -1))  # [b,h,t,t]
-        bd_full = torch.matmul((q + self.pos_bias_v).transpose(1, 2), p.transpose(-2, -1))  # [b,h,t,2t-1]
+        bd_full = torch.matmul(
+            (q + self.pos_bias_v).transpose(1, 2), p.transpose(-2, -1)
+        )  # [b,h,t,2t-1]
         # relative position i-j sits at index (t-1) - (i-j) of the table
-        idx = (t - 1) - torch.arange(t, device=x.device)[:, None] + torch.arange(t, device=x.device)[None, :]
+        idx = (
+            (t - 1)
+            - torch.arange(t, device=x.device)[:, None]
+            + torch.arange(t, device=x.device)[None, :]
+        )
         bd = torch.gather(bd_full, 3, idx.expand(b, self.h, t, t))
         scores = (ac + bd) / math.sqrt(self.d_k)
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -157,12 +167,18 @@ class UpsampleConformerEncoderV2(nn.Module):
         self.embed = LinearEmbed(cfg.input_size, d)
         self.pre_lookahead_layer = PreLookaheadLayer(d, cfg.pre_lookahead_len)
         self.encoders = nn.ModuleList(
-            [ConformerBlock(d, cfg.encoder_heads, cfg.encoder_ffn) for _ in range(cfg.encoder_blocks)]
+            [
+                ConformerBlock(d, cfg.encoder_heads, cfg.encoder_ffn)
+                for _ in range(cfg.encoder_blocks)
+            ]
         )
         self.up_layer = Upsample1D(d, cfg.up_stride)
         self.up_embed = LinearEmbed(d, d)
         self.up_encoders = nn.ModuleList(
-            [ConformerBlock(d, cfg.encoder_heads, cfg.encoder_ffn) for _ in range(cfg.encoder_up_blocks)]
+            [
+                ConformerBlock(d, cfg.encoder_heads, cfg.encoder_ffn)
+                for _ in range(cfg.encoder_up_blocks)
+            ]
         )
         self.after_norm = nn.LayerNorm(d, eps=1e-5)
 
@@ -301,7 +317,9 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+        )
         args = (t.float() * 1000.0)[:, None] * freqs[None]
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t.dtype)
         return self.mlp(emb)
@@ -328,12 +346,20 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedder(h)
         self.in_proj = nn.Linear(4 * cfg.output_size, h)
         self.blocks = nn.ModuleList(
-            [DiTBlock(h, cfg.dit_heads, cfg.dit_head_dim, cfg.dit_mlp_ratio) for _ in range(cfg.dit_depth)]
+            [
+                DiTBlock(h, cfg.dit_heads, cfg.dit_head_dim, cfg.dit_mlp_ratio)
+                for _ in range(cfg.dit_depth)
+            ]
         )
         self.final_layer = FinalLayer(h, cfg.output_size)
 
     def forward(
-        self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
+        self,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        t: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
     ) -> torch.Tensor:
         """All of x, mu, cond are [b, 80, T]; spks [b, 80]; t [b]. Returns [b, 80, T]."""
         T = x.shape[-1]
@@ -355,9 +381,13 @@ class CausalConditionalCFM(nn.Module):
         self.cfg_rate = cfg.cfg_rate
         self.n_timesteps = cfg.n_timesteps
 
-    def forward(self, noise: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, noise: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
         b = mu.shape[0]
-        t_span = 1 - torch.cos(torch.linspace(0, 1, self.n_timesteps + 1, device=mu.device) * 0.5 * math.pi)
+        t_span = 1 - torch.cos(
+            torch.linspace(0, 1, self.n_timesteps + 1, device=mu.device) * 0.5 * math.pi
+        )
         t_span = t_span.to(mu.dtype)
         x = noise
         mu_in = torch.cat([mu, torch.zeros_like(mu)], dim=0)
@@ -387,6 +417,15 @@ class CausalMaskedDiffWithXvec(nn.Module):
         # Fixed noise indexed by mel-frame position (like the official ``rand_noise`` buffer), so
         # a frame gets the same noise however the codes are chunked. Not a state-dict entry.
         self._noise = torch.randn(cfg.output_size, cfg.noise_frames, generator=gen)
+        self._noise_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def noise_table(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (device, dtype)
+        table = self._noise_cache.get(key)
+        if table is None:
+            table = self._noise.to(device=device, dtype=dtype)
+            self._noise_cache[key] = table
+        return table
 
     @torch.inference_mode()
     def infer(
@@ -410,6 +449,6 @@ class CausalMaskedDiffWithXvec(nn.Module):
         emb = self.input_embedding(tokens.clamp(0, self.cfg.vocab_size - 1))
         h = self.encoder(emb, lengths)
         mu = self.encoder_proj(h).transpose(1, 2)
-        noise_buf = self._noise.to(device=mu.device, dtype=mu.dtype)
+        noise_buf = self.noise_table(mu.device, mu.dtype)
         noise = noise_buf[:, frame_index % noise_buf.shape[1]].permute(1, 0, 2)  # [b, 80, T]
         return self.decoder(noise, mu, spk, cond.to(mu.dtype))

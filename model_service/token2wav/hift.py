@@ -43,7 +43,10 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, kernel: int, dilations: list[int]) -> None:
         super().__init__()
         self.convs1 = nn.ModuleList(
-            [nn.Conv1d(channels, channels, kernel, dilation=d, padding=_pad(kernel, d)) for d in dilations]
+            [
+                nn.Conv1d(channels, channels, kernel, dilation=d, padding=_pad(kernel, d))
+                for d in dilations
+            ]
         )
         self.convs2 = nn.ModuleList(
             [nn.Conv1d(channels, channels, kernel, padding=_pad(kernel)) for _ in dilations]
@@ -52,7 +55,9 @@ class ResBlock(nn.Module):
         self.activations2 = nn.ModuleList([Snake(channels) for _ in dilations])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.activations1, self.activations2):
+        for c1, c2, a1, a2 in zip(
+            self.convs1, self.convs2, self.activations1, self.activations2, strict=False
+        ):
             x = x + c2(a2(c1(a1(x))))
         return x
 
@@ -64,7 +69,10 @@ class ConvRNNF0Predictor(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(num_convs):
-            layers += [nn.Conv1d(in_channels if i == 0 else cond_channels, cond_channels, 3, padding=1), nn.ELU()]
+            layers += [
+                nn.Conv1d(in_channels if i == 0 else cond_channels, cond_channels, 3, padding=1),
+                nn.ELU(),
+            ]
         self.condnet = nn.Sequential(*layers)
         self.classifier = nn.Linear(cond_channels, 1)
 
@@ -87,6 +95,15 @@ class SourceModuleHnNSF(nn.Module):
         phase0 = torch.rand(self.dim, generator=gen, dtype=torch.float64) * 2 * math.pi
         phase0[0] = 0.0
         self._phase0 = phase0
+        self._noise_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def noise_table(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (device, dtype)
+        table = self._noise_cache.get(key)
+        if table is None:
+            table = self._noise.to(device=device, dtype=dtype)
+            self._noise_cache[key] = table
+        return table
 
     def initial_phase(self, batch: int) -> torch.Tensor:
         return self._phase0[None, :].expand(batch, -1).clone()
@@ -107,8 +124,10 @@ class SourceModuleHnNSF(nn.Module):
         sines = cfg.nsf_alpha * torch.sin(ph).to(f0.dtype)
         uv = (f0 > cfg.nsf_voiced_threshold).to(f0.dtype)[:, None, :]
         noise_amp = uv * cfg.nsf_sigma + (1 - uv) * cfg.nsf_alpha / 3
-        idx = (sample_offset.to(f0.device)[:, None] + torch.arange(n, device=f0.device)[None, :]) % self._noise.shape[1]
-        noise = self._noise.to(f0.device, f0.dtype)[:, idx].permute(1, 0, 2)  # [b, H+1, n]
+        idx = (
+            sample_offset.to(f0.device)[:, None] + torch.arange(n, device=f0.device)[None, :]
+        ) % self._noise.shape[1]
+        noise = self.noise_table(f0.device, f0.dtype)[:, idx].permute(1, 0, 2)  # [b, H+1, n]
         sines = sines * uv + noise_amp * noise
         src = torch.tanh(self.l_linear(sines.transpose(1, 2))).transpose(1, 2)
         return src, ph
@@ -123,16 +142,29 @@ class HiFTGenerator(nn.Module):
         ch = cfg.base_channels
         n_fft = cfg.istft_n_fft
         self.m_source = SourceModuleHnNSF(cfg)
-        self.f0_predictor = ConvRNNF0Predictor(cfg.in_channels, cfg.f0_cond_channels, cfg.f0_num_convs)
+        self.f0_predictor = ConvRNNF0Predictor(
+            cfg.in_channels, cfg.f0_cond_channels, cfg.f0_num_convs
+        )
         self.conv_pre = nn.Conv1d(cfg.in_channels, ch, 7, padding=3)
         self.ups = nn.ModuleList()
-        for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
-            self.ups.append(nn.ConvTranspose1d(ch // 2**i, ch // 2 ** (i + 1), k, u, padding=(k - u) // 2))
+        for i, (u, k) in enumerate(
+            zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=False)
+        ):
+            self.ups.append(
+                nn.ConvTranspose1d(ch // 2**i, ch // 2 ** (i + 1), k, u, padding=(k - u) // 2)
+            )
         down = [1] + cfg.upsample_rates[::-1][:-1]
         cum = list(np.cumprod(down))[::-1]
         self.source_downs = nn.ModuleList()
         self.source_resblocks = nn.ModuleList()
-        for i, (u, k, d) in enumerate(zip(cum, cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes)):
+        for i, (u, k, d) in enumerate(
+            zip(
+                cum,
+                cfg.source_resblock_kernel_sizes,
+                cfg.source_resblock_dilation_sizes,
+                strict=False,
+            )
+        ):
             c = ch // 2 ** (i + 1)
             u = int(u)
             if u == 1:
@@ -143,7 +175,7 @@ class HiFTGenerator(nn.Module):
         self.resblocks = nn.ModuleList()
         for i in range(len(self.ups)):
             c = ch // 2 ** (i + 1)
-            for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
+            for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes, strict=False):
                 self.resblocks.append(ResBlock(c, k, d))
         self.conv_post = nn.Conv1d(ch // 2 ** len(self.ups), n_fft + 2, 7, padding=3)
         self.num_kernels = len(cfg.resblock_kernel_sizes)
@@ -155,8 +187,12 @@ class HiFTGenerator(nn.Module):
 
     def _stft(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         spec = torch.stft(
-            x, self.cfg.istft_n_fft, self.cfg.istft_hop, self.cfg.istft_n_fft,
-            window=self.stft_window, return_complex=True,
+            x,
+            self.cfg.istft_n_fft,
+            self.cfg.istft_hop,
+            self.cfg.istft_n_fft,
+            window=self.stft_window,
+            return_complex=True,
         )
         return spec.real, spec.imag
 
@@ -201,7 +237,11 @@ class HiFTGenerator(nn.Module):
         angle = torch.sin(x[:, half:])
         spec = torch.complex(magnitude * torch.cos(angle), magnitude * torch.sin(angle))
         audio = torch.istft(
-            spec, cfg.istft_n_fft, cfg.istft_hop, cfg.istft_n_fft, window=self.stft_window,
+            spec,
+            cfg.istft_n_fft,
+            cfg.istft_hop,
+            cfg.istft_n_fft,
+            window=self.stft_window,
             length=frames * self.hop,
         )
         return torch.clamp(audio, -cfg.audio_limit, cfg.audio_limit), ph

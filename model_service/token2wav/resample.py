@@ -105,9 +105,13 @@ class _PolyphaseFIR:
 class StreamResampler:
     """Stateful mono float32 resampler for one audio stream (one per call session)."""
 
-    def __init__(self, in_rate: int, out_rate: int, method: str = "fir", quality: str = "QQ") -> None:
+    def __init__(
+        self, in_rate: int, out_rate: int, method: str = "fir", quality: str = "QQ"
+    ) -> None:
         if in_rate <= 0 or out_rate <= 0:
-            raise ValueError(f"StreamResampler: rates must be positive, got {in_rate} -> {out_rate}")
+            raise ValueError(
+                f"StreamResampler: rates must be positive, got {in_rate} -> {out_rate}"
+            )
         if method not in ("fir", "soxr"):
             raise ValueError(f"StreamResampler: unknown method {method!r} (use 'fir' or 'soxr')")
         self.in_rate, self.out_rate, self.method, self.quality = in_rate, out_rate, method, quality
@@ -117,7 +121,9 @@ class StreamResampler:
             if method == "fir":
                 self._fir = _PolyphaseFIR(in_rate, out_rate)
             else:
-                self._soxr = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality=quality)
+                self._soxr = soxr.ResampleStream(
+                    in_rate, out_rate, 1, dtype="float32", quality=quality
+                )
 
     @property
     def delay_s(self) -> float:

@@ -108,7 +108,9 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m >= 15.0, 1000.0 * np.exp(logstep * (m - 15.0)), m * (200.0 / 3))
 
 
-def slaney_mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+def slaney_mel_filters(
+    sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> np.ndarray:
     """Slaney-scale, Slaney-normalised triangular filters [n_mels, n_fft//2+1] (librosa defaults)."""
     fmax = sr / 2 if fmax is None else fmax
     fft_f = np.linspace(0, sr / 2, n_fft // 2 + 1)
@@ -187,12 +189,16 @@ class PromptEncoders:
 
     def _session(self, path: Path):  # noqa: ANN202 - onnxruntime type
         if not path.exists():
-            raise FileNotFoundError(f"token2wav: missing {path} (needed to prepare a voice from a wav)")
+            raise FileNotFoundError(
+                f"token2wav: missing {path} (needed to prepare a voice from a wav)"
+            )
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
 
     def codes(self, wav16k: np.ndarray) -> np.ndarray:
         if self._tok is None:
@@ -216,7 +222,9 @@ class PromptEncoders:
         wav16 = read_wav_mono(path, 16000)
         codes = self.codes(wav16)
         if codes.size == 0:
-            raise ValueError(f"voice prompt {path}: too short, the speech tokenizer returned no codes")
+            raise ValueError(
+                f"voice prompt {path}: too short, the speech tokenizer returned no codes"
+            )
         emb = self.embedding(wav16)
         mel = pad_mel_to_codes(prompt_mel_24k(read_wav_mono(path, SAMPLE_RATE)), len(codes))
         log.info("prepared voice %s: %d codes", path, len(codes))

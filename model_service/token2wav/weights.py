@@ -77,7 +77,9 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing:
-        raise WeightsError(f"{source}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise WeightsError(
+            f"{source}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
     if unexpected:
         raise WeightsError(
             f"{source}: unexpected tensor(s) {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"

@@ -109,9 +109,14 @@ async def test_voice_to_voice_latency_matches_the_bots_delay(twilio_bot):
     bot = await twilio_bot(reply_delay=delay, reply_secs=0.3, idle_silence=True)
     result = await run_call(bot.url, [_speech(), _speech(freq=450)], CallOptions(**FAST))
     assert result.ok, result.errors
-    for t in result.turns:
+    # the bot's real delay, on the shared loop clock (a loaded machine may oversleep a little)
+    actual = [(sent - heard) * 1000 for sent, heard in
+              zip(bot.reply_sent_at, bot.voiced_end_at, strict=True)]
+    assert len(actual) == 2 and all(a >= delay * 1000 for a in actual)
+    for t, a in zip(result.turns, actual, strict=True):
         assert t.latency_ms is not None
-        assert abs(t.latency_ms - delay * 1000) <= 60, t.latency_ms
+        assert abs(t.latency_ms - a) <= 60, (t.latency_ms, a)
+        assert abs(t.latency_ms - delay * 1000) <= 200, t.latency_ms
         assert t.bot_bytes > 0.3 * 8000  # the reply plus idle silence
 
 
@@ -122,7 +127,7 @@ async def test_clear_discards_the_playout_buffer_and_echoes_pending_marks(twilio
     assert result.ok, result.errors
     turn = result.turns[0]
     assert turn.bot_bytes == 3 * 8000 and turn.clears == 1
-    assert 0.3 * 8000 <= turn.bot_played_bytes <= 0.55 * 8000
+    assert 0.3 * 8000 <= turn.bot_played_bytes <= 0.6 * 8000
     assert result.marks[0].cleared and result.marks[0].echoed_ms is not None
     assert [e["mark"]["name"] for e in bot.events("mark")] == ["reply-1"]
     # the call ended well before the 3 s of audio could have played out
@@ -138,7 +143,7 @@ async def test_barge_in_starts_next_turn_while_bot_talks(twilio_bot):
     first, second = result.turns
     assert first.barged_in
     gap = second.speech_start_ms - first.first_bot_media_ms
-    assert 380 <= gap <= 480, gap
+    assert 380 <= gap <= 520, gap
     assert second.clears == 1  # the bot cleared its reply when the caller spoke over it
     assert first.bot_bytes < 1.2 * 8000  # the first reply was cut short
 
@@ -187,7 +192,7 @@ async def test_unanswered_turn_and_wrong_stream_sid_fail_the_call(twilio_bot):
 async def test_bot_hang_up_skips_remaining_turns(twilio_bot):
     bot = await twilio_bot(reply_secs=0.2, hang_up_after_replies=1)
     result = await run_call(bot.url, [_speech(), _speech(), _speech()], CallOptions(**FAST))
-    assert result.hung_up_by == "bot"
+    assert result.hung_up_by == "bot" and result.close_code == 1000
     assert result.turns[0].replied
     assert result.turns[2].skipped
     assert not bot.events("stop")

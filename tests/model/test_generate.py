@@ -31,7 +31,8 @@ from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    return load_model(build_tiny_checkpoint(tmp_path_factory.mktemp("rand") / "ckpt", seed=1))
+    d = tmp_path_factory.mktemp("rand") / "ckpt"
+    return load_model(build_tiny_checkpoint(d, seed=1, token2wav=False))
 
 
 def _turn(tk: StepAudio2Tokenizer, role: str, text: str) -> list[int]:
@@ -81,7 +82,9 @@ def test_session_prefix_reuse_matches_fresh_prefill(tiny: LoadedModel) -> None:
     session = KVSession()
     out1 = list(gen.stream(p1, [mel1], max_tokens=6, session=session))
     p2 = (
-        p1 + out1 + [tk.ids.eot]
+        p1
+        + out1
+        + [tk.ids.eot]
         + [tk.ids.bot, *tk.encode("human\n"), *_audio_block(tk, mel2), tk.ids.eot]
         + [tk.ids.bot, *tk.encode("assistant\n"), tk.ids.tts_start]
     )
@@ -163,7 +166,7 @@ def test_shaped_checkpoint_emits_script(tok: StepAudio2Tokenizer, tmp_path: Path
     codes = [t for t in script if tok.is_audio(t)]
     assert len(codes) >= 64 and len(set(codes)) == len(codes)  # >= 2.5 s of speech
     assert script[-2:] == [tok.ids.tts_end, tok.ids.eot]
-    lm = load_model(build_tiny_checkpoint(tmp_path / "shaped", script=script))
+    lm = load_model(build_tiny_checkpoint(tmp_path / "shaped", script=script, token2wav=False))
     mel = _mel(1.0, 5)
     prompt = _speech_prompt(lm.tokenizer, mel)
     out = list(Generator(lm.model, lm.tokenizer.stop_ids).stream(prompt, [mel], max_tokens=400))
@@ -176,7 +179,11 @@ def test_shaped_tool_call_round_trip(tok: StepAudio2Tokenizer, tmp_path: Path) -
     text = tok.decode(first)
     assert '<tool_call>function\nget_weather\n{"city": "Paris"}</tool_call><|EOT|>' in text
     assert first != second and second[-2:] == [tok.ids.tts_end, tok.ids.eot]
-    lm = load_model(build_tiny_checkpoint(tmp_path / "tool", script=first, after_tool_script=second))
+    lm = load_model(
+        build_tiny_checkpoint(
+            tmp_path / "tool", script=first, after_tool_script=second, token2wav=False
+        )
+    )
     tk = lm.tokenizer
     schema = '[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]'
     p1 = (
@@ -190,7 +197,8 @@ def test_shaped_tool_call_round_trip(tok: StepAudio2Tokenizer, tmp_path: Path) -
     out1 = list(gen.stream(p1, max_tokens=300, session=session))
     assert out1 == first
     p2 = (
-        p1 + out1
+        p1
+        + out1
         + _turn(tk, "input", "Sunny, 18 degrees.")
         + [tk.ids.bot, *tk.encode("assistant\n"), tk.ids.tts_start]
     )

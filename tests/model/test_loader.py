@@ -42,6 +42,9 @@ def test_layout_written(ckpt: Path) -> None:
     assert cfg["model_type"] == "step_audio_2"
     assert cfg["text_config"]["vocab_size"] == 158720
     assert (ckpt / "tokenizer.json").is_file()
+    assert (ckpt / "token2wav" / "flow.yaml").is_file()  # the tiny token2wav is included
+    lm = load_model(ckpt, load_tokenizer=False)
+    assert lm.token2wav_dir == ckpt / "token2wav"
 
 
 def test_load_sharded_checkpoint_exactly(ckpt: Path) -> None:
@@ -63,7 +66,7 @@ def test_load_sharded_checkpoint_exactly(ckpt: Path) -> None:
 
 
 def test_load_single_file_checkpoint(tmp_path: Path) -> None:
-    p = build_tiny_checkpoint(tmp_path / "single", seed=3, shards=1)
+    p = build_tiny_checkpoint(tmp_path / "single", seed=3, shards=1, token2wav=False)
     assert (p / "model.safetensors").is_file()
     assert not (p / "model.safetensors.index.json").exists()
     lm = load_model(p, load_tokenizer=False)
@@ -72,7 +75,7 @@ def test_load_single_file_checkpoint(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_weights(ckpt: Path, tmp_path: Path) -> None:
-    other = build_tiny_checkpoint(tmp_path / "again", seed=3, shards=1)
+    other = build_tiny_checkpoint(tmp_path / "again", seed=3, shards=1, token2wav=False)
     a = load_model(ckpt, load_tokenizer=False).model.state_dict()
     b = load_model(other, load_tokenizer=False).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -80,8 +83,13 @@ def test_same_seed_same_weights(ckpt: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "dtype,expected",
-    [("float32", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16),
-     ("auto", torch.float32), (torch.bfloat16, torch.bfloat16)],
+    [
+        ("float32", torch.float32),
+        ("bfloat16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("auto", torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+    ],
 )
 def test_dtype_selection(ckpt: Path, dtype: object, expected: torch.dtype) -> None:
     lm = load_model(ckpt, dtype=dtype, load_tokenizer=False)  # type: ignore[arg-type]
@@ -100,14 +108,18 @@ def test_missing_tensor_is_named(ckpt_copy: Path) -> None:
     tensors = load_file(str(shard))
     del tensors[name]
     save_file(tensors, str(shard))
-    with pytest.raises(CheckpointError, match=r"does not contain tensor encoder\.blocks\.1\.attn\.key"):
+    with pytest.raises(
+        CheckpointError, match=r"does not contain tensor encoder\.blocks\.1\.attn\.key"
+    ):
         load_model(ckpt_copy, load_tokenizer=False)
     # and when the index agrees, it is reported as missing from the checkpoint
     index_path = ckpt_copy / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
     del index["weight_map"][name]
     index_path.write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match=r"missing tensor\(s\): encoder\.blocks\.1\.attn\.key"):
+    with pytest.raises(
+        CheckpointError, match=r"missing tensor\(s\): encoder\.blocks\.1\.attn\.key"
+    ):
         load_model(ckpt_copy, load_tokenizer=False)
 
 
@@ -120,7 +132,9 @@ def test_unexpected_tensor_is_named(ckpt_copy: Path) -> None:
     index = json.loads(index_path.read_text())
     index["weight_map"]["encoder.blocks.0.attn.key.bias"] = shard.name
     index_path.write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match=r"unexpected tensor\(s\): encoder\.blocks\.0\.attn\.key\.bias"):
+    with pytest.raises(
+        CheckpointError, match=r"unexpected tensor\(s\): encoder\.blocks\.0\.attn\.key\.bias"
+    ):
         load_model(ckpt_copy, load_tokenizer=False)
 
 
@@ -130,7 +144,10 @@ def test_shape_mismatch_names_tensor_and_shapes(ckpt_copy: Path) -> None:
     tensors = load_file(str(shard))
     tensors[name] = torch.zeros(32, 2048)
     save_file(tensors, str(shard))
-    with pytest.raises(CheckpointError, match=r"adapter\.linear2\.weight has shape \(32, 2048\).*expects \(64, 2048\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"adapter\.linear2\.weight has shape \(32, 2048\).*expects \(64, 2048\)",
+    ):
         load_model(ckpt_copy, load_tokenizer=False)
 
 

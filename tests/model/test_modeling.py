@@ -46,10 +46,18 @@ def test_config_parses_tiny_and_merges_eos() -> None:
     [
         ({"text_config__num_attention_groups": 4}, "num_attention_groups"),
         ({"audio_encoder_config__llm_dim": 32}, "llm_dim"),
-        ({"text_config__num_attention_heads": 3, "text_config__num_attention_groups": 3,
-          "text_config__num_key_value_heads": 3}, "hidden_size .* not divisible"),
-        ({"text_config__num_key_value_heads": 3, "text_config__num_attention_groups": 3},
-         "num_attention_heads .* not divisible"),
+        (
+            {
+                "text_config__num_attention_heads": 3,
+                "text_config__num_attention_groups": 3,
+                "text_config__num_key_value_heads": 3,
+            },
+            "hidden_size .* not divisible",
+        ),
+        (
+            {"text_config__num_key_value_heads": 3, "text_config__num_attention_groups": 3},
+            "num_attention_heads .* not divisible",
+        ),
         ({"audio_encoder_config__n_audio_head": 5}, "n_audio_state"),
         ({"audio_encoder_config__n_mels": 80}, "n_mels"),
     ],
@@ -67,11 +75,21 @@ def test_config_requires_sections() -> None:
 def test_weight_names_match_official(model: StepAudio2ForCausalLM) -> None:
     names = set(model.state_dict())
     expected = {
-        "encoder.conv1.weight", "encoder.conv1.bias", "encoder.conv2.weight", "encoder.conv2.bias",
-        "encoder.positional_embedding.weight", "encoder.after_norm.weight",
-        "encoder.after_norm.bias", "adapter.conv.weight", "adapter.conv.bias",
-        "adapter.linear1.weight", "adapter.linear1.bias", "adapter.linear2.weight",
-        "adapter.linear2.bias", "model.embed_tokens.weight", "model.norm.weight",
+        "encoder.conv1.weight",
+        "encoder.conv1.bias",
+        "encoder.conv2.weight",
+        "encoder.conv2.bias",
+        "encoder.positional_embedding.weight",
+        "encoder.after_norm.weight",
+        "encoder.after_norm.bias",
+        "adapter.conv.weight",
+        "adapter.conv.bias",
+        "adapter.linear1.weight",
+        "adapter.linear1.bias",
+        "adapter.linear2.weight",
+        "adapter.linear2.bias",
+        "model.embed_tokens.weight",
+        "model.norm.weight",
         "lm_head.weight",
     }
     for i in range(2):

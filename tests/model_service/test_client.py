@@ -44,12 +44,18 @@ ANSWER = "Sunny with 18 degrees today."
 
 
 @pytest.fixture(scope="module")
-def tool_ckpt(tmp_path_factory) -> Path:
+def scripts(tmp_path_factory) -> tuple[list[int], list[int]]:
+    """(first reply: filler + tool call, reply after the tool result) as token ids."""
     tok_dir = tmp_path_factory.mktemp("tok")
     build_tiny_tokenizer(tok_dir)
     tok = StepAudio2Tokenizer.from_pretrained(tok_dir)
     first = tool_call_script(tok, filler=FILLER)
-    after = after_tool_script(tok, first, text=ANSWER)
+    return first, after_tool_script(tok, first, text=ANSWER)
+
+
+@pytest.fixture(scope="module")
+def tool_ckpt(tmp_path_factory, scripts) -> Path:
+    first, after = scripts
     return build_tiny_checkpoint(
         tmp_path_factory.mktemp("tool"), script=first, after_tool_script=after
     )
@@ -88,11 +94,11 @@ async def connect_client(url: str, call_id: str = "CA1", rate: int = 8000) -> mc
     return client
 
 
-async def one_response(client: mc.ModelServiceClient, events, timeout: float = 30.0) -> list:
+async def one_response(client: mc.ModelServiceClient, events, within: float = 30.0) -> list:
     """Collect events up to and including the next ResponseDone."""
     out = []
     while True:
-        ev = await asyncio.wait_for(anext(events), timeout)
+        ev = await asyncio.wait_for(anext(events), within)
         out.append(ev)
         if isinstance(ev, (mc.ResponseDone, mc.Closed)):
             return out
@@ -167,14 +173,35 @@ async def test_cancel_right_after_create_with_heard_ms(service) -> None:
     await client.cancel_response(heard_ms=0)
     evs = await one_response(client, events)
     assert evs[-1].status == "cancelled"
-    call = app.state.service.sessions[client.session.session_id]
-    kept = call.backend_session.conversation.last_reply_ids()
-    assert kept is not None and len(kept) < 20  # nothing of the reply was heard: cut down
+    assert not [e for e in evs if isinstance(e, mc.ToolCall)]
     # the session goes on
     await client.append_text("Hello?", "human")
     await client.create_response()
     evs = await one_response(client, events)
     assert evs[-1].status in ("tool_call", "completed")
+    await client.close()
+
+
+async def test_cancel_mid_audio_keeps_only_what_was_heard(service, reference, scripts) -> None:
+    if reference.vocoder is None:
+        pytest.skip("the tiny checkpoint has no token2wav: no audio to barge in on")
+    app, url = service
+    client = await connect_client(url)
+    events = client.events()
+    await client.append_text("Weather please.", "human")
+    await client.create_response()
+    seen = []
+    while not any(isinstance(e, mc.AudioChunk) for e in seen):
+        seen.append(await asyncio.wait_for(anext(events), 30))
+    await client.cancel_response(heard_ms=120)
+    evs = seen + await one_response(client, events)
+    done = evs[-1]
+    assert done.status == "cancelled"
+    call = app.state.service.sessions[client.session.session_id]
+    kept = call.backend_session.conversation.last_reply_ids()
+    full = scripts[0]
+    assert kept and len(kept) < len(full) // 2  # cut to ~120 ms of speech
+    assert kept == full[: len(kept)] or kept[:-1] == full[: len(kept) - 1]
     await client.close()
 
 

@@ -78,20 +78,36 @@ def test_valid_messages(text: str, message: p.ClientMessage) -> None:
         ('{"type": "input_text.append"}', p.BAD_MESSAGE, "missing 'text'"),
         ('{"type": "input_text.append", "text": 5}', p.BAD_MESSAGE, "'text' must be a string"),
         ('{"type": "input_text.append", "text": "x", "role": "bot"}', p.BAD_MESSAGE, "'role'"),
-        ('{"type": "response.cancel", "heard_ms": "soon"}', p.BAD_MESSAGE, "'heard_ms' must be a number"),
+        (
+            '{"type": "response.cancel", "heard_ms": "soon"}',
+            p.BAD_MESSAGE,
+            "'heard_ms' must be a number",
+        ),
         ('{"type": "response.cancel", "heard_ms": -5}', p.BAD_MESSAGE, ">= 0"),
         ('{"type": "response.cancel", "heard_ms": true}', p.BAD_MESSAGE, "'heard_ms'"),
         ('{"type": "tool.result", "output": "x"}', p.BAD_MESSAGE, "missing 'call_id'"),
         ('{"type": "tool.result", "call_id": "c"}', p.BAD_MESSAGE, "missing 'output'"),
-        ('{"type": "tool.result", "call_id": "c", "output": {"a": 1}}', p.BAD_MESSAGE, "'output' must be a string"),
+        (
+            '{"type": "tool.result", "call_id": "c", "output": {"a": 1}}',
+            p.BAD_MESSAGE,
+            "'output' must be a string",
+        ),
         ('{"type": "session.update", "tools": {}}', p.BAD_MESSAGE, "'tools' must be a list"),
-        ('{"type": "session.update", "tools": [{"type": "function"}]}', p.BAD_MESSAGE, "tools[0] has no function name"),
+        (
+            '{"type": "session.update", "tools": [{"type": "function"}]}',
+            p.BAD_MESSAGE,
+            "tools[0] has no function name",
+        ),
         ('{"type": "response.create", "instructions": 3}', p.BAD_MESSAGE, "'instructions'"),
         (_with(protocol=2), p.PROTOCOL_VERSION_ERROR, "unsupported protocol version 2"),
         (_with(protocol=...), p.BAD_MESSAGE, "missing 'protocol'"),
         (_with(input_sample_rate=...), p.BAD_MESSAGE, "missing 'input_sample_rate'"),
         (_with(input_sample_rate=44100), p.BAD_MESSAGE, "'input_sample_rate' must be one of"),
-        (_with(output_sample_rate="8000"), p.BAD_MESSAGE, "'output_sample_rate' must be an integer"),
+        (
+            _with(output_sample_rate="8000"),
+            p.BAD_MESSAGE,
+            "'output_sample_rate' must be an integer",
+        ),
         (_with(call_id=12), p.BAD_MESSAGE, "'call_id' must be a string"),
         (_with(tools=["lookup"]), p.BAD_MESSAGE, "tools[0] must be an object"),
         (_with(max_response_tokens=0), p.BAD_MESSAGE, "'max_response_tokens' must be > 0"),
@@ -99,7 +115,11 @@ def test_valid_messages(text: str, message: p.ClientMessage) -> None:
         (_with(sampling={"top_p": 1.5}), p.BAD_MESSAGE, "'top_p'"),
         (_with(sampling={"beam": 4}), p.BAD_MESSAGE, "unknown fields ['beam']"),
         (_with(sampling=[]), p.BAD_MESSAGE, "'sampling' must be an object"),
-        ('{"type": "input_text.append", "text": "' + "x" * 70000 + '"}', p.TOO_LARGE, "over 65536 bytes"),
+        (
+            '{"type": "input_text.append", "text": "' + "x" * 70000 + '"}',
+            p.TOO_LARGE,
+            "over 65536 bytes",
+        ),
     ],
 )
 def test_invalid_messages(text: str, code: str, fragment: str) -> None:
@@ -140,7 +160,9 @@ def test_none_fields_are_left_out_of_the_wire_format() -> None:
 @pytest.mark.parametrize(
     "event",
     [
-        p.SessionStarted("s1", backend="reference", model="tiny", input_sample_rate=8000, output_sample_rate=8000),
+        p.SessionStarted(
+            "s1", backend="reference", model="tiny", input_sample_rate=8000, output_sample_rate=8000
+        ),
         p.ResponseStarted("s1", "r1"),
         p.TextDelta("s1", "r1", "héllo"),
         p.ToolCall("s1", "r1", call_id="c1", name="lookup", arguments={"q": "x"}),

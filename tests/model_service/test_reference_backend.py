@@ -42,10 +42,6 @@ from model_service.testing.tiny_checkpoint import (
 )
 from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
 
-LONG_TEXT = (
-    "Hello! Thank you for calling the weather line of our city. I can tell you about rain, "
-    "wind, storms and sunshine for any district near here this week."
-)
 TOOLS = [
     {
         "type": "function",
@@ -85,7 +81,7 @@ def tok(tmp_path_factory) -> StepAudio2Tokenizer:
 
 @pytest.fixture(scope="module")
 def speech_script(tok) -> list[int]:
-    return default_script(tok, text=LONG_TEXT)
+    return default_script(tok, text="Hello! Thank you for calling the weather line.")
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +119,12 @@ def always_tool_ckpt(tmp_path_factory, tool_scripts) -> Path:
 @pytest.fixture(scope="module")
 def speech_backend(speech_ckpt) -> ReferenceBackend:
     return load_reference_backend(speech_ckpt)
+
+
+@pytest.fixture(scope="module")
+def text_backend(speech_backend) -> ReferenceBackend:
+    """The same loaded model without token2wav (faster; for tests that don't look at audio)."""
+    return ReferenceBackend(speech_backend.loaded, None)
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +214,9 @@ async def test_timings_present_and_ordered(speech_backend):
     await session.close()
 
 
-async def test_queue_ms_measures_waiting_for_the_model(speech_backend):
-    a = await speech_backend.open_session(config())
-    b = await speech_backend.open_session(config())
+async def test_queue_ms_measures_waiting_for_the_model(text_backend):
+    a = await text_backend.open_session(config())
+    b = await text_backend.open_session(config())
     for s in (a, b):
         await s.append_text("What is the weather?")
     ev_a, ev_b = await asyncio.gather(collect(a), collect(b))
@@ -241,6 +243,13 @@ async def test_tool_call_round_trip(tool_backend, tool_scripts, tok):
     # the tools turn and the tools sentence are in the prompt
     assert "tool_json_schemas" in tok.decode(session.last_prompt_ids)
     assert list(session.conversation.messages[-1].ids) == first[:-1]
+
+    # barge-in during the filler: the spoken part is cut, the tool call (already sent) stays
+    await session.cancel(heard_ms=80)
+    kept = list(session.conversation.messages[-1].ids)
+    assert len(audio_codes(tok, kept)) == 2
+    tail = first[first.index(tok.ids.tts_end) : -1]  # <tts_end><tool_call>...</tool_call>
+    assert kept[-len(tail) :] == tail
 
     with pytest.raises(ValueError, match="call_nope"):
         await session.add_tool_result("call_nope", "x")
@@ -278,6 +287,9 @@ async def test_tool_loop_guard(always_tool_ckpt):
     assert [e.code for e in errors] == ["tool_call_limit"]
     assert "Do not call any tool" in backend.tok.decode(session.last_prompt_ids)
     assert not session.conversation.pending_calls
+    # still refused without user input (the refused attempt keeps the streak going)
+    events = await collect(session)
+    assert [e.code for e in events if isinstance(e, ResponseError)] == ["tool_call_limit"]
     # user input resets the guard
     await session.append_text("And tomorrow?")
     assert done_of(await collect(session)).status == "tool_call"
@@ -291,7 +303,8 @@ async def test_cancel_mid_response_truncates_history(speech_backend, tok, speech
     events = []
     async for ev in session.respond():
         events.append(ev)
-        if isinstance(ev, TextDelta) and len(events) == 1:
+        n_text = sum(isinstance(e, TextDelta) for e in events)
+        if isinstance(ev, TextDelta) and n_text == 3:  # >= 3 TA4 groups (>= 8 codes) generated
             await session.cancel(heard_ms=130)  # 3 codes (25 Hz, floored)
     done = done_of(events)
     assert done.status == "cancelled"
@@ -302,8 +315,10 @@ async def test_cancel_mid_response_truncates_history(speech_backend, tok, speech
     third_code_at = [i for i, t in enumerate(speech_script) if tok.is_audio(t)][2]
     assert kept == [*speech_script[: third_code_at + 1], tok.ids.tts_end]
     assert len(audio_codes(tok, kept)) == 3
-    # nothing after the cancel: no audio beyond what was produced before it
-    assert not any(isinstance(e, AudioChunk) for e in events[events.index(done):])
+    # audio stops with the generation (never more than the codes generated)
+    audio_samples = sum(len(e.pcm) for e in events if isinstance(e, AudioChunk))
+    assert audio_samples == done.audio_ms * 24
+    assert done.audio_ms <= 40.0 * len(audio_codes(tok, speech_script[: done.completion_tokens]))
 
     # the next turn continues after the truncated reply
     await session.append_text("Go on.")
@@ -315,9 +330,9 @@ async def test_cancel_mid_response_truncates_history(speech_backend, tok, speech
     await session.close()
 
 
-async def test_cancel_after_done_truncates_last_reply(speech_backend, tok, speech_script):
+async def test_cancel_after_done_truncates_last_reply(text_backend, tok, speech_script):
     """Barge-in while the finished reply is still playing on the caller's side."""
-    session = await speech_backend.open_session(config())
+    session = await text_backend.open_session(config())
     await session.append_text("Hi")
     assert done_of(await collect(session)).status == "completed"
     await session.cancel(heard_ms=200)  # 5 codes heard
@@ -327,11 +342,11 @@ async def test_cancel_after_done_truncates_last_reply(speech_backend, tok, speec
     await session.close()
 
 
-async def test_interleaved_sessions_are_independent(speech_backend, tok, speech_script):
-    a = await speech_backend.open_session(config(call_id="a"))
-    b = await speech_backend.open_session(config(call_id="b", system_prompt="You are Bob."))
+async def test_interleaved_sessions_are_independent(text_backend, tok, speech_script):
+    a = await text_backend.open_session(config(call_id="a"))
+    b = await text_backend.open_session(config(call_id="b", system_prompt="You are Bob."))
     wav_a, wav_b = speech_like(1.0, seed=3), speech_like(2.0, seed=4)
-    for pa, pb in zip(np.array_split(wav_a, 4), np.array_split(wav_b, 4)):
+    for pa, pb in zip(np.array_split(wav_a, 4), np.array_split(wav_b, 4), strict=True):
         await a.append_audio(pa)
         await b.append_audio(pb)
     await asyncio.gather(a.commit(), b.commit())
@@ -380,25 +395,32 @@ async def test_respond_does_not_block_the_event_loop(speech_backend):
     await session.close()
 
 
-async def test_update_changes_persona_voice_style_tools_for_next_response(speech_backend, tok):
-    session = await speech_backend.open_session(config(system_prompt="You are Ann."))
+async def test_update_changes_persona_voice_style_tools_for_next_response(text_backend, tok):
+    session = await text_backend.open_session(config(system_prompt="You are Ann."))
     assert "You are Ann." in session.system_text()
-    await session.update(
-        config(system_prompt="You are Zed.", style="Speak slowly.", tools=TOOLS)
-    )
+    await session.update(config(system_prompt="You are Zed.", style="Speak slowly.", tools=TOOLS))
     text = tok.decode(session.build_prompt().ids)
     assert "You are Zed." in text and "Speak slowly." in text and "You are Ann." not in text
     assert "get_weather" in text and "call tools" in text
     await session.append_text("Hi")
     await collect(session)
     assert "You are Zed." in tok.decode(session.last_prompt_ids)
+    await session.close()
+
+
+async def test_voices_are_validated(speech_backend):
+    assert "default" in speech_backend.voices  # the tiny token2wav's test voice
+    with pytest.raises(ValueError, match="nobody"):
+        await speech_backend.open_session(config(voice="nobody"))
+    session = await speech_backend.open_session(config(voice="default"))
+    assert "the default voice" in session.system_text()
     with pytest.raises(ValueError, match="nobody"):
         await session.update(config(voice="nobody"))
     await session.close()
 
 
-async def test_append_text_roles_and_one_shot_instructions(speech_backend, tok):
-    session = await speech_backend.open_session(config())
+async def test_append_text_roles_and_one_shot_instructions(text_backend, tok):
+    session = await text_backend.open_session(config())
     await session.append_text("1 2 3 #")
     await session.append_text("The caller pressed digits.", role="system")
     with pytest.raises(ValueError, match="role"):
@@ -412,8 +434,8 @@ async def test_append_text_roles_and_one_shot_instructions(speech_backend, tok):
     await session.close()
 
 
-async def test_second_respond_while_running_is_refused(speech_backend):
-    session = await speech_backend.open_session(config())
+async def test_second_respond_while_running_is_refused(text_backend):
+    session = await text_backend.open_session(config())
     await session.append_text("Hi")
     first = session.respond()
     with pytest.raises(RuntimeError, match="already running"):
@@ -432,14 +454,53 @@ def test_user_audio_buffer_chunks_like_split_audio():
     mels = buf.finish()
     expected = [mel_mod.log_mel_spectrogram(c) for c in mel_mod.split_audio(wav)]
     assert len(mels) == len(expected) == 3
-    for got, want in zip(mels, expected):
+    for got, want in zip(mels, expected, strict=True):
         assert got.shape == want.shape
         assert np.allclose(got.numpy(), want.numpy(), atol=1e-5)
     assert buf.total_samples == 0 and buf.finish() == []
 
 
-async def test_commit_without_audio_is_an_error(speech_backend):
-    session = await speech_backend.open_session(config())
+async def test_tool_call_to_unknown_tool_is_refused(tool_backend):
+    session = await tool_backend.open_session(config(tools=[]))  # the model calls get_weather
+    await session.append_text("Weather?")
+    events = await collect(session)
+    assert done_of(events).status == "completed"
+    assert not any(isinstance(e, ToolCallEvent) for e in events)
+    errors = [e for e in events if isinstance(e, ResponseError)]
+    assert [e.code for e in errors] == ["bad_tool_call"] and "get_weather" in errors[0].message
+    assert not session.conversation.pending_calls
+    await session.close()
+
+
+async def test_internal_error_ends_the_response_with_status_error(speech_backend):
+    backend = ReferenceBackend(
+        speech_backend.loaded, speech_backend.vocoder, voices={"ghost": "/nonexistent/ghost.wav"}
+    )
+    session = await backend.open_session(config(voice="ghost"))
+    await session.append_text("Hi")
+    events = await collect(session)
+    assert done_of(events).status == "error"
+    errors = [e for e in events if isinstance(e, ResponseError)]
+    assert errors and errors[0].code == "internal" and "ghost" in errors[0].message
+    assert len(session.conversation.messages) == 1  # nothing recorded for the failed reply
+    await session.close()
+
+
+async def test_close_stops_a_running_response(text_backend):
+    session = await text_backend.open_session(config())
+    await session.append_text("Hi")
+    stream = session.respond()
+    first = await anext(stream)
+    assert isinstance(first, TextDelta)
+    await session.close()
+    rest = [e async for e in stream]
+    assert done_of(rest).status == "cancelled"
+    with pytest.raises(RuntimeError, match="closed"):
+        await session.append_text("again")
+
+
+async def test_commit_without_audio_is_an_error(text_backend):
+    session = await text_backend.open_session(config())
     with pytest.raises(ValueError, match="no user audio"):
         await session.commit()
     await session.append_audio(speech_like(0.5))

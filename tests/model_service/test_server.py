@@ -159,18 +159,18 @@ class Peer:
     async def send(self, obj: dict | str | bytes) -> None:
         await self.ws.send(json.dumps(obj) if isinstance(obj, dict) else obj)
 
-    async def next_event(self, timeout: float = 5.0) -> dict:
+    async def next_event(self, within: float = 5.0) -> dict:
         while True:
-            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+            raw = await asyncio.wait_for(self.ws.recv(), within)
             if isinstance(raw, str):
                 return json.loads(raw)
 
-    async def until(self, type_: str, timeout: float = 5.0) -> tuple[dict, list[dict], bytes]:
+    async def until(self, type_: str, within: float = 5.0) -> tuple[dict, list[dict], bytes]:
         """Events and audio up to (and including) the first event of ``type_``."""
         events: list[dict] = []
         audio = bytearray()
         while True:
-            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+            raw = await asyncio.wait_for(self.ws.recv(), within)
             if isinstance(raw, bytes):
                 audio.extend(raw)
                 continue
@@ -202,8 +202,8 @@ async def open_peer(url: str, start: str | None = None) -> Peer:
     return peer
 
 
-async def wait_for(predicate, timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(predicate, within: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
@@ -227,7 +227,9 @@ def http_base(ws_url: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rates", [(8000, 16000), (24000, 8000), (24000, 48000), (48000, 16000), (24000, 16000)])
+@pytest.mark.parametrize(
+    "rates", [(8000, 16000), (24000, 8000), (24000, 48000), (48000, 16000), (24000, 16000)]
+)
 def test_stream_resampler_is_steady_and_matches_one_shot(rates: tuple[int, int]) -> None:
     src, dst = rates
     t = np.arange(src) / src
@@ -245,7 +247,9 @@ def test_stream_resampler_is_steady_and_matches_one_shot(rates: tuple[int, int])
     streamed = np.concatenate(outs + [tail])
     assert len(streamed) == dst  # exactly 1 s out for 1 s in
     one_shot = StreamResampler(src, dst)
-    np.testing.assert_allclose(streamed, np.concatenate([one_shot.process(x), one_shot.flush()]), atol=1e-6)
+    np.testing.assert_allclose(
+        streamed, np.concatenate([one_shot.process(x), one_shot.flush()]), atol=1e-6
+    )
     # the 300 Hz tone survives, aligned in time
     ty = np.arange(len(streamed)) / dst
     ideal = 0.5 * np.sin(2 * np.pi * 300 * ty)
@@ -357,6 +361,19 @@ async def test_token_never_logged(service, caplog) -> None:
     assert TOKEN not in joined and "wrong-secret-123" not in joined
 
 
+async def test_uvicorn_connection_log_masks_query_token(service, caplog) -> None:
+    import logging
+
+    _, url = service
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    async with connect(f"{url}?token={TOKEN}") as ws:
+        await ws.send(start_msg())
+        assert json.loads(await ws.recv())["type"] == "session.started"
+    accepted = [r.getMessage() for r in caplog.records if "WebSocket" in r.getMessage()]
+    assert accepted and all("token=***" in m for m in accepted)
+    assert TOKEN not in caplog.text
+
+
 # --------------------------------------------------------------------------------------------
 # sessions and responses
 # --------------------------------------------------------------------------------------------
@@ -394,6 +411,10 @@ async def test_full_turn_audio_in_and_out(service, backend) -> None:
     assert abs(np.argmax(spectrum) * 8000 / len(out) - 440) < 10
     metrics = app.state.service.metrics
     assert metrics.responses_total.value(status="completed") == 1
+    _, text = await asyncio.to_thread(http_get, http_base(url) + "/metrics")
+    assert 'stepcall_model_responses_total{status="completed"} 1' in text
+    assert "stepcall_model_tokens_generated_total 30" in text
+    assert "stepcall_model_sessions_active 1" in text
     assert metrics.tokens_generated.value() == 30
     assert metrics.time_to_first_audio.count == 1
     await peer.send({"type": "session.end"})
@@ -466,7 +487,9 @@ async def test_tool_call_round_trip(service, backend) -> None:
     await peer.send({"type": "tool.result", "call_id": "nope", "output": "x"})
     err, _, _ = await peer.until("error")
     assert err["code"] == "unknown_tool_call"
-    await peer.send({"type": "tool.result", "call_id": call["call_id"], "output": '{"status": "shipped"}'})
+    await peer.send(
+        {"type": "tool.result", "call_id": call["call_id"], "output": '{"status": "shipped"}'}
+    )
     await peer.send({"type": "response.create"})
     done, _, _ = await peer.until("response.done")
     assert backend.records[0].tool_results == [("call_1", '{"status": "shipped"}')]
@@ -540,6 +563,18 @@ async def test_messages_before_session_start(service) -> None:
     assert (await peer.next_event())["type"] == "session.started"
 
 
+async def test_connection_without_session_start_is_closed(backend) -> None:
+    app = create_app(backend, token=None, max_sessions=1, start_timeout_s=0.3)
+    async with serving(app) as url, connect(url) as ws:
+        await ws.send("garbage")  # answered, but does not count as a start
+        assert json.loads(await ws.recv())["code"] == "bad_message"
+        err = json.loads(await asyncio.wait_for(ws.recv(), 3))
+        assert err["code"] == "no_session" and err["fatal"] is True
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd.code == p.CLOSE_PROTOCOL
+
+
 async def test_wrong_protocol_version_is_fatal(service) -> None:
     _, url = service
     peer = await open_peer(url)
@@ -557,7 +592,7 @@ async def test_busy_rejection_at_max_sessions(service) -> None:
     b = await open_peer(url, start_msg(call_id="b"))
     c = await open_peer(url)
     await c.send(start_msg(call_id="c"))
-    err = await c.next_event(timeout=2.0)
+    err = await c.next_event(within=2.0)
     assert err["type"] == "error" and err["code"] == "busy" and err["fatal"] is True
     with pytest.raises(websockets.ConnectionClosed) as info:
         await c.ws.recv()

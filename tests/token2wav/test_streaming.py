@@ -13,7 +13,9 @@ def codes_of(n: int, seed: int = 0) -> list[int]:
     return np.random.default_rng(seed).integers(0, 6561, n).tolist()
 
 
-def stream_all(t2w: Token2Wav, voice: Voice, codes: list[int], step: int, schedule=None) -> list[np.ndarray]:
+def stream_all(
+    t2w: Token2Wav, voice: Voice, codes: list[int], step: int, schedule=None
+) -> list[np.ndarray]:
     st = t2w.new_stream(voice, schedule)
     out: list[np.ndarray] = []
     for i in range(0, len(codes), step):
@@ -41,7 +43,9 @@ def test_streaming_matches_one_shot(t2w: Token2Wav, voice: Voice) -> None:
     codes = codes_of(110, seed=2)
     ref = t2w.synthesize(voice, codes)
     assert ref.shape == (110 * 960,) and ref.dtype == np.float32
-    out = np.concatenate(stream_all(t2w, voice, codes, step=7))
+    out = np.concatenate(
+        stream_all(t2w, voice, codes, step=7, schedule=ChunkSchedule(max_context=250))
+    )
     assert out.shape == ref.shape
     # The flow mel is identical (causal flow, noise by frame index); what differs is the vocoder
     # seeing only 8 frames of left context and no right context at each chunk edge, plus the
@@ -78,16 +82,21 @@ def test_no_click_at_chunk_boundaries(t2w: Token2Wav, voice: Voice) -> None:
         assert jump <= 1.5 * typical, f"jump {jump:.4f} at sample {b} vs p99.5 {typical:.4f}"
 
 
-def test_hard_cut_without_crossfade_would_click(t2w: Token2Wav, voice: Voice) -> None:
-    # Guard for the test above: splicing one-shot outputs of separate chunks does jump.
-    a = t2w.synthesize(voice, codes_of(20, seed=8))
-    b = t2w.synthesize(voice, codes_of(20, seed=9))
-    spliced = np.concatenate([a, b])
-    d = np.abs(np.diff(spliced))
-    assert d[len(a) - 1] > np.percentile(d, 50)
+def test_boundaries_match_one_shot_locally(t2w: Token2Wav, voice: Voice) -> None:
+    # The random-weight audio is noise-like, so sample jumps alone are a weak click detector;
+    # a click/gap/misaligned crossfade shows up as local error against the one-shot audio.
+    codes = codes_of(90, seed=6)
+    ref = t2w.synthesize(voice, codes)
+    chunks = stream_all(t2w, voice, codes, step=5, schedule=ChunkSchedule(first_chunk=10, chunk=15))
+    out = np.concatenate(chunks)
+    for b in np.cumsum([len(c) for c in chunks[:-1]]):
+        w = slice(b - 240, b + 240)  # +-10 ms around the boundary
+        assert rel_err(out[w], ref[w]) < 0.05, f"boundary at sample {b}"
 
 
-def test_interleaved_sessions_equal_each_alone(t2w: Token2Wav, voice: Voice, voice_b: Voice) -> None:
+def test_interleaved_sessions_equal_each_alone(
+    t2w: Token2Wav, voice: Voice, voice_b: Voice
+) -> None:
     ca, cb = codes_of(70, seed=10), codes_of(55, seed=11)
     alone_a = np.concatenate(stream_all(t2w, voice, ca, step=6))
     alone_b = np.concatenate(stream_all(t2w, voice_b, cb, step=9))
@@ -107,11 +116,13 @@ def test_push_many_equals_sequential(t2w: Token2Wav, voice: Voice, voice_b: Voic
     ca, cb, cc = codes_of(60, seed=12), codes_of(60, seed=13), codes_of(41, seed=14)
     voices = [voice, voice_b, voice]
     seqs = [ca, cb, cc]
-    sequential = [np.concatenate(stream_all(t2w, v, c, step=10)) for v, c in zip(voices, seqs)]
+    sequential = [
+        np.concatenate(stream_all(t2w, v, c, step=10)) for v, c in zip(voices, seqs, strict=False)
+    ]
     states = [t2w.new_stream(v) for v in voices]
     outs: list[list[np.ndarray]] = [[] for _ in states]
     for i in range(0, 60, 10):
-        res = t2w.push_many([(st, c[i : i + 10]) for st, c in zip(states, seqs)])
+        res = t2w.push_many([(st, c[i : i + 10]) for st, c in zip(states, seqs, strict=False)])
         for k, chunks in enumerate(res):
             outs[k] += chunks
     for k, tail in enumerate(t2w.flush_many(states)):
@@ -136,7 +147,9 @@ def test_out_of_range_codes_are_dropped(t2w: Token2Wav, voice: Voice) -> None:
     out = t2w.push(st, noisy)
     out.append(t2w.flush(st))
     assert st.dropped == 3
-    np.testing.assert_array_equal(np.concatenate(out), np.concatenate(stream_all(t2w, voice, good, 100)))
+    np.testing.assert_array_equal(
+        np.concatenate(out), np.concatenate(stream_all(t2w, voice, good, 100))
+    )
     np.testing.assert_array_equal(t2w.synthesize(voice, noisy), t2w.synthesize(voice, good))
 
 
@@ -151,7 +164,9 @@ def test_stream_step_form(t2w: Token2Wav, voice: Voice) -> None:
     st = t2w.new_stream(voice)
     first = t2w.stream_step([(st, codes[:20])])[0]
     rest = t2w.stream_step([(st, codes[20:])], last=True)[0]
-    np.testing.assert_array_equal(np.concatenate([first, rest]), np.concatenate(stream_all(t2w, voice, codes, 20)))
+    np.testing.assert_array_equal(
+        np.concatenate([first, rest]), np.concatenate(stream_all(t2w, voice, codes, 20))
+    )
 
 
 def test_long_response_beyond_context_window_stays_close(t2w: Token2Wav, voice: Voice) -> None:
@@ -159,4 +174,4 @@ def test_long_response_beyond_context_window_stays_close(t2w: Token2Wav, voice: 
     ref = t2w.synthesize(voice, codes)
     out = np.concatenate(stream_all(t2w, voice, codes, 25, ChunkSchedule(max_context=20)))
     assert out.shape == ref.shape
-    assert rel_err(out, ref) < 0.5  # approximation once context is dropped, still the same audio
+    assert rel_err(out, ref) < 0.1  # approximation once context is dropped (measured ~0.2 %)
