@@ -7,7 +7,10 @@ A profile is built from a YAML flow (``pipeline.flowspec``) or directly in code;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.flowspec import FlowSpec
 
 DEFAULT_PERSONA = (
     "You are a friendly, concise voice assistant answering a phone line. "
@@ -31,23 +34,21 @@ class BotProfile:
     source: str | None = None  # the flow file this profile came from
 
 
-def profile_from_flow(spec: Any) -> BotProfile:
-    """Build a profile from a validated flow spec (``pipeline.flowspec.FlowSpec``)."""
-    get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k, d)
-    bot = get("bot") or {}
-    bot_get = bot.get if isinstance(bot, dict) else lambda k, d=None: getattr(bot, k, d)
-    greeting = get("greeting") or {}
-    g_get = greeting.get if isinstance(greeting, dict) else lambda k, d=None: getattr(greeting, k, d)
-    turns = get("turn_taking") or {}
-    t_get = turns.get if isinstance(turns, dict) else lambda k, d=None: getattr(turns, k, d)
+def profile_from_flow(spec: FlowSpec) -> BotProfile:
+    """Build a profile from a validated flow: persona plus the first node's instructions."""
+    node = spec.nodes.get(spec.initial_node)
+    persona = spec.persona.strip()
+    if node is not None and node.instructions:
+        persona = f"{persona}\n\n{node.instructions.strip()}"
+    style = (node.style if node is not None and node.style else None) or spec.style
     return BotProfile(
-        name=bot_get("name", "bot"),
-        persona=get("persona") or DEFAULT_PERSONA,
-        voice=get("voice"),
-        style=get("style"),
-        bot_speaks_first=(g_get("who_speaks_first", "caller") == "bot"),
-        greeting=g_get("text"),
-        vad_stop_secs=float(t_get("vad_stop_secs", 0.2) or 0.2),
-        smart_turn=bool(t_get("smart_turn", True)),
-        source=str(get("path", "") or "") or None,
+        name=spec.bot.name,
+        persona=persona,
+        voice=str(spec.voice_path) if spec.voice_path else spec.voice,
+        style=style,
+        bot_speaks_first=spec.greeting.who_speaks_first == "bot",
+        greeting=spec.greeting.text,
+        vad_stop_secs=spec.turn_taking.vad_stop_secs,
+        smart_turn=spec.turn_taking.smart_turn,
+        source=str(spec.path),
     )

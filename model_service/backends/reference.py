@@ -532,10 +532,7 @@ class ReferenceSession(BackendSession):
         try:
             await self._vocode_loop(run, voice_name)
         except BaseException:
-            run.cancel.set()
-            while True:  # drain so the model thread's posts don't pile up unseen
-                if await run.codes.get() is None:
-                    break
+            run.cancel.set()  # codes posted from now on are simply never read
             raise
 
     async def _vocode_loop(self, run: _Run, voice_name: str | None) -> None:
