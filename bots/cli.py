@@ -109,11 +109,11 @@ def _cmd_model(args: argparse.Namespace) -> int:
     if args.tiny_checkpoint:
         from pathlib import Path
 
-        from model_service.testing.tiny_checkpoint import build_tiny_checkpoint, default_script
+        from model_service.testing.demo_checkpoint import build_demo_checkpoint
 
         target = Path(args.tiny_checkpoint)
         if not (target / "config.json").exists():
-            build_tiny_checkpoint(target, script=default_script)
+            build_demo_checkpoint(target)
         settings = settings.replace(model_path=str(target))
     from model_service.server import run_model_service
 

@@ -23,6 +23,7 @@ from loguru import logger
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
     Frame,
@@ -152,6 +153,7 @@ class StepAudio2Service(LLMService):
         self._response_requested = False
         self._response: ResponseStats | None = None
         self._audio_started = False
+        self._bot_speaking = False
         self._pending_end: EndFrame | None = None
         self._log = logger.bind(call_id=call_id)
 
@@ -281,8 +283,11 @@ class StepAudio2Service(LLMService):
         elif isinstance(frame, InterruptionFrame):
             await self._on_interruption()
         elif isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
             if self._response and self._response.started_speaking_at is None:
                 self._response.started_speaking_at = time.monotonic()
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
         elif isinstance(frame, InputDTMFFrame):
             if self._client:
                 await self._client.append_text(f"The caller pressed {frame.button.value}.", "human")
@@ -292,7 +297,10 @@ class StepAudio2Service(LLMService):
             self._sync_registered_tool_handlers(frame.tools)
             await self._push_session_update()
 
-        if isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.UPSTREAM:
+        if (
+            isinstance(frame, (BotStartedSpeakingFrame, BotStoppedSpeakingFrame))
+            and direction == FrameDirection.UPSTREAM
+        ):
             return  # consumed (the downstream copy continues on its own)
         await self.push_frame(frame, direction)
 
@@ -344,14 +352,20 @@ class StepAudio2Service(LLMService):
         await self._create_response()
 
     async def _on_interruption(self) -> None:
-        """Barge-in: cancel the response; the model keeps only what the caller heard."""
-        if not self._response_requested or self._client is None:
+        """Barge-in: cancel the response; the model keeps only what the caller heard.
+
+        The model generates faster than real time, so the response is often already done on
+        the service side while the caller is still hearing it: cancel (truncate) then too.
+        """
+        if self._client is None or not (self._response_requested or self._bot_speaking):
             return
         heard_ms = self._heard_ms()
-        self._log.info(f"barge-in: cancelling response after {heard_ms:.0f} ms heard")
+        self._log.info(f"barge-in: caller heard {heard_ms:.0f} ms of the response")
         await self._client.cancel_response(heard_ms)
+        self._bot_speaking = False
         await self.stop_all_metrics()
-        await self._end_response(interrupted=True)
+        if self._response_requested:
+            await self._end_response(interrupted=True)
 
     def _heard_ms(self) -> float:
         stats = self._response

@@ -142,7 +142,6 @@ class Conversation:
             raise ValueError("a user turn needs audio or text")
         self.messages.append(HumanMessage(parts))
         self.tool_call_streak = 0
-        self._last = None
 
     def add_text(self, text: str, role: str = "human") -> None:
         """A text turn: ``human`` (e.g. DTMF digits) or ``system`` (flow instructions)."""
@@ -155,7 +154,6 @@ class Conversation:
             self.messages.append(SystemMessage(text))
         else:
             raise ValueError(f"role must be 'human' or 'system', got {role!r}")
-        self._last = None
 
     # ----------------------------------------------------------------- assistant side
     def add_reply(
@@ -163,27 +161,32 @@ class Conversation:
         ids: Sequence[int],
         tool_calls: Sequence[PendingToolCall] = (),
         tool_call_attempted: bool = False,
+        at: int | None = None,
     ) -> None:
         """Record a generated spoken turn (exact ids after ``<tts_start>``) and its tool calls.
 
         ``tool_call_attempted``: the model tried a call that was refused (loop guard, bad call);
         it still counts towards ``tool_call_streak`` so the guard stays on until user input.
+        ``at``: history position (the length of the history the prompt was built from), so a
+        user turn committed while the reply was generated lands after the reply.
         """
         body = [int(i) for i in ids]
         if body and body[-1] in self.tok.stop_ids:
             body = body[:-1]
-        self.messages.append(AssistantMessage(ids=body))
+        index = len(self.messages) if at is None else max(0, min(at, len(self.messages)))
+        self.messages.insert(index, AssistantMessage(ids=body))
         for call in tool_calls:
             self.pending_calls[call.call_id] = call
         attempted = bool(tool_calls) or tool_call_attempted
         self.tool_call_streak = self.tool_call_streak + 1 if attempted else 0
-        self._last = _LastReply(len(self.messages) - 1, body, [c.call_id for c in tool_calls])
+        self._last = _LastReply(index, body, [c.call_id for c in tool_calls])
 
     def truncate_last_reply(self, heard_ms: float) -> list[int] | None:
         """Barge-in: cut the latest assistant turn to the first ``heard_ms`` of its audio.
 
-        Returns the kept ids, or None when there is no assistant turn to cut (a user turn came
-        after it). Tool calls whose text was cut away are forgotten.
+        Returns the kept ids, or None when there is no assistant turn yet. The latest reply
+        stays the target even after a user turn was added (the caller may barge in after the
+        turn was committed). Tool calls still pending keep their call text.
         """
         if self._last is None:
             return None
@@ -207,6 +210,18 @@ class Conversation:
         assert isinstance(msg, AssistantMessage) and msg.ids is not None
         return list(msg.ids)
 
+    # ----------------------------------------------------------------- context budget
+    def drop_oldest(self, n: int) -> None:
+        """Forget the ``n`` oldest history messages (context-length budget)."""
+        if n <= 0:
+            return
+        n = min(n, len(self.messages))
+        del self.messages[:n]
+        if self._last is not None:
+            self._last.index -= n
+            if self._last.index < 0:
+                self._last = None
+
     # ----------------------------------------------------------------- tools
     def add_tool_result(self, call_id: str, output: str) -> PendingToolCall:
         """The result of a pending call becomes an ``input`` turn; unknown ids raise ValueError."""
@@ -217,7 +232,6 @@ class Conversation:
         if not isinstance(output, str):
             raise ValueError(f"tool output for {call_id!r} must be a string")
         self.messages.append(InputMessage(output, suffix=self.tool_result_suffix))
-        self._last = None
         return call
 
     # ----------------------------------------------------------------- rendering

@@ -100,6 +100,8 @@ class ReferenceBackend(Backend):
         max_tool_calls_in_a_row: int = DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
         tool_result_suffix: str = SUMMARY_SUFFIX_EN,
         today: Callable[[], _dt.date] = _dt.date.today,
+        max_context: int | None = None,
+        context_fill: float = 0.75,
     ) -> None:
         if loaded.tokenizer is None:
             raise ValueError("the reference backend needs the checkpoint's tokenizer")
@@ -121,6 +123,11 @@ class ReferenceBackend(Backend):
         self.max_tool_calls_in_a_row = max_tool_calls_in_a_row
         self.tool_result_suffix = tool_result_suffix
         self.today = today
+        model_ctx = int(getattr(self.model.config.text, "max_position_embeddings", 0) or 0)
+        self.max_context = int(max_context or model_ctx or 16384)
+        if not 0.0 < context_fill <= 1.0:
+            raise ValueError(f"context_fill must be in (0, 1], got {context_fill}")
+        self.context_fill = context_fill
         # The model queue: one worker, so responses never overlap on the model.
         self._model_exec = ThreadPoolExecutor(1, thread_name_prefix="ref-model")
         self._vocoder_exec = ThreadPoolExecutor(1, thread_name_prefix="ref-token2wav")
@@ -238,6 +245,7 @@ class _Run:
     t_first_audio: float | None = None
     audio_samples: int = 0
     prompt_ids: list[int] = field(default_factory=list)
+    history_len: int = 0  # messages in the history when the response started
     refused_calls: int = 0  # tool calls dropped (loop guard, unknown tool, malformed)
     recorded: bool = False  # the reply is in the history
     task: asyncio.Task | None = None
@@ -372,10 +380,42 @@ class ReferenceSession(BackendSession):
                 if instructions
                 else TOOL_LOOP_INSTRUCTION
             )
-        messages = self.prompt_messages(instructions)
+        prompt, max_tokens = self._fit_context(instructions)
+        run.prompt_ids = prompt.ids
+        run.history_len = len(self.conversation.messages)
         self._run = run
-        run.task = loop.create_task(self._drive(run, messages, guard_tripped))
+        run.task = loop.create_task(self._drive(run, prompt, max_tokens, guard_tripped))
         return self._drain(run)
+
+    def _fit_context(self, instructions: str | None) -> tuple[Any, int]:
+        """Build the prompt, dropping the oldest history turns when it would not leave room for
+        ``max_tokens`` inside the model's context; trims to ``context_fill`` of the budget so it
+        happens rarely (each trim costs one full prefill). Returns (prompt, max_tokens)."""
+        backend = self.backend
+        prompt = self.build_prompt(instructions)
+        max_ctx = backend.max_context
+        want = self.config.sampling.max_tokens
+        if len(prompt.ids) + want > max_ctx and self.conversation.messages:
+            budget = int((max_ctx - want) * backend.context_fill)
+            sizes = [
+                len(backend.prompts.build([m], reply="none").ids)
+                for m in self.conversation.messages
+            ]
+            excess = len(prompt.ids) - budget
+            drop = 0
+            while drop < len(sizes) - 1 and excess > 0:  # always keep the newest turn
+                excess -= sizes[drop]
+                drop += 1
+            if drop:
+                log.info("session %s: dropping %d oldest turns", self.config.call_id, drop)
+                self.conversation.drop_oldest(drop)
+                prompt = self.build_prompt(instructions)
+        room = max_ctx - len(prompt.ids)
+        if room < 1:
+            raise ValueError(
+                f"prompt of {len(prompt.ids)} tokens does not fit the model context ({max_ctx})"
+            )
+        return prompt, max(1, min(want, room))
 
     async def _drain(self, run: _Run) -> AsyncIterator[BackendEvent]:
         while True:
@@ -384,7 +424,7 @@ class ReferenceSession(BackendSession):
                 return
             yield item
 
-    async def _drive(self, run: _Run, messages: list[Any], guard_tripped: bool) -> None:
+    async def _drive(self, run: _Run, prompt: Any, max_tokens: int, guard_tripped: bool) -> None:
         """Run one response to its end: model thread, vocoder task, history, ``ResponseDone``."""
         backend = self.backend
         loop = run.loop
@@ -394,7 +434,7 @@ class ReferenceSession(BackendSession):
         vocoder_task = loop.create_task(self._vocode(run, voice_name))
         try:
             await loop.run_in_executor(
-                backend._model_exec, self._generate, run, messages, guard_tripped
+                backend._model_exec, self._generate, run, prompt, max_tokens, guard_tripped
             )
         except Exception as exc:  # noqa: BLE001 - reported to the client, session survives
             log.exception("response failed in session %s", self.config.call_id)
@@ -434,7 +474,7 @@ class ReferenceSession(BackendSession):
                 text="".join(run.text),
                 audio_ms=run.audio_samples * 1000.0 / OUTPUT_RATE,
                 timings=timings,
-                prompt_tokens=run.stats.prompt_tokens,
+                prompt_tokens=len(run.prompt_ids),
                 completion_tokens=len(run.ids),
             )
         )
@@ -446,21 +486,22 @@ class ReferenceSession(BackendSession):
             return
         conv = self.conversation
         conv.add_reply(
-            run.ids, [] if cancelled else run.calls, tool_call_attempted=run.refused_calls > 0
+            run.ids,
+            [] if cancelled else run.calls,
+            tool_call_attempted=run.refused_calls > 0,
+            at=run.history_len,
         )
         if cancelled:
             # heard_ms None: keep everything generated before the stop.
             conv.truncate_last_reply(run.heard_ms if run.heard_ms is not None else float("inf"))
 
     # ----------------------------------------------------------------- model thread
-    def _generate(self, run: _Run, messages: list[Any], guard_tripped: bool) -> None:
+    def _generate(self, run: _Run, prompt: Any, max_tokens: int, guard_tripped: bool) -> None:
         """Runs on the model worker thread: prompt → tokens → parser events."""
         run.t_start = _now()
         if run.cancel.is_set():
             return
         backend = self.backend
-        prompt = backend.prompts.build(messages, reply="speech")
-        run.prompt_ids = prompt.ids
         audio = [slot.mel for slot in prompt.audios]
         parser = ta4.TA4Parser(backend.tok)
         tools = self.tool_names()
@@ -470,7 +511,7 @@ class ReferenceSession(BackendSession):
             audio=audio,
             sampling=sampling,
             cancel=run.cancel,
-            max_tokens=sampling.max_tokens,
+            max_tokens=max_tokens,
             session=self.kv,
             audio_kind="mel",
             stats=run.stats,

@@ -68,6 +68,7 @@ class KVSession:
 
     keys: list[Any] = field(default_factory=list)
     cache: Any = None
+    active: bool = False  # a stream is currently using this session
 
     def reset(self) -> None:
         self.keys = []
@@ -187,8 +188,30 @@ class Generator:
         stats.prompt_tokens = len(ids)
         self.last_stats = stats
         session = session if session is not None else KVSession()
+        if session.active:
+            raise RuntimeError(
+                "this KVSession is used by an unfinished stream; exhaust or close() it first"
+            )
+        session.active = True
+        try:
+            yield from self._run(
+                ids, list(audio or []), sampling, cancel, max_tokens, session, audio_kind, stats
+            )
+        finally:
+            session.active = False
+
+    def _run(
+        self,
+        ids: list[int],
+        audio: list[torch.Tensor],
+        sampling: SamplingLike,
+        cancel: threading.Event | None,
+        max_tokens: int,
+        session: KVSession,
+        audio_kind: str,
+        stats: GenerationStats,
+    ) -> Iterator[int]:
         model = self.model
-        audio = list(audio or [])
 
         # --- what can be reused from the session cache
         audio_keys = self._audio_keys(audio, audio_kind)

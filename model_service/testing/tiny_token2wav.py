@@ -142,6 +142,16 @@ def build_tiny_token2wav(out_dir: str | Path) -> Path:
         mel=pad_mel_to_codes(prompt_mel_24k(wav), n_codes),
     )
     save_voice_npz(voice, t2w / "voices" / "default.npz")
+    # the official checkpoint's voice names (assets/default_female.wav, default_male.wav)
+    for i, name in enumerate(("default_female", "default_male")):
+        sf.write(str(t2w / "voices" / f"{name}.wav"), wav, SAMPLE_RATE, subtype="PCM_16")
+        named = Voice(
+            name=name,
+            codes=voice.codes,
+            embedding=np.roll(voice.embedding, 17 * (i + 1)),
+            mel=voice.mel,
+        )
+        save_voice_npz(named, t2w / "voices" / f"{name}.npz")
 
     # calibrate the vocoder gain: magnitude = exp(conv_post[:half]) so a bias shift scales audio
     engine = Token2Wav(cfg, flow, hift)

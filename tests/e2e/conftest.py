@@ -89,11 +89,9 @@ class Stack:
 @pytest.fixture(scope="session")
 def shaped_checkpoint(tmp_path_factory) -> Path:
     """The tiny Step-Audio 2 checkpoint, shaped to speak a scripted TA4 reply."""
-    from model_service.testing.tiny_checkpoint import build_tiny_checkpoint
+    from model_service.testing.demo_checkpoint import build_demo_checkpoint
 
-    out = tmp_path_factory.mktemp("tiny-step-audio2")
-    build_tiny_checkpoint(out, shaped=True)
-    return out
+    return build_demo_checkpoint(tmp_path_factory.mktemp("tiny-step-audio2"))
 
 
 @pytest.fixture(scope="session")

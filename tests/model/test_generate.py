@@ -135,9 +135,9 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(tiny: LoadedModel) -> None:
     prompt = _turn(tk, "human", "tell me a story") + [tk.ids.bot, *tk.encode("assistant\n")]
     gen = Generator(model, stop_ids=[])
     s = Sampling(temperature=1.5, top_p=0.95, top_k=0, repetition_penalty=1.05, seed=7)
-    a = list(gen.stream(prompt, sampling=s, max_tokens=12))
-    b = list(gen.stream(prompt, sampling=s, max_tokens=12))
-    c = list(gen.stream(prompt, sampling=Sampling(temperature=1.5, seed=8), max_tokens=12))
+    a = list(gen.stream(prompt, sampling=s, max_tokens=6))
+    b = list(gen.stream(prompt, sampling=s, max_tokens=6))
+    c = list(gen.stream(prompt, sampling=Sampling(temperature=1.5, seed=8), max_tokens=6))
     assert a == b and a != c
     greedy = list(gen.stream(prompt, max_tokens=8))
     k1 = list(gen.stream(prompt, sampling=Sampling(temperature=1.0, top_k=1, seed=3), max_tokens=8))
@@ -208,3 +208,33 @@ def test_shaped_tool_call_round_trip(tok: StepAudio2Tokenizer, tmp_path: Path) -
     assert stats.reused_tokens == len(p1) + len(out1) - 1
     # and a fresh (no-session) second turn agrees
     assert list(gen.stream(p2, max_tokens=300)) == second
+
+
+def test_one_active_stream_per_session(tiny: LoadedModel) -> None:
+    tk, model = tiny.tokenizer, tiny.model
+    prompt = _turn(tk, "human", "hi") + [tk.ids.bot, *tk.encode("assistant\n")]
+    gen = Generator(model, stop_ids=[])
+    session = KVSession()
+    first = gen.stream(prompt, max_tokens=5, session=session)
+    next(first)
+    with pytest.raises(RuntimeError, match="unfinished stream"):
+        next(gen.stream(prompt, max_tokens=5, session=session))
+    first.close()  # e.g. the caller barged in
+    again = list(gen.stream(prompt, max_tokens=3, session=session))
+    assert again == list(gen.stream(prompt, max_tokens=3))
+
+
+def test_sampler_nucleus_top_k_and_repetition_penalty() -> None:
+    logits = torch.full((1000,), -10.0)
+    logits[[3, 7, 9]] = torch.tensor([5.0, 4.0, 0.0])  # p ~ 0.73, 0.27, ~0.005
+    g = torch.Generator().manual_seed(0)
+    pick = Generator._pick
+    nucleus = {pick(logits, Sampling(temperature=1.0, top_p=0.5), set(), g) for _ in range(50)}
+    assert nucleus == {3}  # the smallest prefix reaching 0.5 is token 3 alone
+    two = {pick(logits, Sampling(temperature=1.0, top_p=0.9), set(), g) for _ in range(200)}
+    assert two == {3, 7}
+    k2 = {pick(logits, Sampling(temperature=5.0, top_k=2), set(), g) for _ in range(200)}
+    assert k2 == {3, 7}
+    assert pick(logits, Sampling(), set(), g) == 3
+    # a penalty of 1.3 on the seen token 3 (5 / 1.3 < 4) hands greedy to token 7
+    assert pick(logits, Sampling(repetition_penalty=1.3), {3}, g) == 7

@@ -176,3 +176,14 @@ def test_hub_id_without_network_is_clear(monkeypatch: pytest.MonkeyPatch, tmp_pa
     with pytest.raises(CheckpointError, match="download the model|Download the model"):
         load_model("stepfun-ai/Step-Audio-2-mini")
     assert loader_mod.CheckpointError is CheckpointError
+
+
+def test_auto_dtype_uses_config_but_float32_on_cpu(ckpt_copy: Path) -> None:
+    cfg_path = ckpt_copy / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["torch_dtype"] = "bfloat16"
+    cfg_path.write_text(json.dumps(cfg))
+    lm = load_model(ckpt_copy, dtype="auto", load_tokenizer=False)
+    assert lm.config.torch_dtype == "bfloat16"
+    assert lm.model.dtype == torch.float32  # CPU half-precision kernels are slow; auto avoids them
+    assert loader_mod.resolve_dtype("auto", lm.config) == torch.bfloat16  # what a GPU gets

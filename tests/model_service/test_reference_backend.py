@@ -499,6 +499,39 @@ async def test_close_stops_a_running_response(text_backend):
         await session.append_text("again")
 
 
+async def test_user_turn_committed_during_a_reply_lands_after_it(text_backend, speech_script):
+    session = await text_backend.open_session(config())
+    await session.append_text("Hi")
+    stream = session.respond()
+    assert isinstance(await anext(stream), TextDelta)
+    await session.append_audio(speech_like(0.8))  # the caller talks over the bot
+    await session.commit()
+    assert done_of([e async for e in stream]).status == "completed"
+    msgs = session.conversation.messages
+    assert [type(m).__name__ for m in msgs] == ["HumanMessage", "AssistantMessage", "HumanMessage"]
+    assert list(msgs[1].ids) == speech_script[:-1]
+    await session.cancel(heard_ms=40)  # the barge-in arrives after the commit
+    assert len(msgs[1].ids) < len(speech_script) - 1 and isinstance(msgs[2], HumanMessage)
+    await session.close()
+
+
+async def test_old_turns_are_dropped_to_fit_the_context(speech_backend, speech_script):
+    backend = ReferenceBackend(speech_backend.loaded, None, max_context=400)
+    sampling = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_tokens=60)
+    session = await backend.open_session(config(sampling=sampling))
+    for turn in range(6):
+        await session.append_text(f"Question number {turn}?")
+        done = done_of(await collect(session))
+        assert done.status == "completed" and done.completion_tokens == len(speech_script)
+        assert done.prompt_tokens + 60 <= 400
+    msgs = session.conversation.messages
+    assert len(msgs) < 12  # some of the 12 turns were dropped ...
+    assert msgs[-1].ids is not None and list(msgs[-1].ids) == speech_script[:-1]
+    texts = [m.parts[0].text for m in msgs if isinstance(m, HumanMessage)]
+    assert "Question number 0?" not in texts and texts[-1] == "Question number 5?"  # ... oldest
+    await session.close()
+
+
 async def test_commit_without_audio_is_an_error(text_backend):
     session = await text_backend.open_session(config())
     with pytest.raises(ValueError, match="no user audio"):
