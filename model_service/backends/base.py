@@ -150,5 +150,5 @@ class Backend(abc.ABC):
     async def open_session(self, config: SessionConfig) -> BackendSession:
         """Create a session (admission control is the server's job)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release the model."""

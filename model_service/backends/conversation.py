@@ -30,6 +30,7 @@ from model_service.stepaudio2.prompt import (
     Message,
     SystemMessage,
     TextPart,
+    ToolSchemasMessage,
     codes_for_ms,
     truncate_assistant_ids,
 )
@@ -239,8 +240,6 @@ class Conversation:
         self, system: str, tools: Sequence[dict[str, Any]], instructions: str | None = None
     ) -> list[Message]:
         """System turn, tools turn, history, then one-shot ``instructions`` as a system turn."""
-        from model_service.stepaudio2.prompt import ToolSchemasMessage
-
         out: list[Message] = []
         if system:
             out.append(SystemMessage(system))

@@ -494,6 +494,8 @@ class ReferenceSession(BackendSession):
         if cancelled:
             # heard_ms None: keep everything generated before the stop.
             conv.truncate_last_reply(run.heard_ms if run.heard_ms is not None else float("inf"))
+        elif run.stats.stop_reason == "length":
+            conv.truncate_last_reply(float("inf"))  # close the cut-off <tts_start> section
 
     # ----------------------------------------------------------------- model thread
     def _generate(self, run: _Run, prompt: Any, max_tokens: int, guard_tripped: bool) -> None:

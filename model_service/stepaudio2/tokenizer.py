@@ -90,6 +90,7 @@ class StepAudio2Tokenizer:
         from transformers import AutoTokenizer
 
         try:
+            kwargs.setdefault("trust_remote_code", False)  # never prompt for remote code
             hf = AutoTokenizer.from_pretrained(str(path), **kwargs)
         except Exception as exc:  # noqa: BLE001 - re-raised with the path named
             raise TokenizerError(f"cannot load tokenizer from {str(path)!r}: {exc}") from exc

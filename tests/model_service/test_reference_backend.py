@@ -516,19 +516,30 @@ async def test_user_turn_committed_during_a_reply_lands_after_it(text_backend, s
 
 
 async def test_old_turns_are_dropped_to_fit_the_context(speech_backend, speech_script):
-    backend = ReferenceBackend(speech_backend.loaded, None, max_context=400)
-    sampling = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_tokens=60)
+    backend = ReferenceBackend(speech_backend.loaded, None, max_context=500)
+    sampling = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_tokens=80)
     session = await backend.open_session(config(sampling=sampling))
     for turn in range(6):
         await session.append_text(f"Question number {turn}?")
         done = done_of(await collect(session))
         assert done.status == "completed" and done.completion_tokens == len(speech_script)
-        assert done.prompt_tokens + 60 <= 400
+        assert done.prompt_tokens + 80 <= 500
     msgs = session.conversation.messages
     assert len(msgs) < 12  # some of the 12 turns were dropped ...
     assert msgs[-1].ids is not None and list(msgs[-1].ids) == speech_script[:-1]
     texts = [m.parts[0].text for m in msgs if isinstance(m, HumanMessage)]
     assert "Question number 0?" not in texts and texts[-1] == "Question number 5?"  # ... oldest
+    await session.close()
+
+
+async def test_length_stop_closes_the_tts_section_in_history(text_backend, tok, speech_script):
+    sampling = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_tokens=12)
+    session = await text_backend.open_session(config(sampling=sampling))
+    await session.append_text("Hi")
+    done = done_of(await collect(session))
+    assert done.status == "completed" and done.completion_tokens == 12
+    assert session.last_stats.stop_reason == "length"
+    assert list(session.conversation.messages[-1].ids) == [*speech_script[:12], tok.ids.tts_end]
     await session.close()
 
 

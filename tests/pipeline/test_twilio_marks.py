@@ -1,6 +1,11 @@
 """A Twilio mark follows the last audio of every bot response."""
 
-from pipecat.frames.frames import OutputTransportMessageFrame, TTSAudioRawFrame, TTSStartedFrame, TTSStoppedFrame
+from pipecat.frames.frames import (
+    OutputTransportMessageFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
 from pipecat.tests.utils import run_test
 
 from pipeline.twilio_marks import TwilioMarkProcessor
