@@ -3,6 +3,10 @@
 Phone calls run the whole pipeline at 8 kHz: the Twilio serializer then only converts mu-law,
 Silero runs natively at 8 kHz, and the model service receives and returns 8 kHz PCM, so no
 stream resampler (and none of its ~95 ms bursts) sits on the call path in this process.
+
+Layout: input → EchoGuard → user aggregator (Silero VAD, MinDuration start, Smart Turn stop) →
+StepAudio2Service → [extra] → output → BotAudioTap → assistant aggregator. Per-turn latency is
+logged by ``TurnMetricsObserver``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketParams,
     FastAPIWebsocketTransport,
 )
+from pipecat.turns.user_mute.mute_until_first_bot_complete_user_mute_strategy import (
+    MuteUntilFirstBotCompleteUserMuteStrategy,
+)
 from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
     SpeechTimeoutUserTurnStopStrategy,
 )
@@ -38,12 +45,21 @@ from pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy import (
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
+from bots.call_control import CallControl
 from bots.profile import BotProfile
 from bots.settings import Settings
+from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
+from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
+from pipeline.min_duration_start_strategy import MinDurationUserTurnStartStrategy
 from pipeline.step_audio2_service import StepAudio2Service, StepAudio2Settings
+from pipeline.turn_metrics_observer import TurnMetricsObserver
 from pipeline.twilio_marks import TwilioMarkProcessor
 
 PHONE_RATE = 8000
+#: Speech needed to interrupt the bot when the profile does not say (backchannels are shorter).
+DEFAULT_MIN_INTERRUPT_SECS = 0.6
+#: Smart Turn's silence fallback: an INCOMPLETE verdict holds the turn at most this long.
+SMART_TURN_STOP_SECS = 2.0
 
 
 @dataclass
@@ -57,14 +73,56 @@ class CallInfo:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def turn_strategies(profile: BotProfile) -> UserTurnStrategies:
-    """Turn-stop strategy for a bot: Smart Turn v3 (default) or a plain speech timeout."""
+def min_interrupt_secs(profile: BotProfile) -> float:
+    """Seconds of caller speech that interrupt the bot (``profile.min_interrupt_secs``)."""
+    value = getattr(profile, "min_interrupt_secs", None)
+    return DEFAULT_MIN_INTERRUPT_SECS if value is None else float(value)
+
+
+def failure_policy(profile: BotProfile) -> FailurePolicy:
+    """What a call does when the model service is lost (``profile.on_model_failure``)."""
+    policy = getattr(profile, "on_model_failure", None)
+    if isinstance(policy, FailurePolicy):
+        return policy
+    transfer_to = getattr(profile, "transfer_to", None)
+    text = getattr(profile, "apology", None) or DEFAULT_APOLOGY
+    if policy == "transfer" and transfer_to:
+        return FailurePolicy("transfer", transfer_to, text)
+    return FailurePolicy("end", None, text)
+
+
+def turn_strategies(profile: BotProfile, call_id: str = "") -> UserTurnStrategies:
+    """Turn strategies of a bot.
+
+    Start: VAD, but while the bot speaks only after ``min_interrupt_secs`` of speech (so
+    backchannels do not cut the bot off). Stop: Smart Turn v3 (default) or a speech timeout.
+    """
+    start = [
+        MinDurationUserTurnStartStrategy(min_secs=min_interrupt_secs(profile), call_id=call_id)
+    ]
     if profile.smart_turn:
-        analyzer = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=2.0))
+        analyzer = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=SMART_TURN_STOP_SECS))
         stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
     else:
         stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.6)]
-    return UserTurnStrategies(stop=stop)
+    return UserTurnStrategies(start=start, stop=stop)
+
+
+def mute_strategies(profile: BotProfile) -> list[Any]:
+    """``profile.mute_during_greeting``: the caller cannot interrupt the greeting."""
+    if getattr(profile, "mute_during_greeting", False):
+        return [MuteUntilFirstBotCompleteUserMuteStrategy()]
+    return []
+
+
+@dataclass
+class CallPipelineParts:
+    """The processors of one call that callers and tests look at."""
+
+    service: StepAudio2Service
+    context: LLMContext
+    echo_guard: EchoGuard
+    metrics: TurnMetricsObserver
 
 
 def build_call_pipeline(
@@ -75,8 +133,55 @@ def build_call_pipeline(
     *,
     sample_rate: int = PHONE_RATE,
     extra_processors: list[Any] | None = None,
+    call_control: CallControl | None = None,
+    tools: Any = None,
+    echo_guard: bool = True,
 ) -> tuple[Pipeline, StepAudio2Service, Any]:
-    """Assemble the per-call pipeline around a transport."""
+    """Assemble the per-call pipeline around a transport (see :func:`build_call`)."""
+    pipeline, parts = build_call(
+        transport,
+        profile,
+        settings,
+        call,
+        sample_rate=sample_rate,
+        extra_processors=extra_processors,
+        call_control=call_control,
+        tools=tools,
+        echo_guard=echo_guard,
+    )
+    return pipeline, parts.service, parts.context
+
+
+def build_call(
+    transport: Any,
+    profile: BotProfile,
+    settings: Settings,
+    call: CallInfo,
+    *,
+    sample_rate: int = PHONE_RATE,
+    extra_processors: list[Any] | None = None,
+    call_control: CallControl | None = None,
+    tools: Any = None,
+    echo_guard: bool = True,
+) -> tuple[Pipeline, CallPipelineParts]:
+    """Assemble the per-call pipeline; pass ``parts.metrics`` to the worker's observers.
+
+    ``transport`` is anything with ``input()`` and ``output()`` processors. ``call_control``
+    performs the transfer when the profile's failure policy says so. ``tools``: tools the model
+    may call from the start (register their handlers on ``parts.service``).
+    """
+    policy = failure_policy(profile)
+    log = logger.bind(call_id=call.call_id)
+    on_failure = None
+    if policy.action == "transfer" and call_control is not None:
+        to = policy.transfer_to or ""
+
+        async def on_failure() -> None:
+            log.warning(f"model service lost: transferring the caller to {to}")
+            result = await call_control.transfer(to)
+            if not result.ok:
+                raise RuntimeError(f"transfer to {to} failed: {result.detail}")
+
     service = StepAudio2Service(
         url=settings.model_url,
         token=settings.model_token,
@@ -85,6 +190,9 @@ def build_call_pipeline(
         settings=StepAudio2Settings(
             system_instruction=profile.persona, voice=profile.voice, style=profile.style
         ),
+        tools=tools,
+        apology_text=policy.text,
+        on_failure=on_failure,
     )
     messages: list[dict[str, Any]] = []
     if profile.bot_speaks_first:
@@ -98,12 +206,48 @@ def build_call_pipeline(
             vad_analyzer=SileroVADAnalyzer(
                 sample_rate=sample_rate, params=VADParams(stop_secs=profile.vad_stop_secs)
             ),
-            user_turn_strategies=turn_strategies(profile),
+            user_turn_strategies=turn_strategies(profile, call.call_id),
+            user_mute_strategies=mute_strategies(profile),
         ),
     )
-    processors = [transport.input(), user_agg, service, *(extra_processors or [])]
-    processors += [transport.output(), assistant_agg]
-    return Pipeline(processors), service, context
+    reference = EchoReference(sample_rate)
+    guard = EchoGuard(EchoDetector(reference), call_id=call.call_id, enabled=echo_guard)
+    processors = [transport.input(), guard, user_agg, service, *(extra_processors or [])]
+    processors += [transport.output(), BotAudioTap(reference), assistant_agg]
+    parts = CallPipelineParts(
+        service=service,
+        context=context,
+        echo_guard=guard,
+        metrics=TurnMetricsObserver(call.call_id),
+    )
+    return Pipeline(processors), parts
+
+
+def call_worker(
+    pipeline: Pipeline,
+    parts: CallPipelineParts,
+    call_id: str,
+    *,
+    sample_rate: int = PHONE_RATE,
+    observers: list[BaseObserver] | None = None,
+    idle_timeout_secs: float | None = 600,
+) -> PipelineWorker:
+    """The worker a call runs in: metrics on, the turn-metrics observer attached, no RTVI
+    (a phone caller has no RTVI client; its processor and observer would see every frame)."""
+    return PipelineWorker(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=sample_rate,
+            audio_out_sample_rate=sample_rate,
+            enable_metrics=True,
+            enable_usage_metrics=True,
+        ),
+        observers=[parts.metrics, *(observers or [])],
+        idle_timeout_secs=idle_timeout_secs,
+        cancel_on_idle_timeout=True,
+        conversation_id=call_id,
+        enable_rtvi=False,
+    )
 
 
 async def run_twilio_call(
@@ -113,6 +257,7 @@ async def run_twilio_call(
     settings: Settings,
     *,
     observers: list[BaseObserver] | None = None,
+    call_control: CallControl | None = None,
 ) -> None:
     """Run one Twilio Media Streams call on an accepted WebSocket until it ends."""
     log = logger.bind(call_id=call.call_id)
@@ -136,25 +281,15 @@ async def run_twilio_call(
             allowed_origins=[],  # Twilio's media socket is server-to-server: no Origin header
         ),
     )
-    pipeline, service, _ = build_call_pipeline(
+    pipeline, parts = build_call(
         transport,
         profile,
         settings,
         call,
         extra_processors=[TwilioMarkProcessor(call.stream_sid)],
+        call_control=call_control,
     )
-    worker = PipelineWorker(
-        pipeline,
-        params=PipelineParams(
-            audio_in_sample_rate=PHONE_RATE,
-            audio_out_sample_rate=PHONE_RATE,
-            enable_metrics=True,
-            enable_usage_metrics=True,
-        ),
-        observers=observers or [],
-        idle_timeout_secs=600,
-        conversation_id=call.call_id,
-    )
+    worker = call_worker(pipeline, parts, call.call_id, observers=observers)
 
     @transport.event_handler("on_client_connected")
     async def _on_connected(_transport: Any, _ws: Any) -> None:

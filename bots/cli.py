@@ -1,4 +1,4 @@
-"""The ``stepcall`` command line: serve, model, call, flows validate."""
+"""The ``stepcall`` command line: serve, model, call, dial, flows validate."""
 
 from __future__ import annotations
 
@@ -59,6 +59,23 @@ def _add_call(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_call)
+
+
+def _add_dial(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dial",
+        help="place a real outbound phone call through Twilio to a bot",
+        description="Ask Twilio to call a number; when answered, the call is connected to the bot "
+        "served by `stepcall serve` at STEPCALL_PUBLIC_URL. Needs TWILIO_ACCOUNT_SID and "
+        "TWILIO_AUTH_TOKEN.",
+    )
+    p.add_argument("to", help="the number to call, E.164 (e.g. +15551234567)")
+    p.add_argument("--flow", required=True, help="the bot: a flow YAML file or a bot name")
+    p.add_argument("--from", dest="from_number",
+                   help="caller ID (default: the flow's first phone number, else TWILIO_FROM_NUMBER)")
+    p.add_argument("--public-url", help="public base URL of the bot server (STEPCALL_PUBLIC_URL)")
+    p.add_argument("--json", action="store_true", help="print the created call as JSON")
+    p.set_defaults(func=_cmd_dial)
 
 
 def _add_flows(sub: argparse._SubParsersAction) -> None:
@@ -127,6 +144,12 @@ def _cmd_call(args: argparse.Namespace) -> int:
     return call_main(args.args)
 
 
+def _cmd_dial(args: argparse.Namespace) -> int:
+    from bots.twilio.dial import dial_command
+
+    return dial_command(args.to, args.flow, args.from_number, _settings(args), args.json)
+
+
 def _cmd_flows_validate(args: argparse.Namespace) -> int:
     from pipeline.flowspec import validate_command
 
@@ -143,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_model(sub)
     _add_call(sub)
+    _add_dial(sub)
     _add_flows(sub)
     return parser
 

@@ -2,27 +2,46 @@
 
 Routes:
 - ``POST /twilio/voice``: Twilio's voice webhook; answers TwiML ``<Connect><Stream>`` to our media
-  WebSocket, choosing the bot by the called number.
-- ``WS /twilio/stream``: Twilio Media Streams; one Pipecat pipeline per call.
+  WebSocket, choosing the bot by the called number (or by ``?bot=NAME`` on outbound calls), with a
+  per-call stream token (``bots/twilio/stream_auth.py``).
+- ``WS /twilio/stream``: Twilio Media Streams; one Pipecat pipeline per call, started only for a
+  stream whose token matches its call (any stream in development, with no secret configured).
+- ``POST /twilio/status``: call status callbacks, kept in a ``CallStatusStore``.
+- ``POST /twilio/whisper``: what the human hears before a warm transfer connects.
+- ``POST /calls/outbound`` (bearer ``STEPCALL_API_TOKEN``): start an outbound call;
+  ``GET /calls/{sid}``: its status callbacks.
 - ``GET /healthz``, ``GET /``: liveness and a landing page with the URLs to configure.
+
+Every Twilio webhook must carry a valid ``X-Twilio-Signature`` when TWILIO_AUTH_TOKEN is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import html
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from loguru import logger
 from pipecat.runner.utils import parse_telephony_websocket
-from twilio.request_validator import RequestValidator
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, Hangup, Say, Stream, VoiceResponse
 
 from bots.call import CallInfo, run_twilio_call
 from bots.registry import BotRegistry
 from bots.settings import Settings
+from bots.twilio.call_control import TwilioCallControl, whisper_twiml
+from bots.twilio.config import TwilioConfig
+from bots.twilio.outbound import OutboundCallRequest, place_outbound_call
+from bots.twilio.rest import close_rest_client, rest_client
+from bots.twilio.status import CallStatusEvent, CallStatusStore, InMemoryCallStatusStore
+from bots.twilio.stream_auth import AUTH_PARAM, StreamAuth
+from bots.twilio.webhooks import WebhookValidator
 
 
 class CallCounter:
@@ -34,9 +53,14 @@ class CallCounter:
         self.active = 0
         self.total = 0
 
+    @property
+    def full(self) -> bool:
+        """True when no call slot is free."""
+        return self.active >= self.limit
+
     def try_acquire(self) -> bool:
         """Take a call slot; False when the server is full."""
-        if self.active >= self.limit:
+        if self.full:
             return False
         self.active += 1
         self.total += 1
@@ -57,8 +81,18 @@ def stream_url(settings: Settings) -> str:
     return base + "/twilio/stream"
 
 
-def connect_twiml(settings: Settings, bot: str, from_number: str, to_number: str) -> str:
-    """TwiML that connects the call's audio to our media-stream WebSocket."""
+def connect_twiml(
+    settings: Settings,
+    bot: str,
+    from_number: str,
+    to_number: str,
+    *,
+    stream_token: str | None = None,
+) -> str:
+    """TwiML that connects the call's audio to our media-stream WebSocket.
+
+    The ``<Parameter>`` values come back in the stream's ``start.customParameters``.
+    """
     response = VoiceResponse()
     connect = Connect()
     stream = Stream(url=stream_url(settings))
@@ -67,6 +101,8 @@ def connect_twiml(settings: Settings, bot: str, from_number: str, to_number: str
         stream.parameter(name="from_number", value=from_number)
     if to_number:
         stream.parameter(name="to_number", value=to_number)
+    if stream_token:
+        stream.parameter(name=AUTH_PARAM, value=stream_token)
     connect.append(stream)
     response.append(connect)
     return str(response)
@@ -80,17 +116,95 @@ def busy_twiml() -> str:
     return str(response)
 
 
-def create_app(settings: Settings, registry: BotRegistry | None = None) -> FastAPI:
-    """Build the bot server app."""
+def _xml(twiml: str) -> Response:
+    return Response(twiml, media_type="application/xml")
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class TwilioRestHolder:
+    """The server's one Twilio REST client, created on first use inside the event loop."""
+
+    def __init__(self, config: TwilioConfig) -> None:
+        """Hold no client yet."""
+        self.config = config
+        self._client: Client | None = None
+
+    def get(self) -> Client:
+        """The client (TwilioNotConfiguredError without credentials)."""
+        if self._client is None:
+            self._client = rest_client(self.config)
+        return self._client
+
+    def call_control(self, call_sid: str) -> TwilioCallControl | None:
+        """Hang-up/transfer for a live call; None when Twilio credentials are not configured."""
+        if not self.config.has_credentials or not call_sid:
+            return None
+        return TwilioCallControl(call_sid, self.get(), self.config)
+
+    async def close(self) -> None:
+        """Close the client's HTTP session."""
+        if self._client is not None:
+            await close_rest_client(self._client)
+            self._client = None
+
+
+def create_app(
+    settings: Settings,
+    registry: BotRegistry | None = None,
+    *,
+    twilio: TwilioConfig | None = None,
+    status_store: CallStatusStore | None = None,
+) -> FastAPI:
+    """Build the bot server app.
+
+    ``twilio`` defaults to :meth:`TwilioConfig.from_settings`; ``status_store`` to an in-memory
+    store.
+    """
     registry = registry or BotRegistry.load(settings)
+    config = twilio or TwilioConfig.from_settings(settings)
     calls = CallCounter(settings.max_calls)
-    app = FastAPI(title="stepcall bot server")
+    store = status_store or InMemoryCallStatusStore()
+    rest = TwilioRestHolder(config)
+    webhooks = WebhookValidator(config.auth_token, settings.base_url)
+    stream_auth = StreamAuth(config.stream_key)
+    if not webhooks.enabled:
+        logger.warning("TWILIO_AUTH_TOKEN not set: Twilio webhook signatures are NOT validated")
+    if not stream_auth.enabled:
+        logger.warning(
+            "no STEPCALL_STREAM_SECRET or TWILIO_AUTH_TOKEN: media streams are NOT authenticated"
+        )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await rest.close()
+
+    app = FastAPI(title="stepcall bot server", lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
     app.state.calls = calls
-    validator = RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token else None
-    if validator is None:
-        logger.warning("TWILIO_AUTH_TOKEN not set: Twilio webhook signatures are NOT validated")
+    app.state.twilio = config
+    app.state.twilio_rest = rest
+    app.state.status_store = store
+    app.state.stream_auth = stream_auth
+
+    def api_auth_error(request: Request) -> JSONResponse | None:
+        if not config.api_token:
+            return _error(503, "the calls API is disabled: set STEPCALL_API_TOKEN")
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), config.api_token.encode()
+        ):
+            return JSONResponse(
+                {"error": "missing or wrong bearer token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return None
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -102,33 +216,106 @@ def create_app(settings: Settings, registry: BotRegistry | None = None) -> FastA
             f"<li><b>{html.escape(name)}</b> — {html.escape(registry.get(name).source or '')}</li>"
             for name in registry.names()
         )
+        base = html.escape(settings.base_url)
         return (
             "<!doctype html><title>stepcall</title><h1>stepcall bot server</h1>"
-            f"<p>Twilio voice webhook (POST): <code>{html.escape(settings.base_url)}/twilio/voice</code></p>"
+            f"<p>Twilio voice webhook (POST): <code>{base}/twilio/voice</code></p>"
+            f"<p>Status callback (POST): <code>{base}/twilio/status</code></p>"
             f"<p>Media stream: <code>{html.escape(stream_url(settings))}</code></p>"
+            f"<p>Outbound calls (POST, bearer token): <code>{base}/calls/outbound</code></p>"
             f"<h2>Bots</h2><ul>{rows}</ul>"
         )
 
     @app.post("/twilio/voice")
     async def twilio_voice(request: Request) -> Response:
-        form = dict(await request.form())
-        if validator is not None:
-            signature = request.headers.get("X-Twilio-Signature", "")
-            url = settings.base_url + request.url.path
-            if request.url.query:
-                url += "?" + request.url.query
-            if not signature or not validator.validate(url, form, signature):
-                logger.warning(f"rejected unsigned/invalid Twilio webhook for {form.get('CallSid')}")
-                return Response("invalid signature", status_code=403)
+        form = await webhooks.form(request)
+        if form is None:
+            return Response("invalid signature", status_code=403)
         call_sid = str(form.get("CallSid", ""))
-        if calls.active >= calls.limit:
-            logger.bind(call_id=call_sid).warning("call limit reached: answering busy")
-            return Response(busy_twiml(), media_type="application/xml")
+        log = logger.bind(call_id=call_sid or "-")
+        if calls.full:
+            log.warning("call limit reached: answering busy")
+            return _xml(busy_twiml())
         to_number = str(form.get("To", ""))
-        bot = registry.for_number(to_number)
-        logger.bind(call_id=call_sid).info(f"incoming call to {to_number or '?'} → bot {bot}")
-        twiml = connect_twiml(settings, bot, str(form.get("From", "")), to_number)
-        return Response(twiml, media_type="application/xml")
+        bot = request.query_params.get("bot") or registry.for_number(to_number)
+        registry.get(bot)  # unknown bot → 404 (KeyError handler)
+        if stream_auth.enabled and not call_sid:
+            return _error(400, "voice webhook without CallSid")
+        token = stream_auth.issue(call_sid, bot)
+        direction = str(form.get("Direction", "inbound"))
+        log.info(f"{direction} call {form.get('From') or '?'} → {to_number or '?'}: bot {bot}")
+        twiml = connect_twiml(
+            settings, bot, str(form.get("From", "")), to_number, stream_token=token
+        )
+        return _xml(twiml)
+
+    @app.post("/twilio/status")
+    async def twilio_status(request: Request) -> Response:
+        form = await webhooks.form(request)
+        if form is None:
+            return Response("invalid signature", status_code=403)
+        try:
+            event = CallStatusEvent.from_form(form)
+        except ValueError as e:
+            return _error(400, str(e))
+        await store.record(event)
+        logger.bind(call_id=event.call_sid).info(f"call status: {event.status}")
+        return Response(status_code=204)
+
+    @app.post("/twilio/whisper")
+    async def twilio_whisper(request: Request) -> Response:
+        form = await webhooks.form(request)
+        if form is None:
+            return Response("invalid signature", status_code=403)
+        return _xml(whisper_twiml(request.query_params.get("text", "")))
+
+    @app.post("/calls/outbound")
+    async def calls_outbound(request: Request) -> Response:
+        denied = api_auth_error(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "body must be JSON: {\"to\": \"+1555...\", \"bot\": \"name\"}")
+        if not isinstance(body, dict):
+            return _error(400, "body must be a JSON object")
+        bot = str(body.get("bot") or registry.default)
+        registry.get(bot)  # unknown bot → 404
+        from_number = str(body.get("from") or config.from_number or "")
+        if not from_number:
+            return _error(400, "no caller ID: give \"from\" or set TWILIO_FROM_NUMBER")
+        if not config.has_credentials:
+            return _error(503, "outbound calls need TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN")
+        if calls.full:
+            return _error(503, "call limit reached")
+        try:
+            req = OutboundCallRequest(to=str(body.get("to") or ""), bot=bot, from_number=from_number)
+            call = await place_outbound_call(rest.get(), config, req)
+        except ValueError as e:
+            return _error(400, str(e))
+        except TwilioRestException as e:
+            logger.warning(f"outbound call to {body.get('to')} refused by Twilio: {e.code} {e.msg}")
+            return _error(502, f"Twilio refused the call: {e.msg}", twilio_code=e.code)
+        logger.bind(call_id=call.call_sid).info(f"outbound call to {call.to}: bot {bot}")
+        return JSONResponse(
+            {"call_sid": call.call_sid, "status": call.status, "to": call.to,
+             "from": call.from_number, "bot": call.bot},
+            status_code=201,
+        )
+
+    @app.get("/calls/{call_sid}")
+    async def call_status(call_sid: str, request: Request) -> Response:
+        denied = api_auth_error(request)
+        if denied is not None:
+            return denied
+        events = await store.events(call_sid)
+        if not events:
+            return _error(404, f"no status callbacks for call {call_sid}")
+        return JSONResponse(
+            {"call_sid": call_sid, "status": events[-1].status,
+             "events": [e.to_dict() for e in events]}
+        )
 
     @app.websocket("/twilio/stream")
     async def twilio_stream(websocket: WebSocket) -> None:
@@ -146,6 +333,7 @@ def create_app(settings: Settings, registry: BotRegistry | None = None) -> FastA
             await websocket.close(code=1008)
             return
         body = dict(call_data.get("body") or {})
+        token = body.pop(AUTH_PARAM, None)
         call = CallInfo(
             call_id=str(call_data["call_id"]),
             stream_sid=str(call_data["stream_id"]),
@@ -154,13 +342,23 @@ def create_app(settings: Settings, registry: BotRegistry | None = None) -> FastA
             params=body,
         )
         log = logger.bind(call_id=call.call_id)
+        bot = body.get("bot") or registry.for_number(call.to_number or "")
+        verdict = stream_auth.check(call.call_id, bot, token)
+        if not verdict.ok:
+            log.warning(f"media stream refused: {verdict.reason}")
+            await websocket.close(code=1008)
+            return
+        if not verdict.verified:
+            log.warning(f"media stream accepted without verification: {verdict.reason}")
         if not calls.try_acquire():
             log.warning("call limit reached: closing media stream")
             await websocket.close(code=1013)
             return
         try:
-            profile = registry.get(body.get("bot") or registry.for_number(call.to_number or ""))
-            await run_twilio_call(websocket, call, profile, settings)
+            profile = registry.get(bot)
+            # Hang-up/transfer act on the live call through the REST API (None without creds).
+            control = rest.call_control(call.call_id)
+            await run_twilio_call(websocket, call, profile, settings, call_control=control)
         except Exception:
             log.exception("call failed")
         finally:
@@ -180,4 +378,5 @@ def run_server(settings: Settings) -> None:
     app = create_app(settings)
     logger.info(f"bot server on http://{settings.host}:{settings.port}")
     logger.info(f"Twilio voice webhook: {settings.base_url}/twilio/voice")
+    logger.info(f"Twilio status callback: {settings.base_url}/twilio/status")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

@@ -289,11 +289,11 @@ def load_backend(choice: BackendChoice, model_path: str, device: str, dtype: str
             raise RuntimeError(f"the vllm backend is not available: {e}") from e
         return load_vllm_backend(model_path, device, dtype)
     if choice.name == "cpu":
-        raise RuntimeError(
-            f"the cpu backend is not implemented yet ({choice.reason}); point "
-            "STEPCALL_MODEL_PATH at a local Step-Audio 2 checkpoint and use "
-            "STEPCALL_MODEL_BACKEND=reference"
-        )
+        # Offline Whisper + llama.cpp + Piper cascade; a missing model raises
+        # cpu_models.MissingModelError naming the pip packages to install.
+        from model_service.backends.cpu import load_cpu_backend
+
+        return load_cpu_backend()
     raise ValueError(f"unknown backend {choice.name!r}")
 
 
@@ -322,7 +322,9 @@ def run_model_service(
     choice = choose_backend(backend_name, model_path, device)
     logger.info(f"model service backend: {choice.name} ({choice.reason})")
     if choice.name == "cpu":
-        load_backend(choice, model_path, device, dtype)  # raises the clear error now
+        from model_service.cpu_models import resolve_cpu_models
+
+        resolve_cpu_models()  # a missing model fails now, with the pip packages to install
     app = create_app(
         None,
         token=settings.model_token,

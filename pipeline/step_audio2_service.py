@@ -8,6 +8,10 @@ Audio path: the user's audio is streamed to the model service WHILE the user spe
 pre-roll, because VAD fires only after ``start_secs`` of speech), committed at the end of the turn,
 and the model service answers with PCM at the pipeline's output rate, so no resampling happens in
 the bot process (Pipecat's default stream resampler emits ~95 ms bursts; see the reference notes).
+
+Failures: when the model-service connection drops (or cannot be opened), the service reconnects
+once; if that fails too it plays the cached apology (``pipeline.apology``) and then runs
+``on_failure`` (e.g. a transfer) or, by default, ends the call. The caller never sits in silence.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import collections
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +31,7 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
+    EndWorkerFrame,
     Frame,
     FunctionCallCancelFrame,
     FunctionCallResultFrame,
@@ -38,6 +44,7 @@ from pipecat.frames.frames import (
     LLMServiceMetadataFrame,
     LLMSetToolsFrame,
     LLMTextFrame,
+    StartFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
@@ -54,6 +61,7 @@ from pipecat.utils.text.base_text_aggregator import TextType
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from pipeline import model_client as mc
+from pipeline.apology import DEFAULT_APOLOGY, apology_pcm
 
 
 @dataclass
@@ -102,6 +110,10 @@ class StepAudio2Service(LLMService):
         tools: ToolsSchema | list | None = None,
         preroll_secs: float = 0.6,
         client_factory: Any = None,
+        apology_text: str = DEFAULT_APOLOGY,
+        on_failure: Callable[[], Awaitable[None]] | None = None,
+        reconnect_attempts: int = 1,
+        response_timeout_secs: float = 8.0,
         **kwargs: Any,
     ) -> None:
         """Create the service.
@@ -115,6 +127,12 @@ class StepAudio2Service(LLMService):
             tools: Tools advertised to the model from the start (also register handlers).
             preroll_secs: Audio kept from before VAD fired, sent at the start of a user turn.
             client_factory: Builds the model-service client (defaults to ``ModelServiceClient``).
+            apology_text: What the cached apology says when the model service is lost.
+            on_failure: Runs after the apology when the model service is lost for good
+                (e.g. transfer the call); by default the call ends (``EndWorkerFrame``).
+            reconnect_attempts: Reconnects tried before giving up on the model service.
+            response_timeout_secs: A response with neither audio nor an end by then counts as
+                a lost connection (a hung model service must not leave the caller in silence).
             **kwargs: Passed to ``LLMService``.
         """
         defaults = self.Settings(
@@ -151,11 +169,23 @@ class StepAudio2Service(LLMService):
         self._preroll_max = int(preroll_secs * sample_rate) * 2
         self._in_user_turn = False
         self._response_requested = False
+        self._response_after_done = False  # a context asked for a reply while one was running
+        self._held_tool_results: list[tuple[str, str]] = []
         self._response: ResponseStats | None = None
         self._audio_started = False
         self._bot_speaking = False
         self._pending_end: EndFrame | None = None
+        self._apology_text = apology_text
+        self._on_failure = on_failure
+        self._reconnects_left = reconnect_attempts
+        self._closing = False
+        self._started = False
+        self._failed = False
+        self._failure_task: asyncio.Task | None = None
+        self._response_timeout = response_timeout_secs
+        self._watchdog_task: asyncio.Task | None = None
         self._log = logger.bind(call_id=call_id)
+        self._register_event_handler("on_model_service_failed")
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -182,15 +212,33 @@ class StepAudio2Service(LLMService):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def failed(self) -> bool:
+        """True once the model service is lost for good (the apology path ran)."""
+        return self._failed
+
     async def setup(self, setup: FrameProcessorSetup) -> None:
-        """Connect to the model service while the pipeline is being set up."""
+        """Connect to the model service while the pipeline is being set up.
+
+        A failed connect does not fail the pipeline: the apology path runs once it starts.
+        """
         await super().setup(setup)
-        self._client = self._client_factory(self._url, token=self._token)
-        started = await self._client.connect(self._session_start())
+        if not await self._connect():
+            self._log.warning("model service unreachable at start; will retry once the call starts")
+
+    async def _connect(self) -> bool:
+        client = self._client_factory(self._url, token=self._token)
+        try:
+            started = await client.connect(self._session_start())
+        except mc.ModelServiceError as e:
+            self._log.warning(f"cannot open a model session: {e}")
+            return False
+        self._client = client
         self._log.info(
             f"model session {started.session_id} on backend {started.backend} ({started.model})"
         )
-        self._receive_task = self.create_task(self._receive_loop())
+        self._receive_task = self.create_task(self._receive_loop(client))
+        return True
 
     async def stop(self, frame: EndFrame) -> None:
         """Graceful end of the call."""
@@ -208,6 +256,13 @@ class StepAudio2Service(LLMService):
         await self._disconnect()
 
     async def _disconnect(self) -> None:
+        self._closing = True
+        if self._watchdog_task:
+            await self.cancel_task(self._watchdog_task, timeout=1.0)
+            self._watchdog_task = None
+        if self._failure_task and self._failure_task is not asyncio.current_task():
+            await self.cancel_task(self._failure_task, timeout=1.0)
+            self._failure_task = None
         if self._receive_task:
             await self.cancel_task(self._receive_task, timeout=1.0)
             self._receive_task = None
@@ -222,7 +277,9 @@ class StepAudio2Service(LLMService):
         if self._context is not None and is_given(self._context.tools):
             schema = self._context.tools
         elif self._tools is not None:
-            schema = self._tools if isinstance(self._tools, ToolsSchema) else ToolsSchema(self._tools)
+            schema = (
+                self._tools if isinstance(self._tools, ToolsSchema) else ToolsSchema(self._tools)
+            )
         if not isinstance(schema, ToolsSchema):
             return []
         out = []
@@ -297,23 +354,40 @@ class StepAudio2Service(LLMService):
             self._sync_registered_tool_handlers(frame.tools)
             await self._push_session_update()
 
-        if (
-            isinstance(frame, (BotStartedSpeakingFrame, BotStoppedSpeakingFrame))
-            and direction == FrameDirection.UPSTREAM
-        ):
-            return  # consumed (the downstream copy continues on its own)
+        if isinstance(frame, InputAudioRawFrame):
+            return  # consumed: it went to the model; nothing downstream needs the caller's audio
         await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            self._started = True
+            if self._client is None and not self._failed:
+                self._failure_task = self.create_task(self._on_connection_lost("no connection"))
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
         """Deliver tool results to the model service as the base class broadcasts them."""
         if direction == FrameDirection.DOWNSTREAM and self._client is not None:
             if isinstance(frame, FunctionCallResultFrame):
                 result = frame.result
-                output = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
-                await self._client.send_tool_result(frame.tool_call_id, output)
+                output = (
+                    result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+                )
+                await self._send_tool_result(frame.tool_call_id, output)
             elif isinstance(frame, FunctionCallCancelFrame):
-                await self._client.send_tool_result(frame.tool_call_id, "CANCELLED")
+                await self._send_tool_result(frame.tool_call_id, "CANCELLED")
         await super().push_frame(frame, direction)
+
+    async def _send_tool_result(self, call_id: str, output: str) -> None:
+        """The model service records a tool call when its response is done: a result that is
+        ready earlier (fast handlers) is held until ``response.done``."""
+        if self._response_requested:
+            self._held_tool_results.append((call_id, output))
+        elif self._client is not None:
+            await self._client.send_tool_result(call_id, output)
+
+    async def _flush_tool_results(self) -> None:
+        held, self._held_tool_results = self._held_tool_results, []
+        for call_id, output in held:
+            if self._client is not None:
+                await self._client.send_tool_result(call_id, output)
 
     async def _on_user_audio(self, frame: InputAudioRawFrame) -> None:
         if self._client is None:
@@ -359,6 +433,7 @@ class StepAudio2Service(LLMService):
         """
         if self._client is None or not (self._response_requested or self._bot_speaking):
             return
+        self._response_after_done = False
         heard_ms = self._heard_ms()
         self._log.info(f"barge-in: caller heard {heard_ms:.0f} ms of the response")
         await self._client.cancel_response(heard_ms)
@@ -406,26 +481,110 @@ class StepAudio2Service(LLMService):
         if direction == FrameDirection.UPSTREAM or (
             new_instructions and last_role in ("system", "developer")
         ):
-            await self._create_response()
+            if self._response_requested:
+                self._response_after_done = True  # e.g. tool results while the filler plays
+            else:
+                await self._create_response()
 
-    async def _create_response(self) -> None:
+    async def _create_response(self, instructions: str | None = None) -> None:
         if self._response_requested or self._client is None:
             return
         self._response_requested = True
-        self._response = ResponseStats()
+        self._response = stats = ResponseStats()
         await self.start_processing_metrics()
         await self.start_ttfb_metrics()
-        await self._client.create_response()
+        await self._client.create_response(instructions)
+        if self._response_timeout > 0:
+            if self._watchdog_task:
+                await self.cancel_task(self._watchdog_task)
+            self._watchdog_task = self.create_task(self._watch_response(stats))
+
+    async def _watch_response(self, stats: ResponseStats) -> None:
+        """Treat a response that stays silent past the timeout as a lost connection."""
+        await asyncio.sleep(self._response_timeout)
+        self._watchdog_task = None
+        if self._response is not stats or not self._response_requested:
+            return
+        if stats.audio_bytes or stats.tool_call or self._closing:
+            return
+        reason = f"no answer within {self._response_timeout:g} s"
+        self._log.warning(f"model service: {reason}; dropping the connection")
+        client, self._client = self._client, None  # its Closed event is now ignored
+        if self._receive_task:
+            await self.cancel_task(self._receive_task, timeout=1.0)
+            self._receive_task = None
+        if client is not None:
+            await client.close()
+        self._failure_task = self.create_task(self._on_connection_lost(reason))
 
     # -- events out ----------------------------------------------------------------------------
 
-    async def _receive_loop(self) -> None:
-        assert self._client is not None
-        async for event in self._client.events():
+    async def _receive_loop(self, client: mc.ModelServiceClient) -> None:
+        async for event in client.events():
+            if isinstance(event, mc.Closed):
+                if not self._closing and client is self._client:
+                    self._log.warning(
+                        f"model service connection lost ({event.code}: {event.reason})"
+                    )
+                    self._failure_task = self.create_task(self._on_connection_lost(event.reason))
+                return
             try:
                 await self._handle_event(event)
             except Exception as e:  # keep the call alive; report upstream
-                await self.push_error(f"{self}: error handling {type(event).__name__}: {e}", exception=e)
+                await self.push_error(
+                    f"{self}: error handling {type(event).__name__}: {e}", exception=e
+                )
+
+    async def _on_connection_lost(self, reason: str) -> None:
+        """Reconnect once; otherwise apologise and end (or ``on_failure``)."""
+        was_answering = self._response_requested
+        if self._response_requested:
+            await self._end_response(interrupted=False, release_end=False)
+        self._client = None
+        self._in_user_turn = False
+        while self._reconnects_left > 0 and not self._closing:
+            self._reconnects_left -= 1
+            if await self._connect():
+                self._log.info("reconnected to the model service")
+                if was_answering:
+                    await self._create_response(
+                        instructions="The line dropped for a moment. Apologise briefly and ask "
+                        "the caller to repeat what they just said."
+                    )
+                elif self._pending_end is not None:
+                    frame, self._pending_end = self._pending_end, None
+                    await self.queue_frame(frame)
+                return
+        await self._fail(reason)
+
+    async def _fail(self, reason: str) -> None:
+        """Play the cached apology, then end the call or run ``on_failure``."""
+        if self._failed:
+            return
+        self._failed = True
+        self._log.error(f"model service lost for good ({reason}): playing the apology")
+        pcm = await asyncio.to_thread(apology_pcm, self._sample_rate, self._apology_text)
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.push_frame(TTSStartedFrame())
+        chunk = self._sample_rate // 10 * 2  # 100 ms
+        for i in range(0, len(pcm), chunk):
+            await self.push_frame(TTSAudioRawFrame(pcm[i : i + chunk], self._sample_rate, 1))
+        await self.push_frame(TTSStoppedFrame())
+        await self.push_frame(LLMFullResponseEndFrame())
+        await self._call_event_handler("on_model_service_failed", reason)
+        if self._on_failure is not None:
+            try:
+                await self._on_failure()
+                return
+            except Exception as e:
+                self._log.exception(f"on_failure handler failed ({e}); ending the call")
+        if self._pending_end is not None:
+            frame, self._pending_end = self._pending_end, None
+            await self.queue_frame(frame)
+        else:
+            await self.push_frame(
+                EndWorkerFrame(reason="model service unavailable"), FrameDirection.UPSTREAM
+            )
 
     async def _handle_event(self, event: Any) -> None:
         if isinstance(event, mc.ResponseStarted):
@@ -482,18 +641,18 @@ class StepAudio2Service(LLMService):
             if event.status != "cancelled":
                 await self.stop_processing_metrics()
                 await self._end_response(interrupted=False)
+            await self._flush_tool_results()
+            if self._response_after_done and not self._response_requested:
+                self._response_after_done = False
+                await self._create_response()
         elif isinstance(event, mc.ErrorEvent):
             self._log.warning(f"model service error {event.code}: {event.message}")
             if event.code == "response_active":
                 return
             if self._response_requested and event.fatal:
                 await self._end_response(interrupted=False)
-        elif isinstance(event, mc.Closed):
-            self._log.warning(f"model service connection closed: {event.reason}")
-            if self._response_requested:
-                await self._end_response(interrupted=False)
 
-    async def _end_response(self, *, interrupted: bool) -> None:
+    async def _end_response(self, *, interrupted: bool, release_end: bool = True) -> None:
         was_active = self._response_requested
         self._response_requested = False
         if self._audio_started:
@@ -501,6 +660,6 @@ class StepAudio2Service(LLMService):
         if was_active and not interrupted:
             await self.push_frame(LLMFullResponseEndFrame())
         self._audio_started = False
-        if self._pending_end is not None:
+        if release_end and self._pending_end is not None:
             frame, self._pending_end = self._pending_end, None
             await self.queue_frame(frame)

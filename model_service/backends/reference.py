@@ -2,7 +2,8 @@
 
 One loaded model and one token2wav are shared by every session. The reference backend does not
 batch: responses queue for the model (a single worker thread, ``queue_ms`` is the wait) and each
-one decodes alone, while token2wav runs on its own worker thread so vocoding overlaps decoding.
+one decodes alone, while token2wav runs through a ``Token2WavBatcher`` (its own worker thread), so
+vocoding overlaps decoding and chunks of concurrent sessions share one flow pass.
 
 Per session (``ReferenceSession``): the ``Conversation`` (history with the exact generated ids of
 assistant turns, pending tool calls, loop guard), the open user turn's audio
@@ -11,8 +12,10 @@ prefill only the new suffix, and the session config (persona, voice, style, tool
 
 A response runs as an asyncio task: the model thread streams token ids through ``TA4Parser``;
 text and tool calls go straight to the response's event queue, audio codes go to the vocoder
-task (token2wav ``push`` as codes arrive, ``flush`` at the end); ``respond()`` only drains the
-queue, so a consumer that stops reading never leaves the history half-updated.
+task (batched token2wav ``push`` as codes arrive, ``flush`` at the end); ``respond()`` only drains
+the queue, so a consumer that stops reading never leaves the history half-updated.
+``ReferenceSession._run_model`` is the one step that touches the decoder: the vLLM backend's
+session subclasses ``ReferenceSession`` and overrides only that.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class ReferenceBackend(Backend):
         today: Callable[[], _dt.date] = _dt.date.today,
         max_context: int | None = None,
         context_fill: float = 0.75,
+        t2w_wait_ms: float = 5.0,
     ) -> None:
         if loaded.tokenizer is None:
             raise ValueError("the reference backend needs the checkpoint's tokenizer")
@@ -133,6 +137,9 @@ class ReferenceBackend(Backend):
         self._vocoder_exec = ThreadPoolExecutor(1, thread_name_prefix="ref-token2wav")
         self._voice_cache: dict[str, Any] = {}
         self._voice_lock = threading.Lock()
+        self.t2w_wait_ms = t2w_wait_ms
+        self._batcher: Any = None
+        self._batcher_loop: asyncio.AbstractEventLoop | None = None
         self.sessions: set[ReferenceSession] = set()
 
     async def open_session(self, config: SessionConfig) -> ReferenceSession:
@@ -145,8 +152,13 @@ class ReferenceBackend(Backend):
     async def close(self) -> None:
         for session in list(self.sessions):
             await session.close()
+        await close_batcher(self)
         self._model_exec.shutdown(wait=False, cancel_futures=True)
         self._vocoder_exec.shutdown(wait=False, cancel_futures=True)
+
+    def t2w_batcher(self) -> Any:
+        """The ``Token2WavBatcher`` all sessions push codes through (see ``batcher_for``)."""
+        return batcher_for(self)
 
     # ----------------------------------------------------------------- voices
     def voice_for(self, name: str | None) -> Any:
@@ -160,6 +172,51 @@ class ReferenceBackend(Backend):
                     raise ValueError(f"unknown voice {name!r} (known: {sorted(self.voices)})")
                 self._voice_cache[name] = self.vocoder.prepare_voice(self.voices[name])
             return self._voice_cache[name]
+
+
+def batcher_for(backend: Any) -> Any:
+    """The token2wav batcher of ``backend`` for the running event loop.
+
+    One ``Token2WavBatcher`` per backend batches every session's chunks; it belongs to the loop
+    it was first used on, so a backend driven from a new loop (tests run one loop per test)
+    gets a fresh one. ``backend`` needs ``vocoder``, ``t2w_wait_ms``, ``_batcher`` and
+    ``_batcher_loop`` attributes.
+    """
+    from model_service.token2wav.batcher import Token2WavBatcher
+
+    loop = asyncio.get_running_loop()
+    if backend._batcher is None or backend._batcher_loop is not loop:
+        _drop_foreign_batcher(backend)
+        backend._batcher = Token2WavBatcher(backend.vocoder, max_wait_ms=backend.t2w_wait_ms)
+        backend._batcher_loop = loop
+    return backend._batcher
+
+
+def _drop_foreign_batcher(backend: Any) -> None:
+    old = backend._batcher
+    if old is not None:
+        pool = getattr(old, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+    backend._batcher = None
+    backend._batcher_loop = None
+
+
+async def close_batcher(backend: Any) -> None:
+    """Stop ``backend``'s batcher (awaited when it runs on this loop)."""
+    batcher = backend._batcher
+    if batcher is None:
+        return
+    try:
+        same_loop = backend._batcher_loop is asyncio.get_running_loop()
+    except RuntimeError:
+        same_loop = False
+    if same_loop:
+        backend._batcher = None
+        backend._batcher_loop = None
+        await batcher.close()
+    else:
+        _drop_foreign_batcher(backend)
 
 
 def _pick_default_voice(voices: dict[str, Path]) -> str | None:
@@ -433,9 +490,7 @@ class ReferenceSession(BackendSession):
         voice_name = self.config.voice or backend.default_voice
         vocoder_task = loop.create_task(self._vocode(run, voice_name))
         try:
-            await loop.run_in_executor(
-                backend._model_exec, self._generate, run, prompt, max_tokens, guard_tripped
-            )
+            await self._run_model(run, prompt, max_tokens, guard_tripped)
         except Exception as exc:  # noqa: BLE001 - reported to the client, session survives
             log.exception("response failed in session %s", self.config.call_id)
             error = exc
@@ -498,6 +553,18 @@ class ReferenceSession(BackendSession):
             conv.truncate_last_reply(float("inf"))  # close the cut-off <tts_start> section
 
     # ----------------------------------------------------------------- model thread
+    async def _run_model(
+        self, run: _Run, prompt: Any, max_tokens: int, guard_tripped: bool
+    ) -> None:
+        """Decode the response: tokens go through ``TA4Parser`` into ``_on_parsed``.
+
+        Here the PyTorch model runs on the backend's single model thread; backends with their
+        own engine (vLLM) override this method and reuse everything else.
+        """
+        await run.loop.run_in_executor(
+            self.backend._model_exec, self._generate, run, prompt, max_tokens, guard_tripped
+        )
+
     def _generate(self, run: _Run, prompt: Any, max_tokens: int, guard_tripped: bool) -> None:
         """Runs on the model worker thread: prompt → tokens → parser events."""
         run.t_start = _now()
@@ -583,9 +650,11 @@ class ReferenceSession(BackendSession):
         vocoder = backend.vocoder
         loop = run.loop
         state = None
+        batcher = None
         if vocoder is not None and voice_name is not None:
             voice = await loop.run_in_executor(backend._vocoder_exec, backend.voice_for, voice_name)
             state = vocoder.new_stream(voice)
+            batcher = backend.t2w_batcher()  # concurrent sessions' chunks share a flow pass
         while True:
             batch: list[int] = []
             item = await run.codes.get()
@@ -603,13 +672,11 @@ class ReferenceSession(BackendSession):
                     return
                 continue
             if batch:
-                chunks = await loop.run_in_executor(
-                    backend._vocoder_exec, vocoder.push, state, batch
-                )
+                chunks = await batcher.push(state, batch)
                 self._emit_audio(run, chunks)
             if done:
                 if not run.cancel.is_set():
-                    chunks = await loop.run_in_executor(backend._vocoder_exec, vocoder.flush, state)
+                    chunks = await batcher.flush(state)
                     self._emit_audio(run, chunks)
                 return
 
@@ -646,7 +713,9 @@ __all__ = [
     "DEFAULT_MAX_TOOL_CALLS_IN_A_ROW",
     "ReferenceBackend",
     "ReferenceSession",
+    "batcher_for",
     "checkpoint_voice_folders",
+    "close_batcher",
     "find_voices",
     "load_reference_backend",
     "voice_description",

@@ -232,8 +232,27 @@ class _References:
                     tool["builtin"] = INVALID
                 else:
                     tool["builtin"] = builtin
+                self._documents(path, tool)
             if tool.get("parameters") is not None and tool.get("parameters") is not INVALID:
                 self._parameters(join(path, "parameters"), tool["parameters"])
+
+    def _documents(self, path: str, tool: dict[str, Any]) -> None:
+        """``documents`` belongs to knowledge_search and names an existing folder."""
+        documents = tool.get("documents")
+        if not _is_str(documents):
+            return
+        if tool.get("builtin") != "knowledge_search":
+            self.report(
+                join(path, "documents"),
+                "documents is only for the knowledge_search built-in",
+            )
+            return
+        folder = (self.path.parent / documents).resolve()
+        if not folder.is_dir():
+            self.report(
+                join(path, "documents"),
+                f"documents folder '{documents}' not found (looked for {folder})",
+            )
 
     def _parameters(self, path: str, params: Any) -> None:
         """A tool's ``parameters`` must be a JSON Schema object with typed properties."""
@@ -422,6 +441,7 @@ def _build(data: dict[str, Any], path: Path, refs: _References, checker: Checker
             headers=dict(t.get("headers") or {}),
             handler=t.get("handler"),
             builtin=builtin,
+            documents=t.get("documents"),
         )
     nodes = {
         name: NodeSpec(

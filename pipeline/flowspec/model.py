@@ -72,6 +72,8 @@ class ToolSpec:
     headers: dict[str, str] = field(default_factory=dict)
     handler: str | None = None
     builtin: str | None = None
+    #: knowledge_search: folder of documents, relative to the flow file.
+    documents: str | None = None
 
     def function_schema(self) -> dict[str, Any]:
         """The tool in OpenAI function format (what the model service's ``tools`` expects)."""

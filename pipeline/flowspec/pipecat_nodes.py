@@ -4,10 +4,13 @@ Each node becomes a ``NodeConfig``:
 
 - ``role_message``: the persona (on every node, so a ``reset`` node keeps it);
 - ``task_messages``: the node's instructions as a developer message (the initial node also
-  carries the greeting instruction, and responds at once only when the bot speaks first);
+  carries the greeting instruction, and responds at once only when the bot speaks first; when
+  the caller speaks first, the initial node's instructions go into the ``role_message`` instead,
+  because nothing delivers a developer message to a speech-to-speech session before a response
+  is requested);
 - ``functions``: the tools allowed in the node (handlers supplied by the runtime, keyed by tool
   name) and one ``go_to_<node>`` function per transition;
-- ``pre_actions``: a ``set_style`` action with the node's style;
+- ``pre_actions``: a ``set_style`` action with the node's style (and the node's name);
 - ``post_actions``: ``end_conversation`` for ``end: true``, a ``transfer_call`` action with
   ``number`` for ``transfer: ...``;
 - ``context_strategy``: append or reset.
@@ -58,6 +61,7 @@ def render_nodes(spec: FlowSpec, handlers: Mapping[str, ToolHandler]) -> dict[st
                 properties={},
                 required=[],
                 handler=_transition_handler(configs, t.to),
+                cancel_on_interruption=True,
             )
             for t in node.transitions
         ]
@@ -65,12 +69,19 @@ def render_nodes(spec: FlowSpec, handlers: Mapping[str, ToolHandler]) -> dict[st
         initial = name == spec.initial_node
         if initial and spec.greeting.text:
             content += f"\n\nOpening of the call: {spec.greeting.text.strip()}"
+        role_message = spec.persona.strip()
+        task_messages = [{"role": "developer", "content": content}]
+        if initial and not spec.greeting.bot_speaks_first:
+            # Nothing asks for a response before the caller speaks, so a developer message would
+            # wait in the context; the instructions ride in the system prompt instead.
+            role_message = f"{role_message}\n\n{content}"
+            task_messages = []
         config: NodeConfig = {
             "name": name,
-            "role_message": spec.persona.strip(),
-            "task_messages": [{"role": "developer", "content": content}],
+            "role_message": role_message,
+            "task_messages": task_messages,
             "functions": functions,
-            "pre_actions": [{"type": STYLE_ACTION, "style": spec.node_style(name)}],
+            "pre_actions": [{"type": STYLE_ACTION, "style": spec.node_style(name), "node": name}],
             "context_strategy": ContextStrategyConfig(
                 strategy=ContextStrategy.RESET
                 if node.context_strategy == "reset"
@@ -87,6 +98,8 @@ def render_nodes(spec: FlowSpec, handlers: Mapping[str, ToolHandler]) -> dict[st
 
 
 def _tool_function(tool: ToolSpec, handler: ToolHandler) -> FlowsFunctionSchema:
+    from pipeline.tools.webhook import webhook_deadline
+
     params = tool.parameters
     return FlowsFunctionSchema(
         name=tool.name,
@@ -95,8 +108,13 @@ def _tool_function(tool: ToolSpec, handler: ToolHandler) -> FlowsFunctionSchema:
         required=list(params.get("required", [])),
         handler=handler,
         cancel_on_interruption=True,
-        timeout_secs=tool.timeout_secs * (tool.retries + 1) if tool.kind == "webhook" else None,
+        timeout_secs=webhook_deadline(tool) if tool.kind == "webhook" else None,
     )
+
+
+def tool_function(tool: ToolSpec, handler: ToolHandler) -> FlowsFunctionSchema:
+    """One tool as a pipecat.flows function (e.g. for ``FlowManager(global_functions=...)``)."""
+    return _tool_function(tool, handler)
 
 
 def _transition_handler(configs: dict[str, NodeConfig], target: str) -> ToolHandler:

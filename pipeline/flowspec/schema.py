@@ -305,6 +305,13 @@ TOOL = Tagged(
                 _PARAMETERS_DOC + " Default: the built-in's parameters.",
                 default=None,
             ),
+            Prop(
+                "documents",
+                Str(min_length=1),
+                "knowledge_search only: folder of .md/.txt documents, relative to the flow file "
+                "(default: knowledge/<bot name>/ next to the flow).",
+                default=None,
+            ),
         ),
     },
 )

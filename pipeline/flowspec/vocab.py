@@ -26,6 +26,11 @@ DEFAULT_STYLE = "neutral"
 #: Voices every deployment has; more come from a ``voices/`` folder (see ``voices.py``).
 BUILTIN_VOICES: tuple[str, ...] = ("default_female", "default_male")
 DEFAULT_VOICE = "default_female"
+#: How the built-in voices sound, for ``switch_voice`` (voice search by description).
+BUILTIN_VOICE_DESCRIPTIONS: dict[str, str] = {
+    "default_female": "a warm, friendly female voice",
+    "default_male": "a calm, deep male voice",
+}
 
 #: Built-in tools and the JSON Schema of their arguments (used when a flow gives none).
 BUILTIN_TOOLS: dict[str, dict[str, Any]] = {
@@ -74,11 +79,20 @@ BUILTIN_TOOLS: dict[str, dict[str, Any]] = {
         },
     },
     "switch_voice": {
-        "description": "Change the bot's speaking style for the rest of the call.",
+        "description": (
+            "Change how the bot sounds for the rest of the call: pick a voice from the voice "
+            "library by describing it (e.g. 'a deep male voice') and/or set the speaking style."
+        ),
         "parameters": {
             "type": "object",
-            "properties": {"style": {"type": "string", "enum": list(STYLES)}},
-            "required": ["style"],
+            "properties": {
+                "voice_description": {
+                    "type": "string",
+                    "description": "What the new voice should sound like.",
+                },
+                "style": {"type": "string", "enum": list(STYLES)},
+            },
+            "required": [],
         },
     },
 }

@@ -62,3 +62,23 @@ def resolve_voice(voice: str, flow_file: Path) -> ResolvedVoice | str:
         known = ", ".join(sorted(library))
         return f"unknown voice '{voice}' (known: {known}){did_you_mean(voice, list(library))}"
     return ResolvedVoice(voice, library[voice])
+
+
+def voice_descriptions(flow_dir: Path) -> dict[str, str]:
+    """A description of every voice in the library of ``flow_dir`` (for voice search).
+
+    Built-in voices have fixed descriptions; a library voice is described by
+    ``voices/<name>/description.txt`` or ``voices/<name>.txt``, else by its name.
+    """
+    out: dict[str, str] = {}
+    for name, entry in voice_library(flow_dir).items():
+        text = vocab.BUILTIN_VOICE_DESCRIPTIONS.get(name)
+        if entry is not None:
+            candidates = (
+                [entry / "description.txt"] if entry.is_dir() else [entry.with_suffix(".txt")]
+            )
+            for candidate in candidates:
+                if candidate.is_file():
+                    text = candidate.read_text(encoding="utf-8").strip() or text
+        out[name] = text or name.replace("_", " ").replace("-", " ") + " voice"
+    return out

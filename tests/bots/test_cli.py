@@ -23,6 +23,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (("serve",), "--flows"),
         (("model",), "--backend"),
         (("call",), "--say"),
+        (("dial",), "--flow"),
         (("flows", "validate"), "path"),
     ],
 )

@@ -41,12 +41,16 @@ def test_pizza_nodes_have_tools_transitions_and_actions() -> None:
         "go_to_goodbye",
         "go_to_take_order",
     ]
-    assert nodes["confirm"]["pre_actions"] == [{"type": STYLE_ACTION, "style": "calm"}]
-    assert nodes["greet"]["pre_actions"] == [{"type": STYLE_ACTION, "style": "cheerful"}]
+    assert nodes["confirm"]["pre_actions"] == [
+        {"type": STYLE_ACTION, "style": "calm", "node": "confirm"}
+    ]
+    assert nodes["greet"]["pre_actions"] == [
+        {"type": STYLE_ACTION, "style": "cheerful", "node": "greet"}
+    ]
     assert nodes["goodbye"]["post_actions"] == [{"type": "end_conversation"}]
     assert nodes["goodbye"]["context_strategy"].strategy is ContextStrategy.APPEND
     hook = next(f for f in nodes["take_order"]["functions"] if f.name == "check_delivery_area")
-    assert hook.required == ["address"] and hook.timeout_secs == 6.0
+    assert hook.required == ["address"] and hook.timeout_secs == pytest.approx(3 * 2 + 0.2 + 1.0)
 
 
 async def test_transition_function_returns_the_target_node() -> None:
@@ -74,6 +78,9 @@ def test_caller_first_reset_and_transfer(tmp_path: Path) -> None:
     )
     nodes = render_nodes(load_flow(path), {})
     assert nodes["a"]["respond_immediately"] is False and nodes["b"]["respond_immediately"] is True
+    assert nodes["a"]["role_message"] == "p\n\nA." and nodes["a"]["task_messages"] == []
+    assert nodes["b"]["role_message"] == "p"
+    assert nodes["b"]["task_messages"] == [{"role": "developer", "content": "B."}]
     assert nodes["b"]["context_strategy"].strategy is ContextStrategy.RESET
     assert nodes["b"]["post_actions"] == [{"type": TRANSFER_ACTION, "number": "+15551230000"}]
 

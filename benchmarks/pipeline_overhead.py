@@ -1,0 +1,251 @@
+"""Pipeline overhead of one call: end of the caller's speech -> first bot audio out of the transport.
+
+The call pipeline is the production one (``bots.call.build_call``: echo guard, Silero VAD, the
+minimum-duration start strategy, Smart Turn v3, StepAudio2Service, output transport, ...). The
+model service is a stand-in that answers instantly (``pipeline.canned_model_service``: protocol v1
+over a real loopback WebSocket, canned PCM), run in a child process so its CPU is not counted.
+The caller is a loopback phone playing flite speech in real time.
+
+Per turn: ``overhead = first audio write - end of speech - VAD stop_secs``. It still contains
+Smart Turn's inference (reported separately, from its ``TurnMetricsData``) and everything else the
+bot process does (VAD windows, aggregators, WebSocket hops, output transport). Turns Smart Turn
+judged INCOMPLETE (robotic flite prosody; they wait for its silence fallback) are counted and
+left out of the latency numbers. CPU: this process's CPU time over the calls' wall time.
+
+    .venv/bin/python benchmarks/pipeline_overhead.py [--turns 12] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RATE = 8000
+UTTERANCE = "What is the weather like in Paris today?"
+PERIOD_SECS = 4.5  # one caller turn every PERIOD_SECS
+REPLY_SECS = 0.4
+
+
+def _serve_canned(port_queue: Any, reply_secs: float) -> None:
+    """Child process: the instant model-service stand-in."""
+    from pipeline.canned_model_service import CannedModelService
+
+    t = np.arange(int(reply_secs * RATE)) / RATE
+    pcm = (3000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16).tobytes()
+
+    async def main() -> None:
+        async with CannedModelService(pcm).serving() as url:
+            port_queue.put(url)
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def voiced_end(pcm: np.ndarray, threshold: float = 300.0) -> float:
+    """Seconds from the start of ``pcm`` to the end of its last 10 ms frame above ``threshold`` RMS."""
+    n = pcm.size // 80
+    frames = pcm[: n * 80].astype(np.float32).reshape(n, 80)
+    loud = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > threshold)
+    return (int(loud[-1]) + 1) * 80 / RATE
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+async def run_call(url: str, turns: int) -> dict[str, Any]:
+    from pipecat.frames.frames import MetricsFrame, VADUserStoppedSpeakingFrame
+    from pipecat.metrics.metrics import TurnMetricsData
+    from pipecat.observers.base_observer import BaseObserver, FramePushed
+    from pipecat.workers.runner import WorkerRunner
+
+    from bots.call import CallInfo, build_call, call_worker
+    from bots.caller.speech import synthesize
+    from bots.profile import BotProfile
+    from bots.settings import Settings
+    from pipeline.loopback_phone import LoopbackPhone, Say
+
+    speech = synthesize(UTTERANCE, RATE)
+    end_in_utt = voiced_end(speech)
+    offsets = [1.0 + k * PERIOD_SECS for k in range(turns)]
+    phone = LoopbackPhone([Say(speech, off) for off in offsets])
+    prof = BotProfile(name="bench", vad_stop_secs=0.2, smart_turn=True)
+    pipeline, parts = build_call(phone, prof, Settings(model_url=url), CallInfo("bench", "bench"))
+
+    class TurnModel(BaseObserver):
+        """Smart Turn verdicts and inference times, in order."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: set[int] = set()
+            self.results: list[tuple[float, bool, float]] = []
+            self.vad_stops: list[float] = []
+
+        async def on_push_frame(self, data: FramePushed) -> None:
+            f = data.frame
+            if isinstance(f, VADUserStoppedSpeakingFrame) and f.id not in self.seen:
+                self.seen.add(f.id)
+                if f.broadcast_sibling_id not in self.seen:
+                    self.seen.add(f.broadcast_sibling_id or -1)
+                    self.vad_stops.append(time.monotonic())
+            if isinstance(data.frame, MetricsFrame) and data.frame.id not in self.seen:
+                self.seen.add(data.frame.id)
+                for m in data.frame.data:
+                    if isinstance(m, TurnMetricsData):
+                        self.results.append(
+                            (time.monotonic(), m.is_complete, float(m.e2e_processing_time_ms))
+                        )
+
+    turn_model = TurnModel()
+    worker = call_worker(pipeline, parts, "bench", observers=[turn_model])
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(0.5)  # let it start (not measured)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(offsets[-1] + PERIOD_SECS - 0.5)
+    cpu = time.process_time() - cpu0
+    wall = time.monotonic() - wall0
+    await worker.cancel()
+    await asyncio.wait_for(task, 10.0)
+
+    writes = [t for t, _ in phone.speaker.chunks]
+    overhead, turn_ms, rest, incomplete = [], [], [], 0
+    vad_lag, after_vad, after_vad_rest = [], [], []
+    for off in offsets:
+        speech_end = phone.mic.started_at + off + end_in_utt
+        after = [t for t in writes if t > speech_end]
+        verdicts = [r for r in turn_model.results if r[0] > speech_end]
+        if not after or not verdicts:
+            continue
+        _, complete, e2e_ms = verdicts[0]
+        if not complete:
+            incomplete += 1
+            continue
+        ms = (after[0] - speech_end - prof.vad_stop_secs) * 1000.0
+        overhead.append(ms)
+        turn_ms.append(e2e_ms)
+        rest.append(ms - e2e_ms)
+        stops = [t for t in turn_model.vad_stops if t > speech_end]
+        if stops:  # VAD's own end of speech: its stop event minus stop_secs
+            vad_lag.append((stops[0] - prof.vad_stop_secs - speech_end) * 1000.0)
+            after_vad.append((after[0] - stops[0]) * 1000.0)
+            after_vad_rest.append((after[0] - stops[0]) * 1000.0 - e2e_ms)
+    return {
+        "turns": turns,
+        "measured_turns": len(overhead),
+        "smart_turn_incomplete": incomplete,
+        "overhead_ms_p50": pct(overhead, 50),
+        "overhead_ms_p95": pct(overhead, 95),
+        "smart_turn_ms_p50": pct(turn_ms, 50),
+        "smart_turn_ms_p95": pct(turn_ms, 95),
+        "overhead_without_smart_turn_ms_p50": pct(rest, 50),
+        "overhead_without_smart_turn_ms_p95": pct(rest, 95),
+        "vad_end_lag_ms_p50": pct(vad_lag, 50),
+        "from_vad_end_ms_p50": pct(after_vad, 50),
+        "from_vad_end_ms_p95": pct(after_vad, 95),
+        "from_vad_end_without_smart_turn_ms_p50": pct(after_vad_rest, 50),
+        "from_vad_end_without_smart_turn_ms_p95": pct(after_vad_rest, 95),
+        "cpu_percent_of_core": 100.0 * cpu / wall,
+        "cpu_wall_secs": wall,
+        "overhead_ms": overhead,
+    }
+
+
+async def phone_baseline(secs: float = 6.0) -> float:
+    """CPU (% of a core) of the simulated phone alone (microphone -> earpiece, no bot)."""
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+    from pipecat.workers.runner import WorkerRunner
+
+    from pipeline.loopback_phone import LoopbackPhone
+
+    phone = LoopbackPhone([])
+    worker = PipelineWorker(
+        Pipeline([phone.input(), phone.output()]),
+        params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
+        enable_rtvi=False,
+    )
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(1.0)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.sleep(secs)
+    share = 100.0 * (time.process_time() - cpu0) / (time.monotonic() - wall0)
+    await worker.cancel()
+    await asyncio.wait_for(task, 10.0)
+    return share
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--turns", type=int, default=12)
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = ap.parse_args(argv)
+    if args.turns < 1:
+        ap.error("--turns must be >= 1")
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    server = ctx.Process(target=_serve_canned, args=(q, REPLY_SECS), daemon=True)
+    server.start()
+    try:
+        url = q.get(timeout=30)
+        res = asyncio.run(run_call(url, args.turns))
+        res["phone_cpu_percent_of_core"] = asyncio.run(phone_baseline())
+    finally:
+        server.terminate()
+        server.join(5)
+
+    print(
+        f"pipeline overhead (end of speech -> first audio out, minus VAD stop 0.2 s), "
+        f"{res['measured_turns']}/{res['turns']} turns "
+        f"({res['smart_turn_incomplete']} judged incomplete by Smart Turn, left out):"
+    )
+    print(
+        f"  total:               p50 {res['overhead_ms_p50']:.1f} ms  p95 {res['overhead_ms_p95']:.1f} ms"
+    )
+    print(
+        f"  Smart Turn inference: p50 {res['smart_turn_ms_p50']:.1f} ms  p95 {res['smart_turn_ms_p95']:.1f} ms"
+    )
+    print(
+        f"  without Smart Turn:  p50 {res['overhead_without_smart_turn_ms_p50']:.1f} ms  "
+        f"p95 {res['overhead_without_smart_turn_ms_p95']:.1f} ms"
+    )
+    print(
+        f"  measured from VAD's end of speech (it lags the acoustic end by "
+        f"{res['vad_end_lag_ms_p50']:.0f} ms p50): p50 {res['from_vad_end_ms_p50']:.1f} ms  "
+        f"p95 {res['from_vad_end_ms_p95']:.1f} ms; without Smart Turn: "
+        f"p50 {res['from_vad_end_without_smart_turn_ms_p50']:.1f} ms  "
+        f"p95 {res['from_vad_end_without_smart_turn_ms_p95']:.1f} ms"
+    )
+    bot_cpu = res["cpu_percent_of_core"] - res["phone_cpu_percent_of_core"]
+    res["bot_cpu_percent_of_core"] = bot_cpu
+    print(
+        f"CPU per call: {res['cpu_percent_of_core']:.2f}% of a core over "
+        f"{res['cpu_wall_secs']:.0f} s, of which the simulated phone "
+        f"{res['phone_cpu_percent_of_core']:.2f}%: bot pipeline {bot_cpu:.2f}%"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,596 @@
+"""Browser calls: the SmallWebRTC (aiortc) routes of the bot server and one pipeline per call.
+
+Routes added by :func:`add_webrtc_routes`:
+
+- ``GET /call?bot=NAME``: a page with the call widget (call button, mic permission, connection
+  state, live transcript, mute, hang-up).
+- ``GET /widget/...``: the widget's static files; ``/widget/stepcall-widget.js`` is also the
+  embeddable snippet: ``<script src="https://BOTS/widget/stepcall-widget.js" data-bot="NAME"
+  async></script>`` on any site adds a floating call button.
+- ``GET /webrtc/config``: ICE servers for the browser and the bots it may call.
+- ``POST /webrtc/offer``: SDP offer ``{"sdp", "type": "offer", "pc_id"?, "request_data":
+  {"bot"}}`` → answer ``{"sdp", "type", "pc_id"}``. Starts a call (shares the server's
+  concurrent-call limit: 503 when full) and is rate limited per client IP (429 + Retry-After).
+- ``PATCH /webrtc/offer``: trickle ICE ``{"pc_id", "candidates": [{"candidate", "sdp_mid",
+  "sdp_mline_index"}]}``.
+
+Audio: the pipeline runs at 16 kHz in and out. The browser sends Opus at 48 kHz, which the
+transport resamples once (PyAV) to 16 kHz, the native rate of Silero VAD, Smart Turn and the
+model's audio encoder; the model service returns 16 kHz PCM, which aiortc encodes to Opus. One
+pipeline rate keeps every in-process hop free of stream resamplers (see ``bots/call.py``), and
+16 kHz wideband is as good as the bot's speech needs on a laptop speaker. Browsers cancel echo
+themselves (``echoCancellation``), so the phone path's echo guard is off here.
+
+Settings (env vars; proposed for ``bots/settings.py``, read from the environment until then):
+
+| env var | default | meaning |
+|---|---|---|
+| STEPCALL_ICE_SERVERS | (none: host candidates only) | JSON list (URLs or ``{"urls", "username", "credential"}``) or comma list of ``stun:``/``turn:``/``turns:`` URLs |
+| STEPCALL_WEBRTC_OFFERS_PER_MINUTE | 10 | new calls per client IP per minute (0: no limit) |
+| STEPCALL_WIDGET_ORIGINS | * | comma list of sites allowed to embed the widget (CORS) |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from loguru import logger
+from pipecat.frames.frames import LLMRunFrame
+from pipecat.transports.base_transport import TransportParams
+from pipecat.transports.smallwebrtc.connection import IceServer, SmallWebRTCConnection
+from pipecat.transports.smallwebrtc.request_handler import (
+    IceCandidate,
+    SmallWebRTCPatchRequest,
+    SmallWebRTCRequest,
+    SmallWebRTCRequestHandler,
+)
+from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
+from pipecat.workers.runner import WorkerRunner
+
+from bots.call import CallInfo, build_call, call_worker
+from bots.call_control import CallControl, TransferResult
+from bots.profile import BotProfile
+from bots.registry import BotRegistry
+from bots.settings import Settings
+from bots.webrtc_transcript import TranscriptRelay, widget_message
+
+#: Pipeline sample rate of browser calls (in and out).
+WEBRTC_RATE = 16000
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: A peer that has not connected this long after its offer is dropped.
+CONNECT_TIMEOUT_SECS = 30.0
+#: App message the widget sends when the caller hangs up.
+HANGUP_MESSAGE = "stepcall-hangup"
+_ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
+
+
+def _check_ice_url(url: Any, where: str) -> str:
+    if not isinstance(url, str) or not url.strip().lower().startswith(_ICE_SCHEMES):
+        raise ValueError(
+            f"STEPCALL_ICE_SERVERS: {where} must be a stun:, turn: or turns: URL, got {url!r}"
+        )
+    return url.strip()
+
+
+def parse_ice_servers(raw: str | None) -> list[IceServer]:
+    """Parse ``STEPCALL_ICE_SERVERS``: a JSON list or a comma list of ICE URLs.
+
+    JSON items are URLs or objects ``{"urls": URL | [URL...], "username"?, "credential"?}``
+    (the browser's ``RTCIceServer`` shape). ``ValueError`` names the offending entry.
+    """
+    if raw is None or not raw.strip():
+        return []
+    text = raw.strip()
+    if not text.startswith("["):
+        return [
+            IceServer(urls=_check_ice_url(part, f"entry {i}"))
+            for i, part in enumerate(p for p in text.split(",") if p.strip())
+        ]
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"STEPCALL_ICE_SERVERS is not valid JSON: {e}") from e
+    if not isinstance(items, list):
+        raise ValueError("STEPCALL_ICE_SERVERS must be a JSON list")
+    servers: list[IceServer] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            servers.append(IceServer(urls=_check_ice_url(item, f"entry {i}")))
+            continue
+        if not isinstance(item, dict) or "urls" not in item:
+            raise ValueError(f'STEPCALL_ICE_SERVERS: entry {i} needs "urls", got {item!r}')
+        urls = item["urls"]
+        url_list = urls if isinstance(urls, list) else [urls]
+        if not url_list:
+            raise ValueError(f"STEPCALL_ICE_SERVERS: entry {i} has no urls")
+        checked = [_check_ice_url(u, f"entry {i} url") for u in url_list]
+        unknown = set(item) - {"urls", "username", "credential"}
+        if unknown:
+            raise ValueError(f"STEPCALL_ICE_SERVERS: entry {i} has unknown keys {sorted(unknown)}")
+        servers.append(
+            IceServer(
+                urls=checked if isinstance(urls, list) else checked[0],
+                username=item.get("username"),
+                credential=item.get("credential"),
+            )
+        )
+    return servers
+
+
+def ice_servers_for_browser(servers: list[IceServer]) -> list[dict[str, Any]]:
+    """The ICE servers as the browser's ``RTCPeerConnection({iceServers})`` wants them."""
+    out = []
+    for server in servers:
+        entry: dict[str, Any] = {"urls": server.urls}
+        if server.username:
+            entry["username"] = server.username
+        if server.credential:
+            entry["credential"] = server.credential
+        out.append(entry)
+    return out
+
+
+def _setting(settings: Settings, name: str, env: str) -> str | None:
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(env) or None
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class WebRTCConfig:
+    """What the WebRTC routes need beyond :class:`Settings`."""
+
+    ice_servers: list[IceServer] = field(default_factory=list)
+    offers_per_minute: int = 10
+    allowed_origins: tuple[str, ...] = ("*",)
+    connect_timeout_secs: float = CONNECT_TIMEOUT_SECS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebRTCConfig:
+        """Read ``ice_servers`` / ``webrtc_offers_per_minute`` / ``widget_origins`` from the
+        settings when they have them, else from the STEPCALL_* environment variables."""
+        rate_raw = _setting(
+            settings, "webrtc_offers_per_minute", "STEPCALL_WEBRTC_OFFERS_PER_MINUTE"
+        )
+        try:
+            rate = 10 if rate_raw is None else int(rate_raw)
+        except ValueError as e:
+            raise ValueError(
+                f"STEPCALL_WEBRTC_OFFERS_PER_MINUTE must be an integer, got {rate_raw!r}"
+            ) from e
+        origins_raw = _setting(settings, "widget_origins", "STEPCALL_WIDGET_ORIGINS") or "*"
+        origins = tuple(o.strip().rstrip("/") for o in origins_raw.split(",") if o.strip())
+        return cls(
+            ice_servers=parse_ice_servers(
+                _setting(settings, "ice_servers", "STEPCALL_ICE_SERVERS")
+            ),
+            offers_per_minute=rate,
+            allowed_origins=origins or ("*",),
+        )
+
+
+class OfferRateLimiter:
+    """Sliding-window limit of new calls per client IP (``limit`` per ``window_secs``)."""
+
+    def __init__(
+        self, limit: int, window_secs: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``limit`` <= 0 disables the limit."""
+        self.limit = limit
+        self.window_secs = window_secs
+        self._clock = clock
+        self._hits: dict[str, deque[float]] = {}
+
+    def check(self, key: str) -> float:
+        """Record one offer from ``key``: 0.0 if allowed, else seconds until the next is."""
+        if self.limit <= 0:
+            return 0.0
+        now = self._clock()
+        hits = self._hits.setdefault(key, deque())
+        while hits and hits[0] <= now - self.window_secs:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return max(0.001, hits[0] + self.window_secs - now)
+        hits.append(now)
+        if len(self._hits) > 10_000:  # forget idle clients
+            for stale in [
+                k for k, v in self._hits.items() if not v or v[-1] <= now - self.window_secs
+            ]:
+                self._hits.pop(stale, None)
+        return 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# one call
+# --------------------------------------------------------------------------------------------
+
+
+class WebRTCCallControl(CallControl):
+    """Hang-up for a browser call: tells the widget, then ends the call's pipeline."""
+
+    def __init__(self, call_id: str, end: Callable[[str], Any]) -> None:
+        """``end(reason)`` ends the call (may return an awaitable)."""
+        super().__init__(call_id)
+        self._end = end
+
+    async def hang_up(self, reason: str = "completed") -> None:
+        """End the call."""
+        self.events.append(f"hang_up:{reason}")
+        result = self._end(reason)
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def transfer(
+        self, to: str, *, warm: bool = False, whisper: str | None = None
+    ) -> TransferResult:
+        """Browser calls cannot be transferred to a phone number."""
+        self.events.append(f"transfer_refused:{to}")
+        return TransferResult(False, "a browser call cannot be transferred")
+
+
+async def run_webrtc_call(
+    connection: SmallWebRTCConnection,
+    call: CallInfo,
+    profile: BotProfile,
+    settings: Settings,
+    *,
+    connect_timeout_secs: float = CONNECT_TIMEOUT_SECS,
+    observers: list[Any] | None = None,
+) -> None:
+    """Run one browser call on a SmallWebRTC connection until either side hangs up."""
+    log = logger.bind(call_id=call.call_id)
+    transport = SmallWebRTCTransport(
+        webrtc_connection=connection,
+        params=TransportParams(
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            audio_in_sample_rate=WEBRTC_RATE,
+            audio_out_sample_rate=WEBRTC_RATE,
+        ),
+    )
+    relay = TranscriptRelay()
+    worker_box: dict[str, Any] = {}
+
+    async def end(reason: str) -> None:
+        log.info(f"ending browser call: {reason}")
+        await relay.send("call-ended", {"reason": reason})
+        worker = worker_box.get("worker")
+        if worker is not None:
+            await worker.cancel()
+
+    control = WebRTCCallControl(call.call_id, end)
+    pipeline, parts = build_call(
+        transport,
+        profile,
+        settings,
+        call,
+        sample_rate=WEBRTC_RATE,
+        extra_processors=[relay],
+        call_control=control,
+        echo_guard=False,
+    )
+    worker = call_worker(
+        pipeline, parts, call.call_id, sample_rate=WEBRTC_RATE, observers=observers
+    )
+    worker_box["worker"] = worker
+    connected = asyncio.Event()
+
+    @transport.event_handler("on_client_connected")
+    async def _on_connected(_transport: Any, _client: Any) -> None:
+        connected.set()
+        log.info(f"browser call connected: bot {profile.name}")
+        await relay.send("bot-ready", {"bot": profile.name, "call_id": call.call_id})
+        if profile.bot_speaks_first:
+            await worker.queue_frames([LLMRunFrame()])
+
+    @transport.event_handler("on_client_disconnected")
+    async def _on_disconnected(_transport: Any, _client: Any) -> None:
+        log.info("browser peer closed the connection")
+        await worker.cancel()
+
+    @transport.event_handler("on_app_message")
+    async def _on_app_message(_transport: Any, message: Any, _sender: Any) -> None:
+        if isinstance(message, dict) and message.get("type") == HANGUP_MESSAGE:
+            log.info("caller hung up")
+            await worker.cancel()
+
+    async def watch_connect() -> None:
+        try:
+            await asyncio.wait_for(connected.wait(), connect_timeout_secs)
+        except TimeoutError:
+            log.warning(f"browser did not connect within {connect_timeout_secs:g} s: dropping")
+            await worker.cancel()
+
+    watchdog = asyncio.create_task(watch_connect())
+    runner = WorkerRunner(handle_sigint=False)
+    try:
+        await runner.add_workers(worker)
+        await runner.run()
+    finally:
+        watchdog.cancel()
+        try:
+            await connection.disconnect()
+        except Exception as e:  # already closed
+            log.debug(f"disconnect after call: {e}")
+    log.info("browser call ended")
+
+
+# --------------------------------------------------------------------------------------------
+# routes
+# --------------------------------------------------------------------------------------------
+
+
+class WebRTCCalls:
+    """The app's live browser calls: the SmallWebRTC request handler and the call tasks."""
+
+    def __init__(self, config: WebRTCConfig) -> None:
+        """Create the handler with the configured ICE servers."""
+        self.config = config
+        self.handler = SmallWebRTCRequestHandler(ice_servers=config.ice_servers or None)
+        self.tasks: set[asyncio.Task] = set()
+        self.limiter = OfferRateLimiter(config.offers_per_minute)
+
+    def start(self, coro: Any, name: str) -> asyncio.Task:
+        """Run a call in the background, keeping a reference until it ends."""
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def has_peer(self, pc_id: str) -> bool:
+        """True while the peer connection ``pc_id`` is live."""
+        return pc_id in self.handler._pcs_map  # the handler keeps no public lookup
+
+    async def close(self) -> None:
+        """End every call (server shutdown)."""
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.handler.close()
+
+
+def _cors_headers(config: WebRTCConfig, request: Request) -> dict[str, str]:
+    origin = request.headers.get("origin")
+    if not origin:
+        return {}
+    if "*" in config.allowed_origins:
+        allowed = "*"
+    elif origin.rstrip("/") in config.allowed_origins:
+        allowed = origin
+    else:
+        return {}
+    return {
+        "Access-Control-Allow-Origin": allowed,
+        "Access-Control-Allow-Methods": "GET, POST, PATCH, OPTIONS",
+        "Access-Control-Allow-Headers": "Content-Type",
+        "Access-Control-Max-Age": "600",
+        "Vary": "Origin",
+    }
+
+
+def _json(
+    request: Request, config: WebRTCConfig, body: Any, status: int = 200, **headers: str
+) -> JSONResponse:
+    return JSONResponse(
+        body, status_code=status, headers={**_cors_headers(config, request), **headers}
+    )
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _wrap_lifespan(app: FastAPI, calls: WebRTCCalls) -> None:
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
+        async with inner(a) as state:
+            try:
+                yield state
+            finally:
+                await calls.close()
+
+    app.router.lifespan_context = lifespan
+
+
+def add_webrtc_routes(
+    app: FastAPI,
+    settings: Settings,
+    registry: BotRegistry,
+    *,
+    config: WebRTCConfig | None = None,
+) -> None:
+    """Add the browser-call routes and the widget to the bot server ``app``.
+
+    ``config`` defaults to :meth:`WebRTCConfig.from_settings`. Calls count against
+    ``app.state.calls`` (the server's concurrent-call limit) when the app has one.
+    """
+    config = config or WebRTCConfig.from_settings(settings)
+    calls = WebRTCCalls(config)
+    app.state.webrtc = calls
+    _wrap_lifespan(app, calls)
+    if not config.ice_servers:
+        logger.info("STEPCALL_ICE_SERVERS not set: WebRTC uses host candidates only (no NAT)")
+    app.mount("/widget", StaticFiles(directory=STATIC_DIR), name="widget")
+
+    @app.get("/call")
+    async def call_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "call.html", media_type="text/html")
+
+    @app.get("/webrtc/config")
+    async def webrtc_config(request: Request) -> JSONResponse:
+        return _json(
+            request,
+            config,
+            {
+                "iceServers": ice_servers_for_browser(config.ice_servers),
+                "bots": registry.names(),
+                "default": registry.default,
+                "sampleRate": WEBRTC_RATE,
+            },
+        )
+
+    @app.options("/webrtc/config")
+    @app.options("/webrtc/offer")
+    async def webrtc_preflight(request: Request) -> Response:
+        return Response(status_code=204, headers=_cors_headers(config, request))
+
+    @app.post("/webrtc/offer")
+    async def webrtc_offer(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json(request, config, {"error": 'body must be JSON with "sdp" and "type"'}, 400)
+        if not isinstance(body, dict):
+            return _json(request, config, {"error": "body must be a JSON object"}, 400)
+        sdp, kind = body.get("sdp"), body.get("type")
+        if not isinstance(sdp, str) or not sdp.strip():
+            return _json(
+                request, config, {"error": 'missing "sdp" (the browser\'s SDP offer)'}, 400
+            )
+        if kind != "offer":
+            return _json(request, config, {"error": f'"type" must be "offer", got {kind!r}'}, 400)
+        data = body.get("request_data") or body.get("requestData") or {}
+        if not isinstance(data, dict):
+            return _json(request, config, {"error": '"request_data" must be an object'}, 400)
+        pc_id = body.get("pc_id") or None
+        webrtc_request = SmallWebRTCRequest(
+            sdp=sdp,
+            type=kind,
+            pc_id=pc_id,
+            restart_pc=bool(body.get("restart_pc")),
+            request_data=data,
+        )
+        if pc_id:  # renegotiation of a live call
+            if not calls.has_peer(pc_id):
+                return _json(request, config, {"error": f"no live call with pc_id {pc_id!r}"}, 404)
+            answer = await calls.handler.handle_web_request(webrtc_request, _no_new_call)
+            return _json(request, config, answer)
+
+        ip = _client_ip(request)
+        retry = calls.limiter.check(ip)
+        if retry:
+            logger.warning(f"WebRTC offer from {ip} refused: over {config.offers_per_minute}/min")
+            return _json(
+                request,
+                config,
+                {"error": "too many calls from this address; try again later"},
+                429,
+                **{"Retry-After": str(int(retry) + 1)},
+            )
+        bot = str(data.get("bot") or request.query_params.get("bot") or registry.default)
+        if bot not in registry.names():
+            return _json(
+                request,
+                config,
+                {"error": f"unknown bot {bot!r} (known: {', '.join(registry.names())})"},
+                404,
+            )
+        counter = getattr(app.state, "calls", None)
+        if counter is not None and not counter.try_acquire():
+            return _json(request, config, {"error": "all lines are busy; try again later"}, 503)
+        profile = registry.get(bot)
+        call_id = f"web-{uuid.uuid4().hex[:16]}"
+        started = False
+
+        async def on_connection(connection: SmallWebRTCConnection) -> None:
+            nonlocal started
+            started = True
+            call = CallInfo(
+                call_id=call_id,
+                stream_sid=connection.pc_id,
+                params={"bot": bot, "transport": "webrtc", "client_ip": ip},
+            )
+
+            async def run() -> None:
+                try:
+                    await run_webrtc_call(
+                        connection,
+                        call,
+                        profile,
+                        settings,
+                        connect_timeout_secs=config.connect_timeout_secs,
+                    )
+                except Exception:
+                    logger.bind(call_id=call_id).exception("browser call failed")
+                finally:
+                    if counter is not None:
+                        counter.release()
+
+            calls.start(run(), name=f"webrtc-call-{call_id}")
+
+        try:
+            answer = await calls.handler.handle_web_request(webrtc_request, on_connection)
+        except Exception as e:
+            if counter is not None and not started:
+                counter.release()
+            logger.warning(f"WebRTC offer from {ip} failed: {e}")
+            return _json(request, config, {"error": f"could not answer the offer: {e}"}, 400)
+        logger.bind(call_id=call_id).info(f"browser call from {ip}: bot {bot}")
+        return _json(request, config, {**answer, "call_id": call_id})
+
+    @app.patch("/webrtc/offer")
+    async def webrtc_candidates(request: Request) -> Response:
+        try:
+            body = await request.json()
+            candidates = [
+                IceCandidate(
+                    candidate=str(c.get("candidate") or ""),
+                    sdp_mid=str(c.get("sdp_mid", c.get("sdpMid")) or "0"),
+                    sdp_mline_index=int(c.get("sdp_mline_index", c.get("sdpMLineIndex")) or 0),
+                )
+                for c in body.get("candidates") or []
+            ]
+            patch = SmallWebRTCPatchRequest(pc_id=str(body["pc_id"]), candidates=candidates)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            return _json(
+                request,
+                config,
+                {"error": f'body must be {{"pc_id", "candidates": [...]}} ({e})'},
+                400,
+            )
+        if not calls.has_peer(patch.pc_id):
+            return _json(
+                request, config, {"error": f"no live call with pc_id {patch.pc_id!r}"}, 404
+            )
+        await calls.handler.handle_patch_request(patch)
+        return Response(status_code=204, headers=_cors_headers(config, request))
+
+
+async def _no_new_call(_connection: SmallWebRTCConnection) -> None:
+    raise RuntimeError("a renegotiation must not start a new call")
+
+
+__all__ = [
+    "WEBRTC_RATE",
+    "OfferRateLimiter",
+    "WebRTCCallControl",
+    "WebRTCCalls",
+    "WebRTCConfig",
+    "add_webrtc_routes",
+    "ice_servers_for_browser",
+    "parse_ice_servers",
+    "run_webrtc_call",
+    "widget_message",
+]

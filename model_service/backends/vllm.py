@@ -1,0 +1,404 @@
+"""The ``vllm`` backend: Step-Audio 2 decoded by vLLM's ``AsyncLLM``, our prompts, parser and token2wav.
+
+vLLM only generates token ids. Everything else is shared with the reference backend:
+``VLLMSession`` subclasses ``ReferenceSession`` (history, prompt building and context trimming,
+TA4 parsing, tool calls and the loop guard, barge-in truncation, timings, ``ResponseDone``) and
+replaces only ``_run_model``: the prompt goes to ``engine.generate`` as
+``{"prompt_token_ids": ids, "multi_modal_data": {"audio": {"audio_mels": [...]}}}`` (one
+``<audio_patch>`` per audio chunk; the plugin's processor expands it) and new token ids stream
+back per engine step.
+
+* Continuous batching: every session calls ``generate`` concurrently; vLLM's scheduler batches
+  them on the GPU.
+* Prefix caching: the engine runs with ``enable_prefix_caching=True``; a bot's sessions share the
+  same system prompt (and tools) ids, and a call's next turn shares its whole history.
+* Cancellation: ``cancel`` calls ``engine.abort(request_id)`` at once, which frees the sequence's
+  KV blocks, then cuts the history to what the caller heard.
+* token2wav: one ``Token2WavBatcher`` per backend, so concurrent sessions' chunks share a pass.
+
+``queue_ms`` is ~0 here (vLLM queues internally; its wait shows up in ``prefill_ms``).
+The engine boundary is small (``EngineLike``: ``generate`` + ``abort``), and the request and
+sampling translation are pure functions (``engine_request``, ``sampling_kwargs``,
+``token_delta``), so all of this is tested on CPU; only ``load_vllm_backend`` needs vllm + CUDA.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import logging
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from model_service.backends.base import Backend, SamplingParams, SessionConfig
+from model_service.backends.reference import (
+    DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
+    ReferenceBackend,
+    ReferenceSession,
+    _now,
+    _pick_default_voice,
+    checkpoint_voice_folders,
+    close_batcher,
+    find_voices,
+)
+from model_service.stepaudio2 import parser as ta4
+from model_service.stepaudio2.prompt import SUMMARY_SUFFIX_EN, Prompt, PromptBuilder
+from model_service.vllm_plugin.audio_inputs import audio_mm_data, collapse_audio_placeholders
+
+log = logging.getLogger(__name__)
+
+#: vLLM's finish reasons → ``GenerationStats.stop_reason``.
+_STOP_REASONS = {"stop": "stop", "length": "length", "abort": "cancelled"}
+#: The plugin's entry point (see ``model_service/vllm_plugin/__init__.py``).
+PLUGIN_ENTRY_POINT = "model_service.vllm_plugin:register"
+
+
+class EngineLike(Protocol):
+    """What the backend needs from vLLM's ``AsyncLLM``."""
+
+    def generate(self, prompt: Any, sampling_params: Any, request_id: str) -> AsyncIterator[Any]:
+        """Stream ``RequestOutput``s (``outputs[0].token_ids``, ``outputs[0].finish_reason``)."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request and free its sequence."""
+        ...
+
+
+# ------------------------------------------------------------------------------ pure helpers
+@dataclass
+class EngineRequest:
+    """A prompt in vLLM's form: collapsed ids (one patch per audio chunk) + the chunks' mels."""
+
+    prompt_token_ids: list[int]
+    multi_modal_data: dict[str, Any] | None = None
+
+    def as_prompt(self) -> dict[str, Any]:
+        """The ``TokensPrompt`` dict ``AsyncLLM.generate`` takes."""
+        prompt: dict[str, Any] = {"prompt_token_ids": list(self.prompt_token_ids)}
+        if self.multi_modal_data:
+            prompt["multi_modal_data"] = self.multi_modal_data
+        return prompt
+
+
+def engine_request(prompt: Prompt, patch_id: int) -> EngineRequest:
+    """Our ``Prompt`` (expanded patches + audio slots) → the request vLLM's processor expands."""
+    runs = [(slot.start, slot.n_patches) for slot in prompt.audios]
+    ids = collapse_audio_placeholders(prompt.ids, runs, patch_id)
+    return EngineRequest(ids, audio_mm_data(prompt.mels()))
+
+
+def sampling_kwargs(
+    sampling: SamplingParams, stop_ids: Sequence[int], max_tokens: int
+) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.SamplingParams`` equivalent to our decoding settings.
+
+    Greedy when ``temperature`` is 0; token ids only (we parse TA4 ourselves, so vLLM skips
+    detokenisation); the stop id is the last token of the output, as with the reference.
+    """
+    temperature = max(0.0, float(sampling.temperature))
+    greedy = temperature == 0.0
+    top_p = float(sampling.top_p) if 0.0 < float(sampling.top_p) <= 1.0 else 1.0
+    return {
+        "n": 1,
+        "temperature": temperature,
+        "top_p": 1.0 if greedy else top_p,
+        "top_k": 0 if greedy else max(0, int(sampling.top_k)),
+        "repetition_penalty": float(sampling.repetition_penalty or 1.0),
+        "seed": sampling.seed,
+        "max_tokens": int(max_tokens),
+        "stop_token_ids": sorted({int(s) for s in stop_ids}),
+        "detokenize": False,
+        "skip_special_tokens": False,
+    }
+
+
+def token_delta(output: Any, seen: int) -> tuple[list[int], str | None]:
+    """New token ids in a (cumulative) ``RequestOutput`` after ``seen`` ids, and its finish reason."""
+    completions = getattr(output, "outputs", None) or []
+    if not completions:
+        return [], None
+    comp = completions[0]
+    ids = [int(t) for t in comp.token_ids]
+    reason = comp.finish_reason if getattr(output, "finished", True) else None
+    return ids[seen:], (str(reason) if reason is not None else None)
+
+
+# ------------------------------------------------------------------------------ the backend
+class VLLMBackend(Backend):
+    """Step-Audio 2 on a vLLM engine + our token2wav; sessions are ``VLLMSession``.
+
+    ``engine``: an ``AsyncLLM`` (or anything ``EngineLike``). ``params_factory`` turns
+    ``sampling_kwargs`` into the engine's sampling object (``vllm.SamplingParams`` by default).
+    The other arguments mean what they mean for ``ReferenceBackend``.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        tokenizer: Any,
+        model_path: str | Path,
+        vocoder: Any | None = None,
+        *,
+        max_context: int,
+        voices: dict[str, str | Path] | None = None,
+        default_voice: str | None = None,
+        max_tool_calls_in_a_row: int = DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
+        tool_result_suffix: str = SUMMARY_SUFFIX_EN,
+        today: Callable[[], _dt.date] = _dt.date.today,
+        context_fill: float = 0.75,
+        t2w_wait_ms: float = 5.0,
+        params_factory: Callable[..., Any] | None = None,
+        shutdown: Callable[[], Any] | None = None,
+    ) -> None:
+        if tokenizer is None:
+            raise ValueError("the vllm backend needs the checkpoint's tokenizer")
+        if max_tool_calls_in_a_row < 1:
+            raise ValueError(f"max_tool_calls_in_a_row must be >= 1, got {max_tool_calls_in_a_row}")
+        if max_context < 2:
+            raise ValueError(f"max_context must be >= 2, got {max_context}")
+        if not 0.0 < context_fill <= 1.0:
+            raise ValueError(f"context_fill must be in (0, 1], got {context_fill}")
+        self.engine = engine
+        self.tok = tokenizer
+        self.model_name = Path(str(model_path)).name
+        self.prompts = PromptBuilder(tokenizer)
+        self.vocoder = vocoder
+        self.voices: dict[str, Path] = {k: Path(v) for k, v in (voices or {}).items()}
+        self.default_voice = default_voice or _pick_default_voice(self.voices)
+        if self.default_voice is not None and self.voices and self.default_voice not in self.voices:
+            raise ValueError(
+                f"default voice {self.default_voice!r} is not among the voices {sorted(self.voices)}"
+            )
+        self.max_tool_calls_in_a_row = max_tool_calls_in_a_row
+        self.tool_result_suffix = tool_result_suffix
+        self.today = today
+        self.max_context = int(max_context)
+        self.context_fill = context_fill
+        self.t2w_wait_ms = t2w_wait_ms
+        self._params_factory = params_factory
+        self._shutdown = shutdown
+        self._vocoder_exec = ThreadPoolExecutor(1, thread_name_prefix="vllm-voice")
+        self._voice_cache: dict[str, Any] = {}
+        self._voice_lock = threading.Lock()
+        self._batcher: Any = None
+        self._batcher_loop: Any = None
+        self.sessions: set[VLLMSession] = set()
+
+    # The voice cache and the token2wav batcher work exactly as in the reference backend.
+    voice_for = ReferenceBackend.voice_for
+    t2w_batcher = ReferenceBackend.t2w_batcher
+
+    def sampling_params(self, sampling: SamplingParams, max_tokens: int) -> Any:
+        """The engine's sampling object for one response."""
+        kwargs = sampling_kwargs(sampling, self.tok.stop_ids, max_tokens)
+        factory = self._params_factory
+        if factory is None:
+            from vllm import SamplingParams as VllmSamplingParams
+
+            factory = self._params_factory = VllmSamplingParams
+        return factory(**kwargs)
+
+    async def open_session(self, config: SessionConfig) -> VLLMSession:
+        if config.voice and config.voice not in self.voices and self.vocoder is not None:
+            raise ValueError(f"unknown voice {config.voice!r} (known: {sorted(self.voices)})")
+        session = VLLMSession(self, config)
+        self.sessions.add(session)
+        return session
+
+    async def close(self) -> None:
+        for session in list(self.sessions):
+            await session.close()
+        await close_batcher(self)
+        self._vocoder_exec.shutdown(wait=False, cancel_futures=True)
+        if self._shutdown is not None:
+            self._shutdown()
+
+
+class VLLMSession(ReferenceSession):
+    """One call on a ``VLLMBackend``: the reference session with vLLM doing the decoding."""
+
+    backend: VLLMBackend  # type: ignore[assignment]
+
+    def __init__(self, backend: VLLMBackend, config: SessionConfig) -> None:
+        super().__init__(backend, config)  # type: ignore[arg-type]
+        self.request_id: str | None = None  # the engine request in flight
+        self.last_request: EngineRequest | None = None
+
+    async def _run_model(self, run: Any, prompt: Any, max_tokens: int, guard_tripped: bool) -> None:
+        backend = self.backend
+        run.t_start = _now()
+        run.stats.prompt_tokens = len(prompt.ids)
+        run.stats.prefill_tokens = len(prompt.ids)
+        if run.cancel.is_set():
+            run.stats.stop_reason = "cancelled"
+            return
+        request = engine_request(prompt, backend.tok.ids.audio_patch)
+        params = backend.sampling_params(self.config.sampling, max_tokens)
+        rid = f"{self.config.call_id or 'session'}-{uuid.uuid4().hex[:12]}"
+        self.request_id = rid
+        self.last_request = request
+        parser = ta4.TA4Parser(backend.tok)
+        tools = self.tool_names()
+        seen = 0
+        finish: str | None = None
+        stream = backend.engine.generate(request.as_prompt(), params, rid)
+        try:
+            async for output in stream:
+                new, finish = token_delta(output, seen)
+                seen += len(new)
+                cached = getattr(output, "num_cached_tokens", None)
+                if isinstance(cached, int):  # prefix-cache hit (system prompt, earlier turns)
+                    run.stats.reused_tokens = cached
+                    run.stats.prefill_tokens = len(prompt.ids) - cached
+                if new and run.t_prefill is None:
+                    run.t_prefill = _now()
+                for token in new:
+                    run.ids.append(token)
+                    for ev in parser.feed(token):
+                        self._on_parsed(run, ev, tools, guard_tripped)
+                if finish is not None or run.cancel.is_set():
+                    break
+        finally:
+            self.request_id = None
+            if finish is None:  # cancelled, failed or interrupted: free the sequence now
+                await backend.engine.abort(rid)
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        run.stats.generated = seen
+        if finish is not None and finish not in _STOP_REASONS:
+            raise RuntimeError(f"vLLM ended the request with finish_reason {finish!r}")
+        if finish == "abort" and not run.cancel.is_set():
+            raise RuntimeError("vLLM aborted the request")
+        run.stats.stop_reason = _STOP_REASONS.get(finish or "", "cancelled")
+        if run.cancel.is_set():
+            run.stats.stop_reason = "cancelled"
+            return
+        for ev in parser.finish():
+            self._on_parsed(run, ev, tools, guard_tripped)
+
+    async def cancel(self, heard_ms: float | None = None) -> None:
+        """Abort the engine request at once (its KV blocks are freed), then as the reference."""
+        run = self._run
+        rid = self.request_id
+        if run is not None and not run.recorded and rid is not None:
+            run.heard_ms = heard_ms
+            run.cancel.set()
+            await self.backend.engine.abort(rid)
+        await super().cancel(heard_ms)
+
+
+# ------------------------------------------------------------------------------ loading
+def _plugin_installed() -> bool:
+    try:
+        eps = importlib.metadata.entry_points(group="vllm.general_plugins")
+    except Exception:  # noqa: BLE001 - metadata problems mean "not installed"
+        return False
+    return any(ep.value == PLUGIN_ENTRY_POINT for ep in eps)
+
+
+def load_vllm_backend(
+    model_path: str | Path,
+    device: str = "auto",
+    dtype: str = "auto",
+    *,
+    gpu_memory_utilization: float = 0.6,
+    max_num_seqs: int = 32,
+    max_model_len: int | None = None,
+    enforce_eager: bool = False,
+    max_audio_chunks: int = 64,
+    **kwargs: Any,
+) -> VLLMBackend:
+    """Start an ``AsyncLLM`` on the checkpoint (our plugin registered) and wrap it.
+
+    ``gpu_memory_utilization`` leaves room for token2wav on the same GPU (0.6 of 80 GB).
+    ``kwargs`` go to ``VLLMBackend`` (voices, default_voice, max_tool_calls_in_a_row, ...).
+    """
+    if device not in ("auto", "cuda") and not str(device).startswith("cuda"):
+        raise ValueError(f"the vllm backend runs on CUDA only (device {device!r})")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("the vllm backend needs a CUDA GPU (torch.cuda.is_available() is False)")
+    from model_service.stepaudio2.config import StepAudio2Config
+    from model_service.stepaudio2.loader import resolve_checkpoint_dir
+    from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
+    from model_service.vllm_plugin import register
+
+    register()
+    if not _plugin_installed():
+        # Without the entry point, vLLM's engine-core process would not know the model:
+        # keep the engine core in this process, where register() just ran.
+        log.warning(
+            "the stepcall vLLM plugin entry point is not installed (pip install -e .); "
+            "running the vLLM engine core in-process"
+        )
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    ckpt = resolve_checkpoint_dir(model_path)
+    config = StepAudio2Config.from_pretrained(ckpt)
+    tokenizer = StepAudio2Tokenizer.from_pretrained(ckpt, trust_remote_code=False)
+    ctx = int(config.text.max_position_embeddings)
+    max_len = min(int(max_model_len or ctx), ctx)
+    engine_dtype = config.torch_dtype if dtype == "auto" else dtype
+
+    from vllm import AsyncEngineArgs
+
+    try:
+        from vllm.v1.engine.async_llm import AsyncLLM as _Engine
+    except ImportError:  # older layouts
+        from vllm import AsyncLLMEngine as _Engine  # type: ignore[no-redef]
+
+    args = AsyncEngineArgs(
+        model=str(ckpt),
+        tokenizer=str(ckpt),
+        dtype=engine_dtype,
+        trust_remote_code=False,
+        enable_prefix_caching=True,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_len,
+        enforce_eager=enforce_eager,
+        limit_mm_per_prompt={"audio": max_audio_chunks},
+        disable_log_stats=True,
+    )
+    engine = _Engine.from_engine_args(args)
+    vocoder = None
+    t2w_dir = ckpt / "token2wav"
+    if t2w_dir.is_dir():
+        from model_service.token2wav.engine import Token2Wav
+
+        vocoder = Token2Wav.load(t2w_dir, device="cuda")
+    if "voices" not in kwargs:
+        kwargs["voices"] = find_voices(
+            *checkpoint_voice_folders(ckpt, vocoder.dir if vocoder is not None else None)
+        )
+    return VLLMBackend(
+        engine,
+        tokenizer,
+        ckpt,
+        vocoder,
+        max_context=max_len,
+        shutdown=getattr(engine, "shutdown", None),
+        **kwargs,
+    )
+
+
+__all__ = [
+    "EngineLike",
+    "EngineRequest",
+    "VLLMBackend",
+    "VLLMSession",
+    "engine_request",
+    "load_vllm_backend",
+    "sampling_kwargs",
+    "token_delta",
+]

@@ -1,0 +1,212 @@
+"""Echo safety for speakerphone callers: the bot's own voice coming back must not barge in.
+
+Three pieces share one :class:`EchoReference`:
+
+- :class:`BotAudioTap` sits right after the output transport. The transport pushes each audio
+  frame downstream once it has written it, so the tap sees the bot's audio at play time and
+  records it on a sample clock.
+- :class:`EchoGuard` sits right after the input transport (before VAD). While the bot has been
+  heard in the last ``max_delay_secs``, it compares each caller frame's recent window with the
+  played audio delayed by 0..``max_delay_secs`` (normalized cross-correlation, via FFT). A
+  window that is mostly the bot's echo (NCC >= ``threshold``) reaches VAD and the model as
+  silence. A caller really talking over the bot adds energy the bot's audio does not explain, so
+  the correlation drops and the frame passes: barge-in still works on a speakerphone.
+- :class:`EchoDetector` is the numeric part (no Pipecat), unit-testable on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from loguru import logger
+from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+
+class EchoReference:
+    """The bot's played audio on a sample clock (the last ``keep_secs``)."""
+
+    #: Gaps between chunks shorter than this are scheduling jitter, not silence: the chunks are
+    #: kept back to back (zeros there would break the waveform the detector correlates with).
+    JITTER_SECS = 0.08
+
+    def __init__(self, sample_rate: int, keep_secs: float = 2.0) -> None:
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        self.sample_rate = sample_rate
+        self._keep = int(keep_secs * sample_rate)
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._end_time: float | None = None  # monotonic time of the sample after the last one
+
+    @property
+    def last_played_at(self) -> float | None:
+        """Monotonic time at which the last recorded bot sample was played."""
+        return self._end_time
+
+    def record(self, pcm16: bytes, sample_rate: int, played_at: float | None = None) -> None:
+        """Add bot audio that finished playing at ``played_at`` (monotonic; now by default)."""
+        if sample_rate != self.sample_rate or not pcm16:
+            return
+        now = time.monotonic() if played_at is None else played_at
+        x = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32)
+        start = now - x.size / self.sample_rate
+        if self._end_time is not None:
+            gap_secs = start - self._end_time
+            gap = int(round(gap_secs * self.sample_rate))
+            if gap >= self._keep:
+                self._buf = np.zeros(0, dtype=np.float32)
+            elif gap_secs > self.JITTER_SECS:  # real silence between responses
+                self._buf = np.concatenate([self._buf, np.zeros(gap, dtype=np.float32)])
+        self._buf = np.concatenate([self._buf, x])[-self._keep :]
+        self._end_time = max(now, self._end_time or now)
+
+    def window(self, end_time: float, secs: float) -> np.ndarray:
+        """The ``secs`` of bot audio played up to ``end_time`` (zeros where nothing played)."""
+        n = int(round(secs * self.sample_rate))
+        out = np.zeros(n, dtype=np.float32)
+        if self._end_time is None or self._buf.size == 0:
+            return out
+        # index (in _buf) of the sample played at end_time
+        end_idx = self._buf.size - int(round((self._end_time - end_time) * self.sample_rate))
+        lo, hi = end_idx - n, end_idx
+        src_lo, src_hi = max(lo, 0), min(hi, self._buf.size)
+        if src_hi > src_lo:
+            out[src_lo - lo : src_hi - lo] = self._buf[src_lo:src_hi]
+        return out
+
+
+@dataclass
+class EchoVerdict:
+    """What :meth:`EchoDetector.check` found for one input window."""
+
+    is_echo: bool
+    ncc: float
+    delay_ms: float
+
+
+class EchoDetector:
+    """Is the caller's recent audio the bot's own audio, delayed by 0..max_delay?"""
+
+    def __init__(
+        self,
+        reference: EchoReference,
+        *,
+        max_delay_secs: float = 0.5,
+        window_secs: float = 0.2,
+        threshold: float = 0.6,
+        min_rms: float = 60.0,
+        min_ref_rms: float = 30.0,
+    ) -> None:
+        self.reference = reference
+        self.max_delay_secs = max_delay_secs
+        self.window_secs = window_secs
+        self.threshold = threshold
+        self.min_rms = min_rms
+        self.min_ref_rms = min_ref_rms
+        self._nfft = 1 << int(
+            np.ceil(np.log2((2 * window_secs + max_delay_secs) * reference.sample_rate + 1))
+        )
+
+    def bot_recently_heard(self, now: float) -> bool:
+        """True while an echo of the bot's audio can still arrive."""
+        last = self.reference.last_played_at
+        return last is not None and now - last <= self.max_delay_secs + self.window_secs
+
+    def check(self, x: np.ndarray, now: float) -> EchoVerdict:
+        """``x``: the caller's last ``window_secs`` of audio (float, PCM16 scale) ending at ``now``."""
+        if x.size == 0 or float(np.sqrt(np.mean(x * x))) < self.min_rms:
+            return EchoVerdict(False, 0.0, 0.0)
+        ref = self.reference.window(now, self.max_delay_secs + x.size / self.reference.sample_rate)
+        ref_energy = ref * ref
+        if float(ref_energy.sum()) <= 0.0:
+            return EchoVerdict(False, 0.0, 0.0)
+        n = x.size
+        # corr[k] = sum_i x[i] * ref[k + i]; lag k = len(ref) - n - k' samples of delay
+        X = np.fft.rfft(x[::-1], self._nfft)
+        R = np.fft.rfft(ref, self._nfft)
+        full = np.fft.irfft(X * R, self._nfft)[n - 1 : ref.size]  # k = 0 .. len(ref) - n
+        csum = np.concatenate([[0.0], np.cumsum(ref_energy, dtype=np.float64)])
+        seg_energy = csum[n:] - csum[:-n]  # energy of ref[k : k + n]
+        norm = np.sqrt(np.maximum(seg_energy, 0.0) * float(np.dot(x, x))) + 1e-9
+        ncc = full[: seg_energy.size] / norm
+        # lags where the bot was (nearly) silent cannot explain audible input: an echo of
+        # silence is silence (and the ratio there is only floating-point noise)
+        ncc[seg_energy < n * self.min_ref_rms**2] = 0.0
+        k = int(np.argmax(ncc))
+        delay = (ref.size - n - k) / self.reference.sample_rate
+        best = float(ncc[k])
+        return EchoVerdict(best >= self.threshold, best, delay * 1000.0)
+
+
+class BotAudioTap(FrameProcessor):
+    """After the output transport: records the bot's audio as it is played."""
+
+    def __init__(self, reference: EchoReference, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.reference = reference
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Record played audio, pass everything on."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, OutputAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
+            self.reference.record(frame.audio, frame.sample_rate)
+        await self.push_frame(frame, direction)
+
+
+class EchoGuard(FrameProcessor):
+    """Before VAD: replaces caller frames that are the bot's own echo with silence."""
+
+    def __init__(
+        self, detector: EchoDetector, *, call_id: str = "", enabled: bool = True, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.detector = detector
+        self.enabled = enabled
+        self.frames_silenced = 0
+        self._hist = np.zeros(0, dtype=np.float32)
+        self._keep = int(detector.window_secs * detector.reference.sample_rate)
+        self._log = logger.bind(call_id=call_id)
+        self._in_echo = False
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Silence echo frames; everything else passes unchanged."""
+        await super().process_frame(frame, direction)
+        if (
+            self.enabled
+            and isinstance(frame, InputAudioRawFrame)
+            and frame.sample_rate == self.detector.reference.sample_rate
+            and frame.num_channels == 1
+        ):
+            frame = self._filter(frame)
+        await self.push_frame(frame, direction)
+
+    def _filter(self, frame: InputAudioRawFrame) -> InputAudioRawFrame:
+        x = np.frombuffer(frame.audio, dtype=np.int16).astype(np.float32)
+        self._hist = np.concatenate([self._hist, x])[-self._keep :]
+        now = time.monotonic()
+        if not self.detector.bot_recently_heard(now) or self._hist.size < self._keep:
+            self._set_echo(False, None)
+            return frame
+        verdict = self.detector.check(self._hist, now)
+        self._set_echo(verdict.is_echo, verdict)
+        if not verdict.is_echo:
+            return frame
+        self.frames_silenced += 1
+        silent = InputAudioRawFrame(
+            audio=bytes(len(frame.audio)),
+            sample_rate=frame.sample_rate,
+            num_channels=frame.num_channels,
+        )
+        silent.transport_source = frame.transport_source
+        return silent
+
+    def _set_echo(self, on: bool, verdict: EchoVerdict | None) -> None:
+        if on != self._in_echo:
+            self._in_echo = on
+            if on and verdict is not None:
+                self._log.debug(
+                    f"echo of the bot's audio (ncc {verdict.ncc:.2f}, delay "
+                    f"{verdict.delay_ms:.0f} ms): muting it before VAD"
+                )

@@ -1,0 +1,458 @@
+"""FlowRuntime on a real call pipeline: StepAudio2Service against the real model service.
+
+The model service runs the reference backend on a tiny checkpoint shaped so that greedy decoding
+first speaks a filler and calls ``check_stock`` and, once that tool result is in the context,
+speaks an answer. Everything goes over loopback sockets: the model-service WebSocket and an HTTP
+server for the webhook tool. The session updates the model service received are read from
+``app.state.service.sessions``. Transitions the tiny model cannot say (it can call one tool) are
+made the way the model makes them: by running the transition function through the service's
+function-calling path, or by ``FlowRuntime.go_to``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from pipecat.audio.dtmf.types import KeypadEntry
+from pipecat.frames.frames import (
+    BotStoppedSpeakingFrame,
+    EndFrame,
+    Frame,
+    FunctionCallResultFrame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    TTSAudioRawFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.llm_service import FunctionCallFromLLM
+from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
+    SpeechTimeoutUserTurnStopStrategy,
+)
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.workers.runner import WorkerRunner
+
+from bots.call_control import CallControl, TransferResult
+from model_service.backends.reference import load_reference_backend
+from model_service.server import create_app, serving
+from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
+from model_service.testing.tiny_checkpoint import (
+    after_tool_script,
+    build_tiny_checkpoint,
+    tool_call_script,
+)
+from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
+from pipeline.flow_runtime import SILENCE_TRANSFER, FlowRuntime, attach_flow
+from pipeline.flowspec import load_flow
+from pipeline.step_audio2_service import StepAudio2Service
+
+TOKEN = "flow-runtime-token"
+RATE = 8000
+FILLER = "One moment."
+ANSWER = "We have it in stock."
+
+FLOW = """
+bot: {name: runtime-test}
+persona: You are Rita, the assistant of the Stepcall test shop.
+style: calm
+greeting: {who_speaks_first: bot, text: Greet the caller and check the stock.}
+timeouts: {silence_secs: 1, max_reprompts: 1, then: transfer, transfer_to: "+15550100009"}
+tools:
+  - name: check_stock
+    kind: webhook
+    description: Check whether an item is in stock.
+    url: URL
+    timeout_secs: 0.4
+    retries: 1
+    parameters:
+      type: object
+      properties: {x: {type: integer}}
+      required: [x]
+  - {name: end_call, kind: builtin}
+variables:
+  caller_name: string
+nodes:
+  greet:
+    instructions: Greet the caller and check the stock with check_stock.
+    style: cheerful
+    tools: [check_stock]
+    transitions: [{to: order, when: The caller wants to order.}]
+  order:
+    instructions: Take the order item by item.
+    style: serious
+    tools: [end_call]
+    transitions: [{to: goodbye, when: The order is complete.}]
+  goodbye:
+    instructions: Thank {{ caller_name }} and say goodbye.
+    style: empathetic
+    end: true
+"""
+
+
+class RecordingCallControl(CallControl):
+    """Records what the flow asked of the call (the interface edge to Twilio / WebRTC)."""
+
+    async def hang_up(self, reason: str = "completed") -> None:
+        self.events.append(f"hang_up:{reason}")
+
+    async def transfer(
+        self, to: str, *, warm: bool = False, whisper: str | None = None
+    ) -> TransferResult:
+        self.events.append(f"transfer:{to}")
+        return TransferResult(ok=True, detail="dialing")
+
+
+class FrameLog(FrameProcessor):
+    """Passes every frame on and remembers the downstream ones with their arrival time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[tuple[float, Frame]] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.DOWNSTREAM:
+            self.frames.append((time.monotonic(), frame))
+        await self.push_frame(frame, direction)
+
+    def of(self, kind: type) -> list[tuple[float, Frame]]:
+        return [(t, f) for t, f in self.frames if isinstance(f, kind)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    tok_dir = tmp_path_factory.mktemp("tok")
+    build_tiny_tokenizer(tok_dir)
+    tok = StepAudio2Tokenizer.from_pretrained(tok_dir)
+    first = tool_call_script(tok, name="check_stock", arguments={"x": 1}, filler=FILLER)
+    after = after_tool_script(tok, first, text=ANSWER)
+    return build_tiny_checkpoint(
+        tmp_path_factory.mktemp("ckpt"), script=first, after_tool_script=after
+    )
+
+
+@pytest.fixture(scope="module")
+def backend(checkpoint):
+    return load_reference_backend(checkpoint, "cpu", "float32")
+
+
+@pytest.fixture
+async def model_service(backend):
+    app = create_app(backend, token=TOKEN, max_sessions=2)
+    async with serving(app) as url:
+        yield app, url
+
+
+@pytest.fixture
+async def stock_server():
+    """A webhook endpoint that is slow on its first request (0.8 s) and quick afterwards."""
+    requests: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        requests.append(await request.json())
+        if len(requests) == 1:
+            await asyncio.sleep(0.8)
+        return web.json_response({"in_stock": True, "count": 3})
+
+    app = web.Application()
+    app.router.add_post("/stock", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/stock", requests
+    await runner.cleanup()
+
+
+class Call:
+    """A call pipeline (user aggregator → service → log → assistant aggregator) with a flow."""
+
+    def __init__(self, flow_path: Path, url: str) -> None:
+        self.spec = load_flow(flow_path)
+        self.service = StepAudio2Service(url=url, token=TOKEN, call_id="CAflow", sample_rate=RATE)
+        self.context = LLMContext()
+        self.aggregators = LLMContextAggregatorPair(
+            self.context,
+            user_params=LLMUserAggregatorParams(
+                user_turn_strategies=UserTurnStrategies(
+                    stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.6)]
+                )
+            ),
+        )
+        self.log = FrameLog()
+        pipeline = Pipeline(
+            [self.aggregators.user(), self.service, self.log, self.aggregators.assistant()]
+        )
+        self.worker = PipelineWorker(
+            pipeline,
+            params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
+            idle_timeout_secs=None,
+        )
+        self.control = RecordingCallControl(call_id="CAflow")
+        self.runtime: FlowRuntime = attach_flow(
+            self.spec,
+            service=self.service,
+            context_aggregator=self.aggregators,
+            worker=self.worker,
+            call_control=self.control,
+        )
+        self.started = asyncio.Event()
+
+        @self.worker.event_handler("on_pipeline_started")
+        async def _started(_worker: Any, _frame: Any) -> None:
+            self.started.set()
+
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Call:
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(self.worker)
+        self.task = asyncio.create_task(runner.run())
+        await asyncio.wait_for(self.started.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.task is not None
+        if not self.task.done():
+            await self.worker.cancel()
+        await asyncio.wait_for(self.task, 10)
+
+    async def wait_for(self, predicate: Any, what: str, within: float = 20.0) -> None:
+        deadline = time.monotonic() + within
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.02)
+
+    def responses_done(self) -> int:
+        from pipecat.frames.frames import LLMFullResponseEndFrame
+
+        return len(self.log.of(LLMFullResponseEndFrame))
+
+    def spoken(self) -> str:
+        from pipecat.frames.frames import TTSTextFrame
+
+        return "".join(f.text for _, f in self.log.of(TTSTextFrame))
+
+    async def call_function(self, name: str, arguments: dict[str, Any]) -> None:
+        """Run a function the way a model tool call runs it (the service's function path)."""
+        await self.service.run_function_calls(
+            [FunctionCallFromLLM(name, f"call_test_{name}", arguments, self.context)]
+        )
+
+
+def model_session(app: Any) -> Any:
+    sessions = list(app.state.service.sessions.values())
+    assert len(sessions) == 1, sessions
+    return sessions[0]
+
+
+def tool_names(session: Any) -> set[str]:
+    return {t["function"]["name"] for t in session.config.tools}
+
+
+def system_messages(session: Any) -> list[str]:
+    return [
+        m.text
+        for m in session.backend_session.conversation.messages
+        if type(m).__name__ == "SystemMessage"
+    ]
+
+
+def write_flow(tmp_path: Path, url: str, **replace: str) -> Path:
+    text = FLOW.replace("URL", url)
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    path = tmp_path / "runtime.yaml"
+    path.write_text(text)
+    return path
+
+
+async def test_multi_node_flow_runs_start_to_finish(tmp_path, model_service, stock_server) -> None:
+    app, url = model_service
+    stock_url, requests = stock_server
+    async with Call(write_flow(tmp_path, stock_url), url) as call:
+        await call.runtime.start()
+
+        # greet: the model greets, calls the webhook (first attempt times out, the retry answers)
+        await call.wait_for(lambda: call.runtime.tools.calls, "the check_stock call", 20)
+        session = model_session(app)
+        assert session.config.style == "cheerful"
+        assert tool_names(session) == {"check_stock", "go_to_order", "save_variables"}
+        assert session.config.system_prompt.startswith("You are Rita")
+        assert (
+            "Greet the caller and check the stock with check_stock." in system_messages(session)[0]
+        )
+        name, args, result = call.runtime.tools.calls[0]
+        assert (name, args, result) == ("check_stock", {"x": 1}, {"in_stock": True, "count": 3})
+        assert len(requests) == 2  # timed out once, retried
+        await call.wait_for(lambda: call.responses_done() >= 2, "the answer after the tool")
+        assert call.spoken().startswith(FILLER) and "have it in" in call.spoken()
+
+        # the model saves a variable; the next node's instructions use it
+        await call.call_function("save_variables", {"caller_name": "Ada"})
+        await call.wait_for(lambda: call.runtime.state.get("caller_name") == "Ada", "saved state")
+
+        # greet -> order: per-node style, tools and instructions reach the model session
+        done = call.responses_done()
+        await call.call_function("go_to_order", {})
+        await call.wait_for(lambda: call.runtime.current_node == "order", "node order")
+        await call.wait_for(lambda: call.responses_done() > done, "the order node's response")
+        assert session.config.style == "serious"
+        assert tool_names(session) == {"end_call", "go_to_goodbye", "save_variables"}
+        assert system_messages(session)[-1] == "Take the order item by item."
+
+        # order -> goodbye (end: true): the goodbye plays, then the call ends and hangs up
+        done = call.responses_done()
+        await call.runtime.go_to("goodbye")
+        await asyncio.wait_for(call.task, 20)
+        assert call.responses_done() > done, "the goodbye response finished before the end"
+        assert session.config.style == "empathetic"
+        assert system_messages(session)[-1] == "Thank Ada and say goodbye."
+        assert call.runtime.node_history == ["greet", "order", "goodbye"]
+        assert call.control.events == ["hang_up:flow_end"]
+
+
+async def test_slow_webhook_does_not_block_audio(tmp_path, model_service, stock_server) -> None:
+    app, url = model_service
+    stock_url, requests = stock_server
+    async with Call(write_flow(tmp_path, stock_url), url) as call:
+        await call.runtime.start()
+        await call.wait_for(lambda: len(requests) == 1, "the slow first webhook request")
+        sent_at = time.monotonic()
+        for _ in range(10):  # caller audio keeps flowing through the service meanwhile
+            await call.worker.queue_frame(InputAudioRawFrame(b"\0\0" * 160, RATE, 1))
+            await asyncio.sleep(0.02)
+        await call.wait_for(lambda: call.log.of(FunctionCallResultFrame), "the tool result", 20)
+        audio_in = [t for t, _ in call.log.of(InputAudioRawFrame)]
+        result_at = call.log.of(FunctionCallResultFrame)[0][0]
+        assert len(audio_in) == 10 and max(audio_in) < result_at
+        assert max(audio_in) - sent_at < 0.6  # no frame waited for the tool
+        bot_audio = [t for t, _ in call.log.of(TTSAudioRawFrame)]
+        assert bot_audio and min(bot_audio) < result_at  # the filler played before the result
+
+
+async def test_end_call_tool_hangs_up_after_goodbye(tmp_path, model_service, stock_server) -> None:
+    app, url = model_service
+    stock_url, _ = stock_server
+    async with Call(write_flow(tmp_path, stock_url), url) as call:
+        await call.runtime.start()
+        await call.wait_for(lambda: call.responses_done() >= 2, "the greeting exchange")
+        done = call.responses_done()
+        await call.runtime.go_to("order")
+        await call.wait_for(lambda: call.responses_done() > done, "the order node's response")
+        assert "end_call" in tool_names(model_session(app))
+        done = call.responses_done()
+        await call.call_function("end_call", {"reason": "order placed"})
+        await asyncio.wait_for(call.task, 25)
+        assert call.responses_done() > done  # the goodbye after the tool result was spoken
+        assert call.runtime.end_reason == "order placed"
+        assert call.control.events == ["hang_up:order placed"]
+
+
+async def test_bad_tool_arguments_are_an_error_result(
+    tmp_path, model_service, stock_server
+) -> None:
+    app, url = model_service
+    stock_url, requests = stock_server
+    async with Call(write_flow(tmp_path, stock_url), url) as call:
+        handler = call.runtime.tools.handlers["check_stock"]
+        result = await handler({"x": "three"}, call.runtime.flow_manager)
+        assert (
+            result["error"] == "invalid arguments for check_stock: x: expected integer, got string"
+        )
+        assert requests == []  # the webhook was never called
+
+
+async def test_silence_reprompts_then_transfers(tmp_path, model_service, stock_server) -> None:
+    app, url = model_service
+    stock_url, _ = stock_server
+    flow = write_flow(tmp_path, stock_url, **{"who_speaks_first: bot": "who_speaks_first: caller"})
+    async with Call(flow, url) as call:
+        await call.runtime.start()
+        session_msgs = lambda: system_messages(model_session(app))  # noqa: E731
+        prompt = lambda: model_session(app).config.system_prompt  # noqa: E731
+        await call.wait_for(
+            lambda: app.state.service.sessions and "check_stock" in prompt(), "initial node"
+        )
+        assert "\n\nGreet the caller and check the stock with check_stock." in prompt()
+        assert call.responses_done() == 0  # the caller speaks first: no greeting
+
+        # the bot finished a turn (no transport here: tell the idle timer directly)
+        await call.worker.queue_frame(BotStoppedSpeakingFrame())
+        await call.wait_for(lambda: call.runtime.reprompts == 1, "the first re-prompt", 5)
+        assert session_msgs()[0] == "Ask whether the caller is still there."
+        # this model answers the re-prompt with a tool call, then speaks after its result
+        await call.wait_for(lambda: call.responses_done() == 2, "the re-prompt responses")
+
+        await call.worker.queue_frame(BotStoppedSpeakingFrame())
+        await call.wait_for(lambda: call.control.events, "the transfer", 10)
+        assert call.responses_done() == 3  # the transfer was announced first
+        assert session_msgs()[-1] == SILENCE_TRANSFER
+        assert call.control.events == ["transfer:+15550100009"]
+        assert call.runtime.end_reason == "caller_silent_transfer"
+
+
+async def test_collect_dtmf_reads_keypad_frames(tmp_path, model_service, stock_server) -> None:
+    app, url = model_service
+    stock_url, _ = stock_server
+    flow = write_flow(
+        tmp_path,
+        stock_url,
+        **{
+            "  - {name: end_call, kind: builtin}": "  - {name: end_call, kind: builtin}\n"
+            "  - {name: collect_dtmf, kind: builtin}\ntools_allowed: [collect_dtmf]"
+        },
+    )
+    async with Call(flow, url) as call:
+        handler = call.runtime.tools.handlers["collect_dtmf"]
+        waiting = asyncio.create_task(
+            handler({"prompt": "Type your PIN"}, call.runtime.flow_manager)
+        )
+        await asyncio.sleep(0.05)
+        for key in ("4", "2", "#"):
+            await call.worker.queue_frame(InputDTMFFrame(KeypadEntry(key)))
+        assert await asyncio.wait_for(waiting, 5) == {"digits": "42", "status": "terminator"}
+        await call.worker.queue_frame(EndFrame())
+
+
+async def test_switch_voice_reaches_the_model_session(
+    tmp_path, model_service, stock_server
+) -> None:
+    app, url = model_service
+    stock_url, _ = stock_server
+    voice = tmp_path / "voices" / "default"  # the tiny checkpoint's only voice is "default"
+    voice.mkdir(parents=True)
+    (voice / "description.txt").write_text("a soft robotic test voice")
+    flow = write_flow(
+        tmp_path,
+        stock_url,
+        **{
+            "  - {name: end_call, kind: builtin}": "  - {name: end_call, kind: builtin}\n"
+            "  - {name: switch_voice, kind: builtin}\ntools_allowed: [switch_voice]"
+        },
+    )
+    async with Call(flow, url) as call:
+        await call.runtime.start()
+        await call.wait_for(lambda: app.state.service.sessions, "the model session")
+        session = model_session(app)
+        await call.wait_for(lambda: "switch_voice" in tool_names(session), "the tools")
+        result = await call.runtime.tools.handlers["switch_voice"](
+            {"voice_description": "a robot", "style": "whisper"}, call.runtime.flow_manager
+        )
+        assert result["voice"] == "default"
+        await call.wait_for(lambda: session.config.voice == "default", "the voice update")
+        assert session.config.style == "whisper"
+        await call.worker.queue_frame(EndFrame())

@@ -1,0 +1,459 @@
+"""The per-call pipeline (bots.call.build_call) against the REAL model service.
+
+Each test serves ``model_service.server.create_app`` with the reference backend on a tiny
+checkpoint over loopback, and places a call through a loopback "phone": the caller's audio
+(flite speech at 8 kHz) is played into the pipeline in real time, and the bot's audio is "played"
+by a real ``BaseOutputTransport`` at real-time pace (optionally fed back into the caller's
+microphone, as a speakerphone does). Silero VAD and Smart Turn v3 run for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    InterruptionFrame,
+    LLMRunFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.services.llm_service import FunctionCallParams
+from pipecat.workers.runner import WorkerRunner
+
+from bots.call import CallInfo, CallPipelineParts, build_call
+from bots.profile import BotProfile
+from bots.settings import Settings
+from model_service.server import create_app, serving
+from model_service.stepaudio2.prompt import AssistantMessage, HumanMessage, InputMessage
+from pipeline.apology import apology_pcm
+from pipeline.canned_model_service import CannedModelService
+from pipeline.loopback_phone import LoopbackPhone, Say
+
+RATE = 8000
+FRAME = 160  # 20 ms at 8 kHz
+
+
+class Timeline(BaseObserver):
+    """First sighting (monotonic time) of each turn-taking frame, each broadcast counted once."""
+
+    WATCH = (
+        VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
+        UserStartedSpeakingFrame,
+        UserStoppedSpeakingFrame,
+        InterruptionFrame,
+        BotStartedSpeakingFrame,
+        BotStoppedSpeakingFrame,
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[float, str]] = []
+        self._seen: set[int] = set()
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        f = data.frame
+        if not isinstance(f, self.WATCH) or f.id in self._seen:
+            return
+        self._seen.add(f.id)
+        if f.broadcast_sibling_id is not None:
+            if f.broadcast_sibling_id in self._seen:
+                return
+            self._seen.add(f.broadcast_sibling_id)
+        self.events.append((time.monotonic(), type(f).__name__))
+
+    def times(self, name: str) -> list[float]:
+        return [t for t, n in self.events if n == name]
+
+    def count(self, name: str) -> int:
+        return len(self.times(name))
+
+
+@dataclass
+class CallRun:
+    """Everything a test looks at after a call."""
+
+    phone: LoopbackPhone
+    parts: CallPipelineParts
+    timeline: Timeline
+    ended_by_itself: bool
+    sessions: list[Any]  # the model service's CallSessions seen during the call
+
+
+def profile(**kw: Any) -> BotProfile:
+    names = ("min_interrupt_secs", "apology", "mute_during_greeting")
+    extra = {k: kw.pop(k) for k in names if k in kw}
+    prof = BotProfile(name="test", **kw)
+    for k, v in extra.items():
+        setattr(prof, k, v)  # fields the call pipeline reads when the profile has them
+    return prof
+
+
+async def place_call(
+    url: str,
+    prof: BotProfile,
+    phone: LoopbackPhone,
+    *,
+    until: Callable[[CallRun], bool],
+    limit_secs: float = 15.0,
+    app: Any = None,
+    tools: Any = None,
+    prepare: Callable[[CallPipelineParts], None] | None = None,
+    on_tick: Callable[[CallRun], Awaitable[None]] | None = None,
+    echo_guard: bool = True,
+    wait_end: bool = False,
+    service_options: dict[str, Any] | None = None,
+) -> CallRun:
+    """Run one call until ``until(run)`` holds (then cancel it) or it ends by itself."""
+    settings = Settings(model_url=url)
+    service_options = service_options or {}
+    pipeline, parts = build_call(
+        phone, prof, settings, CallInfo("CA-test", "MZ-test"), tools=tools, echo_guard=echo_guard
+    )
+    for name, value in service_options.items():
+        setattr(parts.service, name, value)
+    if prepare:
+        prepare(parts)
+    timeline = Timeline()
+    worker = PipelineWorker(
+        pipeline,
+        params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
+        observers=[parts.metrics, timeline],
+        cancel_on_idle_timeout=False,
+    )
+    if prof.bot_speaks_first:
+
+        @worker.event_handler("on_pipeline_started")
+        async def _greet(_worker: Any, _frame: Any) -> None:
+            await worker.queue_frames([LLMRunFrame()])
+
+    run = CallRun(phone, parts, timeline, False, [])
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    deadline = time.monotonic() + limit_secs
+    try:
+        while not task.done() and time.monotonic() < deadline:
+            if app is not None:
+                for s in app.state.service.sessions.values():
+                    if s not in run.sessions:
+                        run.sessions.append(s)
+            if on_tick:
+                await on_tick(run)
+            if until(run) and not wait_end:
+                break
+            await asyncio.sleep(0.02)
+        run.ended_by_itself = task.done()
+    finally:
+        if not task.done():
+            await worker.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5.0)
+    assert until(run), f"call condition not met within {limit_secs} s: {timeline.events}"
+    return run
+
+
+def contains(haystack: np.ndarray, needle: np.ndarray) -> bool:
+    """True if ``needle`` occurs contiguously in ``haystack``."""
+    probe = int(np.flatnonzero(needle)[0])
+    for off in np.flatnonzero(haystack == needle[probe]):
+        start = int(off) - probe
+        if start >= 0 and np.array_equal(haystack[start : start + needle.size], needle):
+            return True
+    return False
+
+
+def conversation(run: CallRun):
+    assert run.sessions, "the model service saw no session"
+    return run.sessions[0].backend_session.conversation
+
+
+def assistant_messages(run: CallRun) -> list[AssistantMessage]:
+    return [m for m in conversation(run).messages if isinstance(m, AssistantMessage)]
+
+
+# ----------------------------------------------------------------------------------- tests
+async def test_full_turn_caller_asks_bot_answers(demo_backend, speech):
+    app = create_app(demo_backend, token=None, max_sessions=2)
+    question = speech("What is the weather like in Paris today?")
+    phone = LoopbackPhone([Say(question, 0.3)])
+    async with serving(app) as url:
+        run = await place_call(
+            url,
+            profile(),
+            phone,
+            app=app,
+            until=lambda r: r.timeline.count("BotStoppedSpeakingFrame") >= 1,
+        )
+    tl = run.timeline
+    assert tl.count("UserStartedSpeakingFrame") == 1 and tl.count("UserStoppedSpeakingFrame") == 1
+    # the whole reply (~3.2 s of 8 kHz PCM) reached the earpiece
+    assert phone.speaker.bytes_written >= 0.9 * 3.2 * RATE * 2
+    # per-turn metrics: end of speech -> first bot audio, measured and sane
+    turn = run.parts.metrics.turns[0]
+    assert turn.response_ms is not None and 0 < turn.response_ms < 3000
+    # the model heard the caller's turn and answered it
+    msgs = conversation(run).messages
+    assert isinstance(msgs[0], HumanMessage) and isinstance(msgs[1], AssistantMessage)
+    # the bot's transcript went into the Pipecat context (assistant aggregator)
+    said = " ".join(
+        m.get("content") or ""
+        for m in run.parts.context.get_messages()
+        if m.get("role") == "assistant"
+    )
+    assert "Thank you for calling" in said
+
+
+async def test_barge_in_stops_bot_and_truncates_history(demo_backend, demo_reply_len, speech):
+    app = create_app(demo_backend, token=None, max_sessions=2)
+    talk = speech("Actually, I wanted to ask about the weather in London tomorrow morning, please.")
+    phone = LoopbackPhone([Say(talk, 1.0, anchor="bot")])
+    async with serving(app) as url:
+        run = await place_call(
+            url,
+            profile(bot_speaks_first=True, greeting="Greet the caller.", min_interrupt_secs=0.6),
+            phone,
+            app=app,
+            limit_secs=30.0,
+            # the caller barged in, finished, and the bot answered the new turn
+            until=lambda r: r.timeline.count("BotStartedSpeakingFrame") >= 2,
+        )
+    tl = run.timeline
+    bot_start = tl.times("BotStartedSpeakingFrame")[0]
+    t_int = [t for t in tl.times("InterruptionFrame") if t > bot_start][0]
+    t_stop = tl.times("BotStoppedSpeakingFrame")[0]
+    assert t_int < t_stop < tl.times("BotStartedSpeakingFrame")[1]
+    # output audio stops at once ...
+    assert t_stop - t_int < 0.3
+    bargein = run.parts.metrics.turns[0]
+    assert bargein.bargein_stop_ms is not None and bargein.bargein_stop_ms < 300
+    # ... but only after min_interrupt_secs of speech (VAD start_secs included)
+    onset = [t for t in tl.times("VADUserStartedSpeakingFrame") if t > bot_start][0] - 0.2
+    assert t_int - onset >= 0.55
+    # the model keeps only what the caller heard of the first reply
+    first = assistant_messages(run)[0]
+    assert 0.2 * demo_reply_len < len(first.ids) < 0.8 * demo_reply_len
+    msgs = conversation(run).messages
+    assert msgs.index(first) < max(i for i, m in enumerate(msgs) if isinstance(m, HumanMessage))
+
+
+async def test_backchannel_does_not_interrupt(demo_backend, speech):
+    app = create_app(demo_backend, token=None, max_sessions=2)
+    phone = LoopbackPhone([Say(speech("Yeah."), 0.8, anchor="bot")])
+    async with serving(app) as url:
+        run = await place_call(
+            url,
+            profile(bot_speaks_first=True, greeting="Greet the caller.", min_interrupt_secs=0.6),
+            phone,
+            app=app,
+            until=lambda r: r.timeline.count("BotStoppedSpeakingFrame") >= 1,
+        )
+    tl = run.timeline
+    bot_start = tl.times("BotStartedSpeakingFrame")[0]
+    # VAD heard the "yeah" while the bot spoke ...
+    assert any(t > bot_start for t in tl.times("VADUserStartedSpeakingFrame"))
+    # ... but it neither interrupted the bot nor started a user turn
+    assert not any(t > bot_start for t in tl.times("InterruptionFrame"))
+    assert tl.count("UserStartedSpeakingFrame") == 0
+    assert phone.speaker.bytes_written >= 0.95 * 3.2 * RATE * 2
+    assert run.parts.metrics.turns[0].bargein_stop_ms is None
+
+
+@pytest.fixture(scope="module")
+def bot_voice(speech) -> np.ndarray:
+    """Real speech for the bot to say (the tiny checkpoint's audio is not speech to Silero)."""
+    return speech("Thank you for calling the weather line. Tomorrow will be sunny and warm.")
+
+
+async def _echo_call(bot_voice: np.ndarray, script: list[Say], *, guard: bool, until):
+    canned = CannedModelService(bot_voice.tobytes())
+    phone = LoopbackPhone(script, echo_gain=10 ** (-10 / 20), echo_delay=0.12)
+    async with canned.serving() as url:
+        run = await place_call(
+            url,
+            profile(bot_speaks_first=True, greeting="Greet the caller.", min_interrupt_secs=0.0),
+            phone,
+            echo_guard=guard,
+            until=until,
+        )
+    return run, canned
+
+
+async def test_speakerphone_echo_does_not_interrupt(bot_voice):
+    run, canned = await _echo_call(
+        bot_voice, [], guard=True, until=lambda r: r.timeline.count("BotStoppedSpeakingFrame") >= 1
+    )
+    assert run.timeline.count("InterruptionFrame") == 0
+    assert canned.cancels == []
+    assert run.phone.speaker.bytes_written >= 0.95 * bot_voice.size * 2
+    assert run.parts.echo_guard.frames_silenced > 20
+
+
+async def test_speakerphone_echo_without_guard_interrupts(bot_voice):
+    """Control: the same -10 dB echo does barge in without the guard (the test above is real)."""
+    run, canned = await _echo_call(
+        bot_voice, [], guard=False, until=lambda r: r.timeline.count("InterruptionFrame") >= 1
+    )
+    assert run.timeline.count("InterruptionFrame") >= 1
+
+
+async def test_speakerphone_caller_can_still_barge_in(bot_voice, speech):
+    talk = speech("Actually, I wanted to ask about the weather in London tomorrow morning, please.")
+    run, canned = await _echo_call(
+        bot_voice,
+        [Say(talk, 1.2, anchor="bot")],
+        guard=True,
+        until=lambda r: r.timeline.count("InterruptionFrame") >= 1,
+    )
+    bot_start = run.timeline.times("BotStartedSpeakingFrame")[0]
+    t_int = run.timeline.times("InterruptionFrame")[0]
+    assert t_int - bot_start >= 1.2  # not the echo: the caller's own speech
+    assert canned.cancels, "the model response was not cancelled"
+
+
+async def test_tool_call_round_trip_through_pipecat_function_calling(tool_backend):
+    app = create_app(tool_backend, token=None, max_sessions=2)
+    calls: list[dict] = []
+
+    async def get_weather(params: FunctionCallParams) -> None:
+        calls.append(dict(params.arguments))
+        await params.result_callback({"city": params.arguments.get("city"), "sky": "sunny"})
+
+    tools = ToolsSchema(
+        [
+            FunctionSchema(
+                name="get_weather",
+                description="Weather for a city",
+                properties={"city": {"type": "string"}},
+                required=["city"],
+            )
+        ]
+    )
+    async with serving(app) as url:
+        run = await place_call(
+            url,
+            profile(bot_speaks_first=True, greeting="Greet the caller."),
+            LoopbackPhone(),
+            app=app,
+            tools=tools,
+            prepare=lambda parts: parts.service.register_function("get_weather", get_weather),
+            until=lambda r: r.timeline.count("BotStartedSpeakingFrame") >= 2,
+        )
+    assert calls == [{"city": "Paris"}]
+    conv = conversation(run)
+    results = [m for m in conv.messages if isinstance(m, InputMessage)]
+    assert results and "sunny" in results[0].result
+    assert len(assistant_messages(run)) == 2  # the filler + tool call, then the answer
+    # Pipecat's context recorded the call and its result
+    roles = [m.get("role") for m in run.parts.context.get_messages()]
+    assert "tool" in roles
+
+
+async def test_model_service_crash_mid_response_plays_apology_and_ends(demo_backend):
+    app = create_app(demo_backend, token=None, max_sessions=2)
+    apology = "Sorry, we have a technical problem."
+    pcm = apology_pcm(RATE, apology)  # cached at start-up in production
+    stack = contextlib.AsyncExitStack()
+    url = await stack.enter_async_context(serving(app))
+    crashed: list[float] = []
+
+    async def crash_when_bot_speaks(run: CallRun) -> None:
+        if not crashed and run.phone.speaker.first_audio_at is not None:
+            crashed.append(time.monotonic())
+            await stack.aclose()  # the model service goes away mid-response
+
+    try:
+        run = await place_call(
+            url,
+            profile(bot_speaks_first=True, greeting="Greet the caller.", apology=apology),
+            LoopbackPhone(),
+            on_tick=crash_when_bot_speaks,
+            until=lambda r: r.ended_by_itself,
+            wait_end=True,
+            limit_secs=15.0,
+        )
+    finally:
+        await stack.aclose()
+    assert crashed
+    assert run.parts.service.failed
+    # the caller heard the apology (not silence) and then the call ended on its own
+    played = np.concatenate([x for _, x in run.phone.speaker.chunks]).astype(np.int16)
+    assert contains(played, np.frombuffer(pcm, dtype=np.int16))
+    assert run.ended_by_itself
+
+
+async def test_dropped_model_connection_reconnects_and_bot_speaks_again(demo_backend):
+    app = create_app(demo_backend, token=None, max_sessions=2)
+    dropped: list[Any] = []
+
+    async def drop_when_bot_speaks(run: CallRun) -> None:
+        if not dropped and run.phone.speaker.first_audio_at is not None and run.sessions:
+            dropped.append(run.sessions[0])
+            await run.sessions[0].close_transport(1011, "internal")  # server side
+
+    async with serving(app) as url:
+        run = await place_call(
+            url,
+            profile(bot_speaks_first=True, greeting="Greet the caller."),
+            LoopbackPhone(),
+            app=app,
+            on_tick=drop_when_bot_speaks,
+            until=lambda r: r.timeline.count("BotStartedSpeakingFrame") >= 2,
+        )
+    assert dropped and len(run.sessions) == 2  # a second model session: the reconnect
+    assert not run.parts.service.failed
+    assert not run.ended_by_itself
+
+
+async def test_hung_model_service_ends_in_apology_not_silence(speech):
+    canned = CannedModelService(b"", hang=True)  # accepts response.create, never answers
+    apology = "Sorry, we have a technical problem."
+    pcm = np.frombuffer(apology_pcm(RATE, apology), dtype=np.int16)
+    async with canned.serving() as url:
+        run = await place_call(
+            url,
+            profile(bot_speaks_first=True, greeting="Greet the caller.", apology=apology),
+            LoopbackPhone(),
+            service_options={"_response_timeout": 0.8},
+            until=lambda r: r.ended_by_itself,
+            wait_end=True,
+        )
+    assert canned.sessions == 2 and canned.responses == 2  # asked, reconnected, asked again
+    assert run.parts.service.failed
+    played = np.concatenate([x for _, x in run.phone.speaker.chunks]).astype(np.int16)
+    assert contains(played, pcm)
+
+
+async def test_greeting_can_be_protected_from_barge_in(demo_backend, speech):
+    app = create_app(demo_backend, token=None, max_sessions=2)
+    talk = speech("Actually, I wanted to ask about the weather in London tomorrow morning, please.")
+    phone = LoopbackPhone([Say(talk, 0.3, anchor="bot")])
+    async with serving(app) as url:
+        run = await place_call(
+            url,
+            profile(
+                bot_speaks_first=True,
+                greeting="Greet the caller.",
+                min_interrupt_secs=0.0,
+                mute_during_greeting=True,
+            ),
+            phone,
+            until=lambda r: r.timeline.count("BotStoppedSpeakingFrame") >= 1,
+        )
+    assert run.timeline.count("InterruptionFrame") == 0
+    assert phone.speaker.bytes_written >= 0.95 * 3.2 * RATE * 2

@@ -1,0 +1,199 @@
+"""Unit tests of the call pipeline's parts: the minimum-duration start strategy, the echo
+detector, the per-turn metrics observer and the cached apology."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from loguru import logger
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    InputAudioRawFrame,
+    InterruptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.observers.base_observer import FramePushed
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.turns.types import ProcessFrameResult
+
+from pipeline.apology import FailurePolicy, apology_pcm, warm_apology
+from pipeline.echo_guard import EchoDetector, EchoReference
+from pipeline.min_duration_start_strategy import MinDurationUserTurnStartStrategy
+from pipeline.turn_metrics_observer import TurnMetricsObserver
+
+RATE = 8000
+
+
+def audio(secs: float) -> InputAudioRawFrame:
+    return InputAudioRawFrame(bytes(int(secs * RATE) * 2), RATE, 1)
+
+
+# ------------------------------------------------------------------- min-duration strategy
+@pytest.fixture
+def strategy():
+    s = MinDurationUserTurnStartStrategy(min_secs=0.6)
+    s.started = 0
+
+    async def on_started(_strategy, _params):
+        s.started += 1
+
+    s.add_event_handler("on_user_turn_started", on_started)
+    return s
+
+
+async def test_vad_start_starts_the_turn_when_the_bot_is_silent(strategy):
+    result = await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    assert result == ProcessFrameResult.STOP and strategy.started == 1
+
+
+async def test_backchannel_while_bot_speaks_is_ignored(strategy):
+    await strategy.process_frame(BotStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    for _ in range(10):  # 0.2 + 0.2 s: still under 0.6 s
+        await strategy.process_frame(audio(0.02))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(audio(0.5))  # silence after the VAD stop does not count
+    assert strategy.started == 0 and strategy.backchannels == 1
+
+
+async def test_long_speech_while_bot_speaks_interrupts_after_min_secs(strategy):
+    await strategy.process_frame(BotStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    results = [await strategy.process_frame(audio(0.02)) for _ in range(25)]
+    assert strategy.started == 1
+    assert results.index(ProcessFrameResult.STOP) == 19  # 0.2 + 20 x 0.02 s = 0.6 s
+
+
+async def test_bot_finishing_while_caller_talks_starts_their_turn(strategy):
+    await strategy.process_frame(BotStartedSpeakingFrame())
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    await strategy.process_frame(BotStoppedSpeakingFrame())
+    assert strategy.started == 1
+
+
+def test_negative_min_secs_is_refused():
+    with pytest.raises(ValueError, match="min_secs"):
+        MinDurationUserTurnStartStrategy(min_secs=-1)
+
+
+# ---------------------------------------------------------------------------- echo detector
+@pytest.fixture(scope="module")
+def voices():
+    from bots.caller.speech import synthesize
+
+    bot = synthesize("Thank you for calling the weather line. How may I help you today?", RATE)
+    caller = synthesize("I would like to know if it rains in Paris tomorrow.", RATE)
+    return bot.astype(np.float32), caller.astype(np.float32)
+
+
+def played_reference(bot: np.ndarray, t_end: float) -> EchoReference:
+    ref = EchoReference(RATE)
+    step = 320
+    n = bot.size // step * step
+    for i in range(0, n, step):  # 40 ms chunks, played back to back ending at t_end
+        ref.record(
+            bot[i : i + step].astype(np.int16).tobytes(), RATE, t_end - (n - i - step) / RATE
+        )
+    return ref
+
+
+def test_echo_of_bot_audio_is_detected_with_its_delay(voices):
+    bot, _ = voices
+    now = 100.0
+    ref = played_reference(bot, now)
+    det = EchoDetector(ref, max_delay_secs=0.5, window_secs=0.2)
+    delay = int(0.12 * RATE)
+    # the microphone's last 200 ms: the bot's audio from 120 ms ago, at -10 dB
+    n = bot.size // 320 * 320
+    mic = 10 ** (-10 / 20) * bot[n - delay - 1600 : n - delay]
+    verdict = det.check(mic, now)
+    assert verdict.is_echo and verdict.ncc > 0.9
+    assert abs(verdict.delay_ms - 120) < 5
+
+
+def test_caller_talking_over_the_echo_is_not_echo(voices):
+    bot, caller = voices
+    now = 100.0
+    det = EchoDetector(played_reference(bot, now))
+    n = bot.size // 320 * 320
+    echo = 10 ** (-10 / 20) * bot[n - 960 - 1600 : n - 960]
+    talk = caller[8000:9600]
+    assert not det.check(echo + talk, now).is_echo
+
+
+def test_caller_after_the_bot_went_quiet_is_not_echo(voices):
+    bot, caller = voices
+    now = 100.0
+    det = EchoDetector(played_reference(bot[:4000], now - 0.3))  # bot stopped 300 ms ago
+    assert det.bot_recently_heard(now)
+    assert not det.check(caller[8000:9600], now).is_echo
+
+
+def test_jittered_chunk_timing_keeps_the_reference_contiguous(voices):
+    bot, _ = voices
+    ref = EchoReference(RATE)
+    step, t = 320, 100.0
+    rng = np.random.default_rng(0)
+    for i in range(0, 16000, step):  # each push 0-5 ms late, like a busy event loop
+        t += step / RATE + rng.uniform(0, 0.005)
+        ref.record(bot[i : i + step].astype(np.int16).tobytes(), RATE, t)
+    det = EchoDetector(ref)
+    mic = 10 ** (-10 / 20) * bot[16000 - 960 - 1600 : 16000 - 960]
+    assert det.check(mic, t).ncc > 0.9
+
+
+def test_no_bot_audio_means_no_echo(voices):
+    _, caller = voices
+    det = EchoDetector(EchoReference(RATE))
+    assert not det.bot_recently_heard(100.0)
+    assert not det.check(caller[8000:9600], 100.0).is_echo
+
+
+# ----------------------------------------------------------------------- metrics observer
+async def test_turn_metrics_are_measured_and_logged_with_the_call_id():
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(
+        lambda m: lines.append((m.record["extra"].get("call_id"), m.record["message"]))
+    )
+    try:
+        obs = TurnMetricsObserver("CA-metrics")
+
+        async def push(frame):
+            await obs.on_push_frame(FramePushed(None, None, frame, FrameDirection.DOWNSTREAM, 0))
+
+        await push(VADUserStartedSpeakingFrame(start_secs=0.2))
+        await push(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await asyncio.sleep(0.05)
+        await push(BotStartedSpeakingFrame())
+        await asyncio.sleep(0.02)
+        await push(InterruptionFrame())
+        await asyncio.sleep(0.01)
+        await push(BotStoppedSpeakingFrame())
+    finally:
+        logger.remove(sink)
+    (turn,) = obs.turns
+    assert 240 <= turn.response_ms < 400  # 0.2 s stop_secs + 50 ms
+    assert 5 <= turn.bargein_stop_ms < 100
+    assert any(cid == "CA-metrics" and "first bot audio" in msg for cid, msg in lines)
+
+
+# ---------------------------------------------------------------------------------- apology
+def test_apology_is_speech_and_cached():
+    text = "Sorry, one moment please."
+    n = warm_apology(RATE, text)
+    pcm = apology_pcm(RATE, text)
+    assert len(pcm) == n and 0.5 < len(pcm) / 2 / RATE < 5
+    assert apology_pcm(RATE, text) is pcm  # synthesized once
+    assert np.abs(np.frombuffer(pcm, dtype=np.int16)).max() > 1000
+
+
+def test_failure_policy_validates():
+    with pytest.raises(ValueError, match="action"):
+        FailurePolicy("hang")
+    with pytest.raises(ValueError, match="transfer_to"):
+        FailurePolicy("transfer")
+    assert FailurePolicy("transfer", "+15550100").transfer_to == "+15550100"
