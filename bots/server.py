@@ -368,6 +368,9 @@ def create_app(
     async def _unknown_bot(_request: Request, exc: KeyError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=404)
 
+    from bots.webrtc import add_webrtc_routes  # browser widget: /call, /widget/*, /webrtc/*
+
+    add_webrtc_routes(app, settings, registry)
     return app
 
 
