@@ -192,8 +192,15 @@ class Call:
             ),
         )
         self.log = FrameLog()
+        self.service_in = FrameLog()  # what reaches the service (it consumes caller audio)
         pipeline = Pipeline(
-            [self.aggregators.user(), self.service, self.log, self.aggregators.assistant()]
+            [
+                self.aggregators.user(),
+                self.service_in,
+                self.service,
+                self.log,
+                self.aggregators.assistant(),
+            ]
         )
         self.worker = PipelineWorker(
             pipeline,
@@ -336,7 +343,7 @@ async def test_slow_webhook_does_not_block_audio(tmp_path, model_service, stock_
             await call.worker.queue_frame(InputAudioRawFrame(b"\0\0" * 160, RATE, 1))
             await asyncio.sleep(0.02)
         await call.wait_for(lambda: call.log.of(FunctionCallResultFrame), "the tool result", 20)
-        audio_in = [t for t, _ in call.log.of(InputAudioRawFrame)]
+        audio_in = [t for t, _ in call.service_in.of(InputAudioRawFrame)]
         result_at = call.log.of(FunctionCallResultFrame)[0][0]
         assert len(audio_in) == 10 and max(audio_in) < result_at
         assert max(audio_in) - sent_at < 0.6  # no frame waited for the tool
