@@ -414,6 +414,11 @@ def _wrap_lifespan(app: FastAPI, calls: WebRTCCalls) -> None:
     app.router.lifespan_context = lifespan
 
 
+def _is_webrtc_route(route: object) -> bool:
+    path = getattr(route, "path", "")
+    return path == "/call" or path.startswith(("/widget", "/webrtc"))
+
+
 def add_webrtc_routes(
     app: FastAPI,
     settings: Settings,
@@ -427,6 +432,8 @@ def add_webrtc_routes(
     ``app.state.calls`` (the server's concurrent-call limit) when the app has one.
     """
     config = config or WebRTCConfig.from_settings(settings)
+    # Calling this again (e.g. with another config) replaces the routes added before.
+    app.router.routes[:] = [r for r in app.router.routes if not _is_webrtc_route(r)]
     calls = WebRTCCalls(config)
     app.state.webrtc = calls
     _wrap_lifespan(app, calls)
