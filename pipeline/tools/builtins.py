@@ -151,8 +151,7 @@ def pick_voice(description: str, library: dict[str, str]) -> tuple[str, float]:
         embedder = shared_embedder()
     except EmbeddingModelMissing as e:
         logger.warning(f"switch_voice: {e}; falling back to word overlap")
-        query = set(_words(description))
-        scores = [len(query & set(_words(t))) / (len(query) or 1) for t in texts]
+        scores = [word_overlap(description, t) for t in texts]
     else:
         vectors = embedder.encode([description, *texts])
         scores = list(vectors[1:] @ vectors[0])
@@ -160,8 +159,30 @@ def pick_voice(description: str, library: dict[str, str]) -> tuple[str, float]:
     return names[best], float(scores[best])
 
 
+_STOPWORDS = frozenset(
+    "a an and the of with in on to for voice voices sounding sounds like that is very".split()
+)
+
+
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOPWORDS]
+
+
+def _same_word(a: str, b: str) -> bool:
+    """Equal, or one a stem of the other ("robot" / "robotic", "calm" / "calming")."""
+    if a == b:
+        return True
+    short, long_ = sorted((a, b), key=len)
+    return len(short) >= 4 and long_.startswith(short)
+
+
+def word_overlap(query: str, text: str) -> float:
+    """Share of the query's content words found (as a word or its stem) in ``text``."""
+    wanted = set(_words(query))
+    have = set(_words(text))
+    if not wanted:
+        return 0.0
+    return sum(any(_same_word(w, h) for h in have) for w in wanted) / len(wanted)
 
 
 BUILTINS: dict[str, Callable[[ToolSpec, ToolContext], BuiltinTool]] = {

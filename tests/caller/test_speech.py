@@ -47,3 +47,12 @@ def test_bad_input_is_named():
         synthesize("   ")
     with pytest.raises(ValueError, match="unknown speech engine 'sam'"):
         pick_engine("sam")
+
+
+@pytest.mark.skipif("flite" not in available_engines(), reason="flite not installed")
+def test_flite_voices_differ_and_unknown_voice_is_refused():
+    slt = synthesize("Good morning.", rate=8000, engine="flite", voice="slt")
+    rms = synthesize("Good morning.", rate=8000, engine="flite", voice="rms")
+    assert slt.size != rms.size or not np.array_equal(slt, rms)
+    with pytest.raises(ValueError, match="no voice 'bob'.*slt"):
+        synthesize("Hi.", engine="flite", voice="bob")

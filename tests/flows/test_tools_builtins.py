@@ -295,3 +295,22 @@ async def test_switch_voice_picks_by_description_and_updates_settings(tmp_path) 
     assert (await box.handlers["switch_voice"]({}, None))["error"].startswith(
         "give voice_description"
     )
+
+
+def test_pick_voice_without_embeddings_matches_word_stems(monkeypatch, tmp_path) -> None:
+    """Without the embedding model, voice search falls back to content-word/stem overlap."""
+    from pipeline.tools import builtins
+    from pipeline.tools.embeddings import EmbeddingModelMissing
+
+    def missing():
+        raise EmbeddingModelMissing("not installed")
+
+    monkeypatch.setattr(builtins, "shared_embedder", missing)
+    voices = tmp_path / "voices" / "default"
+    voices.mkdir(parents=True)
+    (voices / "description.txt").write_text("a soft robotic test voice")
+    library = voice_descriptions(tmp_path)
+    assert pick_voice("a robot", library)[0] == "default"  # stem, not the shared "a"
+    assert pick_voice("a calm deep man", library)[0] == "default_male"
+    assert pick_voice("a friendly woman, warm", library)[0] == "default_female"
+    assert builtins.word_overlap("the of a", "a voice") == 0.0
