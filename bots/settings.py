@@ -24,6 +24,19 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_VAD_STOP_SECS | 0.2 | Silero VAD stop time |
 | STEPCALL_LOG_LEVEL | INFO | log level |
 | TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN | (none) | Twilio credentials (REST API, signature validation) |
+| TWILIO_FROM_NUMBER | (none) | caller ID of outbound calls when the flow lists no phone number |
+| STEPCALL_TWILIO_API_URL | https://api.twilio.com | Twilio REST API base URL (a local fake in tests) |
+| STEPCALL_STREAM_SECRET | (TWILIO_AUTH_TOKEN) | key of the per-call media-stream tokens |
+| STEPCALL_API_TOKEN | (none) | bearer token of ``POST /calls/outbound``; unset = endpoint off |
+| STEPCALL_ICE_SERVERS | (none) | widget ICE servers: JSON list or comma list of stun:/turn: URLs |
+| STEPCALL_WEBRTC_OFFERS_PER_MINUTE | 10 | new widget calls per client IP per minute |
+| STEPCALL_WIDGET_ORIGINS | * | comma list of web origins allowed to embed the widget |
+| STEPCALL_DATABASE_URL | sqlite:///var/calls.db | call records (SQLite or PostgreSQL URL); ``none`` = off |
+| STEPCALL_DASHBOARD_TOKEN | (none) | token of ``/dashboard``; unset = dashboard off |
+| STEPCALL_RECORDINGS_DIR | var/recordings | folder of call recordings (flows with ``recording``) |
+
+Settings built in code (``Settings()``) keep call records off (``database_url=None``) so tests
+and embedding apps write no database unless asked; ``from_env`` turns them on by default.
 """
 
 from __future__ import annotations
@@ -31,7 +44,16 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 
-_SECRET_FIELDS = {"model_token", "twilio_auth_token"}
+_SECRET_FIELDS = {
+    "model_token",
+    "twilio_auth_token",
+    "stream_secret",
+    "api_token",
+    "dashboard_token",
+    "database_url",  # a PostgreSQL URL may hold a password
+}
+DEFAULT_DATABASE_URL = "sqlite:///var/calls.db"
+DEFAULT_RECORDINGS_DIR = "var/recordings"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -82,6 +104,16 @@ class Settings:
     log_level: str = "INFO"
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = field(default=None, repr=False)
+    twilio_from_number: str | None = None
+    twilio_api_url: str | None = None
+    stream_secret: str | None = field(default=None, repr=False)
+    api_token: str | None = field(default=None, repr=False)
+    ice_servers: str | None = None
+    webrtc_offers_per_minute: int = 10
+    widget_origins: str = "*"
+    database_url: str | None = field(default=None, repr=False)
+    dashboard_token: str | None = field(default=None, repr=False)
+    recordings_dir: str = DEFAULT_RECORDINGS_DIR
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -106,6 +138,18 @@ class Settings:
             log_level=_env("STEPCALL_LOG_LEVEL", cls.log_level),
             twilio_account_sid=_env("TWILIO_ACCOUNT_SID"),
             twilio_auth_token=_env("TWILIO_AUTH_TOKEN"),
+            twilio_from_number=_env("TWILIO_FROM_NUMBER"),
+            twilio_api_url=_env("STEPCALL_TWILIO_API_URL"),
+            stream_secret=_env("STEPCALL_STREAM_SECRET"),
+            api_token=_env("STEPCALL_API_TOKEN"),
+            ice_servers=_env("STEPCALL_ICE_SERVERS"),
+            webrtc_offers_per_minute=_env_int(
+                "STEPCALL_WEBRTC_OFFERS_PER_MINUTE", cls.webrtc_offers_per_minute
+            ),
+            widget_origins=_env("STEPCALL_WIDGET_ORIGINS", cls.widget_origins),
+            database_url=_env("STEPCALL_DATABASE_URL", DEFAULT_DATABASE_URL),
+            dashboard_token=_env("STEPCALL_DASHBOARD_TOKEN"),
+            recordings_dir=_env("STEPCALL_RECORDINGS_DIR", cls.recordings_dir),
         )
 
     def replace(self, **changes) -> Settings:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections import deque
@@ -48,7 +47,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from loguru import logger
-from pipecat.frames.frames import LLMRunFrame
 from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.connection import IceServer, SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.request_handler import (
@@ -60,7 +58,7 @@ from pipecat.transports.smallwebrtc.request_handler import (
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pipecat.workers.runner import WorkerRunner
 
-from bots.call import CallInfo, build_call, call_worker
+from bots.call import CallInfo, build_call, call_worker, conversation_starter
 from bots.call_control import CallControl, TransferResult
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
@@ -148,10 +146,8 @@ def ice_servers_for_browser(servers: list[IceServer]) -> list[dict[str, Any]]:
     return out
 
 
-def _setting(settings: Settings, name: str, env: str) -> str | None:
+def _setting(settings: Settings, name: str) -> str | None:
     value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(env) or None
     return None if value is None else str(value)
 
 
@@ -167,21 +163,20 @@ class WebRTCConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> WebRTCConfig:
         """Read ``ice_servers`` / ``webrtc_offers_per_minute`` / ``widget_origins`` from the
-        settings when they have them, else from the STEPCALL_* environment variables."""
-        rate_raw = _setting(
-            settings, "webrtc_offers_per_minute", "STEPCALL_WEBRTC_OFFERS_PER_MINUTE"
-        )
+        settings (env vars STEPCALL_ICE_SERVERS, STEPCALL_WEBRTC_OFFERS_PER_MINUTE,
+        STEPCALL_WIDGET_ORIGINS)."""
+        rate_raw = _setting(settings, "webrtc_offers_per_minute")
         try:
             rate = 10 if rate_raw is None else int(rate_raw)
         except ValueError as e:
             raise ValueError(
                 f"STEPCALL_WEBRTC_OFFERS_PER_MINUTE must be an integer, got {rate_raw!r}"
             ) from e
-        origins_raw = _setting(settings, "widget_origins", "STEPCALL_WIDGET_ORIGINS") or "*"
+        origins_raw = _setting(settings, "widget_origins") or "*"
         origins = tuple(o.strip().rstrip("/") for o in origins_raw.split(",") if o.strip())
         return cls(
             ice_servers=parse_ice_servers(
-                _setting(settings, "ice_servers", "STEPCALL_ICE_SERVERS")
+                _setting(settings, "ice_servers")
             ),
             offers_per_minute=rate,
             allowed_origins=origins or ("*",),
@@ -292,6 +287,7 @@ async def run_webrtc_call(
         pipeline, parts, call.call_id, sample_rate=WEBRTC_RATE, observers=observers
     )
     worker_box["worker"] = worker
+    start_conversation = conversation_starter(worker, parts, profile, control)
     connected = asyncio.Event()
 
     @transport.event_handler("on_client_connected")
@@ -299,8 +295,7 @@ async def run_webrtc_call(
         connected.set()
         log.info(f"browser call connected: bot {profile.name}")
         await relay.send("bot-ready", {"bot": profile.name, "call_id": call.call_id})
-        if profile.bot_speaks_first:
-            await worker.queue_frames([LLMRunFrame()])
+        await start_conversation()
 
     @transport.event_handler("on_client_disconnected")
     async def _on_disconnected(_transport: Any, _client: Any) -> None:
@@ -531,6 +526,9 @@ def add_webrtc_routes(
             )
 
             async def run() -> None:
+                records = getattr(app.state, "records", None)
+                observer = records.observer(call, profile) if records is not None else None
+                log = logger.bind(call_id=call_id)
                 try:
                     await run_webrtc_call(
                         connection,
@@ -538,12 +536,20 @@ def add_webrtc_routes(
                         profile,
                         settings,
                         connect_timeout_secs=config.connect_timeout_secs,
+                        observers=[observer] if observer is not None else None,
                     )
-                except Exception:
-                    logger.bind(call_id=call_id).exception("browser call failed")
+                except Exception as e:
+                    log.exception("browser call failed")
+                    if observer is not None:
+                        observer.set_outcome("error", str(e))
                 finally:
                     if counter is not None:
                         counter.release()
+                    if observer is not None:
+                        try:
+                            await observer.finish()
+                        except Exception:
+                            log.exception("could not save the call record")
 
             calls.start(run(), name=f"webrtc-call-{call_id}")
 

@@ -19,10 +19,10 @@ Per call (``twilio_stream`` around ``run_twilio_call``)::
     finally:
         await observer.finish()
 
-Settings read (``getattr`` with defaults, so this works before they exist in ``Settings``):
-``database_url`` (``STEPCALL_DATABASE_URL``, default ``sqlite:///data/calls.db``; ``none``
-turns records off), ``dashboard_token`` (``STEPCALL_DASHBOARD_TOKEN``; no token = dashboard
-off), ``recordings_dir`` (``STEPCALL_RECORDINGS_DIR``, default ``data/recordings``).
+Settings read (``bots/settings.py``): ``database_url`` (``STEPCALL_DATABASE_URL``, default
+``sqlite:///var/calls.db`` from the environment; unset in code or ``none`` turns records off),
+``dashboard_token`` (``STEPCALL_DASHBOARD_TOKEN``; no token = dashboard off),
+``recordings_dir`` (``STEPCALL_RECORDINGS_DIR``, default ``var/recordings``).
 Per bot: ``profile.record_audio`` / ``profile.recording_retention_days`` (see
 :class:`~bots.records.models.RecordingPolicy`).
 """
@@ -39,9 +39,9 @@ from loguru import logger
 
 from bots.metrics import BotMetrics, add_metrics_route
 from bots.records.models import RecordingPolicy
-from bots.records.store import DEFAULT_DATABASE_URL, CallStore, purge_expired_recordings
+from bots.records.store import CallStore, purge_expired_recordings
 
-DEFAULT_RECORDINGS_DIR = "data/recordings"
+DEFAULT_RECORDINGS_DIR = "var/recordings"
 #: How often expired recordings are purged.
 PURGE_INTERVAL_SECS = 3600.0
 
@@ -65,9 +65,9 @@ class CallRecords:
 
     @classmethod
     def from_settings(cls, settings: Any) -> CallRecords | None:
-        """Open the store named by ``settings.database_url`` (None when set to ``none``)."""
-        url = getattr(settings, "database_url", None) or DEFAULT_DATABASE_URL
-        if url.strip().lower() in ("none", "off", "disabled"):
+        """Open the store named by ``settings.database_url`` (None when unset or ``none``)."""
+        url = getattr(settings, "database_url", None)
+        if not url or url.strip().lower() in ("none", "off", "disabled"):
             logger.warning("call records are disabled (STEPCALL_DATABASE_URL=none)")
             return None
         recordings = getattr(settings, "recordings_dir", None) or DEFAULT_RECORDINGS_DIR

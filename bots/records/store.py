@@ -34,7 +34,7 @@ from bots.records.models import (
     utcnow,
 )
 
-DEFAULT_DATABASE_URL = "sqlite:///data/calls.db"
+DEFAULT_DATABASE_URL = "sqlite:///var/calls.db"
 
 
 def normalize_url(url: str) -> str:

@@ -1,8 +1,7 @@
 """TwilioConfig: the Twilio-related settings the bot server, ``stepcall dial`` and call control use.
 
-Built from :class:`bots.settings.Settings` by :meth:`TwilioConfig.from_settings`. Fields that
-``Settings`` does not (yet) carry are read from their environment variables here, so the env var
-names below are the contract either way:
+Built from :class:`bots.settings.Settings` (which reads the environment) by
+:meth:`TwilioConfig.from_settings`. The env vars behind it:
 
 | env var | default | meaning |
 |---|---|---|
@@ -15,28 +14,15 @@ names below are the contract either way:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_API_URL = "https://api.twilio.com"
 DEFAULT_STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
 
-# Settings field name -> env var read when Settings has no such field.
-_ENV_FALLBACK = {
-    "twilio_from_number": "TWILIO_FROM_NUMBER",
-    "stream_secret": "STEPCALL_STREAM_SECRET",
-    "api_token": "STEPCALL_API_TOKEN",
-    "twilio_api_url": "STEPCALL_TWILIO_API_URL",
-}
-
 
 def _setting(settings: Any, name: str) -> str | None:
-    if hasattr(settings, name):
-        value = getattr(settings, name)
-    else:
-        value = os.environ.get(_ENV_FALLBACK[name])
-    return value or None
+    return getattr(settings, name, None) or None
 
 
 @dataclass(frozen=True)

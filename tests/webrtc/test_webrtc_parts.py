@@ -66,13 +66,13 @@ def test_config_reads_environment(monkeypatch):
     monkeypatch.setenv("STEPCALL_ICE_SERVERS", "stun:stun.example.org")
     monkeypatch.setenv("STEPCALL_WEBRTC_OFFERS_PER_MINUTE", "3")
     monkeypatch.setenv("STEPCALL_WIDGET_ORIGINS", "https://a.example, https://b.example/")
-    config = WebRTCConfig.from_settings(Settings())
+    config = WebRTCConfig.from_settings(Settings.from_env())
     assert [s.urls for s in config.ice_servers] == ["stun:stun.example.org"]
     assert config.offers_per_minute == 3
     assert config.allowed_origins == ("https://a.example", "https://b.example")
     monkeypatch.setenv("STEPCALL_WEBRTC_OFFERS_PER_MINUTE", "lots")
     with pytest.raises(ValueError, match="STEPCALL_WEBRTC_OFFERS_PER_MINUTE"):
-        WebRTCConfig.from_settings(Settings())
+        Settings.from_env()
 
 
 def test_offer_limit_is_per_ip_and_slides():
