@@ -11,6 +11,7 @@ logged by ``TurnMetricsObserver``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ from bots.profile import BotProfile
 from bots.settings import Settings
 from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
 from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
+from pipeline.flow_runtime import FlowRuntime, attach_flow
 from pipeline.min_duration_start_strategy import MinDurationUserTurnStartStrategy
 from pipeline.step_audio2_service import StepAudio2Service, StepAudio2Settings
 from pipeline.turn_metrics_observer import TurnMetricsObserver
@@ -123,6 +125,9 @@ class CallPipelineParts:
     context: LLMContext
     echo_guard: EchoGuard
     metrics: TurnMetricsObserver
+    aggregators: LLMContextAggregatorPair | None = None
+    #: The running flow (set by :func:`conversation_starter` for a bot with a flow).
+    flow: FlowRuntime | None = None
 
 
 def build_call_pipeline(
@@ -195,12 +200,13 @@ def build_call(
         on_failure=on_failure,
     )
     messages: list[dict[str, Any]] = []
-    if profile.bot_speaks_first:
+    # A flow's initial node brings its own greeting instruction (FlowRuntime.start).
+    if profile.bot_speaks_first and profile.flow is None:
         messages.append(
             {"role": "developer", "content": profile.greeting or "Greet the caller briefly."}
         )
     context = LLMContext(messages)
-    user_agg, assistant_agg = LLMContextAggregatorPair(
+    aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
             vad_analyzer=SileroVADAnalyzer(
@@ -210,6 +216,7 @@ def build_call(
             user_mute_strategies=mute_strategies(profile),
         ),
     )
+    user_agg, assistant_agg = aggregators.user(), aggregators.assistant()
     reference = EchoReference(sample_rate)
     guard = EchoGuard(EchoDetector(reference), call_id=call.call_id, enabled=echo_guard)
     processors = [transport.input(), guard, user_agg, service, *(extra_processors or [])]
@@ -219,8 +226,41 @@ def build_call(
         context=context,
         echo_guard=guard,
         metrics=TurnMetricsObserver(call.call_id),
+        aggregators=aggregators,
     )
     return Pipeline(processors), parts
+
+
+def conversation_starter(
+    worker: PipelineWorker,
+    parts: CallPipelineParts,
+    profile: BotProfile,
+    call_control: CallControl | None = None,
+) -> Callable[[], Awaitable[None]]:
+    """What to run once the caller is connected; call before the worker runs.
+
+    A bot with a flow gets a :class:`FlowRuntime` (``parts.flow``): nodes, tools, silence
+    re-prompts, the end and transfer of the call through ``call_control``; starting it enters
+    the initial node. A plain bot greets first (an ``LLMRunFrame``) when its profile says so.
+    """
+    if profile.flow is not None:
+        if parts.aggregators is None:
+            raise ValueError("a flow needs the pipeline's context aggregators (use build_call)")
+        runtime = attach_flow(
+            profile.flow,
+            service=parts.service,
+            context_aggregator=parts.aggregators,
+            worker=worker,
+            call_control=call_control,
+        )
+        parts.flow = runtime
+        return runtime.start
+
+    async def start() -> None:
+        if profile.bot_speaks_first:
+            await worker.queue_frames([LLMRunFrame()])
+
+    return start
 
 
 def call_worker(
@@ -250,6 +290,30 @@ def call_worker(
     )
 
 
+def twilio_serializer(
+    call: CallInfo,
+    profile: BotProfile,
+    settings: Settings,
+    call_control: CallControl | None = None,
+) -> TwilioFrameSerializer:
+    """The Twilio Media Streams serializer of one call.
+
+    It hangs the call up through Twilio's REST API when the pipeline ends (credentials needed),
+    unless a flow runtime does it through ``call_control`` (with its reason) once the goodbye
+    has played: one hang-up per call, never two.
+    """
+    hang_up = bool(settings.twilio_account_sid and settings.twilio_auth_token)
+    if profile.flow is not None and call_control is not None:
+        hang_up = False
+    return TwilioFrameSerializer(
+        stream_sid=call.stream_sid,
+        call_sid=call.call_id,
+        account_sid=settings.twilio_account_sid,
+        auth_token=settings.twilio_auth_token,
+        params=TwilioFrameSerializer.InputParams(auto_hang_up=hang_up),
+    )
+
+
 async def run_twilio_call(
     websocket: Any,
     call: CallInfo,
@@ -261,14 +325,7 @@ async def run_twilio_call(
 ) -> None:
     """Run one Twilio Media Streams call on an accepted WebSocket until it ends."""
     log = logger.bind(call_id=call.call_id)
-    hang_up = bool(settings.twilio_account_sid and settings.twilio_auth_token)
-    serializer = TwilioFrameSerializer(
-        stream_sid=call.stream_sid,
-        call_sid=call.call_id,
-        account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token,
-        params=TwilioFrameSerializer.InputParams(auto_hang_up=hang_up),
-    )
+    serializer = twilio_serializer(call, profile, settings, call_control)
     transport = FastAPIWebsocketTransport(
         websocket=websocket,
         params=FastAPIWebsocketParams(
@@ -290,12 +347,12 @@ async def run_twilio_call(
         call_control=call_control,
     )
     worker = call_worker(pipeline, parts, call.call_id, observers=observers)
+    start_conversation = conversation_starter(worker, parts, profile, call_control)
 
     @transport.event_handler("on_client_connected")
     async def _on_connected(_transport: Any, _ws: Any) -> None:
         log.info(f"call connected: bot {profile.name}, stream {call.stream_sid}")
-        if profile.bot_speaks_first:
-            await worker.queue_frames([LLMRunFrame()])
+        await start_conversation()
 
     @transport.event_handler("on_client_disconnected")
     async def _on_disconnected(_transport: Any, _ws: Any) -> None:

@@ -32,6 +32,20 @@ class BotProfile:
     smart_turn: bool = True
     tools: list[dict[str, Any]] = field(default_factory=list)
     source: str | None = None  # the flow file this profile came from
+    #: Seconds of caller speech that interrupt the bot (backchannels are shorter).
+    min_interrupt_secs: float = 0.6
+    #: The caller cannot interrupt the greeting.
+    mute_during_greeting: bool = False
+    #: Model service lost mid-call: "end" (apology, hang up) or "transfer" (to ``transfer_to``).
+    on_model_failure: str = "end"
+    transfer_to: str | None = None
+    #: What the caller hears when the model service is lost (a built-in sentence when None).
+    apology: str | None = None
+    #: Record the call (stereo WAV: caller left, bot right) and keep it this many days.
+    record_audio: bool = False
+    recording_retention_days: int = 30
+    #: The flow this bot runs (nodes, tools, silence handling); None for a plain persona bot.
+    flow: FlowSpec | None = field(default=None, repr=False, compare=False)
 
 
 def profile_from_flow(spec: FlowSpec) -> BotProfile:
@@ -51,4 +65,9 @@ def profile_from_flow(spec: FlowSpec) -> BotProfile:
         vad_stop_secs=spec.turn_taking.vad_stop_secs,
         smart_turn=spec.turn_taking.smart_turn,
         source=str(spec.path),
+        min_interrupt_secs=spec.turn_taking.min_interrupt_secs,
+        mute_during_greeting=spec.turn_taking.mute_during_greeting,
+        record_audio=spec.recording.enabled,
+        recording_retention_days=spec.recording.retention_days,
+        flow=spec,
     )

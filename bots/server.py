@@ -11,6 +11,9 @@ Routes:
 - ``POST /calls/outbound`` (bearer ``STEPCALL_API_TOKEN``): start an outbound call;
   ``GET /calls/{sid}``: its status callbacks.
 - ``GET /healthz``, ``GET /``: liveness and a landing page with the URLs to configure.
+- ``/call``, ``/widget/*``, ``/webrtc/*``: the browser widget (``bots/webrtc.py``).
+- ``/dashboard``, ``/metrics``: call records and Prometheus metrics (``bots/records``), when
+  ``STEPCALL_DATABASE_URL`` is not ``none``; the dashboard needs ``STEPCALL_DASHBOARD_TOKEN``.
 
 Every Twilio webhook must carry a valid ``X-Twilio-Signature`` when TWILIO_AUTH_TOKEN is set.
 """
@@ -33,6 +36,7 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, Hangup, Say, Stream, VoiceResponse
 
 from bots.call import CallInfo, run_twilio_call
+from bots.records.service import CallRecords
 from bots.registry import BotRegistry
 from bots.settings import Settings
 from bots.twilio.call_control import TwilioCallControl, whisper_twiml
@@ -157,11 +161,12 @@ def create_app(
     *,
     twilio: TwilioConfig | None = None,
     status_store: CallStatusStore | None = None,
+    records: CallRecords | None = None,
 ) -> FastAPI:
     """Build the bot server app.
 
     ``twilio`` defaults to :meth:`TwilioConfig.from_settings`; ``status_store`` to an in-memory
-    store.
+    store; ``records`` to :meth:`CallRecords.from_settings` (None: no call records).
     """
     registry = registry or BotRegistry.load(settings)
     config = twilio or TwilioConfig.from_settings(settings)
@@ -177,10 +182,19 @@ def create_app(
             "no STEPCALL_STREAM_SECRET or TWILIO_AUTH_TOKEN: media streams are NOT authenticated"
         )
 
+    if records is None:
+        records = CallRecords.from_settings(settings)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await rest.close()
+        if records is not None:
+            records.start_purge_task()
+        try:
+            yield
+        finally:
+            await rest.close()
+            if records is not None:
+                await records.aclose()
 
     app = FastAPI(title="stepcall bot server", lifespan=lifespan)
     app.state.settings = settings
@@ -190,6 +204,9 @@ def create_app(
     app.state.twilio_rest = rest
     app.state.status_store = store
     app.state.stream_auth = stream_auth
+    app.state.records = records
+    if records is not None:
+        records.mount(app, dashboard_token=settings.dashboard_token)
 
     def api_auth_error(request: Request) -> JSONResponse | None:
         if not config.api_token:
@@ -358,11 +375,32 @@ def create_app(
             profile = registry.get(bot)
             # Hang-up/transfer act on the live call through the REST API (None without creds).
             control = rest.call_control(call.call_id)
-            await run_twilio_call(websocket, call, profile, settings, call_control=control)
         except Exception:
+            calls.release()
+            log.exception("call set-up failed")
+            await websocket.close(code=1011)
+            return
+        observer = records.observer(call, profile, call_control=control) if records else None
+        try:
+            await run_twilio_call(
+                websocket,
+                call,
+                profile,
+                settings,
+                call_control=control,
+                observers=[observer] if observer is not None else None,
+            )
+        except Exception as e:
             log.exception("call failed")
+            if observer is not None:
+                observer.set_outcome("error", str(e))
         finally:
             calls.release()
+            if observer is not None:
+                try:
+                    await observer.finish()
+                except Exception:
+                    log.exception("could not save the call record")
 
     @app.exception_handler(KeyError)
     async def _unknown_bot(_request: Request, exc: KeyError) -> JSONResponse:

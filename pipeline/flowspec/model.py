@@ -42,7 +42,7 @@ class TurnTaking:
     vad_stop_secs: float = 0.2
     smart_turn: bool = True
     min_interrupt_words: int = 0
-    min_interrupt_secs: float = 0.0
+    min_interrupt_secs: float = 0.6
     mute_during_greeting: bool = False
 
 

@@ -185,8 +185,9 @@ TURN_TAKING = Obj(
         Prop(
             "min_interrupt_secs",
             Num(0.0, 10.0),
-            "Seconds the caller must speak before the bot stops talking (0: at once).",
-            default=0.0,
+            "Seconds the caller must speak before the bot stops talking (0: at once); "
+            "backchannels such as 'mm-hm' are shorter than the default.",
+            default=0.6,
         ),
         Prop(
             "mute_during_greeting",
