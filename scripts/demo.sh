@@ -9,10 +9,16 @@ export STEPCALL_MODEL_URL="ws://127.0.0.1:${MODEL_PORT}/v1/session"
 if [[ -n "${STEPCALL_MODEL_PATH:-}" && -e "${STEPCALL_MODEL_PATH}" ]]; then
   echo "model: Step-Audio 2 weights at ${STEPCALL_MODEL_PATH}"
   MODEL_ARGS=(--model "${STEPCALL_MODEL_PATH}")
-else
+elif [[ "${STEPCALL_DEMO_BACKEND:-cpu}" == "cpu" ]] && cpu_why=$("$BIN/python" -c \
+    "from model_service.cpu_models import resolve_cpu_models; resolve_cpu_models()" 2>&1); then
   echo "model: no Step-Audio 2 weights found (set STEPCALL_MODEL_PATH to a downloaded"
-  echo "       stepfun-ai/Step-Audio-2-mini folder). Serving the TINY TEST checkpoint instead:"
-  echo "       a scripted reply spoken through random token2wav weights (noise-like audio)."
+  echo "       stepfun-ai/Step-Audio-2-mini folder). Serving the OFFLINE CPU backend instead:"
+  echo "       Whisper tiny.en -> Qwen2.5-1.5B (llama.cpp) -> Piper; not Step-Audio 2."
+  MODEL_ARGS=(--backend cpu)
+else
+  echo "model: no Step-Audio 2 weights and no offline CPU models (${cpu_why:-STEPCALL_DEMO_BACKEND=tiny})."
+  echo "       Serving the TINY TEST checkpoint instead: a scripted reply spoken through"
+  echo "       random token2wav weights (noise-like audio)."
   MODEL_ARGS=(--backend reference --tiny-checkpoint "${TINY}")
 fi
 
@@ -37,10 +43,11 @@ echo
 echo "bot server:          http://127.0.0.1:${WEB_PORT}/"
 echo "Twilio voice webhook: http://127.0.0.1:${WEB_PORT}/twilio/voice  (POST; expose it with a public URL and set STEPCALL_PUBLIC_URL)"
 echo "media stream:        ws://127.0.0.1:${WEB_PORT}/twilio/stream"
+echo "browser widget:      http://127.0.0.1:${WEB_PORT}/call  (talk to the bot from this machine's browser)"
 echo
 echo "placing a simulated call (var/demo-call.wav: left = caller, right = bot) ..."
 "$BIN/stepcall" call "ws://127.0.0.1:${WEB_PORT}/twilio/stream" \
-  --say "Hello, what time do you open tomorrow?" --out var/demo-call.wav || true
+  --greeting-wait 15 --say "Hello, what time do you open tomorrow?" --out var/demo-call.wav || true
 echo
 echo "serving; press Ctrl-C to stop (logs: var/model.log, var/web.log)"
 wait $WEB_PID

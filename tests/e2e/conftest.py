@@ -107,9 +107,11 @@ def stack(shaped_checkpoint, tmp_path_factory) -> Iterator[Stack]:
         "STEPCALL_MODEL_URL": f"ws://127.0.0.1:{model_port}/v1/session",
         "STEPCALL_FLOWS_DIR": str(flows),
         "STEPCALL_LOG_LEVEL": "DEBUG",
+        "STEPCALL_DATABASE_URL": f"sqlite:///{logs}/calls.db",
         "PYTHONUNBUFFERED": "1",
     }
-    env.pop("TWILIO_AUTH_TOKEN", None)
+    for name in ("TWILIO_AUTH_TOKEN", "STEPCALL_STREAM_SECRET", "STEPCALL_MODEL_TOKEN"):
+        env.pop(name, None)  # an unauthenticated loopback stack, whatever the shell has set
     model = _start(
         ["model", "--backend", "reference", "--model", str(shaped_checkpoint), "--device", "cpu"],
         env,

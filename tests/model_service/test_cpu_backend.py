@@ -224,7 +224,7 @@ class ScriptedLlama:
         self.prompts: list[str] = []
         self.stopped = threading.Event()
 
-    def complete(self, prompt, sampling, on_piece, *, max_tokens=256, stop=None):
+    def complete(self, prompt, sampling, on_piece, *, max_tokens=256, stop=None, cancelled=None):
         self.prompts.append(prompt)
         pieces = self.replies.pop(0)
         stats = CompletionStats(prompt_tokens=len(prompt) // 4, finish_reason="stop")
@@ -440,6 +440,35 @@ def test_llama_engine_streams_and_stops_on_request():
                             False, max_tokens=8)
     assert stats.finish_reason == "length" and stats.completion_tokens == 8
     assert stats.prompt_tokens > 10 and "".join(pieces).strip()
+    engine.close()
+
+
+def test_llama_engine_stops_a_long_prefill_within_a_batch():
+    """A barge-in during prompt processing stops it at the next batch, not after the prompt."""
+    _need_runtimes()
+    try:
+        gguf, _ = cpu_models.find_llm_model("smollm2-135m")
+    except cpu_models.MissingModelError as e:
+        pytest.skip(str(e))
+    from model_service.backends.cpu.llm import LlamaEngine
+
+    engine = LlamaEngine(gguf, n_ctx=2048, n_batch=32)
+    history = [ChatTurn("user", "Tell me about the weather in Paris in spring. " * 30)]
+    prompt = render_chatml("You are helpful.", history)
+    polls: list[int] = []
+
+    def cancelled() -> bool:
+        polls.append(1)
+        return len(polls) >= 3  # the caller barges in during the third batch
+
+    pieces: list[str] = []
+    stats = engine.complete(prompt, SamplingParams(temperature=0), pieces.append,
+                            max_tokens=16, cancelled=cancelled)
+    assert stats.finish_reason == "cancelled" and not pieces and stats.completion_tokens == 0
+    assert 0 < stats.prompt_processed <= 3 * 32 < 300  # a few batches of a ~330-token prompt
+    # the engine is still usable, and a full run processes the whole prompt
+    stats = engine.complete(prompt, SamplingParams(temperature=0), lambda s: False, max_tokens=2)
+    assert stats.finish_reason == "length" and stats.prompt_tokens > 300
     engine.close()
 
 

@@ -528,7 +528,11 @@ class CpuSession(BackendSession):
             return False
 
         return self.backend.llm.complete(
-            prompt, self.config.sampling, on_piece, max_tokens=max_tokens
+            prompt,
+            self.config.sampling,
+            on_piece,
+            max_tokens=max_tokens,
+            cancelled=run.cancel.is_set,
         )
 
     def _on_piece(self, run: _Run, text: str, tools: set[str], guard: bool) -> None:

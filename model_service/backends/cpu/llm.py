@@ -4,7 +4,9 @@
 raw ``/completion`` handler: the prompt is rendered by us (``chat.render_chatml``) so the
 history, barge-in cuts and tool calls stay under our control, and the reply streams piece by
 piece to a callback that can stop it (cancellation). llama.cpp keeps the previous prompt's KV
-cache (``cache_prompt``), so a follow-up turn only prefills the new suffix.
+cache (``cache_prompt``), so a follow-up turn only prefills the new suffix. Prompt processing
+runs in batches of ``n_batch`` tokens and reports progress after each (``return_progress``),
+so a barge-in stops a long prefill within one batch instead of after all of it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class CompletionStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    #: Prompt tokens processed (cache included) when the last progress report came.
+    prompt_processed: int = 0
     finish_reason: str | None = None  # stop | length | cancelled
     error: str | None = None
 
@@ -39,7 +43,18 @@ class LlamaEngine:
     laptop keeps the rest of the machine responsive).
     """
 
-    def __init__(self, gguf_path: str | Path, *, n_ctx: int = 4096, n_threads: int = 2) -> None:
+    #: Prompt tokens per llama.cpp batch: a cancel lands within one batch (~0.4 s on 2 cores);
+    #: prefill is ~6 % slower than with 512-token batches.
+    DEFAULT_N_BATCH = 64
+
+    def __init__(
+        self,
+        gguf_path: str | Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int = 2,
+        n_batch: int = DEFAULT_N_BATCH,
+    ) -> None:
         import xllamacpp
 
         self.path = Path(gguf_path)
@@ -51,6 +66,7 @@ class LlamaEngine:
         params.n_parallel = 1
         params.cpuparams.n_threads = n_threads
         params.cpuparams_batch.n_threads = n_threads
+        params.n_batch = params.n_ubatch = n_batch
         params.warmup = True
         params.verbosity = -1  # llama.cpp logs stay quiet
         params.port = 0  # its (unused) HTTP listener binds a free loopback port
@@ -67,9 +83,11 @@ class LlamaEngine:
         *,
         max_tokens: int = 256,
         stop: list[str] | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> CompletionStats:
         """Stream a completion of ``prompt``; ``on_piece(text)`` returns True to stop early.
 
+        ``cancelled()`` is also polled after each prompt batch, so a long prefill stops early.
         Blocks the calling thread (run it in an executor).
         """
         req: dict[str, Any] = {
@@ -82,6 +100,7 @@ class LlamaEngine:
             "repeat_penalty": float(sampling.repetition_penalty),
             "stop": list(stop if stop is not None else STOP_STRINGS),
             "cache_prompt": True,
+            "return_progress": True,
         }
         if sampling.seed is not None:
             req["seed"] = int(sampling.seed)
@@ -95,6 +114,14 @@ class LlamaEngine:
             if "error" in chunk:
                 stats.error = str(chunk["error"])
                 return True
+            progress = chunk.get("prompt_progress")
+            if isinstance(progress, dict):
+                stats.prompt_processed = int(progress.get("processed", 0)) + int(
+                    progress.get("cache", 0)
+                )
+                if cancelled is not None and cancelled():
+                    stopped = True
+                    return True
             choice = (chunk.get("choices") or [{}])[0]
             usage = chunk.get("usage")
             if isinstance(usage, dict):
