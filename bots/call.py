@@ -49,6 +49,7 @@ from pipecat.workers.runner import WorkerRunner
 from bots.call_control import CallControl
 from bots.profile import BotProfile
 from bots.settings import Settings
+from bots.tracing import call_span_attributes, tracing_enabled
 from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
 from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
 from pipeline.flow_runtime import FlowRuntime, attach_flow
@@ -271,9 +272,14 @@ def call_worker(
     sample_rate: int = PHONE_RATE,
     observers: list[BaseObserver] | None = None,
     idle_timeout_secs: float | None = 600,
+    span_attributes: dict[str, str] | None = None,
 ) -> PipelineWorker:
     """The worker a call runs in: metrics on, the turn-metrics observer attached, no RTVI
-    (a phone caller has no RTVI client; its processor and observer would see every frame)."""
+    (a phone caller has no RTVI client; its processor and observer would see every frame).
+
+    OpenTelemetry spans (a conversation span per call, a span per turn) are on when
+    ``bots.tracing.setup_tracing`` ran in this process (``STEPCALL_OTEL_EXPORTER``).
+    """
     return PipelineWorker(
         pipeline,
         params=PipelineParams(
@@ -287,6 +293,8 @@ def call_worker(
         cancel_on_idle_timeout=True,
         conversation_id=call_id,
         enable_rtvi=False,
+        enable_tracing=tracing_enabled(),
+        additional_span_attributes=span_attributes,
     )
 
 
@@ -346,7 +354,13 @@ async def run_twilio_call(
         extra_processors=[TwilioMarkProcessor(call.stream_sid)],
         call_control=call_control,
     )
-    worker = call_worker(pipeline, parts, call.call_id, observers=observers)
+    worker = call_worker(
+        pipeline,
+        parts,
+        call.call_id,
+        observers=observers,
+        span_attributes=call_span_attributes(call, profile.name),
+    )
     start_conversation = conversation_starter(worker, parts, profile, call_control)
 
     @transport.event_handler("on_client_connected")
