@@ -294,6 +294,7 @@ def call_worker(
         conversation_id=call_id,
         enable_rtvi=False,
         enable_tracing=tracing_enabled(),
+        enable_turn_tracking=tracing_enabled(),  # its observer only feeds the trace spans
         additional_span_attributes=span_attributes,
     )
 
