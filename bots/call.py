@@ -17,8 +17,6 @@ from typing import Any
 
 from loguru import logger
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
-from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import LLMRunFrame
 from pipecat.observers.base_observer import BaseObserver
@@ -52,10 +50,12 @@ from bots.settings import Settings
 from bots.tracing import call_span_attributes, tracing_enabled
 from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
 from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
+from pipeline.fan_out_observer import FanOutObserver
 from pipeline.flow_runtime import FlowRuntime, attach_flow
 from pipeline.min_duration_start_strategy import MinDurationUserTurnStartStrategy
 from pipeline.step_audio2_service import StepAudio2Service, StepAudio2Settings
 from pipeline.turn_metrics_observer import TurnMetricsObserver
+from pipeline.turn_models import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzerV3
 from pipeline.twilio_marks import TwilioMarkProcessor
 
 PHONE_RATE = 8000
@@ -104,7 +104,8 @@ def turn_strategies(profile: BotProfile, call_id: str = "") -> UserTurnStrategie
         MinDurationUserTurnStartStrategy(min_secs=min_interrupt_secs(profile), call_id=call_id)
     ]
     if profile.smart_turn:
-        analyzer = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=SMART_TURN_STOP_SECS))
+        params = SmartTurnParams(stop_secs=SMART_TURN_STOP_SECS)
+        analyzer = SharedSmartTurnAnalyzerV3(params=params)
         stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
     else:
         stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.6)]
@@ -127,6 +128,8 @@ class CallPipelineParts:
     echo_guard: EchoGuard
     metrics: TurnMetricsObserver
     aggregators: LLMContextAggregatorPair | None = None
+    #: The call's one Pipecat observer; the metrics, records and flow observers sit behind it.
+    observer_hub: FanOutObserver | None = None
     #: The running flow (set by :func:`conversation_starter` for a bot with a flow).
     flow: FlowRuntime | None = None
 
@@ -210,7 +213,7 @@ def build_call(
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=SileroVADAnalyzer(
+            vad_analyzer=SharedSileroVADAnalyzer(
                 sample_rate=sample_rate, params=VADParams(stop_secs=profile.vad_stop_secs)
             ),
             user_turn_strategies=turn_strategies(profile, call.call_id),
@@ -253,6 +256,7 @@ def conversation_starter(
             context_aggregator=parts.aggregators,
             worker=worker,
             call_control=call_control,
+            observer_hub=parts.observer_hub,
         )
         parts.flow = runtime
         return runtime.start
@@ -280,6 +284,7 @@ def call_worker(
     OpenTelemetry spans (a conversation span per call, a span per turn) are on when
     ``bots.tracing.setup_tracing`` ran in this process (``STEPCALL_OTEL_EXPORTER``).
     """
+    parts.observer_hub = FanOutObserver([parts.metrics, *(observers or [])])
     return PipelineWorker(
         pipeline,
         params=PipelineParams(
@@ -288,7 +293,7 @@ def call_worker(
             enable_metrics=True,
             enable_usage_metrics=True,
         ),
-        observers=[parts.metrics, *(observers or [])],
+        observers=[parts.observer_hub],
         idle_timeout_secs=idle_timeout_secs,
         cancel_on_idle_timeout=True,
         conversation_id=call_id,

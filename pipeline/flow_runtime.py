@@ -75,6 +75,7 @@ class FlowRuntime:
         call_control: CallControl | None = None,
         dtmf_timeout_secs: float = 15.0,
         end_fallback_secs: float = 15.0,
+        observer_hub: Any = None,
     ) -> None:
         self.spec = spec
         self.service = service
@@ -113,7 +114,10 @@ class FlowRuntime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
 
-        worker.add_observer(_RuntimeObserver(self))
+        if observer_hub is not None:  # the call's FanOutObserver (one Pipecat observer task)
+            observer_hub.add(_RuntimeObserver(self))
+        else:
+            worker.add_observer(_RuntimeObserver(self))
         context_aggregator.user().add_event_handler("on_user_turn_idle", self._on_idle)
         worker.add_event_handler("on_pipeline_finished", self._on_finished)
 
@@ -326,13 +330,15 @@ def attach_flow(
     context_aggregator: Any,
     worker: Any,
     call_control: CallControl | None = None,
+    observer_hub: Any = None,
 ) -> FlowRuntime:
     """Run ``spec`` on a call pipeline; returns the runtime (call ``await runtime.start()``
     when the caller is connected).
 
     ``context_aggregator`` is the ``LLMContextAggregatorPair`` of the pipeline (its ``LLMContext``
     should start empty: the initial node brings the greeting instruction); ``worker`` is the
-    call's ``PipelineWorker`` (not yet running); ``call_control`` hangs up and transfers.
+    call's ``PipelineWorker`` (not yet running); ``call_control`` hangs up and transfers;
+    ``observer_hub`` (a ``FanOutObserver`` already on the worker) takes the runtime's observer.
     """
     return FlowRuntime(
         spec,
@@ -340,4 +346,5 @@ def attach_flow(
         context_aggregator=context_aggregator,
         worker=worker,
         call_control=call_control,
+        observer_hub=observer_hub,
     )

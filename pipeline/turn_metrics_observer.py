@@ -43,6 +43,7 @@ class TurnMetricsObserver(BaseObserver):
     """
 
     def __init__(self, call_id: str = "", **kwargs) -> None:
+        kwargs.setdefault("observe_every_push", False)  # it times each frame's first push
         super().__init__(**kwargs)
         self.call_id = call_id
         self.turns: list[TurnMetrics] = []

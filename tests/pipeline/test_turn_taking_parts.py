@@ -215,3 +215,26 @@ def test_failure_policy_validates():
     with pytest.raises(ValueError, match="transfer_to"):
         FailurePolicy("transfer")
     assert FailurePolicy("transfer", "+15550100").transfer_to == "+15550100"
+
+
+def test_echo_guard_correlates_every_other_frame_and_silences_the_echo(voices):
+    """The guard recomputes the correlation every 40 ms and reuses it for the frame between."""
+    import time as _time
+
+    from pipeline.echo_guard import EchoGuard
+
+    bot, _ = voices
+    frames, delay = 30, int(0.12 * RATE)
+    reference = played_reference(bot, _time.monotonic())  # the bot's audio, played until now
+    guard = EchoGuard(EchoDetector(reference))
+    n = bot.size // 320 * 320
+    mic = 10 ** (-10 / 20) * bot[n - delay - frames * 160 : n - delay]  # its echo, 120 ms late
+    silenced = []
+    for i in range(frames):
+        chunk = mic[i * 160 : (i + 1) * 160].astype(np.int16)
+        out = guard._filter(InputAudioRawFrame(chunk.tobytes(), RATE, 1))
+        silenced.append(not any(out.audio))
+    warm = frames - guard._keep // 160 + 1  # frames with a full 200 ms window
+    assert guard.checks == (warm + 1) // 2
+    assert all(silenced[-6:]), silenced  # the latest windows are the 120 ms echo
+    assert guard.frames_silenced == sum(silenced)
