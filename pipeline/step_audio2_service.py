@@ -20,7 +20,7 @@ import asyncio
 import collections
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,16 @@ class StepAudio2Service(LLMService):
     Settings = StepAudio2Settings
     _settings: StepAudio2Settings
 
+    #: The result of a refused tool call (one the session does not offer now), for the model.
+    MISSING_FUNCTION_CALL_MESSAGE_TEMPLATE = (
+        "Error: the tool `{function_name}` is not allowed at this point of the call, so it did "
+        "not run. Do not call it now; carry on with the current step."
+    )
+
+    #: Caller audio is sent to the model service in 40 ms messages (half the WebSocket sends of
+    #: Twilio's 20 ms frames; no latency at the end of the turn, which flushes the rest).
+    AUDIO_BATCH_SECS = 0.04
+
     def __init__(
         self,
         *,
@@ -167,6 +177,10 @@ class StepAudio2Service(LLMService):
         self._preroll: collections.deque[bytes] = collections.deque()
         self._preroll_bytes = 0
         self._preroll_max = int(preroll_secs * sample_rate) * 2
+        #: Caller audio goes to the model in messages of this many bytes (40 ms; the rest is
+        #: flushed at the end of the turn, so the model gets every sample before the commit).
+        self._send_batch = int(self.AUDIO_BATCH_SECS * sample_rate) * 2
+        self._pending_audio = bytearray()
         self._in_user_turn = False
         self._response_requested = False
         self._response_after_done = False  # a context asked for a reply while one was running
@@ -204,6 +218,29 @@ class StepAudio2Service(LLMService):
 
     def _service_tools(self) -> ToolsSchema | list | None:
         return self._tools
+
+    async def run_function_calls(self, function_calls: Sequence[FunctionCallFromLLM]) -> None:
+        """Run the model's tool calls; a call to a tool the session does not offer now (e.g.
+        one of another flow node's tools, called as the node changed) is refused: it does not
+        run, its result is ``MISSING_FUNCTION_CALL_MESSAGE_TEMPLATE`` and the refusal is logged
+        with the tool call's id.
+
+        The tools offered are those of the last ``LLMSetToolsFrame`` / context; Pipecat drops
+        the handlers of tools no longer offered, so a refused call has no handler to run.
+        """
+        for call in function_calls:
+            if self.has_function(call.function_name):
+                continue
+            offered = sorted(t["function"]["name"] for t in self._tool_dicts())
+            why = (
+                "it is offered but has no handler"
+                if call.function_name in offered
+                else f"it is not allowed now (allowed: {', '.join(offered) or 'none'})"
+            )
+            self._log.warning(
+                f"tool call {call.tool_call_id}: refused {call.function_name!r}: {why}"
+            )
+        await super().run_function_calls(function_calls)
 
     @property
     def response_active(self) -> bool:
@@ -399,15 +436,23 @@ class StepAudio2Service(LLMService):
             )
             return
         if self._in_user_turn:
-            await self._client.send_audio(audio)
+            self._pending_audio += audio
+            if len(self._pending_audio) >= self._send_batch:
+                await self._flush_audio()
             return
         self._preroll.append(audio)
         self._preroll_bytes += len(audio)
         while self._preroll_bytes > self._preroll_max and self._preroll:
             self._preroll_bytes -= len(self._preroll.popleft())
 
+    async def _flush_audio(self) -> None:
+        if self._pending_audio and self._client is not None:
+            audio, self._pending_audio = bytes(self._pending_audio), bytearray()
+            await self._client.send_audio(audio)
+
     async def _on_user_turn_started(self) -> None:
         self._in_user_turn = True
+        self._pending_audio = bytearray()
         if self._client is None:
             return
         await self._client.clear_audio()
@@ -422,6 +467,7 @@ class StepAudio2Service(LLMService):
         self._in_user_turn = False
         if self._client is None:
             return
+        await self._flush_audio()
         await self._client.commit()
         await self._create_response()
 

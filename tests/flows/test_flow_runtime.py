@@ -22,30 +22,13 @@ from pipecat.audio.dtmf.types import KeypadEntry
 from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     EndFrame,
-    Frame,
     FunctionCallResultFrame,
     InputAudioRawFrame,
     InputDTMFFrame,
     TTSAudioRawFrame,
 )
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import (
-    LLMContextAggregatorPair,
-    LLMUserAggregatorParams,
-)
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.services.llm_service import FunctionCallFromLLM
-from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
-    SpeechTimeoutUserTurnStopStrategy,
-)
-from pipecat.turns.user_turn_strategies import UserTurnStrategies
-from pipecat.workers.runner import WorkerRunner
 
-from bots.call_control import CallControl, TransferResult
 from model_service.backends.reference import load_reference_backend
-from model_service.server import create_app, serving
 from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
 from model_service.testing.tiny_checkpoint import (
     after_tool_script,
@@ -53,12 +36,10 @@ from model_service.testing.tiny_checkpoint import (
     tool_call_script,
 )
 from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
-from pipeline.flow_runtime import SILENCE_TRANSFER, FlowRuntime, attach_flow
-from pipeline.flowspec import load_flow
-from pipeline.step_audio2_service import StepAudio2Service
+from pipeline.flow_runtime import SILENCE_TRANSFER
 
-TOKEN = "flow-runtime-token"
-RATE = 8000
+from .conftest import RATE, Call, model_session, system_messages, tool_names
+
 FILLER = "One moment."
 ANSWER = "We have it in stock."
 
@@ -100,36 +81,6 @@ nodes:
 """
 
 
-class RecordingCallControl(CallControl):
-    """Records what the flow asked of the call (the interface edge to Twilio / WebRTC)."""
-
-    async def hang_up(self, reason: str = "completed") -> None:
-        self.events.append(f"hang_up:{reason}")
-
-    async def transfer(
-        self, to: str, *, warm: bool = False, whisper: str | None = None
-    ) -> TransferResult:
-        self.events.append(f"transfer:{to}")
-        return TransferResult(ok=True, detail="dialing")
-
-
-class FrameLog(FrameProcessor):
-    """Passes every frame on and remembers the downstream ones with their arrival time."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames: list[tuple[float, Frame]] = []
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if direction == FrameDirection.DOWNSTREAM:
-            self.frames.append((time.monotonic(), frame))
-        await self.push_frame(frame, direction)
-
-    def of(self, kind: type) -> list[tuple[float, Frame]]:
-        return [(t, f) for t, f in self.frames if isinstance(f, kind)]
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     tok_dir = tmp_path_factory.mktemp("tok")
@@ -145,13 +96,6 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def backend(checkpoint):
     return load_reference_backend(checkpoint, "cpu", "float32")
-
-
-@pytest.fixture
-async def model_service(backend):
-    app = create_app(backend, token=TOKEN, max_sessions=2)
-    async with serving(app) as url:
-        yield app, url
 
 
 @pytest.fixture
@@ -174,108 +118,6 @@ async def stock_server():
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     yield f"http://127.0.0.1:{port}/stock", requests
     await runner.cleanup()
-
-
-class Call:
-    """A call pipeline (user aggregator → service → log → assistant aggregator) with a flow."""
-
-    def __init__(self, flow_path: Path, url: str) -> None:
-        self.spec = load_flow(flow_path)
-        self.service = StepAudio2Service(url=url, token=TOKEN, call_id="CAflow", sample_rate=RATE)
-        self.context = LLMContext()
-        self.aggregators = LLMContextAggregatorPair(
-            self.context,
-            user_params=LLMUserAggregatorParams(
-                user_turn_strategies=UserTurnStrategies(
-                    stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.6)]
-                )
-            ),
-        )
-        self.log = FrameLog()
-        self.service_in = FrameLog()  # what reaches the service (it consumes caller audio)
-        pipeline = Pipeline(
-            [
-                self.aggregators.user(),
-                self.service_in,
-                self.service,
-                self.log,
-                self.aggregators.assistant(),
-            ]
-        )
-        self.worker = PipelineWorker(
-            pipeline,
-            params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
-            idle_timeout_secs=None,
-        )
-        self.control = RecordingCallControl(call_id="CAflow")
-        self.runtime: FlowRuntime = attach_flow(
-            self.spec,
-            service=self.service,
-            context_aggregator=self.aggregators,
-            worker=self.worker,
-            call_control=self.control,
-        )
-        self.started = asyncio.Event()
-
-        @self.worker.event_handler("on_pipeline_started")
-        async def _started(_worker: Any, _frame: Any) -> None:
-            self.started.set()
-
-        self.task: asyncio.Task | None = None
-
-    async def __aenter__(self) -> Call:
-        runner = WorkerRunner(handle_sigint=False)
-        await runner.add_workers(self.worker)
-        self.task = asyncio.create_task(runner.run())
-        await asyncio.wait_for(self.started.wait(), 10)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        assert self.task is not None
-        if not self.task.done():
-            await self.worker.cancel()
-        await asyncio.wait_for(self.task, 10)
-
-    async def wait_for(self, predicate: Any, what: str, within: float = 20.0) -> None:
-        deadline = time.monotonic() + within
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.02)
-
-    def responses_done(self) -> int:
-        from pipecat.frames.frames import LLMFullResponseEndFrame
-
-        return len(self.log.of(LLMFullResponseEndFrame))
-
-    def spoken(self) -> str:
-        from pipecat.frames.frames import TTSTextFrame
-
-        return "".join(f.text for _, f in self.log.of(TTSTextFrame))
-
-    async def call_function(self, name: str, arguments: dict[str, Any]) -> None:
-        """Run a function the way a model tool call runs it (the service's function path)."""
-        await self.service.run_function_calls(
-            [FunctionCallFromLLM(name, f"call_test_{name}", arguments, self.context)]
-        )
-
-
-def model_session(app: Any) -> Any:
-    sessions = list(app.state.service.sessions.values())
-    assert len(sessions) == 1, sessions
-    return sessions[0]
-
-
-def tool_names(session: Any) -> set[str]:
-    return {t["function"]["name"] for t in session.config.tools}
-
-
-def system_messages(session: Any) -> list[str]:
-    return [
-        m.text
-        for m in session.backend_session.conversation.messages
-        if type(m).__name__ == "SystemMessage"
-    ]
 
 
 def write_flow(tmp_path: Path, url: str, **replace: str) -> Path:
