@@ -125,11 +125,12 @@ async def test_flow_bot_greets_and_the_call_is_recorded(tmp_path, model_url, cal
         assert result.greeting is not None and result.greeting.replied
         assert result.turns[0].replied
         call_id = result.call_sid
-        # the record is closed once the server has seen the hang-up
+        # the record is closed once the server has seen the hang-up; the recording (written
+        # off the event loop after the call) is linked to it a moment later
         record = None
-        for _ in range(100):
+        for _ in range(300):
             record = await asyncio.to_thread(records.store.get_call, call_id)
-            if record is not None and record.outcome:
+            if record is not None and record.outcome and record.recording_path:
                 break
             await asyncio.sleep(0.1)
         async with httpx.AsyncClient(base_url=base.replace("ws://", "http://")) as http:
