@@ -20,7 +20,6 @@ Every Twilio webhook must carry a valid ``X-Twilio-Signature`` when TWILIO_AUTH_
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import html
 from collections.abc import AsyncIterator
@@ -30,22 +29,24 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from loguru import logger
-from pipecat.runner.utils import parse_telephony_websocket
 from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, Hangup, Say, Stream, VoiceResponse
 
 from bots.call import CallInfo, run_twilio_call
+from bots.http_limits import BodySizeLimit
 from bots.records.service import CallRecords
 from bots.registry import BotRegistry
 from bots.settings import Settings
 from bots.twilio.call_control import TwilioCallControl, whisper_twiml
 from bots.twilio.config import TwilioConfig
+from bots.twilio.media_stream import MediaStreamError, MediaStreamGuard, StreamLimits, read_start
 from bots.twilio.outbound import OutboundCallRequest, place_outbound_call
 from bots.twilio.rest import close_rest_client, rest_client
 from bots.twilio.status import CallStatusEvent, CallStatusStore, InMemoryCallStatusStore
 from bots.twilio.stream_auth import AUTH_PARAM, StreamAuth
 from bots.twilio.webhooks import WebhookValidator
+from model_service.server import install_log_redaction
 
 
 class CallCounter:
@@ -73,6 +74,15 @@ class CallCounter:
     def release(self) -> None:
         """Give a call slot back."""
         self.active = max(0, self.active - 1)
+
+
+def stream_limits(settings: Settings) -> StreamLimits:
+    """The media-stream caps of ``settings`` (message size, idle time, call length)."""
+    return StreamLimits(
+        max_message_bytes=settings.ws_max_message_bytes,
+        idle_secs=settings.stream_idle_secs,
+        max_call_secs=settings.max_call_secs or None,
+    )
 
 
 def stream_url(settings: Settings) -> str:
@@ -196,7 +206,9 @@ def create_app(
             if records is not None:
                 await records.aclose()
 
+    install_log_redaction()  # uvicorn's access log would show ?token= (dashboard links)
     app = FastAPI(title="stepcall bot server", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.state.settings = settings
     app.state.registry = registry
     app.state.calls = calls
@@ -334,26 +346,22 @@ def create_app(
              "events": [e.to_dict() for e in events]}
         )
 
+    limits = stream_limits(settings)
+
     @app.websocket("/twilio/stream")
     async def twilio_stream(websocket: WebSocket) -> None:
         await websocket.accept()
         try:
-            transport_type, call_data = await asyncio.wait_for(
-                parse_telephony_websocket(websocket), timeout=10
-            )
-        except Exception as e:  # bad or missing start message
-            logger.warning(f"media stream refused: no valid Twilio start message ({e})")
+            start = await read_start(websocket, limits)
+        except MediaStreamError as e:  # bad, missing or late start message
+            logger.bind(call_id=e.call_id or "-").warning(f"media stream refused: {e}")
             await websocket.close(code=1008)
             return
-        if transport_type != "twilio":
-            logger.warning(f"media stream refused: {transport_type} is not supported here")
-            await websocket.close(code=1008)
-            return
-        body = dict(call_data.get("body") or {})
+        body = dict(start.custom_parameters)
         token = body.pop(AUTH_PARAM, None)
         call = CallInfo(
-            call_id=str(call_data["call_id"]),
-            stream_sid=str(call_data["stream_id"]),
+            call_id=start.call_sid,
+            stream_sid=start.stream_sid,
             from_number=body.get("from_number"),
             to_number=body.get("to_number"),
             params=body,
@@ -381,9 +389,16 @@ def create_app(
             await websocket.close(code=1011)
             return
         observer = records.observer(call, profile, call_control=control) if records else None
+        # Bad frames are dropped, an idle/over-long stream ends, a drop is noted on the record.
+        guard = MediaStreamGuard(
+            websocket,
+            call.call_id,
+            limits,
+            on_abnormal_end=observer.mark_error if observer is not None else None,
+        )
         try:
             await run_twilio_call(
-                websocket,
+                guard,
                 call,
                 profile,
                 settings,
@@ -416,8 +431,20 @@ def run_server(settings: Settings) -> None:
     """Serve the bot server with uvicorn (blocking)."""
     import uvicorn
 
+    from bots.tracing import setup_tracing
+
+    setup_tracing(settings.otel_exporter)
+    from pipeline.turn_models import warm_up
+
+    warm_up()  # Silero VAD + Smart Turn, loaded once for all calls, before the first one
     app = create_app(settings)
     logger.info(f"bot server on http://{settings.host}:{settings.port}")
     logger.info(f"Twilio voice webhook: {settings.base_url}/twilio/voice")
     logger.info(f"Twilio status callback: {settings.base_url}/twilio/status")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        ws_max_size=settings.ws_max_message_bytes,  # bigger frames: connection closed (1009)
+    )

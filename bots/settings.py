@@ -21,6 +21,11 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_MODEL_DTYPE | auto | float32, bfloat16, float16 or auto |
 | STEPCALL_MAX_SESSIONS | 32 | model service admission limit |
 | STEPCALL_MAX_CALLS | 100 | bot server concurrent-call limit |
+| STEPCALL_MAX_CALL_SECS | 3600 | longest phone call; a longer media stream is ended (0 = no limit) |
+| STEPCALL_STREAM_IDLE_SECS | 20 | a Twilio media stream silent this long is dead and ended |
+| STEPCALL_WS_MAX_MESSAGE_BYTES | 65536 | largest WebSocket frame the bot server accepts |
+| STEPCALL_MAX_REQUEST_BYTES | 1048576 | largest HTTP request body the bot server accepts (413 beyond) |
+| STEPCALL_MODEL_IDLE_SECS | 900 | model service: a session with no message this long is closed |
 | STEPCALL_VAD_STOP_SECS | 0.2 | Silero VAD stop time |
 | STEPCALL_LOG_LEVEL | INFO | log level |
 | TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN | (none) | Twilio credentials (REST API, signature validation) |
@@ -31,11 +36,19 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_ICE_SERVERS | (none) | widget ICE servers: JSON list or comma list of stun:/turn: URLs |
 | STEPCALL_WEBRTC_OFFERS_PER_MINUTE | 10 | new widget calls per client IP per minute |
 | STEPCALL_WIDGET_ORIGINS | * | comma list of web origins allowed to embed the widget |
+| STEPCALL_WIDGET_SECRET | (none) | key of the widget's call tokens; unset = ``/webrtc/offer`` open |
+| STEPCALL_WIDGET_TOKEN_TTL_SECS | 600 | lifetime of a widget call token |
 | STEPCALL_DATABASE_URL | sqlite:///var/calls.db | call records (SQLite or PostgreSQL URL); ``none`` = off |
 | STEPCALL_DASHBOARD_TOKEN | (none) | token of ``/dashboard``; unset = dashboard off |
 | STEPCALL_RECORDINGS_DIR | var/recordings | folder of call recordings (flows with ``recording``) |
+| STEPCALL_OTEL_EXPORTER | none | OpenTelemetry traces of calls: none, console or otlp (``OTEL_EXPORTER_OTLP_*``) |
+| STEPCALL_CPU_LLM | qwen2.5-1.5b | cpu backend LLM: qwen2.5-1.5b or smollm2-135m |
+| STEPCALL_CPU_ASR_MODEL / _LLM_MODEL / _TTS_VOICE | (package copies) | cpu backend model files given explicitly |
+| STEPCALL_CPU_MODELS_DIR / STEPCALL_CACHE_DIR | var/models / ~/.cache/stepcall | where cpu backend models are looked up / assembled |
 
-Settings built in code (``Settings()``) keep call records off (``database_url=None``) so tests
+The cpu backend's model lookups (``STEPCALL_CPU_*``, ``STEPCALL_CACHE_DIR``) are read where the
+models are found, ``model_service/cpu_models.py``. Settings built in code (``Settings()``) keep
+call records off (``database_url=None``) so tests
 and embedding apps write no database unless asked; ``from_env`` turns them on by default.
 """
 
@@ -50,6 +63,7 @@ _SECRET_FIELDS = {
     "stream_secret",
     "api_token",
     "dashboard_token",
+    "widget_secret",
     "database_url",  # a PostgreSQL URL may hold a password
 }
 DEFAULT_DATABASE_URL = "sqlite:///var/calls.db"
@@ -100,6 +114,11 @@ class Settings:
     model_dtype: str = "auto"
     max_sessions: int = 32
     max_calls: int = 100
+    max_call_secs: float = 3600.0
+    stream_idle_secs: float = 20.0
+    ws_max_message_bytes: int = 65536
+    max_request_bytes: int = 1_048_576
+    model_idle_secs: float = 900.0
     vad_stop_secs: float = 0.2
     log_level: str = "INFO"
     twilio_account_sid: str | None = None
@@ -111,9 +130,12 @@ class Settings:
     ice_servers: str | None = None
     webrtc_offers_per_minute: int = 10
     widget_origins: str = "*"
+    widget_secret: str | None = field(default=None, repr=False)
+    widget_token_ttl_secs: int = 600
     database_url: str | None = field(default=None, repr=False)
     dashboard_token: str | None = field(default=None, repr=False)
     recordings_dir: str = DEFAULT_RECORDINGS_DIR
+    otel_exporter: str = "none"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -134,6 +156,13 @@ class Settings:
             model_dtype=_env("STEPCALL_MODEL_DTYPE", cls.model_dtype),
             max_sessions=_env_int("STEPCALL_MAX_SESSIONS", cls.max_sessions),
             max_calls=_env_int("STEPCALL_MAX_CALLS", cls.max_calls),
+            max_call_secs=_env_float("STEPCALL_MAX_CALL_SECS", cls.max_call_secs),
+            stream_idle_secs=_env_float("STEPCALL_STREAM_IDLE_SECS", cls.stream_idle_secs),
+            ws_max_message_bytes=_env_int(
+                "STEPCALL_WS_MAX_MESSAGE_BYTES", cls.ws_max_message_bytes
+            ),
+            max_request_bytes=_env_int("STEPCALL_MAX_REQUEST_BYTES", cls.max_request_bytes),
+            model_idle_secs=_env_float("STEPCALL_MODEL_IDLE_SECS", cls.model_idle_secs),
             vad_stop_secs=_env_float("STEPCALL_VAD_STOP_SECS", cls.vad_stop_secs),
             log_level=_env("STEPCALL_LOG_LEVEL", cls.log_level),
             twilio_account_sid=_env("TWILIO_ACCOUNT_SID"),
@@ -147,9 +176,14 @@ class Settings:
                 "STEPCALL_WEBRTC_OFFERS_PER_MINUTE", cls.webrtc_offers_per_minute
             ),
             widget_origins=_env("STEPCALL_WIDGET_ORIGINS", cls.widget_origins),
+            widget_secret=_env("STEPCALL_WIDGET_SECRET"),
+            widget_token_ttl_secs=_env_int(
+                "STEPCALL_WIDGET_TOKEN_TTL_SECS", cls.widget_token_ttl_secs
+            ),
             database_url=_env("STEPCALL_DATABASE_URL", DEFAULT_DATABASE_URL),
             dashboard_token=_env("STEPCALL_DASHBOARD_TOKEN"),
             recordings_dir=_env("STEPCALL_RECORDINGS_DIR", cls.recordings_dir),
+            otel_exporter=_env("STEPCALL_OTEL_EXPORTER", cls.otel_exporter),
         )
 
     def replace(self, **changes) -> Settings:

@@ -11,6 +11,10 @@ Routes added by :func:`add_webrtc_routes`:
 - ``POST /webrtc/offer``: SDP offer ``{"sdp", "type": "offer", "pc_id"?, "request_data":
   {"bot"}}`` → answer ``{"sdp", "type", "pc_id"}``. Starts a call (shares the server's
   concurrent-call limit: 503 when full) and is rate limited per client IP (429 + Retry-After).
+  With ``STEPCALL_WIDGET_SECRET`` set it needs a call token for the bot in
+  ``request_data.token`` (401 otherwise; ``bots/widget_tokens.py``).
+- ``POST /webrtc/token`` (bearer ``STEPCALL_API_TOKEN``): ``{"bot", "ttl_secs"?}`` → a call token
+  ``{"token", "bot", "expires_at"}`` for the site that embeds the widget.
 - ``PATCH /webrtc/offer``: trickle ICE ``{"pc_id", "candidates": [{"candidate", "sdp_mid",
   "sdp_mline_index"}]}``.
 
@@ -33,6 +37,7 @@ Settings (env vars; proposed for ``bots/settings.py``, read from the environment
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
@@ -63,7 +68,9 @@ from bots.call_control import CallControl, TransferResult
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.settings import Settings
+from bots.tracing import call_span_attributes
 from bots.webrtc_transcript import TranscriptRelay, widget_message
+from bots.widget_tokens import DEFAULT_TTL_SECS, WidgetTokens
 
 #: Pipeline sample rate of browser calls (in and out).
 WEBRTC_RATE = 16000
@@ -159,6 +166,9 @@ class WebRTCConfig:
     offers_per_minute: int = 10
     allowed_origins: tuple[str, ...] = ("*",)
     connect_timeout_secs: float = CONNECT_TIMEOUT_SECS
+    widget_secret: str | None = field(default=None, repr=False)
+    widget_token_ttl_secs: int = DEFAULT_TTL_SECS
+    api_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebRTCConfig:
@@ -180,7 +190,30 @@ class WebRTCConfig:
             ),
             offers_per_minute=rate,
             allowed_origins=origins or ("*",),
+            widget_secret=getattr(settings, "widget_secret", None),
+            widget_token_ttl_secs=getattr(settings, "widget_token_ttl_secs", DEFAULT_TTL_SECS),
+            api_token=getattr(settings, "api_token", None),
         )
+
+
+#: Largest SDP offer accepted (a browser's audio offer is 2–6 KB).
+MAX_SDP_BYTES = 32 * 1024
+
+
+def sdp_offer_problem(sdp: str) -> str | None:
+    """Why ``sdp`` cannot start a browser call (None when it looks like an audio offer).
+
+    aiortc answers almost anything (even ``"v=0"`` alone, with no media); such a peer would hold
+    a call slot and a model session until the connect timeout, so it is refused up front.
+    """
+    if len(sdp) > MAX_SDP_BYTES:
+        return f"the SDP offer is over {MAX_SDP_BYTES} bytes"
+    lines = [line.strip() for line in sdp.strip().splitlines()]
+    if not lines or lines[0] != "v=0":
+        return 'the SDP offer must start with "v=0"'
+    if not any(line.startswith("m=audio ") for line in lines):
+        return "the SDP offer has no audio (m=audio) section"
+    return None
 
 
 class OfferRateLimiter:
@@ -284,7 +317,12 @@ async def run_webrtc_call(
         echo_guard=False,
     )
     worker = call_worker(
-        pipeline, parts, call.call_id, sample_rate=WEBRTC_RATE, observers=observers
+        pipeline,
+        parts,
+        call.call_id,
+        sample_rate=WEBRTC_RATE,
+        observers=observers,
+        span_attributes=call_span_attributes(call, profile.name),
     )
     worker_box["worker"] = worker
     start_conversation = conversation_starter(worker, parts, profile, control)
@@ -343,6 +381,7 @@ class WebRTCCalls:
         self.handler = SmallWebRTCRequestHandler(ice_servers=config.ice_servers or None)
         self.tasks: set[asyncio.Task] = set()
         self.limiter = OfferRateLimiter(config.offers_per_minute)
+        self.tokens = WidgetTokens(config.widget_secret, ttl_secs=config.widget_token_ttl_secs)
 
     def start(self, coro: Any, name: str) -> asyncio.Task:
         """Run a call in the background, keeping a reference until it ends."""
@@ -434,6 +473,11 @@ def add_webrtc_routes(
     _wrap_lifespan(app, calls)
     if not config.ice_servers:
         logger.info("STEPCALL_ICE_SERVERS not set: WebRTC uses host candidates only (no NAT)")
+    if not calls.tokens.enabled:
+        logger.warning(
+            "STEPCALL_WIDGET_SECRET not set: anyone may start browser calls "
+            "(/webrtc/offer is only rate limited per IP)"
+        )
     app.mount("/widget", StaticFiles(directory=STATIC_DIR), name="widget")
 
     @app.get("/call")
@@ -476,6 +520,12 @@ def add_webrtc_routes(
         data = body.get("request_data") or body.get("requestData") or {}
         if not isinstance(data, dict):
             return _json(request, config, {"error": '"request_data" must be an object'}, 400)
+        data = dict(data)
+        call_token = data.pop("token", None)  # checked here; never handed on (nor logged)
+        problem = sdp_offer_problem(sdp)
+        if problem:
+            logger.warning(f"WebRTC offer from {_client_ip(request)} refused: {problem}")
+            return _json(request, config, {"error": problem}, 400)
         pc_id = body.get("pc_id") or None
         webrtc_request = SmallWebRTCRequest(
             sdp=sdp,
@@ -509,8 +559,13 @@ def add_webrtc_routes(
                 {"error": f"unknown bot {bot!r} (known: {', '.join(registry.names())})"},
                 404,
             )
+        allowed = calls.tokens.check(bot, call_token)
+        if not allowed.ok:
+            logger.warning(f"WebRTC offer from {ip} for bot {bot} refused: {allowed.reason}")
+            return _json(request, config, {"error": allowed.reason}, 401)
         counter = getattr(app.state, "calls", None)
         if counter is not None and not counter.try_acquire():
+            logger.warning(f"WebRTC offer from {ip} refused: call limit reached")
             return _json(request, config, {"error": "all lines are busy; try again later"}, 503)
         profile = registry.get(bot)
         call_id = f"web-{uuid.uuid4().hex[:16]}"
@@ -562,6 +617,40 @@ def add_webrtc_routes(
             return _json(request, config, {"error": f"could not answer the offer: {e}"}, 400)
         logger.bind(call_id=call_id).info(f"browser call from {ip}: bot {bot}")
         return _json(request, config, {**answer, "call_id": call_id})
+
+    @app.post("/webrtc/token")
+    async def webrtc_token(request: Request) -> JSONResponse:
+        if not calls.tokens.enabled:
+            return _json(request, config, {"error": "widget tokens are off: set "
+                                           "STEPCALL_WIDGET_SECRET"}, 404)
+        if not config.api_token:
+            return _json(request, config, {"error": "minting tokens needs STEPCALL_API_TOKEN"}, 503)
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), config.api_token.encode()
+        ):
+            logger.warning(f"widget token request from {_client_ip(request)}: wrong bearer token")
+            return _json(
+                request, config, {"error": "missing or wrong bearer token"}, 401,
+                **{"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        bot = str(body.get("bot") or registry.default)
+        if bot not in registry.names():
+            return _json(request, config, {"error": f"unknown bot {bot!r}"}, 404)
+        ttl = body.get("ttl_secs")
+        try:
+            token = calls.tokens.issue(bot, ttl_secs=None if ttl is None else int(ttl))
+        except (TypeError, ValueError) as e:
+            return _json(request, config, {"error": str(e)}, 400)
+        return _json(
+            request, config,
+            {"token": token, "bot": bot, "expires_at": WidgetTokens.expires_at(token)},
+        )
 
     @app.patch("/webrtc/offer")
     async def webrtc_candidates(request: Request) -> Response:

@@ -38,6 +38,7 @@ NO_SESSION = "no_session"
 RESPONSE_ACTIVE = "response_active"
 UNKNOWN_TOOL_CALL = "unknown_tool_call"
 INTERNAL = "internal"
+IDLE_TIMEOUT = "idle_timeout"
 ERROR_CODES = (
     BUSY,
     NOT_READY,
@@ -49,6 +50,7 @@ ERROR_CODES = (
     RESPONSE_ACTIVE,
     UNKNOWN_TOOL_CALL,
     INTERNAL,
+    IDLE_TIMEOUT,
 )
 
 # WebSocket close codes used by the server.
@@ -377,9 +379,13 @@ def _num(data: dict, key: str, msg_type: str, *, required: bool = False, default
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad(f"{msg_type}: '{key}' must be a number, got {_type_name(value)}")
-    if not math.isfinite(value):
-        raise _bad(f"{msg_type}: '{key}' must be finite")
-    return float(value)
+    try:
+        number = float(value)  # an int beyond float range raises OverflowError
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise _bad(f"{msg_type}: '{key}' must be a finite number")
+    return number
 
 
 def _rate(data: dict, key: str, msg_type: str) -> int:
@@ -544,7 +550,7 @@ def _parse_done(d: dict) -> ResponseDone:
         text=_str(d, "text", t, default=""),
         audio_ms=_num(d, "audio_ms", t, default=0.0),
         timings={k: timings.get(k) for k in TIMING_KEYS} | timings,
-        usage={k: int(usage.get(k) or 0) for k in USAGE_KEYS},
+        usage={k: _int(usage, k, f"{t}.usage", default=0) for k in USAGE_KEYS},
     )
 
 

@@ -35,6 +35,11 @@ if TYPE_CHECKING:
     from bots.settings import Settings
 
 SESSION_PATH = "/v1/session"
+#: Largest WebSocket frame uvicorn accepts (bigger: connection closed with 1009). One second of
+#: 48 kHz PCM16 is 96 KB and a text message at most ``protocol.MAX_TEXT_BYTES``.
+WS_MAX_SIZE = 4 * 1024 * 1024
+#: A started session with no client message and no response running this long is closed.
+IDLE_TIMEOUT_S = 900.0
 
 
 class _StarletteTransport:
@@ -74,26 +79,36 @@ def token_matches(expected: str | None, presented: str | None) -> bool:
 
 
 _TOKEN_IN_QUERY = re.compile(r"(?i)(token=)[^&\s\"']+")
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
+
+
+def _redact(text: str) -> str:
+    lowered = text.lower()
+    if "token=" in lowered:
+        text = _TOKEN_IN_QUERY.sub(r"\1***", text)
+    if "bearer" in lowered:
+        text = _BEARER.sub(r"\1***", text)
+    return text
 
 
 class RedactTokenFilter(logging.Filter):
-    """Masks ``token=...`` in log records (uvicorn logs WebSocket paths with their query)."""
+    """Masks ``token=...`` and ``Bearer ...`` in log records: uvicorn logs WebSocket paths with
+    their query, websockets (at DEBUG) the handshake headers with ``Authorization``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str) and "token=" in record.msg.lower():
-            record.msg = _TOKEN_IN_QUERY.sub(r"\1***", record.msg)
+        if isinstance(record.msg, str):
+            record.msg = _redact(record.msg)
         if record.args:
             args = record.args if isinstance(record.args, tuple) else (record.args,)
-            if any(isinstance(a, str) and "token=" in a.lower() for a in args):
-                record.args = tuple(
-                    _TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in args
-                )
+            if any(isinstance(a, str) for a in args):
+                record.args = tuple(_redact(a) if isinstance(a, str) else a for a in args)
         return True
 
 
 def install_log_redaction() -> None:
-    """Attach :class:`RedactTokenFilter` to uvicorn's loggers (once)."""
-    for name in ("uvicorn.error", "uvicorn.access", "uvicorn"):
+    """Attach :class:`RedactTokenFilter` to uvicorn's and websockets' loggers (once)."""
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn", "websockets",
+                 "websockets.client", "websockets.server"):
         log = logging.getLogger(name)
         if not any(isinstance(f, RedactTokenFilter) for f in log.filters):
             log.addFilter(RedactTokenFilter())
@@ -107,11 +122,13 @@ def create_app(
     backend_reason: str = "",
     metrics: ServiceMetrics | None = None,
     start_timeout_s: float = 30.0,
+    idle_timeout_s: float | None = IDLE_TIMEOUT_S,
 ) -> FastAPI:
     """The model-service app; ``app.state.service`` is its :class:`ServiceState`.
 
     The app does not own the backend: whoever created it closes it (``run_model_service`` does).
-    A connection that sends no valid ``session.start`` within ``start_timeout_s`` is closed.
+    A connection that sends no valid ``session.start`` within ``start_timeout_s`` is closed, and
+    so is a session idle (no message, no response running) for ``idle_timeout_s`` (None: never).
     """
     service = ServiceState(
         backend, max_sessions=max_sessions, metrics=metrics, backend_reason=backend_reason
@@ -153,7 +170,7 @@ def create_app(
             return
         call = CallSession(service, _StarletteTransport(ws), peer=peer)
         try:
-            await _receive_loop(ws, call, start_timeout_s)
+            await _receive_loop(ws, call, start_timeout_s, idle_timeout_s)
         except Exception:
             logger.exception(f"{call.tag()} session loop failed")
             await call.send_error(p.INTERNAL, "internal server error", fatal=True)
@@ -164,8 +181,10 @@ def create_app(
     return app
 
 
-async def _receive_loop(ws: WebSocket, call: CallSession, start_timeout_s: float) -> None:
-    """Read messages until the client leaves or the session ends."""
+async def _receive_loop(
+    ws: WebSocket, call: CallSession, start_timeout_s: float, idle_timeout_s: float | None = None
+) -> None:
+    """Read messages until the client leaves, the session ends or it idles out."""
     loop = asyncio.get_running_loop()
     start_deadline = loop.time() + start_timeout_s
     while True:
@@ -173,13 +192,24 @@ async def _receive_loop(ws: WebSocket, call: CallSession, start_timeout_s: float
             if call.start is None:
                 async with asyncio.timeout_at(start_deadline):
                     message = await ws.receive()
+            elif idle_timeout_s:
+                async with asyncio.timeout(idle_timeout_s):
+                    message = await ws.receive()
             else:
                 message = await ws.receive()
         except TimeoutError:
+            if call.start is None:
+                await call.send_error(
+                    p.NO_SESSION, f"no session.start within {start_timeout_s:g} s", fatal=True
+                )
+                await call.close_transport(p.CLOSE_PROTOCOL, "no session.start")
+                return
+            if call.response_active:  # generating: not idle
+                continue
             await call.send_error(
-                p.NO_SESSION, f"no session.start within {start_timeout_s:g} s", fatal=True
+                p.IDLE_TIMEOUT, f"no message for {idle_timeout_s:g} s: session closed", fatal=True
             )
-            await call.close_transport(p.CLOSE_PROTOCOL, "no session.start")
+            await call.close_transport(p.CLOSE_NORMAL, "idle")
             return
         except (WebSocketDisconnect, RuntimeError):
             return
@@ -199,15 +229,19 @@ async def _receive_loop(ws: WebSocket, call: CallSession, start_timeout_s: float
 
 
 @contextlib.asynccontextmanager
-async def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def serving(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, ws_max_size: int = WS_MAX_SIZE
+) -> AsyncIterator[str]:
     """Serve ``app`` with uvicorn inside the running event loop (embedding, tests).
 
     Yields the session URL (``ws://HOST:PORT/v1/session``; ``port=0`` picks a free port) and
-    shuts the server down on exit.
+    shuts the server down on exit. WebSocket frames over ``ws_max_size`` bytes close the socket.
     """
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="on", ws_max_size=ws_max_size
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -330,6 +364,7 @@ def run_model_service(
         token=settings.model_token,
         max_sessions=settings.max_sessions,
         backend_reason=choice.reason,
+        idle_timeout_s=settings.model_idle_secs or None,
     )
     service: ServiceState = app.state.service
     config = uvicorn.Config(
@@ -337,7 +372,7 @@ def run_model_service(
         host=host or settings.model_host,
         port=port or settings.model_port,
         log_level=settings.log_level.lower(),
-        ws_max_size=4 * 1024 * 1024,
+        ws_max_size=WS_MAX_SIZE,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
     )

@@ -318,6 +318,10 @@ class CallSession:
                 return False
             await self.send_error(e.code, e.message)
             return True
+        except Exception as e:  # a parser bug must not end the session (fuzzed: never seen)
+            self._log.exception(f"{self.tag()} unparseable message")
+            await self.send_error(p.BAD_MESSAGE, f"unparseable message: {type(e).__name__}")
+            return True
         if self.backend_session is None and not isinstance(message, p.SessionStart):
             await self.send_error(p.NO_SESSION, f"'{message.type}' before session.start")
             return True

@@ -8,6 +8,8 @@
  *   data-mount   CSS selector of an element to render the widget into (no floating button)
  *   data-server  the bot server's base URL (default: where this script was loaded from)
  *   data-label   text of the call button (default "Call")
+ *   data-token   a call token (servers with STEPCALL_WIDGET_SECRET; mint it with
+ *                POST /webrtc/token or `stepcall widget-token`; default: ?token= on the page)
  *
  * JavaScript API: window.StepcallWidget.mount(element, {server, bot}) returns the widget;
  * window.stepcall is the call object of the last widget mounted (state, transcript, events).
@@ -32,6 +34,7 @@
   function StepcallCall(options) {
     this.server = (options.server || "").replace(/\/+$/, "");
     this.bot = options.bot || "";
+    this.token = options.token || "";
     this.state = "idle";
     this.speaking = "none"; // "none" | "user" | "bot"
     this.muted = false;
@@ -179,7 +182,7 @@
         body: JSON.stringify({
           sdp: pc.localDescription.sdp,
           type: pc.localDescription.type,
-          request_data: { bot: this.bot || undefined },
+          request_data: { bot: this.bot || undefined, token: this.token || undefined },
         }),
       });
       this.pcId = answer.pc_id;
@@ -370,14 +373,15 @@
   var server = script.getAttribute("data-server") || new URL(script.src, location.href).origin;
   var bot = script.getAttribute("data-bot") || new URLSearchParams(location.search).get("bot") || "";
   var label = script.getAttribute("data-label") || undefined;
+  var token = script.getAttribute("data-token") || new URLSearchParams(location.search).get("token") || "";
   var selector = script.getAttribute("data-mount");
   function autoMount() {
     if (selector) {
       var target = document.querySelector(selector);
       if (!target) { console.error("stepcall: no element matches data-mount=" + selector); return; }
-      mount(target, { server: server, bot: bot, label: label });
+      mount(target, { server: server, bot: bot, label: label, token: token });
     } else {
-      mount(null, { server: server, bot: bot, label: label, floating: true });
+      mount(null, { server: server, bot: bot, label: label, token: token, floating: true });
     }
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", autoMount);

@@ -225,15 +225,19 @@ async def test_offer_errors_rate_limit_and_call_limit(bot_server_factory):
             assert r.status_code == 400 and "offer" in r.json()["error"]
             r = await http.patch("/webrtc/offer", json={"pc_id": "nope", "candidates": []})
             assert r.status_code == 404 and "nope" in r.json()["error"]
+            # an SDP with no audio section is refused before it can hold a call slot
+            r = await http.post("/webrtc/offer", json={"sdp": "v=0", "type": "offer"})
+            assert r.status_code == 400 and "m=audio" in r.json()["error"]
             # valid-looking offers count against the per-IP limit
+            audio = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
             r = await http.post(
                 "/webrtc/offer",
-                json={"sdp": "v=0", "type": "offer", "request_data": {"bot": "ghost"}},
+                json={"sdp": audio, "type": "offer", "request_data": {"bot": "ghost"}},
             )
             assert r.status_code == 404 and "ghost" in r.json()["error"]
-            r = await http.post("/webrtc/offer", json={"sdp": "v=0", "type": "offer"})
+            r = await http.post("/webrtc/offer", json={"sdp": audio, "type": "offer"})
             assert r.status_code == 503 and "busy" in r.json()["error"]  # max_calls=0
-            r = await http.post("/webrtc/offer", json={"sdp": "v=0", "type": "offer"})
+            r = await http.post("/webrtc/offer", json={"sdp": audio, "type": "offer"})
             assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
     assert server.app.state.calls.active == 0
 
