@@ -244,6 +244,7 @@ class CallSession:
         self._response: _Response | None = None
         self._last_response_id: str | None = None
         self._pending_tool_calls: set[str] = set()
+        self._deferred_tool_results: list[tuple[str, str]] = []
         self._in_resampler: StreamResampler | None = None
         self._out_resampler: StreamResampler | None = None
         self._log = logger.bind(call_id="-", session_id=self.session_id)
@@ -389,7 +390,12 @@ class CallSession:
                 )
                 return True
             self._pending_tool_calls.discard(m.call_id)
-            await bs.add_tool_result(m.call_id, m.output)
+            if self._response is not None:
+                # The backend records the call with the reply when the response ends; a result
+                # sent sooner (clients may answer a tool.call at once) is applied then.
+                self._deferred_tool_results.append((m.call_id, m.output))
+            else:
+                await bs.add_tool_result(m.call_id, m.output)
         elif isinstance(m, p.SessionUpdate):
             await self._update(m)
         elif isinstance(m, p.SessionEnd):
@@ -621,6 +627,8 @@ class CallSession:
                 await self._send_audio(resp, self._out_resampler.flush())
             if error is not None:
                 await self.send_error(p.INTERNAL, error, response_id=resp.response_id)
+            # before response.done: a response.create sent on it must see the results
+            await self._apply_deferred_tool_results()
             if done is None:
                 done = base.ResponseDone(status="error" if error else "cancelled")
             status = "cancelled" if resp.cancel_requested else done.status
@@ -667,6 +675,16 @@ class CallSession:
             metrics.responses_active.dec()
             if self._response is resp:
                 self._response = None
+
+    async def _apply_deferred_tool_results(self) -> None:
+        """Tool results that arrived while the response that called the tools was running."""
+        bs = self.backend_session
+        while self._deferred_tool_results and bs is not None and not self.closed:
+            call_id, output = self._deferred_tool_results.pop(0)
+            try:
+                await bs.add_tool_result(call_id, output)
+            except ValueError as e:  # e.g. the call was cut from the history by a barge-in
+                await self.send_error(p.UNKNOWN_TOOL_CALL, f"tool.result {call_id!r}: {e}")
 
     # -- teardown -------------------------------------------------------------------------------
 

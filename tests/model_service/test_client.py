@@ -144,6 +144,31 @@ async def test_tool_call_round_trip(service, reference) -> None:
     assert isinstance(await asyncio.wait_for(anext(events), 5), mc.Closed)
 
 
+async def test_tool_result_sent_before_the_response_ends_is_applied_after_it(service) -> None:
+    """A client may answer ``tool.call`` at once; the service holds the result until the
+    response that made the call is in the history, then applies it before ``response.done``."""
+    _, url = service
+    client = await connect_client(url)
+    events = client.events()
+    await client.append_text("What's the weather in Paris?", "human")
+    await client.create_response()
+    first = []
+    while True:
+        ev = await asyncio.wait_for(anext(events), 30)
+        first.append(ev)
+        if isinstance(ev, mc.ToolCall):  # answered while the filler is still being generated
+            await client.send_tool_result(ev.call_id, json.dumps({"temp": 18}))
+        if isinstance(ev, (mc.ResponseDone, mc.Closed)):
+            break
+    assert first[-1].status == "tool_call"
+    assert not [e for e in first if isinstance(e, mc.ErrorEvent)], first
+    await client.create_response()
+    second = await one_response(client, events)
+    assert not [e for e in second if isinstance(e, mc.ErrorEvent)], second
+    assert second[-1].status == "completed" and "18 degrees today" in texts(second)
+    await client.close()
+
+
 async def test_interleaved_sessions(service) -> None:
     app, url = service
     a = await connect_client(url, "A", 8000)
