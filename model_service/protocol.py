@@ -106,6 +106,8 @@ class SessionStart:
     output_sample_rate: int = 24000
     max_response_tokens: int | None = None
     sampling: Sampling | None = None
+    #: Send ``input_audio.transcript`` events: what the caller said in each committed turn.
+    input_transcription: bool = False
     protocol: int = PROTOCOL_VERSION
 
 
@@ -270,8 +272,21 @@ class SessionEnded:
     session_id: str
 
 
+@dataclass
+class InputAudioTranscript:
+    """``input_audio.transcript``: the text of the ``item``-th committed user turn (1-based),
+    sent when the session asked for ``input_transcription`` and the backend can transcribe.
+    It comes after the response that followed the turn (transcribing never delays a reply)."""
+
+    type: ClassVar[str] = "input_audio.transcript"
+    session_id: str
+    item: int
+    text: str
+
+
 ServerEvent = (
     SessionStarted
+    | InputAudioTranscript
     | ResponseStarted
     | TextDelta
     | ToolCall
@@ -466,8 +481,16 @@ def _parse_session_start(d: dict) -> SessionStart:
         output_sample_rate=_rate(d, "output_sample_rate", t),
         max_response_tokens=max_tokens,
         sampling=_sampling(d, t),
+        input_transcription=_flag(d, "input_transcription", t),
         protocol=PROTOCOL_VERSION,
     )
+
+
+def _flag(d: dict, key: str, msg_type: str) -> bool:
+    value = d.get(key, False)
+    if not isinstance(value, bool):
+        raise _bad(f"{msg_type}: '{key}' must be true or false, got {_type_name(value)}")
+    return value
 
 
 def _parse_text_append(d: dict) -> InputTextAppend:
@@ -602,6 +625,11 @@ _SERVER_PARSERS = {
     ),
     SessionEnded.type: lambda d: SessionEnded(
         session_id=_str(d, "session_id", "session.ended", default="")
+    ),
+    InputAudioTranscript.type: lambda d: InputAudioTranscript(
+        session_id=_str(d, "session_id", "input_audio.transcript", default=""),
+        item=_int(d, "item", "input_audio.transcript", required=True),
+        text=_str(d, "text", "input_audio.transcript", default=""),
     ),
 }
 

@@ -245,6 +245,9 @@ class CallSession:
         self._last_response_id: str | None = None
         self._pending_tool_calls: set[str] = set()
         self._deferred_tool_results: list[tuple[str, str]] = []
+        self._committed_turns = 0  # user turns committed so far
+        self._transcribed_turns = 0  # of which input_audio.transcript was sent
+        self._transcribing: asyncio.Task | None = None
         self._in_resampler: StreamResampler | None = None
         self._out_resampler: StreamResampler | None = None
         self._log = logger.bind(call_id="-", session_id=self.session_id)
@@ -374,6 +377,7 @@ class CallSession:
             if tail.size:
                 await bs.append_audio(tail)
             await bs.commit()
+            self._committed_turns += 1
         elif isinstance(m, p.InputAudioClear):
             self._in_resampler.reset()
             await bs.clear_audio()
@@ -439,6 +443,7 @@ class CallSession:
             style=m.style,
             tools=list(m.tools),
             sampling=sampling,
+            input_transcription=m.input_transcription,
         )
         try:
             self.backend_session = await backend.open_session(self.config)
@@ -675,6 +680,41 @@ class CallSession:
             metrics.responses_active.dec()
             if self._response is resp:
                 self._response = None
+            self._start_transcripts()
+
+    def _start_transcripts(self) -> None:
+        """After a response: transcribe the user turns committed before it (in the background;
+        the next response may queue behind it on a single-model backend, never the reverse)."""
+        if (
+            self.start is None
+            or not self.start.input_transcription
+            or self.closed
+            or self._committed_turns <= self._transcribed_turns
+            or (self._transcribing is not None and not self._transcribing.done())
+        ):
+            return
+        self._transcribing = asyncio.get_running_loop().create_task(self._send_transcripts())
+
+    async def _send_transcripts(self) -> None:
+        bs = self.backend_session
+        if bs is None:
+            return
+        upto = self._committed_turns  # take_transcripts snapshots its turns before any await
+        try:
+            texts = await bs.take_transcripts()
+        except Exception:
+            self._log.exception(f"{self.tag()} transcribing the caller failed")
+            self._transcribed_turns = self._committed_turns
+            return
+        if not texts:  # the backend cannot transcribe
+            self._transcribed_turns = self._committed_turns
+            return
+        first = upto - len(texts) + 1
+        for offset, text in enumerate(texts):
+            item = first + offset
+            self._transcribed_turns = max(self._transcribed_turns, item)
+            if not self.closed:
+                await self._send_event(p.InputAudioTranscript(self.session_id, item, text))
 
     async def _apply_deferred_tool_results(self) -> None:
         """Tool results that arrived while the response that called the tools was running."""
@@ -708,6 +748,10 @@ class CallSession:
                     await resp.task
             except Exception:
                 pass
+        if self._transcribing is not None and not self._transcribing.done():
+            self._transcribing.cancel()
+            with contextlib.suppress(BaseException):
+                await self._transcribing
         if bs is not None:
             try:
                 await bs.close()

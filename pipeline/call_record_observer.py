@@ -35,6 +35,7 @@ import asyncio
 import json
 import threading
 import time
+from collections import deque
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     LLMTextFrame,
     OutputAudioRawFrame,
+    TranscriptionFrame,
     TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -87,6 +89,7 @@ _WATCHED = (
     InterruptionFrame,
     TTSTextFrame,
     LLMTextFrame,
+    TranscriptionFrame,
     FunctionCallInProgressFrame,
     FunctionCallResultFrame,
     FunctionCallCancelFrame,
@@ -154,6 +157,8 @@ class CallRecordObserver(BaseObserver):
         self._seen: set[int] = set()
         self._seq = 0
         self._user: TurnRecord | None = None
+        #: Finished caller turns whose transcript has not come yet (oldest first).
+        self._untranscribed: deque[TurnRecord] = deque(maxlen=64)
         self._user_started_mono: float | None = None
         self._bot: TurnRecord | None = None
         self._bot_tts: list[str] = []
@@ -284,6 +289,8 @@ class CallRecordObserver(BaseObserver):
         elif isinstance(frame, TTSTextFrame):
             spaced = bool(getattr(frame, "includes_inter_frame_spaces", False))
             self._on_bot_text(frame.text, tts=True, spaced=spaced, now=now)
+        elif isinstance(frame, TranscriptionFrame):
+            self._on_transcript(frame.text)
         elif isinstance(frame, LLMTextFrame):  # LLM tokens carry their own spaces
             self._on_bot_text(frame.text, tts=False, spaced=True, now=now)
         elif isinstance(frame, FunctionCallInProgressFrame):
@@ -372,6 +379,15 @@ class CallRecordObserver(BaseObserver):
             self.metrics.turns_total.inc(role="user")
         self._user = None
         self._speech_ms = 0.0
+        self._untranscribed.append(turn)
+
+    def _on_transcript(self, text: str) -> None:
+        """The model service's transcript of a caller turn (they come in turn order)."""
+        if not self._untranscribed:
+            return
+        turn = self._untranscribed.popleft()
+        turn.text = text
+        self._writer.submit("save_turn", turn)
 
     def _close_user_turn(self, now: datetime) -> None:
         if self._user is not None:

@@ -23,11 +23,21 @@ from model_service import protocol as p
 class CannedModelService:
     """Answers every response with ``pcm`` (PCM16 mono at the session's output rate)."""
 
-    def __init__(self, pcm: bytes, text: str = "canned reply", *, hang: bool = False) -> None:
-        """``hang``: accept ``response.create`` but never answer (a hung model service)."""
+    def __init__(
+        self,
+        pcm: bytes,
+        text: str = "canned reply",
+        *,
+        hang: bool = False,
+        heard: str | None = None,
+    ) -> None:
+        """``hang``: accept ``response.create`` but never answer (a hung model service).
+        ``heard``: the canned "transcript" of every committed caller turn, sent after the next
+        response when the session asked for ``input_transcription``."""
         self.pcm = pcm
         self.hang = hang
         self.text = text
+        self.heard = heard
         self.responses = 0
         self.sessions = 0
         self.cancels: list[float | None] = []
@@ -58,6 +68,7 @@ class CannedModelService:
             )
         )
         step = p.max_audio_bytes(rate)
+        commits = transcribed = 0
         async for raw in ws:
             if isinstance(raw, bytes):
                 self.audio_bytes_in += len(raw)
@@ -75,6 +86,12 @@ class CannedModelService:
                 audio_ms = len(self.pcm) / 2 / rate * 1000.0
                 done = p.ResponseDone(session_id, rid, "completed", self.text, audio_ms)
                 await ws.send(p.event_to_json(done))
+                while start.input_transcription and self.heard and transcribed < commits:
+                    transcribed += 1
+                    event = p.InputAudioTranscript(session_id, transcribed, self.heard)
+                    await ws.send(p.event_to_json(event))
+            elif isinstance(msg, p.InputAudioCommit):
+                commits += 1
             elif isinstance(msg, p.ResponseCancel):
                 self.cancels.append(msg.heard_ms)
             elif isinstance(msg, p.SessionEnd):

@@ -32,6 +32,7 @@ from websockets.asyncio.client import connect as ws_connect
 from model_service import protocol as p
 from model_service.protocol import (
     ErrorEvent,
+    InputAudioTranscript,
     ResponseDone,
     ResponseStarted,
     Sampling,
@@ -47,6 +48,7 @@ __all__ = [
     "ClientEvent",
     "Closed",
     "ErrorEvent",
+    "InputAudioTranscript",
     "ModelServiceAuthError",
     "ModelServiceBusy",
     "ModelServiceClient",

@@ -45,6 +45,7 @@ from pipecat.frames.frames import (
     LLMSetToolsFrame,
     LLMTextFrame,
     StartFrame,
+    TranscriptionFrame,
     TTSAudioRawFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
@@ -58,6 +59,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSet
 from pipecat.services.llm_service import FunctionCallFromLLM, LLMService
 from pipecat.services.settings import LLMSettings
 from pipecat.utils.text.base_text_aggregator import TextType
+from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from pipeline import model_client as mc
@@ -124,6 +126,7 @@ class StepAudio2Service(LLMService):
         on_failure: Callable[[], Awaitable[None]] | None = None,
         reconnect_attempts: int = 1,
         response_timeout_secs: float = 8.0,
+        transcribe_caller: bool = True,
         **kwargs: Any,
     ) -> None:
         """Create the service.
@@ -143,6 +146,9 @@ class StepAudio2Service(LLMService):
             reconnect_attempts: Reconnects tried before giving up on the model service.
             response_timeout_secs: A response with neither audio nor an end by then counts as
                 a lost connection (a hung model service must not leave the caller in silence).
+            transcribe_caller: Ask the model service for the text of each caller turn
+                (``input_transcription``); it arrives after the bot's reply and is pushed as a
+                ``TranscriptionFrame`` (call records, the widget's transcript).
             **kwargs: Passed to ``LLMService``.
         """
         defaults = self.Settings(
@@ -168,6 +174,7 @@ class StepAudio2Service(LLMService):
         self._token = token
         self._call_id = call_id
         self._sample_rate = sample_rate
+        self._transcribe_caller = transcribe_caller
         self._tools = tools
         self._client_factory = client_factory or mc.ModelServiceClient
         self._client: mc.ModelServiceClient | None = None
@@ -339,6 +346,7 @@ class StepAudio2Service(LLMService):
             tools=self._tool_dicts(),
             input_sample_rate=self._sample_rate,
             output_sample_rate=self._sample_rate,
+            input_transcription=self._transcribe_caller,
         )
 
     async def _push_session_update(self) -> None:
@@ -691,6 +699,17 @@ class StepAudio2Service(LLMService):
             if self._response_after_done and not self._response_requested:
                 self._response_after_done = False
                 await self._create_response()
+        elif isinstance(event, mc.InputAudioTranscript):
+            self._log.info(f"caller turn {event.item}: {event.text!r}")
+            if event.text:
+                await self.push_frame(
+                    TranscriptionFrame(
+                        text=event.text,
+                        user_id=self._call_id or "caller",
+                        timestamp=time_now_iso8601(),
+                        finalized=True,
+                    )
+                )
         elif isinstance(event, mc.ErrorEvent):
             self._log.warning(f"model service error {event.code}: {event.message}")
             if event.code == "response_active":

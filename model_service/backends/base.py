@@ -41,6 +41,8 @@ class SessionConfig:
     style: str | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    #: Keep what is needed to transcribe committed user turns (``take_transcripts``).
+    input_transcription: bool = False
 
 
 @dataclass
@@ -138,6 +140,16 @@ class BackendSession(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Free everything the session holds."""
+
+    async def take_transcripts(self) -> list[str]:
+        """Text of the user turns committed since the last call, in commit order.
+
+        Only asked when the session was opened with ``input_transcription``. A backend that
+        cannot transcribe returns ``[]`` (the default); one that can returns one string per
+        committed turn ("" when nothing intelligible was said); it takes the pending turns
+        before its first ``await``. Called between responses, so the work never delays a reply.
+        """
+        return []
 
 
 class Backend(abc.ABC):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
+import re
 import threading
 import time
 import uuid
@@ -49,8 +50,15 @@ from model_service.backends.base import (
 )
 from model_service.backends.conversation import Conversation, PendingToolCall, UserAudioBuffer
 from model_service.stepaudio2 import parser as ta4
-from model_service.stepaudio2.generate import GenerationStats, Generator, KVSession
-from model_service.stepaudio2.prompt import SUMMARY_SUFFIX_EN, PromptBuilder, system_prompt
+from model_service.stepaudio2.generate import GenerationStats, Generator, KVSession, Sampling
+from model_service.stepaudio2.prompt import (
+    SUMMARY_SUFFIX_EN,
+    AudioPart,
+    HumanMessage,
+    PromptBuilder,
+    SystemMessage,
+    system_prompt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,17 @@ VOICE_DESCRIPTIONS = {
     "default_female": "the default female voice",
     "default_male": "the default male voice",
 }
+
+
+#: Step-Audio 2's task prompt for transcription ("write down the speech you hear").
+ASR_PROMPT = "请记录下你所听到的语音内容。"
+ASR_MAX_TOKENS = 128
+_TAG = re.compile(r"<[^<>]{0,40}>")
+
+
+def clean_transcript(text: str) -> str:
+    """Transcript text without special/language tags (e.g. ``<中文>``) and extra spaces."""
+    return " ".join(_TAG.sub(" ", text).split())
 
 
 def voice_description(voice: str | None) -> str | None:
@@ -330,6 +349,7 @@ class ReferenceSession(BackendSession):
         self.date = backend.today()
         self._run: _Run | None = None
         self._closed = False
+        self._asr_pending: list[list[Any]] = []  # mels of turns to transcribe
 
     @property
     def last_stats(self) -> GenerationStats | None:
@@ -360,6 +380,49 @@ class ReferenceSession(BackendSession):
             raise ValueError("commit with no user audio")
         mels = await asyncio.get_running_loop().run_in_executor(None, self.audio.finish)
         self.conversation.add_user_audio(mels)
+        if self.config.input_transcription:
+            self._asr_pending.append(list(mels))
+
+    async def take_transcripts(self) -> list[str]:
+        """Step-Audio 2's own transcript of each pending user turn: a separate greedy text-only
+        pass with the model's ASR task prompt, queued on the model thread after the response."""
+        pending, self._asr_pending = self._asr_pending, []
+        if not pending:
+            return []
+        loop = asyncio.get_running_loop()
+        return [
+            await loop.run_in_executor(self.backend._model_exec, self._transcribe, mels)
+            for mels in pending
+        ]
+
+    def asr_prompt(self, mels: list[Any]) -> Any:
+        """The transcription prompt of one user turn: ASR task prompt + its audio, text reply."""
+        messages = [SystemMessage(ASR_PROMPT), HumanMessage([AudioPart(mel=m) for m in mels])]
+        return self.backend.prompts.build(messages, reply="text")
+
+    def transcript_text(self, ids: list[int], stop_ids: frozenset[int]) -> str:
+        """Generated ids → transcript (stop, special and audio tokens dropped, tags removed)."""
+        tok = self.backend.tok
+        return clean_transcript(
+            tok.decode([i for i in ids if i not in stop_ids and not tok.is_audio(i)])
+        )
+
+    def _transcribe(self, mels: list[Any]) -> str:
+        """On the model thread: ASR prompt + the turn's audio → text."""
+        generator = self.backend.generator
+        prompt = self.asr_prompt(mels)
+        ids = list(
+            generator.stream(
+                prompt.ids,
+                audio=[slot.mel for slot in prompt.audios],
+                sampling=Sampling(temperature=0.0),
+                max_tokens=ASR_MAX_TOKENS,
+                session=KVSession(),
+                audio_kind="mel",
+                stats=GenerationStats(),
+            )
+        )
+        return self.transcript_text(ids, generator.stop_ids)
 
     async def append_text(self, text: str, role: str = "human") -> None:
         self._check_open()

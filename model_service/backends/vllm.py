@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from model_service.backends.base import Backend, SamplingParams, SessionConfig
 from model_service.backends.reference import (
+    ASR_MAX_TOKENS,
     DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
     ReferenceBackend,
     ReferenceSession,
@@ -285,6 +286,25 @@ class VLLMSession(ReferenceSession):
             return
         for ev in parser.finish():
             self._on_parsed(run, ev, tools, guard_tripped)
+
+    async def take_transcripts(self) -> list[str]:
+        """The reference's ASR pass, as greedy engine requests (batched with the calls)."""
+        pending, self._asr_pending = self._asr_pending, []
+        backend = self.backend
+        params = backend.sampling_params(SamplingParams(temperature=0.0), ASR_MAX_TOKENS)
+        stop_ids = frozenset(backend.tok.stop_ids)
+        out = []
+        for mels in pending:
+            request = engine_request(self.asr_prompt(mels), backend.tok.ids.audio_patch)
+            rid = f"{self.config.call_id or 'session'}-asr-{uuid.uuid4().hex[:12]}"
+            ids: list[int] = []
+            async for output in backend.engine.generate(request.as_prompt(), params, rid):
+                new, finish = token_delta(output, len(ids))
+                ids.extend(new)
+                if finish is not None:
+                    break
+            out.append(self.transcript_text(ids, stop_ids))
+        return out
 
     async def cancel(self, heard_ms: float | None = None) -> None:
         """Abort the engine request at once (its KV blocks are freed), then as the reference."""

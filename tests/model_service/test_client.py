@@ -169,6 +169,44 @@ async def test_tool_result_sent_before_the_response_ends_is_applied_after_it(ser
     await client.close()
 
 
+async def test_caller_turns_are_transcribed_after_the_reply(service, reference) -> None:
+    """``input_transcription``: after the response, one ``input_audio.transcript`` per
+    committed caller turn, made by Step-Audio 2's own ASR pass (the model's task prompt)."""
+    _, url = service
+    client = mc.ModelServiceClient(url, token=TOKEN)
+    await client.connect(start(input_transcription=True))
+    events = client.events()
+    await client.send_audio(user_audio(1.0, 8000))
+    await client.commit()
+    await client.create_response()
+    reply = await one_response(client, events)
+    assert reply[-1].status == "tool_call"
+    transcript = await asyncio.wait_for(anext(events), 30)
+    assert isinstance(transcript, mc.InputAudioTranscript), transcript
+    assert transcript.item == 1 and isinstance(transcript.text, str)
+    assert "<" not in transcript.text  # special and language tags are stripped
+    # the ASR prompt is the model's transcription task over the turn's audio, text reply
+    session = next(iter(reference.sessions))
+    prompt = session.asr_prompt([session.conversation.messages[0].parts[0].mel])
+    rendered = reference.tok.decode(prompt.ids)
+    assert "请记录下你所听到的语音内容。" in rendered and "<audio_start>" in rendered
+    assert reference.tok.ids.tts_start not in prompt.ids
+    await client.close()
+
+
+async def test_no_transcripts_unless_asked(service) -> None:
+    _, url = service
+    client = await connect_client(url)
+    events = client.events()
+    await client.send_audio(user_audio(0.6, 8000))
+    await client.commit()
+    await client.create_response()
+    await one_response(client, events)
+    await client.close()
+    rest = [ev async for ev in events]
+    assert not [e for e in rest if isinstance(e, mc.InputAudioTranscript)], rest
+
+
 async def test_interleaved_sessions(service) -> None:
     app, url = service
     a = await connect_client(url, "A", 8000)

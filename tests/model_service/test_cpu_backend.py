@@ -299,6 +299,9 @@ async def test_spoken_question_is_transcribed_and_answered_with_streamed_audio(s
     assert done.audio_ms == pytest.approx(audio.size / 24.0)
     assert 1500 < done.audio_ms < 8000 and np.abs(audio).max() > 0.1
     assert "We open at nine. See you tomorrow then!" in session.history.last_reply_text()
+    # input_audio.transcript: Whisper's text of the committed turn, handed out once
+    assert await session.take_transcripts() == session.transcripts[:1]
+    assert await session.take_transcripts() == []
     await backend.close()
 
 

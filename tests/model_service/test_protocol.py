@@ -196,3 +196,21 @@ def test_server_event_tool_arguments_may_be_a_json_string() -> None:
 def test_malformed_server_events_raise_protocol_error(text: str) -> None:
     with pytest.raises(p.ProtocolError):
         p.parse_server_event(text)
+
+
+def test_input_transcription_flag_and_transcript_event() -> None:
+    base = {
+        "type": "session.start",
+        "protocol": p.PROTOCOL_VERSION,
+        "input_sample_rate": 8000,
+        "output_sample_rate": 8000,
+    }
+    assert p.parse_client_message(json.dumps(base)).input_transcription is False
+    on = p.parse_client_message(json.dumps({**base, "input_transcription": True}))
+    assert on.input_transcription is True
+    with pytest.raises(p.ProtocolError, match="'input_transcription' must be true or false"):
+        p.parse_client_message(json.dumps({**base, "input_transcription": "yes"}))
+    event = p.InputAudioTranscript("sess_1", 2, "what time do you open")
+    assert p.parse_server_event(p.event_to_json(event)) == event
+    with pytest.raises(p.ProtocolError, match="missing 'item'"):
+        p.parse_server_event(json.dumps({"type": "input_audio.transcript", "text": "x"}))

@@ -413,6 +413,25 @@ async def test_vllm_backend_matches_reference_backend(reference, tok):
     await vb.close()
 
 
+async def test_vllm_transcripts_equal_the_reference_asr_pass(reference, tok):
+    """``take_transcripts`` on vLLM: the same ASR prompt as the reference, decoded greedily by
+    the engine, gives the reference's transcript of each committed turn."""
+    vb = vllm_backend_for(reference)
+    texts = []
+    for backend in (reference, vb):
+        session = await backend.open_session(config(call_id="asr", input_transcription=True))
+        for seed in (3, 4):
+            await user_turn(session, 1.0, seed)
+        texts.append(await session.take_transcripts())
+        assert await session.take_transcripts() == []
+        await session.close()
+    assert len(texts[0]) == 2 and texts[1] == texts[0]
+    engine: StandInEngine = vb.engine  # type: ignore[assignment]
+    asr = [ids for rid, ids in engine.expanded.items() if "-asr-" in rid]
+    assert len(asr) == 2 and tok.ids.tts_start not in asr[0]
+    await vb.close()
+
+
 async def test_tool_call_round_trip(tmp_path):
     from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
 

@@ -240,6 +240,8 @@ class CpuSession(BackendSession):
         self._warned_voice = False
         #: The user's turns as Whisper heard them (in order), and the latest one's ASR time.
         self.transcripts: list[str] = []
+        self._commits = 0  # user turns committed
+        self._transcripts_taken = 0  # of which take_transcripts handed out the text
         self.last_asr_ms: float | None = None
 
     @property
@@ -314,6 +316,7 @@ class CpuSession(BackendSession):
             )
             started = _now()
         self._reset_audio()
+        self._commits += 1
         previous = self._asr_tail
         self._asr_tail = asyncio.ensure_future(self._transcribe_in_order(job, started, previous))
 
@@ -331,6 +334,15 @@ class CpuSession(BackendSession):
         self.transcripts.append(text)
         if not self._closed:
             self.history.add_user(text or INAUDIBLE)
+
+    async def take_transcripts(self) -> list[str]:
+        """Whisper's text of the turns committed since the last call (already made at commit)."""
+        tail, upto = self._asr_tail, self._commits
+        if tail is not None:
+            await asyncio.shield(tail)
+        texts = self.transcripts[self._transcripts_taken : upto]
+        self._transcripts_taken = max(self._transcripts_taken, upto)
+        return texts
 
     async def wait_transcripts(self) -> None:
         """Wait until every committed user turn is in the history."""
