@@ -1,4 +1,4 @@
-"""The ``stepcall`` command line: serve, model, call, dial, flows validate."""
+"""The ``stepcall`` command line: serve, model, call, dial, flows validate, eval, load."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
 def _add_call(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "call",
-        help="place a simulated phone call to a bot (Twilio Media Streams protocol)",
+        help="place a simulated call to a bot (Twilio Media Streams, or WebRTC with --webrtc)",
         add_help=False,
     )
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -88,6 +88,27 @@ def _add_flows(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("path", help="a flow YAML file or a folder of them")
     v.set_defaults(func=_cmd_flows_validate)
+
+
+def _add_widget_token(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "widget-token",
+        help="print a short-lived call token for the browser widget",
+        description="Mint a widget call token for BOT with STEPCALL_WIDGET_SECRET (put it in the "
+        "widget's data-token attribute).",
+    )
+    p.add_argument("bot", help="the bot the token may call")
+    p.add_argument("--ttl", type=int, help="lifetime in seconds (STEPCALL_WIDGET_TOKEN_TTL_SECS)")
+    p.set_defaults(func=_cmd_widget_token)
+
+
+def _cmd_widget_token(args: argparse.Namespace) -> int:
+    from bots.widget_tokens import widget_token_command
+
+    settings = Settings.from_env()
+    return widget_token_command(
+        args.bot, args.ttl, settings.widget_secret, settings.widget_token_ttl_secs
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -168,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_call(sub)
     _add_dial(sub)
     _add_flows(sub)
+    # `stepcall eval` / `stepcall load` hand their arguments to their own parsers (see main)
+    sub.add_parser("eval", help="run YAML conversation evals (evals/*.yaml) as simulated calls")
+    sub.add_parser("load", help="load-test a bot server with N concurrent simulated calls")
+    _add_widget_token(sub)
     return parser
 
 
@@ -179,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         from bots.caller.cli import main as call_main
 
         return call_main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from bots.evals.cli import main as eval_main
+
+        return eval_main(argv[1:])
+    if argv[:1] == ["load"]:
+        from bots.loadtest import main as load_main
+
+        return load_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

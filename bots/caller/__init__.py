@@ -1,6 +1,8 @@
 """The caller simulator behind ``stepcall call``: Twilio's side of a phone call, offline.
 
 ``run_call(url, turns, options) -> CallResult`` is the library API (used by end-to-end tests);
+``bots.caller.webrtc_client.run_webrtc_call(base_url, turns, options)`` places the same kind of
+call over WebRTC, like the browser widget (imported on demand: it loads aiortc);
 ``bots.caller.cli.main(argv)`` is the command line.
 """
 

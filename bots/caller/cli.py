@@ -1,10 +1,13 @@
-"""``stepcall call``: place a simulated Twilio phone call to a bot and report latency.
+"""``stepcall call``: place a simulated call to a bot (Twilio phone call or WebRTC browser call)
+and report latency.
 
-Example::
+Examples::
 
     stepcall call ws://127.0.0.1:8080/twilio/stream --param bot=support \\
         --say "Hi, I need to reset my password." --say "My email is ada at example dot com." \\
         --out call.wav --json
+
+    stepcall call --webrtc http://127.0.0.1:8080 --bot support --say "Hi there." --out web.wav
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 
 from bots.caller.report import format_table, to_json
 from bots.caller.speech import ENGINES, SpeechUnavailableError
-from bots.caller.twilio_client import CallerTurn, CallOptions, run_call
+from bots.caller.twilio_client import CallerTurn, CallOptions, CallResult, run_call
 
 
 class _TurnAction(argparse.Action):
@@ -38,11 +41,18 @@ def _param(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stepcall call",
-        description="Place a simulated phone call: speak Twilio's Media Streams protocol to a "
-        "bot's WebSocket, say each turn (synthesised speech, real-time 20 ms frames), wait "
+        description="Place a simulated call: speak Twilio's Media Streams protocol to a "
+        "bot's WebSocket (or, with --webrtc, call the bot server over WebRTC like the browser "
+        "widget), say each turn (synthesised speech, real-time 20 ms frames), wait "
         "for the bot's reply, and report voice-to-voice latency per turn.",
     )
-    p.add_argument("url", help="the bot's media-stream WebSocket, e.g. ws://HOST:PORT/twilio/stream")
+    p.add_argument("url", help="the bot's media-stream WebSocket, e.g. ws://HOST:PORT/twilio/stream; "
+                   "with --webrtc the bot server's base URL, e.g. http://HOST:PORT")
+    p.add_argument("--webrtc", action="store_true",
+                   help="call over WebRTC (POST URL/webrtc/offer, Opus audio, data channel)")
+    p.add_argument("--bot", help="with --webrtc: the bot to call (default: the server's default)")
+    p.add_argument("--token", help="with --webrtc: a widget call token (servers with "
+                   "STEPCALL_WIDGET_SECRET; see `stepcall widget-token`)")
     p.add_argument("--say", action=_TurnAction, dest="turns", metavar="TEXT",
                    help="a caller turn (repeat for more turns, in order)")
     p.add_argument("--dtmf", action=_TurnAction, dest="turns", metavar="DIGITS",
@@ -74,15 +84,27 @@ def main(argv: list[str] | None = None) -> int:
     if not specs:
         print("stepcall call: give at least one --say TEXT or --dtmf DIGITS", file=sys.stderr)
         return 2
+    problem = _mode_problem(args)
+    if problem:
+        print(f"stepcall call: {problem}", file=sys.stderr)
+        return 2
     try:
         turns = [CallerTurn(text=v) if k == "say" else CallerTurn(dtmf=v) for k, v in specs]
-        options = CallOptions(
-            params=dict(args.param), from_number=args.from_number, to_number=args.to_number,
+        common = dict(
             pause_secs=args.pause, wait_secs=args.wait, quiet_secs=args.quiet,
             greeting_wait_secs=args.greeting_wait, barge_in_after=args.barge_in_after,
             engine=args.engine, record_path=args.out,
         )
-        result = asyncio.run(run_call(args.url, turns, options))
+        result: CallResult
+        if args.webrtc:
+            from bots.caller.webrtc_client import WebRTCCallOptions, run_webrtc_call
+
+            web = WebRTCCallOptions(bot=args.bot, token=args.token, **common)
+            result = asyncio.run(run_webrtc_call(args.url, turns, web))
+        else:
+            options = CallOptions(params=dict(args.param), from_number=args.from_number,
+                                  to_number=args.to_number, **common)
+            result = asyncio.run(run_call(args.url, turns, options))
     except (ValueError, SpeechUnavailableError) as e:
         print(f"stepcall call: {e}", file=sys.stderr)
         return 2
@@ -90,6 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.out and not args.json:
         print(f"recording: {result.record_path}")
     return 0 if result.ok else 1
+
+
+def _mode_problem(args: argparse.Namespace) -> str | None:
+    """Options that belong to the other transport (None when the command line is consistent)."""
+    if args.webrtc:
+        twilio_only = [name for name, given in (("--param", args.param),
+                                                ("--from", args.from_number),
+                                                ("--to", args.to_number)) if given]
+        if twilio_only:
+            return (f"{', '.join(twilio_only)} only apply to Twilio calls; with --webrtc use "
+                    "--bot NAME (and --token T)")
+        if any(kind == "dtmf" for kind, _ in getattr(args, "turns", None) or []):
+            return "--dtmf cannot be used with --webrtc: a browser call has no keypad"
+    else:
+        web_only = [name for name, given in (("--bot", args.bot), ("--token", args.token))
+                    if given]
+        if web_only:
+            return (f"{', '.join(web_only)} only apply with --webrtc; for a Twilio call pass "
+                    "--param bot=NAME")
+    return None
 
 
 if __name__ == "__main__":

@@ -52,3 +52,50 @@ class CallRecorder:
             w.setframerate(RATE)
             w.writeframes(self.stereo_pcm16().astype("<i2").tobytes())
         return path
+
+
+class PcmCallRecorder:
+    """Stereo call recording from int16 PCM ticks at any rate (the WebRTC caller uses 16 kHz).
+
+    Like :class:`CallRecorder`, tick ``i`` holds the caller's frame on the left and the bot
+    audio the caller heard during that tick on the right, so both sides share the call clock.
+    """
+
+    def __init__(self, rate: int, frame_samples: int) -> None:
+        if rate <= 0 or frame_samples <= 0:
+            raise ValueError("PcmCallRecorder needs a positive rate and frame size")
+        self.rate = rate
+        self.frame_samples = frame_samples
+        self._caller: list[np.ndarray] = []
+        self._bot: list[np.ndarray] = []
+
+    def add_tick(self, caller_frame: np.ndarray, bot_frame: np.ndarray) -> None:
+        """Record one tick; both frames must be ``frame_samples`` int16 samples."""
+        for side, frame in (("caller", caller_frame), ("bot", bot_frame)):
+            if frame.shape != (self.frame_samples,):
+                raise ValueError(
+                    f"{side} frame must be {self.frame_samples} samples, got {frame.shape}"
+                )
+        self._caller.append(caller_frame.astype(np.int16, copy=False))
+        self._bot.append(bot_frame.astype(np.int16, copy=False))
+
+    @property
+    def ticks(self) -> int:
+        return len(self._caller)
+
+    def stereo_pcm16(self) -> np.ndarray:
+        """The recording as an int16 array of shape (samples, 2)."""
+        if not self._caller:
+            return np.zeros((0, 2), dtype=np.int16)
+        return np.stack([np.concatenate(self._caller), np.concatenate(self._bot)], axis=1)
+
+    def write_wav(self, path: str | Path) -> Path:
+        """Write the stereo PCM16 WAV at :attr:`rate` and return its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(2)
+            w.setsampwidth(2)
+            w.setframerate(self.rate)
+            w.writeframes(self.stereo_pcm16().astype("<i2").tobytes())
+        return path

@@ -19,6 +19,7 @@ import base64
 import binascii
 import json
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,12 +54,15 @@ class CallerTurn:
 
     ``audio`` is int16 PCM at 8 kHz and wins over ``text`` (which is then only a label).
     ``expect_reply``: a turn the bot leaves unanswered makes the call fail.
+    ``wait_secs``: how long to wait for the bot's reply after this turn (``CallOptions.wait_secs``
+    when None); a silent turn that only listens can use a short wait.
     """
 
     text: str | None = None
     audio: np.ndarray | None = None
     dtmf: str | None = None
     expect_reply: bool = True
+    wait_secs: float | None = None
 
     def __post_init__(self) -> None:
         speech = self.text is not None or self.audio is not None
@@ -70,6 +74,8 @@ class CallerTurn:
             bad = [d for d in self.dtmf if d not in "0123456789*#ABCD"]
             if not self.dtmf or bad:
                 raise ValueError(f"CallerTurn.dtmf {self.dtmf!r} has invalid digits {bad}")
+        if self.wait_secs is not None and self.wait_secs < 0:
+            raise ValueError(f"CallerTurn.wait_secs must be >= 0, got {self.wait_secs}")
         if self.audio is not None:
             a = np.asarray(self.audio)
             if a.ndim != 1 or a.dtype != np.int16 or a.size == 0:
@@ -154,6 +160,16 @@ class TurnResult:
         return len(self.bot_audio)
 
     @property
+    def bot_audio_secs(self) -> float:
+        """Seconds of bot audio received in this turn (8 kHz mu-law here)."""
+        return self.bot_bytes / 8000
+
+    @property
+    def bot_played_secs(self) -> float:
+        """Seconds of bot audio played out (not cleared) in this turn."""
+        return self.bot_played_bytes / 8000
+
+    @property
     def replied(self) -> bool:
         return self.first_bot_media_ms is not None
 
@@ -162,7 +178,7 @@ class TurnResult:
             "index": self.index, "kind": self.kind, "text": self.text, "dtmf": self.dtmf,
             "speech_start_ms": _r(self.speech_start_ms), "speech_end_ms": _r(self.speech_end_ms),
             "first_bot_media_ms": _r(self.first_bot_media_ms), "latency_ms": _r(self.latency_ms),
-            "bot_bytes": self.bot_bytes, "bot_audio_secs": round(self.bot_bytes / 8000, 3),
+            "bot_bytes": self.bot_bytes, "bot_audio_secs": round(self.bot_audio_secs, 3),
             "bot_bytes_during_speech": self.bot_bytes_during_speech,
             "bot_played_bytes": self.bot_played_bytes, "clears": self.clears,
             "replied": self.replied, "barged_in": self.barged_in, "timed_out": self.timed_out,
@@ -195,6 +211,9 @@ class CallResult:
     frames_sent: int = 0
     max_send_lag_ms: float = 0.0  # worst lateness of a frame against the call clock
     record_path: str | None = None
+    started_unix: float | None = None  # wall-clock time (time.time()) of call-clock 0
+    #: Every bot ``media`` message as received: (call-clock ms, payload bytes, audible).
+    bot_media: list[tuple[float, int, bool]] = field(default_factory=list, repr=False)
 
     @property
     def latency_ms(self) -> list[float | None]:
@@ -305,6 +324,7 @@ class _CallSession:
     async def open(self) -> None:
         await self.send(self.msgs.connected())
         self.t0 = self.loop.time()
+        self.result.started_unix = time.time()
         self.log("out", "connected")
         await self.send(self.msgs.start(self.opt.custom_parameters()))
         self.log("out", "start", streamSid=self.identity.stream_sid)
@@ -465,6 +485,7 @@ class _CallSession:
         else:
             self._playout.append(bytearray(payload))
         audible = is_audible(payload)
+        self.result.bot_media.append((self.now_ms(), len(payload), audible))
         if audible:
             self.last_bot_activity = self.loop.time()
         turn = self.current
@@ -534,16 +555,17 @@ class _CallSession:
                 f.cancel()
             if self.closed.is_set():
                 return
-        await self._wait_reply(turn, barge_in_after, started=False)
+        await self._wait_reply(turn, barge_in_after, started=False, wait_secs=spec.wait_secs)
 
     async def _wait_reply(self, turn: TurnResult, barge_in_after: float | None,
-                          started: bool) -> None:
+                          started: bool, wait_secs: float | None = None) -> None:
         opt = self.opt
+        wait = opt.wait_secs if wait_secs is None else wait_secs
         begin = self.loop.time()
         while not self.closed.is_set():
             now = self.loop.time()
             if turn.first_bot_media_ms is None:
-                if now - begin >= opt.wait_secs:
+                if now - begin >= wait:
                     turn.timed_out = True
                     self.log("in", "no_reply", turn=turn.index)
                     return

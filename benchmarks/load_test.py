@@ -1,0 +1,131 @@
+"""Load test: N concurrent simulated phone calls against one bot server, on loopback.
+
+Three processes: the instant model-service stand-in (``pipeline.canned_model_service``:
+protocol v1, answers every response at once with ~2 s of flite speech), the bot server
+(``bots.server.create_app`` under uvicorn, serving ``flows/front_desk.yaml``: Silero VAD, Smart
+Turn v3, the flow runtime, call records in SQLite) and this process, the load generator
+(``bots.loadtest.run_load``: the caller simulator, Twilio Media Streams in real time). The
+server's CPU and RSS come from /proc.
+
+    .venv/bin/python benchmarks/load_test.py [--calls 50] [--ramp 10] \
+        [--plot benchmarks/load_test.png] [--json out.json]
+
+Prints p50/p95/p99 voice-to-voice latency, underruns, failed calls, CPU and memory per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+REPLY = "We are open from nine to six, Monday to Friday."
+
+
+def _serve_canned(queue: Any) -> None:
+    """Child: the model-service stand-in speaking REPLY at 8 kHz."""
+    from bots.caller.speech import synthesize
+    from pipeline.canned_model_service import CannedModelService
+
+    pcm = synthesize(REPLY, 8000).tobytes()
+
+    async def main() -> None:
+        async with CannedModelService(pcm, REPLY).serving() as url:
+            queue.put(url)
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve_bot(model_url: str, flows: str, db: str, port: int, log_level: str) -> None:
+    """Child: the bot server."""
+    import uvicorn
+    from loguru import logger
+
+    from bots.server import create_app
+    from bots.settings import Settings
+
+    logger.remove()
+    logger.add(sys.stderr, level=log_level)
+    settings = Settings(model_url=model_url, flows_dir=flows, database_url=f"sqlite:///{db}",
+                        max_calls=200, log_level=log_level)
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+
+
+def _wait_port(port: int, secs: float = 60.0) -> None:
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"bot server did not open port {port}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--ramp", type=float, default=10.0)
+    ap.add_argument("--flow", default=str(ROOT / "flows" / "front_desk.yaml"))
+    ap.add_argument("--plot", default=None, help="PNG path (default: none)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--server-log", default="WARNING")
+    args = ap.parse_args()
+
+    from bots.loadtest import LoadOptions, format_report, run_load, write_plot
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    canned = ctx.Process(target=_serve_canned, args=(queue,), daemon=True)
+    canned.start()
+    model_url = queue.get(timeout=60)
+    tmp = Path(tempfile.mkdtemp(prefix="stepcall-load-"))
+    flows = tmp / "flows"
+    flows.mkdir()
+    shutil.copy(args.flow, flows)
+    port = _free_port()
+    bot = ctx.Process(target=_serve_bot, args=(model_url, str(flows), str(tmp / "calls.db"),
+                                                port, args.server_log), daemon=True)
+    bot.start()
+    try:
+        _wait_port(port)
+        time.sleep(1.0)
+        options = LoadOptions(calls=args.calls, ramp_secs=args.ramp, server_pid=bot.pid,
+                              caller={"greeting_wait_secs": 5.0, "pause_secs": 0.5})
+        url = f"ws://127.0.0.1:{port}/twilio/stream"
+        report = asyncio.run(run_load(url, options))
+    finally:
+        bot.terminate()
+        canned.terminate()
+        bot.join(10)
+        canned.join(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"machine: {os.cpu_count()} CPUs; bot: {Path(args.flow).name}; model: canned stand-in")
+    print(format_report(report))
+    if args.plot:
+        print(f"plot: {write_plot(report, args.plot)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0 if report.failed_calls == 0 and report.underruns == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
