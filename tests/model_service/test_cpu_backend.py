@@ -182,6 +182,18 @@ def test_sentence_splitter_emits_each_sentence_as_soon_as_it_ends():
     assert speakable("**Hi** there: see https://x.io\n- one") == "Hi there: see one"
 
 
+def test_sentence_splitter_voices_the_first_words_early():
+    sp = SentenceSplitter(first_clause_chars=8, first_words=4)
+    assert sp.feed("We open at") == []
+    assert sp.feed(" 11 a") == ["We open at 11"]  # 4 words, and the 5th has begun
+    assert sp.feed("m tomorrow. See you") == []  # later pieces are whole sentences again
+    assert sp.feed(" then! Bye") == ["am tomorrow. See you then!"]
+    assert sp.finish() == ["Bye"]
+    short = SentenceSplitter(first_clause_chars=8, first_words=4)
+    assert short.feed("Yes, sure") == []  # "Yes," is under first_clause_chars
+    assert short.feed(", we deliver there") == ["Yes, sure,"]
+
+
 def test_cut_text_at_fraction_keeps_whole_words():
     assert cut_text_at_fraction("We open at nine tomorrow", 0.5) == "We open at"
     assert cut_text_at_fraction("abc", 0.0) == "" and cut_text_at_fraction("abc", 1.0) == "abc"

@@ -202,15 +202,21 @@ class SentenceSplitter:
     Pieces shorter than ``min_chars`` are joined with the next sentence so the voice does not
     speak single words with pauses between them (the first sentence uses ``first_min_chars``,
     kept small so the first audio comes early; before any sentence has ended, a comma after at
-    least ``first_clause_chars`` characters also ends the first piece).
+    least ``first_clause_chars`` characters also ends the first piece, and with ``first_words``
+    the first piece goes out once it has that many words, punctuation or not).
     """
 
     def __init__(
-        self, min_chars: int = 24, first_min_chars: int = 8, first_clause_chars: int = 20
+        self,
+        min_chars: int = 24,
+        first_min_chars: int = 8,
+        first_clause_chars: int = 20,
+        first_words: int = 0,
     ) -> None:
         self.min_chars = min_chars
         self.first_min_chars = first_min_chars
         self.first_clause_chars = first_clause_chars
+        self.first_words = first_words
         self._buf = ""
         self._emitted = 0
 
@@ -233,6 +239,12 @@ class SentenceSplitter:
             if cut >= self.first_clause_chars:
                 out.append(self._buf[: cut + 1].strip())
                 start = cut + 2
+            elif self.first_words and len(self._buf.split()) > self.first_words:
+                # Still no clause: the first ``first_words`` words go out alone (the word after
+                # them has begun, so they are complete).
+                cut = self._buf.rstrip().rfind(" ")
+                out.append(self._buf[:cut].strip())
+                start = cut + 1
         self._buf = self._buf[start:]
         self._emitted += len(out)
         return [s for s in out if s]
