@@ -261,6 +261,46 @@ def speech_models():
     return WhisperASR(asr_dir), PiperTTS(voice)
 
 
+class PrefillingLlama(ScriptedLlama):
+    """A stand-in engine whose prompt prefill takes time, batch by batch, and can be stopped."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.prefills: list[tuple[str, str]] = []  # (system turn, "done" | "stopped")
+
+    def prefill(self, prompt, cancelled=None):
+        for _ in range(10):  # ten 50 ms batches
+            if cancelled is not None and cancelled():
+                self.prefills.append((prompt, "stopped"))
+                return None
+            time.sleep(0.05)
+        self.prefills.append((prompt, "done"))
+        return None
+
+
+async def test_only_the_newest_system_turn_is_prewarmed(speech_models):
+    """A flow's burst of session updates costs one prefill: older prewarms are skipped before
+    they start or stopped at their next batch."""
+    from dataclasses import replace as dc_replace
+
+    llm = PrefillingLlama()
+    backend = _backend(speech_models, llm)
+    cfg = SessionConfig(call_id="warm", system_prompt="You are a generic assistant.")
+    session = await backend.open_session(cfg)  # prewarm 1 starts on the LLM thread
+    await asyncio.sleep(0.12)
+    for persona in ("Front desk, draft 1.", "Front desk, draft 2.", "Front desk, final."):
+        await session.update(dc_replace(cfg, system_prompt=persona))
+    for _ in range(100):
+        if any(state == "done" for _, state in llm.prefills):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    states = [(("final" in p) and "final" or ("generic" in p) and "generic" or "draft", st)
+              for p, st in llm.prefills]
+    assert states == [("generic", "stopped"), ("final", "done")], states
+    await backend.close()
+
+
 def _backend(speech_models, llm):
     from model_service.backends.cpu import CpuBackend
 

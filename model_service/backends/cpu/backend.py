@@ -247,6 +247,7 @@ class CpuSession(BackendSession):
         #: The user's turns as Whisper heard them (in order), and the latest one's ASR time.
         self.transcripts: list[str] = []
         self._commits = 0  # user turns committed
+        self._prewarm_gen = 0  # the newest prewarm (older ones are skipped or stopped)
         self._transcripts_taken = 0  # of which take_transcripts handed out the text
         self.last_asr_ms: float | None = None
 
@@ -379,7 +380,21 @@ class CpuSession(BackendSession):
             return
         prefix = render_chatml(self.system_text(), [], self.config.tools, tool_rules=TOOL_RULES)
         prefix = prefix.removesuffix("<|im_start|>assistant\n")
-        future = asyncio.get_running_loop().run_in_executor(self.backend._llm_exec, prefill, prefix)
+        # Only the newest system turn is worth warming: a flow sends its persona and tools as a
+        # few updates in a row, and each full prefill costs seconds on a CPU. An older prewarm
+        # that has not started is skipped; one that has is stopped at its next batch.
+        self._prewarm_gen += 1
+        gen = self._prewarm_gen
+
+        def stale() -> bool:
+            return gen != self._prewarm_gen
+
+        def job() -> Any:
+            if stale():
+                return None
+            return prefill(prefix, cancelled=stale)
+
+        future = asyncio.get_running_loop().run_in_executor(self.backend._llm_exec, job)
         future.add_done_callback(_log_prewarm_failure)
 
     async def close(self) -> None:

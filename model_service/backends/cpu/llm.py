@@ -149,11 +149,14 @@ class LlamaEngine:
             raise RuntimeError(f"llama.cpp completion failed: {stats.error}")
         return stats
 
-    def prefill(self, prompt: str) -> CompletionStats:
+    def prefill(
+        self, prompt: str, cancelled: Callable[[], bool] | None = None
+    ) -> CompletionStats:
         """Process ``prompt`` into llama.cpp's prompt cache (one token decoded, discarded), so
-        the next completion that starts with it only prefills what follows."""
+        the next completion that starts with it only prefills what follows. ``cancelled()``
+        stops it at the next prompt batch."""
         return self.complete(prompt, SamplingParams(temperature=0.0), lambda _piece: True,
-                             max_tokens=1)
+                             max_tokens=1, cancelled=cancelled)
 
     def close(self) -> None:
         """Drop the model (llama.cpp frees it when the server object goes)."""
