@@ -126,6 +126,7 @@ class StepAudio2Service(LLMService):
         on_failure: Callable[[], Awaitable[None]] | None = None,
         reconnect_attempts: int = 1,
         response_timeout_secs: float = 8.0,
+        first_response_timeout_secs: float = 30.0,
         transcribe_caller: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -146,6 +147,8 @@ class StepAudio2Service(LLMService):
             reconnect_attempts: Reconnects tried before giving up on the model service.
             response_timeout_secs: A response with neither audio nor an end by then counts as
                 a lost connection (a hung model service must not leave the caller in silence).
+            first_response_timeout_secs: The same for a model session's first response, which
+                also pays for reading the persona and tools (seconds on the CPU backend).
             transcribe_caller: Ask the model service for the text of each caller turn
                 (``input_transcription``); it arrives after the bot's reply and is pushed as a
                 ``TranscriptionFrame`` (call records, the widget's transcript).
@@ -204,6 +207,8 @@ class StepAudio2Service(LLMService):
         self._failed = False
         self._failure_task: asyncio.Task | None = None
         self._response_timeout = response_timeout_secs
+        self._first_response_timeout = max(first_response_timeout_secs, response_timeout_secs)
+        self._session_responses = 0  # responses requested on the current model session
         self._watchdog_task: asyncio.Task | None = None
         self._log = logger.bind(call_id=call_id)
         self._register_event_handler("on_model_service_failed")
@@ -278,6 +283,7 @@ class StepAudio2Service(LLMService):
             self._log.warning(f"cannot open a model session: {e}")
             return False
         self._client = client
+        self._session_responses = 0
         self._log.info(
             f"model session {started.session_id} on backend {started.backend} ({started.model})"
         )
@@ -548,20 +554,26 @@ class StepAudio2Service(LLMService):
         await self.start_processing_metrics()
         await self.start_ttfb_metrics()
         await self._client.create_response(instructions)
+        self._session_responses += 1
         if self._response_timeout > 0:
             if self._watchdog_task:
                 await self.cancel_task(self._watchdog_task)
-            self._watchdog_task = self.create_task(self._watch_response(stats))
+            timeout = (
+                self._first_response_timeout
+                if self._session_responses == 1
+                else self._response_timeout
+            )
+            self._watchdog_task = self.create_task(self._watch_response(stats, timeout))
 
-    async def _watch_response(self, stats: ResponseStats) -> None:
-        """Treat a response that stays silent past the timeout as a lost connection."""
-        await asyncio.sleep(self._response_timeout)
+    async def _watch_response(self, stats: ResponseStats, limit_secs: float) -> None:
+        """Treat a response that stays silent past ``limit_secs`` as a lost connection."""
+        await asyncio.sleep(limit_secs)
         self._watchdog_task = None
         if self._response is not stats or not self._response_requested:
             return
         if stats.audio_bytes or stats.tool_call or self._closing:
             return
-        reason = f"no answer within {self._response_timeout:g} s"
+        reason = f"no answer within {limit_secs:g} s"
         self._log.warning(f"model service: {reason}; dropping the connection")
         client, self._client = self._client, None  # its Closed event is now ignored
         if self._receive_task:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from loguru import logger
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import (
@@ -424,16 +425,24 @@ async def test_hung_model_service_ends_in_apology_not_silence(speech):
     canned = CannedModelService(b"", hang=True)  # accepts response.create, never answers
     apology = "Sorry, we have a technical problem."
     pcm = np.frombuffer(apology_pcm(RATE, apology), dtype=np.int16)
-    async with canned.serving() as url:
-        run = await place_call(
-            url,
-            profile(bot_speaks_first=True, greeting="Greet the caller.", apology=apology),
-            LoopbackPhone(),
-            service_options={"_response_timeout": 0.8},
-            until=lambda r: r.ended_by_itself,
-            wait_end=True,
-        )
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+    try:
+        async with canned.serving() as url:
+            run = await place_call(
+                url,
+                profile(bot_speaks_first=True, greeting="Greet the caller.", apology=apology),
+                LoopbackPhone(),
+                # a model session's first response may also read the persona: longer timeout
+                service_options={"_response_timeout": 0.3, "_first_response_timeout": 0.8},
+                until=lambda r: r.ended_by_itself,
+                wait_end=True,
+            )
+    finally:
+        logger.remove(sink)
     assert canned.sessions == 2 and canned.responses == 2  # asked, reconnected, asked again
+    timeouts = [line for line in lines if "dropping the connection" in line]
+    assert len(timeouts) == 2 and all("within 0.8 s" in line for line in timeouts), timeouts
     assert run.parts.service.failed
     played = np.concatenate([x for _, x in run.phone.speaker.chunks]).astype(np.int16)
     assert contains(played, pcm)
