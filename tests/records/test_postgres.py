@@ -7,13 +7,6 @@ postgresql``) or the cluster cannot be started.
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -22,80 +15,14 @@ import pytest
 from bots.records.models import CallRecord, ToolCallRecord, TurnRecord, utcnow
 from bots.records.store import CallFilter, CallStore
 from pipeline.call_record_observer import CallRecordObserver
-
-
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.pg_cluster import running_cluster
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     """URL of a throw-away PostgreSQL cluster (trust auth on 127.0.0.1)."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
-    prefix: list[str] = []
-    user = None
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    root = tempfile.mkdtemp(prefix="stepcall-pg-")
-    if user is not None:
-        os.chown(root, user.pw_uid, user.pw_gid)
-    data, port = os.path.join(root, "data"), _free_port()
-    log = os.path.join(root, "pg.log")
-    try:
-        subprocess.run(
-            [*prefix, initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        subprocess.run(
-            [
-                *prefix,
-                pg_ctl,
-                "-D",
-                data,
-                "-l",
-                log,
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=90,
-        )
-    except (subprocess.SubprocessError, OSError) as e:
-        detail = getattr(e, "stderr", b"") or b""
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"could not start a PostgreSQL cluster: {e} {detail.decode()[-500:]}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"],
-            capture_output=True,
-            timeout=60,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+    with running_cluster() as cluster:
+        yield cluster.url
 
 
 def test_postgres_store_round_trip(pg_url):
