@@ -8,14 +8,8 @@ bot's mu-law reply, which we transcribe with the same Whisper model and check is
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,69 +19,21 @@ from bots.caller.mulaw import ulaw_to_pcm16
 from bots.caller.speech import SpeechUnavailableError, synthesize
 from model_service import cpu_models
 
+from .conftest import Proc, _start, _stop, _wait_http, free_port
+
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class _Proc:
-    popen: subprocess.Popen
-    log: Path
-
-    def tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
 
 @dataclass
 class CpuStack:
     """`stepcall model --backend cpu` + `stepcall serve`."""
 
-    model: _Proc
-    web: _Proc
+    model: Proc
+    web: Proc
     web_port: int
 
     @property
     def stream_url(self) -> str:
         return f"ws://127.0.0.1:{self.web_port}/twilio/stream"
-
-
-def _start(args: list[str], env: dict[str, str], log: Path) -> _Proc:
-    handle = log.open("w")
-    popen = subprocess.Popen([sys.executable, "-m", "bots.cli", *args], cwd=ROOT, env=env,
-                             stdout=handle, stderr=subprocess.STDOUT)
-    return _Proc(popen, log)
-
-
-def _wait_ready(url: str, proc: _Proc, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"process exited ({proc.popen.returncode}):\n{proc.tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"timed out waiting for {url}:\n{proc.tail()}")
-
-
-def _stop(proc: _Proc) -> None:
-    if proc.popen.poll() is None:
-        proc.popen.terminate()
-        try:
-            proc.popen.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.popen.kill()
-            proc.popen.wait()
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +44,7 @@ def cpu_stack(tmp_path_factory) -> Iterator[CpuStack]:
         pytest.skip(f"cpu backend models not installed: {e}")
     logs = tmp_path_factory.mktemp("cpu-logs")
     flows = tmp_path_factory.mktemp("cpu-flows")  # empty: the default bot answers
-    model_port, web_port = _free_port(), _free_port()
+    model_port, web_port = free_port(), free_port()
     env = {
         **os.environ,
         "STEPCALL_MODEL_PORT": str(model_port),
@@ -106,15 +52,17 @@ def cpu_stack(tmp_path_factory) -> Iterator[CpuStack]:
         "STEPCALL_MODEL_URL": f"ws://127.0.0.1:{model_port}/v1/session",
         "STEPCALL_FLOWS_DIR": str(flows),
         "STEPCALL_LOG_LEVEL": "DEBUG",
+        "STEPCALL_DATABASE_URL": f"sqlite:///{logs}/calls.db",
         "PYTHONUNBUFFERED": "1",
     }
-    env.pop("TWILIO_AUTH_TOKEN", None)
+    for name in ("TWILIO_AUTH_TOKEN", "STEPCALL_STREAM_SECRET", "STEPCALL_MODEL_TOKEN"):
+        env.pop(name, None)
     model = _start(["model", "--backend", "cpu"], env, logs / "model.log")
     web = None
     try:
-        _wait_ready(f"http://127.0.0.1:{model_port}/readyz", model, timeout=240)
+        _wait_http(f"http://127.0.0.1:{model_port}/readyz", model, timeout=240)
         web = _start(["serve"], env, logs / "web.log")
-        _wait_ready(f"http://127.0.0.1:{web_port}/healthz", web, timeout=120)
+        _wait_http(f"http://127.0.0.1:{web_port}/healthz", web, timeout=120)
         yield CpuStack(model, web, web_port)
     finally:
         if web is not None:
