@@ -35,7 +35,7 @@ from twilio.twiml.voice_response import Connect, Hangup, Say, Stream, VoiceRespo
 
 from bots.call import CallInfo, run_twilio_call
 from bots.http_limits import BodySizeLimit
-from bots.records.service import CallRecords
+from bots.records.service import CallRecords, recorded_call
 from bots.registry import BotRegistry
 from bots.settings import Settings
 from bots.twilio.call_control import TwilioCallControl, whisper_twiml
@@ -397,25 +397,19 @@ def create_app(
             on_abnormal_end=observer.mark_error if observer is not None else None,
         )
         try:
-            await run_twilio_call(
-                guard,
-                call,
-                profile,
-                settings,
-                call_control=control,
-                observers=[observer] if observer is not None else None,
-            )
-        except Exception as e:
+            async with recorded_call(observer, log):
+                await run_twilio_call(
+                    guard,
+                    call,
+                    profile,
+                    settings,
+                    call_control=control,
+                    observers=[observer] if observer is not None else None,
+                )
+        except Exception:
             log.exception("call failed")
-            if observer is not None:
-                observer.set_outcome("error", str(e))
         finally:
             calls.release()
-            if observer is not None:
-                try:
-                    await observer.finish()
-                except Exception:
-                    log.exception("could not save the call record")
 
     @app.exception_handler(KeyError)
     async def _unknown_bot(_request: Request, exc: KeyError) -> JSONResponse:

@@ -66,6 +66,7 @@ from pipecat.workers.runner import WorkerRunner
 from bots.call import CallInfo, build_call, call_worker, conversation_starter
 from bots.call_control import CallControl, TransferResult
 from bots.profile import BotProfile
+from bots.records.service import recorded_call
 from bots.registry import BotRegistry
 from bots.settings import Settings
 from bots.tracing import call_span_attributes
@@ -585,26 +586,20 @@ def add_webrtc_routes(
                 observer = records.observer(call, profile) if records is not None else None
                 log = logger.bind(call_id=call_id)
                 try:
-                    await run_webrtc_call(
-                        connection,
-                        call,
-                        profile,
-                        settings,
-                        connect_timeout_secs=config.connect_timeout_secs,
-                        observers=[observer] if observer is not None else None,
-                    )
-                except Exception as e:
+                    async with recorded_call(observer, log):
+                        await run_webrtc_call(
+                            connection,
+                            call,
+                            profile,
+                            settings,
+                            connect_timeout_secs=config.connect_timeout_secs,
+                            observers=[observer] if observer is not None else None,
+                        )
+                except Exception:
                     log.exception("browser call failed")
-                    if observer is not None:
-                        observer.set_outcome("error", str(e))
                 finally:
                     if counter is not None:
                         counter.release()
-                    if observer is not None:
-                        try:
-                            await observer.finish()
-                        except Exception:
-                            log.exception("could not save the call record")
 
             calls.start(run(), name=f"webrtc-call-{call_id}")
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,24 @@ class CallRecords:
                 await self._purge_task
             self._purge_task = None
         await asyncio.to_thread(self.store.close)
+
+
+@contextlib.asynccontextmanager
+async def recorded_call(observer: Any | None, log: Any = logger) -> AsyncIterator[None]:
+    """Run one call under its record's observer (``None``: no records).
+
+    A failure marks the record ``error`` with the exception and propagates; the record is closed
+    in every case, and a failure to save it is only logged (it never ends a call badly).
+    """
+    try:
+        yield
+    except Exception as e:
+        if observer is not None:
+            observer.set_outcome("error", str(e))
+        raise
+    finally:
+        if observer is not None:
+            try:
+                await observer.finish()
+            except Exception:
+                log.exception("could not save the call record")

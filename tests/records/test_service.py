@@ -135,3 +135,25 @@ async def test_recording_flow_setting_and_purge_task(tmp_path):
 
 def test_records_can_be_turned_off():
     assert CallRecords.from_settings(_Settings("none")) is None
+
+
+async def test_recorded_call_marks_a_failed_call_and_always_closes_its_record(tmp_path):
+    import pytest
+
+    from bots.records.service import recorded_call
+
+    records = CallRecords.from_settings(_Settings(f"sqlite:///{tmp_path}/calls.db"))
+    ok = records.observer(CallInfo("CA-ok", "MZ1"), BotProfile(name="front_desk"))
+    async with recorded_call(ok):
+        pass
+    failed = records.observer(CallInfo("CA-bad", "MZ2"), BotProfile(name="front_desk"))
+    with pytest.raises(RuntimeError, match="pipeline broke"):
+        async with recorded_call(failed):
+            raise RuntimeError("pipeline broke")
+    async with recorded_call(None):  # no call records: nothing to do
+        pass
+    assert records.store.writer.flush()
+    assert records.store.get_call("CA-ok").outcome is not None
+    bad = records.store.get_call("CA-bad")
+    assert bad.outcome == "error" and "pipeline broke" in (bad.error or "")
+    await records.aclose()
