@@ -505,7 +505,7 @@ class _CallSession:
         """No audible bot audio received or played out for ``quiet_secs``."""
         return self.loop.time() - self.last_bot_activity >= self.opt.quiet_secs
 
-    async def _sleep_unless_closed(self, secs: float) -> None:
+    async def sleep_unless_closed(self, secs: float) -> None:
         try:
             await asyncio.wait_for(self.closed.wait(), timeout=secs)
         except TimeoutError:
@@ -527,7 +527,7 @@ class _CallSession:
     async def run_turn(self, turn: TurnResult, spec: CallerTurn, pcm: np.ndarray | None,
                        barge_in_after: float | None, pause: bool) -> None:
         if pause:
-            await self._sleep_unless_closed(self.opt.pause_secs)
+            await self.sleep_unless_closed(self.opt.pause_secs)
         if self.closed.is_set():
             turn.skipped = True
             return
@@ -536,7 +536,7 @@ class _CallSession:
         if spec.dtmf is not None:
             for k, digit in enumerate(spec.dtmf):
                 if k:
-                    await self._sleep_unless_closed(self.opt.dtmf_gap_secs)
+                    await self.sleep_unless_closed(self.opt.dtmf_gap_secs)
                 if self.closed.is_set():
                     return
                 await self.send(self.msgs.dtmf(digit))
@@ -584,6 +584,29 @@ class _CallSession:
             await asyncio.sleep(_POLL)
 
 
+async def play_script(session: Any, specs: list[CallerTurn], turns: list[Any],
+                      pcms: list[Any], opt: CallOptions) -> None:
+    """The caller's side of a call, whatever the transport: listen for a greeting, play each
+    turn (the next one barges in ``barge_in_after`` into a reply; after a barge-in it starts
+    without the pause), then wait ``hangup_delay_secs``. Turns after the bot hung up are skipped.
+
+    ``session`` has ``closed`` (an ``asyncio.Event``), ``greeting()``, ``run_turn(turn, spec,
+    pcm, barge_in_after, pause=...)`` and ``sleep_unless_closed(secs)``.
+    """
+    await session.greeting()
+    barged = False
+    for k, (spec, turn) in enumerate(zip(specs, turns, strict=True)):
+        if session.closed.is_set():
+            turn.skipped = True
+            continue
+        is_last = k == len(specs) - 1
+        await session.run_turn(turn, spec, pcms[k],
+                               None if is_last else opt.barge_in_after, pause=not barged)
+        barged = turn.barged_in
+    if not session.closed.is_set():
+        await session.sleep_unless_closed(opt.hangup_delay_secs)
+
+
 async def run_call(url: str, turns: list[CallerTurn],
                    options: CallOptions | None = None) -> CallResult:
     """Place one simulated Twilio call to the bot at ``url`` and play ``turns`` in order.
@@ -620,18 +643,7 @@ async def run_call(url: str, turns: list[CallerTurn],
     try:
         await session.open()
         ticker = asyncio.create_task(session.ticker())
-        await session.greeting()
-        barged = False
-        for k, (spec, turn) in enumerate(zip(turns, result.turns, strict=True)):
-            if session.closed.is_set():
-                turn.skipped = True
-                continue
-            is_last = k == len(turns) - 1
-            await session.run_turn(turn, spec, pcms[k],
-                                   None if is_last else opt.barge_in_after, pause=not barged)
-            barged = turn.barged_in
-        if not session.closed.is_set():
-            await session._sleep_unless_closed(opt.hangup_delay_secs)
+        await play_script(session, turns, result.turns, pcms, opt)
     except Exception as e:
         if not session.closed.is_set():
             result.errors.append(f"call failed: {e!r}")

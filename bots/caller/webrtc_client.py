@@ -54,6 +54,7 @@ from bots.caller.twilio_client import (
     CallOptions,
     CallResult,
     TurnResult,
+    play_script,
 )
 
 #: The microphone's sample rate and 20 ms frame (what a browser sends, as Opus).
@@ -672,18 +673,7 @@ async def run_webrtc_call(base_url: str, turns: list[CallerTurn],
             await _wait_event(session.ready, session.closed, opt.connect_timeout)
             if not session.ready.is_set():
                 session.log("in", "no_bot_ready")
-            await session.greeting()
-            barged = False
-            for k, (spec, turn) in enumerate(zip(turns, result.turns, strict=True)):
-                if session.closed.is_set():
-                    turn.skipped = True
-                    continue
-                is_last = k == len(turns) - 1
-                await session.run_turn(turn, spec, pcms[k],
-                                       None if is_last else opt.barge_in_after, pause=not barged)
-                barged = turn.barged_in
-            if not session.closed.is_set():
-                await session.sleep_unless_closed(opt.hangup_delay_secs)
+            await play_script(session, turns, result.turns, pcms, opt)
     except Exception as e:
         if not session.closed.is_set():
             result.errors.append(f"call failed: {e!r}")
