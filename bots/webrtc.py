@@ -154,11 +154,6 @@ def ice_servers_for_browser(servers: list[IceServer]) -> list[dict[str, Any]]:
     return out
 
 
-def _setting(settings: Settings, name: str) -> str | None:
-    value = getattr(settings, name, None)
-    return None if value is None else str(value)
-
-
 @dataclass(frozen=True)
 class WebRTCConfig:
     """What the WebRTC routes need beyond :class:`Settings`."""
@@ -176,24 +171,16 @@ class WebRTCConfig:
         """Read ``ice_servers`` / ``webrtc_offers_per_minute`` / ``widget_origins`` from the
         settings (env vars STEPCALL_ICE_SERVERS, STEPCALL_WEBRTC_OFFERS_PER_MINUTE,
         STEPCALL_WIDGET_ORIGINS)."""
-        rate_raw = _setting(settings, "webrtc_offers_per_minute")
-        try:
-            rate = 10 if rate_raw is None else int(rate_raw)
-        except ValueError as e:
-            raise ValueError(
-                f"STEPCALL_WEBRTC_OFFERS_PER_MINUTE must be an integer, got {rate_raw!r}"
-            ) from e
-        origins_raw = _setting(settings, "widget_origins") or "*"
-        origins = tuple(o.strip().rstrip("/") for o in origins_raw.split(",") if o.strip())
+        origins = tuple(
+            o.strip().rstrip("/") for o in settings.widget_origins.split(",") if o.strip()
+        )
         return cls(
-            ice_servers=parse_ice_servers(
-                _setting(settings, "ice_servers")
-            ),
-            offers_per_minute=rate,
+            ice_servers=parse_ice_servers(settings.ice_servers),
+            offers_per_minute=settings.webrtc_offers_per_minute,
             allowed_origins=origins or ("*",),
-            widget_secret=getattr(settings, "widget_secret", None),
-            widget_token_ttl_secs=getattr(settings, "widget_token_ttl_secs", DEFAULT_TTL_SECS),
-            api_token=getattr(settings, "api_token", None),
+            widget_secret=settings.widget_secret,
+            widget_token_ttl_secs=settings.widget_token_ttl_secs,
+            api_token=settings.api_token,
         )
 
 
