@@ -59,8 +59,6 @@ from pipeline.turn_models import SharedSileroVADAnalyzer, SharedSmartTurnAnalyze
 from pipeline.twilio_marks import TwilioMarkProcessor
 
 PHONE_RATE = 8000
-#: Speech needed to interrupt the bot when the profile does not say (backchannels are shorter).
-DEFAULT_MIN_INTERRUPT_SECS = 0.6
 #: Smart Turn's silence fallback: an INCOMPLETE verdict holds the turn at most this long.
 SMART_TURN_STOP_SECS = 2.0
 
@@ -76,21 +74,11 @@ class CallInfo:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def min_interrupt_secs(profile: BotProfile) -> float:
-    """Seconds of caller speech that interrupt the bot (``profile.min_interrupt_secs``)."""
-    value = getattr(profile, "min_interrupt_secs", None)
-    return DEFAULT_MIN_INTERRUPT_SECS if value is None else float(value)
-
-
 def failure_policy(profile: BotProfile) -> FailurePolicy:
     """What a call does when the model service is lost (``profile.on_model_failure``)."""
-    policy = getattr(profile, "on_model_failure", None)
-    if isinstance(policy, FailurePolicy):
-        return policy
-    transfer_to = getattr(profile, "transfer_to", None)
-    text = getattr(profile, "apology", None) or DEFAULT_APOLOGY
-    if policy == "transfer" and transfer_to:
-        return FailurePolicy("transfer", transfer_to, text)
+    text = profile.apology or DEFAULT_APOLOGY
+    if profile.on_model_failure == "transfer" and profile.transfer_to:
+        return FailurePolicy("transfer", profile.transfer_to, text)
     return FailurePolicy("end", None, text)
 
 
@@ -101,7 +89,7 @@ def turn_strategies(profile: BotProfile, call_id: str = "") -> UserTurnStrategie
     backchannels do not cut the bot off). Stop: Smart Turn v3 (default) or a speech timeout.
     """
     start = [
-        MinDurationUserTurnStartStrategy(min_secs=min_interrupt_secs(profile), call_id=call_id)
+        MinDurationUserTurnStartStrategy(min_secs=profile.min_interrupt_secs, call_id=call_id)
     ]
     if profile.smart_turn:
         params = SmartTurnParams(stop_secs=SMART_TURN_STOP_SECS)
@@ -114,7 +102,7 @@ def turn_strategies(profile: BotProfile, call_id: str = "") -> UserTurnStrategie
 
 def mute_strategies(profile: BotProfile) -> list[Any]:
     """``profile.mute_during_greeting``: the caller cannot interrupt the greeting."""
-    if getattr(profile, "mute_during_greeting", False):
+    if profile.mute_during_greeting:
         return [MuteUntilFirstBotCompleteUserMuteStrategy()]
     return []
 

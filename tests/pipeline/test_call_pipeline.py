@@ -97,12 +97,7 @@ class CallRun:
 
 
 def profile(**kw: Any) -> BotProfile:
-    names = ("min_interrupt_secs", "apology", "mute_during_greeting")
-    extra = {k: kw.pop(k) for k in names if k in kw}
-    prof = BotProfile(name="test", **kw)
-    for k, v in extra.items():
-        setattr(prof, k, v)  # fields the call pipeline reads when the profile has them
-    return prof
+    return BotProfile(name="test", **kw)
 
 
 async def place_call(
