@@ -6,11 +6,13 @@ model service is a stand-in that answers instantly (``pipeline.canned_model_serv
 over a real loopback WebSocket, canned PCM), run in a child process so its CPU is not counted.
 The caller is a loopback phone playing flite speech in real time.
 
-Per turn: ``overhead = first audio write - end of speech - VAD stop_secs``. It still contains
-Smart Turn's inference (reported separately, from its ``TurnMetricsData``) and everything else the
-bot process does (VAD windows, aggregators, WebSocket hops, output transport). Turns Smart Turn
-judged INCOMPLETE (robotic flite prosody; they wait for its silence fallback) are counted and
-left out of the latency numbers. CPU: this process's CPU time over the calls' wall time.
+Per turn: ``overhead = first audio write - end of speech - VAD stop_secs``, where the end of
+speech is the end of the last 10 ms frame above 300 RMS. It splits into: VAD's end of speech (its
+stop event minus stop_secs) against that acoustic end; the wait for Smart Turn's verdict after
+VAD's stop (~0 when the early inference during the pause answered); and the rest of the bot
+process (aggregators, WebSocket hops to the stand-in, output transport). Turns Smart Turn judged
+INCOMPLETE (robotic flite prosody; they wait for its silence fallback) are counted and left out
+of the latency numbers. CPU: this process's CPU time over the calls' wall time.
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--turns 12] [--json out.json]
 """
@@ -118,48 +120,56 @@ async def run_call(url: str, turns: int) -> dict[str, Any]:
     wall = time.monotonic() - wall0
     await worker.cancel()
     await asyncio.wait_for(task, 10.0)
+    turn_analyzer = smart_turn_analyzer(parts)
 
     writes = [t for t, _ in phone.speaker.chunks]
-    overhead, turn_ms, rest, incomplete = [], [], [], 0
-    vad_lag, after_vad, after_vad_rest = [], [], []
+    overhead, turn_ms, incomplete = [], [], 0
+    vad_lag, turn_wait, after_turn = [], [], []
     for off in offsets:
         speech_end = phone.mic.started_at + off + end_in_utt
         after = [t for t in writes if t > speech_end]
         verdicts = [r for r in turn_model.results if r[0] > speech_end]
-        if not after or not verdicts:
+        stops = [t for t in turn_model.vad_stops if t > speech_end]
+        if not after or not verdicts or not stops:
             continue
-        _, complete, e2e_ms = verdicts[0]
+        verdict_at, complete, e2e_ms = verdicts[0]
         if not complete:
             incomplete += 1
             continue
-        ms = (after[0] - speech_end - prof.vad_stop_secs) * 1000.0
-        overhead.append(ms)
+        overhead.append((after[0] - speech_end - prof.vad_stop_secs) * 1000.0)
         turn_ms.append(e2e_ms)
-        rest.append(ms - e2e_ms)
-        stops = [t for t in turn_model.vad_stops if t > speech_end]
-        if stops:  # VAD's own end of speech: its stop event minus stop_secs
-            vad_lag.append((stops[0] - prof.vad_stop_secs - speech_end) * 1000.0)
-            after_vad.append((after[0] - stops[0]) * 1000.0)
-            after_vad_rest.append((after[0] - stops[0]) * 1000.0 - e2e_ms)
+        # VAD's own end of speech (its stop event minus stop_secs) against the acoustic end
+        vad_lag.append((stops[0] - prof.vad_stop_secs - speech_end) * 1000.0)
+        turn_wait.append((verdict_at - stops[0]) * 1000.0)  # Smart Turn on the critical path
+        after_turn.append((after[0] - verdict_at) * 1000.0)  # aggregators, service, transport
     return {
         "turns": turns,
         "measured_turns": len(overhead),
         "smart_turn_incomplete": incomplete,
         "overhead_ms_p50": pct(overhead, 50),
         "overhead_ms_p95": pct(overhead, 95),
-        "smart_turn_ms_p50": pct(turn_ms, 50),
-        "smart_turn_ms_p95": pct(turn_ms, 95),
-        "overhead_without_smart_turn_ms_p50": pct(rest, 50),
-        "overhead_without_smart_turn_ms_p95": pct(rest, 95),
         "vad_end_lag_ms_p50": pct(vad_lag, 50),
-        "from_vad_end_ms_p50": pct(after_vad, 50),
-        "from_vad_end_ms_p95": pct(after_vad, 95),
-        "from_vad_end_without_smart_turn_ms_p50": pct(after_vad_rest, 50),
-        "from_vad_end_without_smart_turn_ms_p95": pct(after_vad_rest, 95),
+        "vad_end_lag_ms_p95": pct(vad_lag, 95),
+        "smart_turn_wait_ms_p50": pct(turn_wait, 50),
+        "smart_turn_wait_ms_p95": pct(turn_wait, 95),
+        "after_turn_end_ms_p50": pct(after_turn, 50),
+        "after_turn_end_ms_p95": pct(after_turn, 95),
+        "smart_turn_inference_ms_p50": pct(turn_ms, 50),
+        "smart_turn_inference_ms_p95": pct(turn_ms, 95),
         "cpu_percent_of_core": 100.0 * cpu / wall,
         "cpu_wall_secs": wall,
         "overhead_ms": overhead,
+        "smart_turn_early_hits": turn_analyzer.early_hits,
+        "smart_turn_late_runs": turn_analyzer.late_runs,
+        "smart_turn_early_runs": turn_analyzer.early_runs,
     }
+
+
+def smart_turn_analyzer(parts: Any) -> Any:
+    """The call's Smart Turn analyzer (its early/late inference counts)."""
+    assert parts.aggregators is not None
+    strategies = parts.aggregators.user()._params.user_turn_strategies
+    return strategies.stop[0]._turn_analyzer
 
 
 async def phone_baseline(secs: float = 6.0) -> float:
@@ -218,22 +228,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{res['measured_turns']}/{res['turns']} turns "
         f"({res['smart_turn_incomplete']} judged incomplete by Smart Turn, left out):"
     )
+    rows = [
+        ("total", "overhead_ms"),
+        ("  VAD end of speech after the acoustic end", "vad_end_lag_ms"),
+        ("  Smart Turn wait after VAD's stop", "smart_turn_wait_ms"),
+        ("  turn end -> first audio out", "after_turn_end_ms"),
+        ("Smart Turn inference (off the path when early)", "smart_turn_inference_ms"),
+    ]
+    for label, key in rows:
+        print(f"  {label:48s} p50 {res[key + '_p50']:7.1f} ms  p95 {res[key + '_p95']:7.1f} ms")
     print(
-        f"  total:               p50 {res['overhead_ms_p50']:.1f} ms  p95 {res['overhead_ms_p95']:.1f} ms"
-    )
-    print(
-        f"  Smart Turn inference: p50 {res['smart_turn_ms_p50']:.1f} ms  p95 {res['smart_turn_ms_p95']:.1f} ms"
-    )
-    print(
-        f"  without Smart Turn:  p50 {res['overhead_without_smart_turn_ms_p50']:.1f} ms  "
-        f"p95 {res['overhead_without_smart_turn_ms_p95']:.1f} ms"
-    )
-    print(
-        f"  measured from VAD's end of speech (it lags the acoustic end by "
-        f"{res['vad_end_lag_ms_p50']:.0f} ms p50): p50 {res['from_vad_end_ms_p50']:.1f} ms  "
-        f"p95 {res['from_vad_end_ms_p95']:.1f} ms; without Smart Turn: "
-        f"p50 {res['from_vad_end_without_smart_turn_ms_p50']:.1f} ms  "
-        f"p95 {res['from_vad_end_without_smart_turn_ms_p95']:.1f} ms"
+        f"  Smart Turn verdicts from the early inference: {res['smart_turn_early_hits']}, "
+        f"from an inference after VAD's stop: {res['smart_turn_late_runs']}; "
+        f"early inferences started: {res['smart_turn_early_runs']}"
     )
     bot_cpu = res["cpu_percent_of_core"] - res["phone_cpu_percent_of_core"]
     res["bot_cpu_percent_of_core"] = bot_cpu

@@ -50,12 +50,13 @@ from bots.settings import Settings
 from bots.tracing import call_span_attributes, tracing_enabled
 from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
 from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
+from pipeline.endpoint_vad import EndpointVADAnalyzer
 from pipeline.fan_out_observer import FanOutObserver
 from pipeline.flow_runtime import FlowRuntime, attach_flow
 from pipeline.min_duration_start_strategy import MinDurationUserTurnStartStrategy
+from pipeline.speculative_smart_turn import SpeculativeSmartTurnAnalyzer
 from pipeline.step_audio2_service import StepAudio2Service, StepAudio2Settings
 from pipeline.turn_metrics_observer import TurnMetricsObserver
-from pipeline.turn_models import SharedSileroVADAnalyzer, SharedSmartTurnAnalyzerV3
 from pipeline.twilio_marks import TwilioMarkProcessor
 
 PHONE_RATE = 8000
@@ -82,18 +83,26 @@ def failure_policy(profile: BotProfile) -> FailurePolicy:
     return FailurePolicy("end", None, text)
 
 
-def turn_strategies(profile: BotProfile, call_id: str = "") -> UserTurnStrategies:
+def vad_analyzer(profile: BotProfile, sample_rate: int = PHONE_RATE) -> EndpointVADAnalyzer:
+    """The call's Silero VAD: stop timer from the acoustic end of speech (``vad_stop_secs``)."""
+    return EndpointVADAnalyzer(
+        sample_rate=sample_rate, params=VADParams(stop_secs=profile.vad_stop_secs)
+    )
+
+
+def turn_strategies(
+    profile: BotProfile, vad: EndpointVADAnalyzer, call_id: str = ""
+) -> UserTurnStrategies:
     """Turn strategies of a bot.
 
     Start: VAD, but while the bot speaks only after ``min_interrupt_secs`` of speech (so
-    backchannels do not cut the bot off). Stop: Smart Turn v3 (default) or a speech timeout.
+    backchannels do not cut the bot off). Stop: Smart Turn v3 (default; its inference starts
+    during the pause, before ``vad`` ends speech) or a speech timeout.
     """
-    start = [
-        MinDurationUserTurnStartStrategy(min_secs=profile.min_interrupt_secs, call_id=call_id)
-    ]
+    start = [MinDurationUserTurnStartStrategy(min_secs=profile.min_interrupt_secs, call_id=call_id)]
     if profile.smart_turn:
         params = SmartTurnParams(stop_secs=SMART_TURN_STOP_SECS)
-        analyzer = SharedSmartTurnAnalyzerV3(params=params)
+        analyzer = SpeculativeSmartTurnAnalyzer(vad=vad, params=params)
         stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
     else:
         stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.6)]
@@ -198,13 +207,12 @@ def build_call(
             {"role": "developer", "content": profile.greeting or "Greet the caller briefly."}
         )
     context = LLMContext(messages)
+    vad = vad_analyzer(profile, sample_rate)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=SharedSileroVADAnalyzer(
-                sample_rate=sample_rate, params=VADParams(stop_secs=profile.vad_stop_secs)
-            ),
-            user_turn_strategies=turn_strategies(profile, call.call_id),
+            vad_analyzer=vad,
+            user_turn_strategies=turn_strategies(profile, vad, call.call_id),
             user_mute_strategies=mute_strategies(profile),
         ),
     )

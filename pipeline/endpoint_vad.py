@@ -1,0 +1,121 @@
+"""EndpointVADAnalyzer: Silero VAD whose stop timer counts from the acoustic end of speech.
+
+Pipecat's VAD ends speech after ``stop_secs`` of consecutive Silero windows judged silent. Silero
+lingers: it still reports speech for ~60–130 ms of the decaying tail after a phrase ends, so the
+caller waited ``stop_secs`` plus that lag (measured ~103 ms p50 at 8 kHz) before the bot could
+answer. Here the stop timer runs from the end of the last loud sub-frame
+(:class:`pipeline.speech_energy.SpeechEnergyTracker`) instead:
+
+    speech stops once Silero has judged at least ``MIN_SILERO_QUIET_WINDOWS`` windows silent
+    and the audio has been quiet for ``stop_secs``, or (as before) once Silero has judged
+    ``stop_secs`` worth of windows silent (loud noise that Silero knows is not speech).
+
+The check runs on every incoming buffer (20 ms on a phone), not only at the end of a 32 ms
+Silero window, so the stop is not rounded up to a window boundary. Start detection is Pipecat's,
+unchanged. ``pause_key`` and ``pause_secs`` tell a speculative turn model
+(:class:`pipeline.speculative_smart_turn.SpeculativeSmartTurnAnalyzer`) when a pause has begun
+and whether it is still the same pause.
+"""
+
+from __future__ import annotations
+
+from pipecat.audio.vad.vad_analyzer import VADParams, VADState
+
+from pipeline.speech_energy import SpeechEnergyTracker
+from pipeline.turn_models import SharedSileroVADAnalyzer
+
+#: Silero must agree (this many consecutive silent windows, 32 ms each) before energy can end speech.
+MIN_SILERO_QUIET_WINDOWS = 2
+
+
+class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
+    """Silero VAD (shared session, inline) with an energy-refined end of speech."""
+
+    def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None) -> None:
+        super().__init__(sample_rate=sample_rate, params=params)
+        self._energy: SpeechEnergyTracker | None = None
+        self._resumptions = 0
+
+    def set_params(self, params: VADParams) -> None:
+        """Pipecat's parameters; a fresh energy tracker when the sample rate changes."""
+        super().set_params(params)
+        if self._energy is None or self._energy.sample_rate != self.sample_rate:
+            self._energy = SpeechEnergyTracker(self.sample_rate)
+
+    @property
+    def energy(self) -> SpeechEnergyTracker:
+        """The stream's energy tracker (after the sample rate is known)."""
+        if self._energy is None:
+            raise RuntimeError("EndpointVADAnalyzer: set_sample_rate() has not run yet")
+        return self._energy
+
+    @property
+    def state(self) -> VADState:
+        """The analyzer's current state."""
+        return self._vad_state
+
+    @property
+    def pause_key(self) -> tuple[int, int]:
+        """Identifies the current pause: changes when speech resumes, in Silero or in energy."""
+        return self._resumptions, self.energy.last_loud_end
+
+    @property
+    def pause_secs(self) -> float:
+        """Seconds of quiet audio since the caller's speech (0 when no speech is under way)."""
+        if self._vad_state not in (VADState.SPEAKING, VADState.STOPPING):
+            return 0.0
+        return self.energy.quiet_secs
+
+    def _run_analyzer(self, buffer: bytes) -> VADState:
+        """Pipecat's state machine, with the stop decided by :meth:`_speech_ended`."""
+        self.energy.update(buffer)
+        self._vad_buffer += buffer
+        need = self._vad_frames_num_bytes
+        while len(self._vad_buffer) >= need:
+            window = self._vad_buffer[:need]
+            self._vad_buffer = self._vad_buffer[need:]
+            confidence = self.voice_confidence(window)
+            volume = self._get_smoothed_volume(window)
+            self._prev_volume = volume
+            speaking = confidence >= self._params.confidence and volume >= self._params.min_volume
+            self._step(speaking)
+        if (
+            self._vad_state == VADState.STARTING
+            and self._vad_starting_count >= self._vad_start_frames
+        ):
+            self._vad_state = VADState.SPEAKING
+            self._vad_starting_count = 0
+        if self._vad_state == VADState.STOPPING and self._speech_ended():
+            self._vad_state = VADState.QUIET
+            self._vad_stopping_count = 0
+        return self._vad_state
+
+    def _step(self, speaking: bool) -> None:
+        """One Silero window through Pipecat's QUIET/STARTING/SPEAKING/STOPPING machine."""
+        state = self._vad_state
+        if speaking:
+            if state == VADState.QUIET:
+                self._vad_state = VADState.STARTING
+                self._vad_starting_count = 1
+            elif state == VADState.STARTING:
+                self._vad_starting_count += 1
+            elif state == VADState.STOPPING:
+                self._vad_state = VADState.SPEAKING
+                self._vad_stopping_count = 0
+                self._resumptions += 1
+        elif state == VADState.STARTING:
+            self._vad_state = VADState.QUIET
+            self._vad_starting_count = 0
+        elif state == VADState.SPEAKING:
+            self._vad_state = VADState.STOPPING
+            self._vad_stopping_count = 1
+        elif state == VADState.STOPPING:
+            self._vad_stopping_count += 1
+
+    def _speech_ended(self) -> bool:
+        if self._vad_stopping_count >= self._vad_stop_frames:
+            return True
+        return (
+            self._vad_stopping_count >= MIN_SILERO_QUIET_WINDOWS
+            and self.energy.quiet_secs >= self._params.stop_secs
+        )

@@ -1,0 +1,120 @@
+"""SpeculativeSmartTurnAnalyzer: Smart Turn v3 run during the pause, before VAD ends speech.
+
+Pipecat runs Smart Turn when VAD reports the end of speech, so its inference (~35 ms idle, up to
+~100 ms on a busy machine) sat between the caller's silence and the bot's answer. Here the model
+runs as soon as the pause is ``speculate_after_secs`` old (VAD's stop time minus the expected
+inference time), on the audio so far, on the analyzer's own thread. When VAD then ends speech:
+
+- same pause (``EndpointVADAnalyzer.pause_key`` unchanged) and the early verdict is COMPLETE: it is
+  the answer; the turn ends without waiting for a second inference;
+- otherwise (speech resumed, or the early look said INCOMPLETE): Pipecat's usual inference on the
+  whole buffer, as before, so a pause that only looked unfinished early is judged again with the
+  full silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from typing import Any
+
+from loguru import logger
+from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
+from pipecat.metrics.metrics import MetricsData
+
+from pipeline.endpoint_vad import EndpointVADAnalyzer
+from pipeline.turn_models import SharedSmartTurnAnalyzerV3
+
+#: Start the early inference this long before VAD's stop time.
+INFERENCE_LEAD_SECS = 0.1
+
+Verdict = tuple[EndOfTurnState, MetricsData | None]
+
+
+class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
+    """Smart Turn v3 (shared session) that starts its inference early in a pause."""
+
+    def __init__(
+        self,
+        *,
+        vad: EndpointVADAnalyzer,
+        speculate_after_secs: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Create the analyzer.
+
+        Args:
+            vad: The call's VAD analyzer, whose pauses trigger the early inference.
+            speculate_after_secs: Pause length that starts it (default: VAD's ``stop_secs``
+                minus ``INFERENCE_LEAD_SECS``, at least 0).
+            **kwargs: Passed to Pipecat's Smart Turn analyzer (``params``, ``sample_rate``).
+        """
+        super().__init__(**kwargs)
+        self._vad = vad
+        self._speculate_after = speculate_after_secs
+        self._early: tuple[Hashable, asyncio.Future[Verdict]] | None = None
+        #: Ends of turn answered by the early inference / by an inference after VAD's stop.
+        self.early_hits = 0
+        self.late_runs = 0
+        #: Early inferences started (a pause the caller then spoke on wastes one).
+        self.early_runs = 0
+
+    def _threshold(self) -> float:
+        if self._speculate_after is not None:
+            return self._speculate_after
+        return max(0.0, self._vad.params.stop_secs - INFERENCE_LEAD_SECS)
+
+    def append_audio(self, buffer: bytes, is_speech: bool) -> EndOfTurnState:
+        """Pipecat's buffering; then start the early inference once a pause is old enough."""
+        state = super().append_audio(buffer, is_speech)
+        if (
+            state == EndOfTurnState.INCOMPLETE
+            and self._speech_triggered
+            and self._audio_buffer
+            and self._vad.pause_secs >= self._threshold()
+        ):
+            key = self._vad.pause_key
+            if self._early is None or self._early[0] != key:
+                self._drop_early()
+                loop = asyncio.get_running_loop()
+                future = loop.run_in_executor(
+                    self._model_executor, self._process_speech_segment, list(self._audio_buffer)
+                )
+                self._early = (key, future)
+                self.early_runs += 1
+        return state
+
+    async def analyze_end_of_turn(self) -> tuple[EndOfTurnState, MetricsData | None]:
+        """The early verdict when it still applies and says COMPLETE; else Pipecat's inference."""
+        early, self._early = self._early, None
+        if early is not None and early[0] == self._vad.pause_key:
+            try:
+                state, result = await early[1]
+            except Exception as e:  # a failed early look falls back to the usual inference
+                logger.warning(f"{self}: early Smart Turn inference failed: {e!r}")
+            else:
+                if state == EndOfTurnState.COMPLETE:
+                    self.early_hits += 1
+                    self._clear(state)
+                    return state, result
+        elif early is not None:
+            _discard(early[1])
+        self.late_runs += 1
+        return await super().analyze_end_of_turn()
+
+    def _clear(self, turn_state: EndOfTurnState) -> None:
+        super()._clear(turn_state)
+        self._drop_early()
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            _discard(self._early[1])
+            self._early = None
+
+
+def _discard(future: asyncio.Future[Verdict]) -> None:
+    """Forget an early inference (an executor job cannot be stopped; its result is dropped)."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved

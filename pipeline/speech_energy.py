@@ -1,0 +1,96 @@
+"""SpeechEnergyTracker: where the caller's speech energy last stood above the silence level.
+
+Silero VAD keeps reporting speech for ~60–130 ms after a phrase really ends (its recurrent state
+lingers over the decaying tail), so a stop timer started from Silero alone waits that much longer
+than configured. The energy of the audio shows the end more sharply: this tracker measures short
+sub-frames (8 ms) and remembers the end of the last one louder than an adaptive threshold,
+``max(noise floor + noise_margin_db, recent speech peak - drop_db)``, so the stop timer can count
+silence from the acoustic end of speech (see :class:`pipeline.endpoint_vad.EndpointVADAnalyzer`).
+
+Levels are in dB of int16 RMS (``10 log10(mean(x²) + 1)``: 0 dB is digital silence, a loud voice
+is ~70–80 dB). Cheap: one vectorised pass per incoming buffer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+SUBFRAME_SECS = 0.008
+#: Speech ends where the level falls this far below the recent speech peak ...
+DROP_DB = 30.0
+#: ... but never below this margin above the noise floor.
+NOISE_MARGIN_DB = 10.0
+#: The speech peak is the loudest sub-frame of the last this many seconds.
+PEAK_SECS = 2.0
+#: The noise floor follows quieter audio at once and rises at most this fast.
+NOISE_RISE_DB_PER_SEC = 3.0
+
+
+class SpeechEnergyTracker:
+    """Sub-frame levels of one audio stream and the end of its last loud sub-frame (in samples)."""
+
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        drop_db: float = DROP_DB,
+        noise_margin_db: float = NOISE_MARGIN_DB,
+        peak_secs: float = PEAK_SECS,
+    ) -> None:
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+        self.sample_rate = sample_rate
+        self._n = max(1, round(SUBFRAME_SECS * sample_rate))
+        self._drop_db = drop_db
+        self._margin_db = noise_margin_db
+        self._peak_samples = int(peak_secs * sample_rate)
+        self._rest = np.empty(0, dtype=np.int16)
+        self._peaks: deque[tuple[int, float]] = deque()  # (end sample, loudest dB) per buffer
+        self._noise_db: float | None = None
+        #: Samples measured so far (whole sub-frames).
+        self.samples = 0
+        #: Sample index just after the last sub-frame above the threshold.
+        self.last_loud_end = 0
+
+    @property
+    def quiet_secs(self) -> float:
+        """Seconds since the end of the last loud sub-frame."""
+        return (self.samples - self.last_loud_end) / self.sample_rate
+
+    @property
+    def noise_db(self) -> float:
+        """Current noise-floor estimate (0 before any audio)."""
+        return self._noise_db or 0.0
+
+    def threshold_db(self) -> float:
+        """The level a sub-frame must exceed to count as speech."""
+        peak = max((db for _, db in self._peaks), default=0.0)
+        return max(self.noise_db + self._margin_db, peak - self._drop_db)
+
+    def update(self, audio: bytes) -> None:
+        """Measure ``audio`` (16-bit mono PCM) and move ``last_loud_end`` if it holds speech."""
+        x = np.frombuffer(audio, dtype=np.int16)
+        if self._rest.size:
+            x = np.concatenate((self._rest, x))
+        k = x.size // self._n
+        self._rest = x[k * self._n :].copy()
+        if k == 0:
+            return
+        frames = x[: k * self._n].astype(np.float32).reshape(k, self._n)
+        db = 10.0 * np.log10(np.einsum("ij,ij->i", frames, frames) / self._n + 1.0)
+        end = self.samples + k * self._n
+        quietest = float(db.min())
+        if self._noise_db is None or quietest < self._noise_db:
+            self._noise_db = quietest
+        else:
+            rise = NOISE_RISE_DB_PER_SEC * k * self._n / self.sample_rate
+            self._noise_db = min(quietest, self._noise_db + rise)
+        self._peaks.append((end, float(db.max())))
+        while self._peaks and self._peaks[0][0] < end - self._peak_samples:
+            self._peaks.popleft()
+        loud = np.flatnonzero(db > self.threshold_db())
+        if loud.size:
+            self.last_loud_end = self.samples + (int(loud[-1]) + 1) * self._n
+        self.samples = end

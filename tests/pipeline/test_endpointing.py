@@ -1,0 +1,220 @@
+"""End of speech without Silero's lag, and Smart Turn run during the pause.
+
+The VAD tests feed real speech (the caller simulator's voice) and the real Silero model through
+``EndpointVADAnalyzer`` in 20 ms buffers, as a phone does, and compare its stop with Pipecat's
+own Silero rule on the same audio. The Smart Turn tests run the real Smart Turn v3 model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
+from pipecat.audio.vad.vad_analyzer import VADParams, VADState
+
+from pipeline.endpoint_vad import EndpointVADAnalyzer
+from pipeline.speculative_smart_turn import SpeculativeSmartTurnAnalyzer
+from pipeline.speech_energy import SpeechEnergyTracker
+from pipeline.turn_models import SharedSileroVADAnalyzer
+
+RATE = 8000
+CHUNK = 160  # 20 ms, a Twilio media message
+
+
+def voiced_end(pcm: np.ndarray, threshold: float = 300.0) -> float:
+    """End (s) of the last 10 ms frame above ``threshold`` RMS: the acoustic end of speech."""
+    n = pcm.size // 80
+    frames = pcm[: n * 80].astype(np.float32).reshape(n, 80)
+    loud = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > threshold)
+    return (int(loud[-1]) + 1) * 80 / RATE
+
+
+def trimmed(pcm: np.ndarray, threshold: float = 300.0) -> np.ndarray:
+    """``pcm`` without its leading and trailing quiet (the voice's own padding)."""
+    n = pcm.size // 80
+    frames = pcm[: n * 80].astype(np.float32).reshape(n, 80)
+    loud = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > threshold)
+    return pcm[int(loud[0]) * 80 : (int(loud[-1]) + 1) * 80]
+
+
+def tone(secs: float, amplitude: float, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(secs * RATE)) / RATE
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def chunks(pcm: np.ndarray):
+    for i in range(0, pcm.size - CHUNK + 1, CHUNK):
+        yield (i + CHUNK) / RATE, pcm[i : i + CHUNK].tobytes()
+
+
+def stop_time(vad, pcm: np.ndarray) -> float | None:
+    """When (s into ``pcm``) the analyzer goes from speaking to quiet, fed 20 ms at a time."""
+    vad.set_sample_rate(RATE)
+    spoke = False
+    for t, buf in chunks(pcm):
+        state = vad._run_analyzer(buf)
+        spoke = spoke or state == VADState.SPEAKING
+        if spoke and state == VADState.QUIET:
+            return t
+    return None
+
+
+# ------------------------------------------------------------------------ energy tracker
+def test_energy_tracker_finds_the_end_of_a_burst_to_the_sub_frame():
+    tracker = SpeechEnergyTracker(RATE)
+    pcm = np.concatenate([tone(0.5, 8000), np.zeros(int(0.3 * RATE), np.int16)])
+    for _, buf in chunks(pcm):
+        tracker.update(buf)
+    assert abs(tracker.last_loud_end / RATE - 0.5) <= 0.008
+    assert tracker.quiet_secs == pytest.approx(0.3, abs=0.01)
+
+
+def test_energy_tracker_threshold_follows_the_noise_floor_and_the_speech_peak():
+    rng = np.random.default_rng(1)
+    noise = (rng.normal(0, 100, int(1.0 * RATE))).astype(np.int16)  # ~40 dB
+    tracker = SpeechEnergyTracker(RATE)
+    for _, buf in chunks(noise):
+        tracker.update(buf)
+    assert 35 < tracker.noise_db < 45
+    assert tracker.last_loud_end == 0  # steady noise is never speech
+    assert tracker.threshold_db() == pytest.approx(tracker.noise_db + 10, abs=0.5)
+    loud = tone(0.4, 10000) + noise[: int(0.4 * RATE)]
+    for _, buf in chunks(loud):
+        tracker.update(buf)
+    # 30 dB under the loud tone's ~77 dB, or 10 dB over the noise, whichever is higher
+    assert tracker.threshold_db() == pytest.approx(max(tracker.noise_db + 10, 77 - 30), abs=1.0)
+    # a tail ~20 dB under the peak is still speech; the noise alone again is not
+    for _, buf in chunks(tone(0.1, 1000) + noise[:800]):
+        tracker.update(buf)
+    assert tracker.quiet_secs < 0.01
+    for _, buf in chunks(noise[:1600]):
+        tracker.update(buf)
+    assert tracker.quiet_secs == pytest.approx(0.2, abs=0.01)
+
+
+def test_energy_tracker_refuses_a_bad_rate():
+    with pytest.raises(ValueError, match="sample_rate"):
+        SpeechEnergyTracker(0)
+
+
+# -------------------------------------------------------------------------- endpoint VAD
+@pytest.mark.parametrize(
+    ("text", "tail"),
+    [
+        ("What is the weather like in Paris today?", 0.04),
+        ("I would like to order a pizza", 0.04),
+        # the final "z" fades under 300 RMS for ~100 ms, still speech: counted as such
+        ("Yes please.", 0.11),
+    ],
+)
+def test_vad_stops_stop_secs_after_the_acoustic_end(speech, text, tail):
+    """Pipecat's Silero rule ends speech ~60-130 ms late; ours stop_secs after the voice."""
+    utterance = speech(text)
+    pcm = np.concatenate([np.zeros(4000, np.int16), utterance, np.zeros(8000, np.int16)])
+    end = 0.5 + voiced_end(utterance)
+    params = VADParams(stop_secs=0.2)
+    ours = stop_time(EndpointVADAnalyzer(sample_rate=RATE, params=params), pcm)
+    pipecat = stop_time(SharedSileroVADAnalyzer(sample_rate=RATE, params=params), pcm)
+    assert ours is not None and pipecat is not None
+    assert 0.2 - 0.01 <= ours - end <= 0.2 + tail
+    assert pipecat - ours >= 0.05
+
+
+def test_vad_does_not_stop_in_a_pause_shorter_than_stop_secs(speech):
+    words = trimmed(speech("I would like to order a pizza"))
+    pcm = np.concatenate(
+        [np.zeros(4000, np.int16), words, np.zeros(1000, np.int16), words, np.zeros(8000, np.int16)]
+    )
+    vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.2))
+    vad.set_sample_rate(RATE)
+    states = [vad._run_analyzer(buf) for _, buf in chunks(pcm)]
+    first_speech = states.index(VADState.SPEAKING)
+    stops = [
+        i
+        for i in range(first_speech + 1, len(states))
+        if states[i] == VADState.QUIET and states[i - 1] != VADState.QUIET
+    ]
+    assert len(stops) == 1  # one stop, after the second phrase (125 ms pause bridged)
+    assert stops[0] * CHUNK / RATE > 0.5 + (2 * words.size + 1000) / RATE
+
+
+def test_vad_pause_key_changes_when_speech_resumes(speech):
+    words = trimmed(speech("Yes please."))
+    vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.5))
+    vad.set_sample_rate(RATE)
+    pcm = np.concatenate([np.zeros(2000, np.int16), words, np.zeros(1600, np.int16)])
+    for _, buf in chunks(pcm):
+        vad._run_analyzer(buf)
+    assert vad.state in (VADState.SPEAKING, VADState.STOPPING)
+    assert vad.pause_secs == pytest.approx(0.2, abs=0.04)
+    key = vad.pause_key
+    for _, buf in chunks(np.zeros(800, np.int16)):
+        vad._run_analyzer(buf)
+    assert vad.pause_key == key  # same pause, longer
+    for _, buf in chunks(words):
+        vad._run_analyzer(buf)
+    assert vad.pause_key != key
+
+
+# ---------------------------------------------------------------- speculative Smart Turn
+async def feed_turn(vad, analyzer, pcm: np.ndarray):
+    """Feed ``pcm`` as the user aggregator does (VAD first, then the turn analyzer); at VAD's
+    stop return Smart Turn's verdict as the stop strategy would ask for it."""
+    vad.set_sample_rate(RATE)
+    analyzer.set_sample_rate(RATE)
+    speaking = False
+    for _, buf in chunks(pcm):
+        state = vad._run_analyzer(buf)
+        if state == VADState.SPEAKING:
+            speaking = True
+        elif speaking and state == VADState.QUIET:
+            return await analyzer.analyze_end_of_turn()
+        analyzer.append_audio(buf, speaking)
+    raise AssertionError("VAD never ended speech")
+
+
+async def test_smart_turn_verdict_comes_from_the_inference_run_during_the_pause(speech):
+    utterance = speech("What is the weather like in Paris today?")
+    pcm = np.concatenate([np.zeros(4000, np.int16), utterance, np.zeros(8000, np.int16)])
+    vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.2))
+    analyzer = SpeculativeSmartTurnAnalyzer(vad=vad)
+    state, result = await feed_turn(vad, analyzer, pcm)
+    assert state == EndOfTurnState.COMPLETE and result is not None and result.is_complete
+    assert (analyzer.early_runs, analyzer.early_hits, analyzer.late_runs) == (1, 1, 0)
+    assert not analyzer.speech_triggered  # cleared for the next turn, as Pipecat does
+    await analyzer.cleanup()
+
+
+async def test_speech_after_the_early_inference_discards_it(speech):
+    """The caller goes on after a pause long enough for an early look: that look is stale."""
+    first = trimmed(speech("What is the weather like in Paris today?"))
+    more = trimmed(speech("And in London?"))
+    gap = np.zeros(int(0.16 * RATE), np.int16)  # > 0.1 s: early look; < 0.2 s: no VAD stop
+    pcm = np.concatenate([np.zeros(4000, np.int16), first, gap, more, np.zeros(8000, np.int16)])
+    vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.2))
+    analyzer = SpeculativeSmartTurnAnalyzer(vad=vad)
+    await feed_turn(vad, analyzer, pcm)
+    assert analyzer.early_runs == 2  # one in the gap, one after "London"
+    assert analyzer.early_hits + analyzer.late_runs == 1
+    await analyzer.cleanup()
+
+
+async def test_incomplete_early_look_is_judged_again_after_vad_stop(speech, monkeypatch):
+    utterance = speech("What is the weather like in Paris today?")
+    pcm = np.concatenate([np.zeros(4000, np.int16), utterance, np.zeros(8000, np.int16)])
+    vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.2))
+    analyzer = SpeculativeSmartTurnAnalyzer(vad=vad)
+    real = analyzer._predict_endpoint
+    verdicts: list[int] = []
+
+    def first_incomplete(audio: np.ndarray):
+        out = real(audio)
+        out = {**out, "prediction": 0 if not verdicts else out["prediction"]}
+        verdicts.append(out["prediction"])
+        return out
+
+    monkeypatch.setattr(analyzer, "_predict_endpoint", first_incomplete)
+    state, _ = await feed_turn(vad, analyzer, pcm)
+    assert verdicts == [0, 1] and state == EndOfTurnState.COMPLETE
+    assert (analyzer.early_runs, analyzer.early_hits, analyzer.late_runs) == (1, 0, 1)
+    await analyzer.cleanup()
