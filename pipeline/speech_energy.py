@@ -13,6 +13,7 @@ is ~70–80 dB). Cheap: one vectorised pass per incoming buffer.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -46,7 +47,7 @@ class SpeechEnergyTracker:
         self._drop_db = drop_db
         self._margin_db = noise_margin_db
         self._peak_samples = int(peak_secs * sample_rate)
-        self._rest = np.empty(0, dtype=np.int16)
+        self._rest = bytearray()
         self._peaks: deque[tuple[int, float]] = deque()  # (end sample, loudest dB) per buffer
         self._noise_db: float | None = None
         #: Samples measured so far (whole sub-frames).
@@ -66,31 +67,39 @@ class SpeechEnergyTracker:
 
     def threshold_db(self) -> float:
         """The level a sub-frame must exceed to count as speech."""
-        peak = max((db for _, db in self._peaks), default=0.0)
+        peak = self._peaks[0][1] if self._peaks else 0.0
         return max(self.noise_db + self._margin_db, peak - self._drop_db)
 
     def update(self, audio: bytes) -> None:
         """Measure ``audio`` (16-bit mono PCM) and move ``last_loud_end`` if it holds speech."""
-        x = np.frombuffer(audio, dtype=np.int16)
-        if self._rest.size:
-            x = np.concatenate((self._rest, x))
-        k = x.size // self._n
-        self._rest = x[k * self._n :].copy()
+        self._rest += audio
+        n = self._n
+        k = len(self._rest) // (2 * n)
         if k == 0:
             return
-        frames = x[: k * self._n].astype(np.float32).reshape(k, self._n)
-        db = 10.0 * np.log10(np.einsum("ij,ij->i", frames, frames) / self._n + 1.0)
-        end = self.samples + k * self._n
-        quietest = float(db.min())
+        x = np.frombuffer(self._rest, dtype=np.int16, count=k * n).astype(np.float32)
+        del self._rest[: 2 * k * n]
+        frames = x.reshape(k, n)
+        db = [
+            10.0 * math.log10(e / n + 1.0) for e in np.einsum("ij,ij->i", frames, frames).tolist()
+        ]
+        end = self.samples + k * n
+        quietest = min(db)
         if self._noise_db is None or quietest < self._noise_db:
             self._noise_db = quietest
         else:
-            rise = NOISE_RISE_DB_PER_SEC * k * self._n / self.sample_rate
+            rise = NOISE_RISE_DB_PER_SEC * k * n / self.sample_rate
             self._noise_db = min(quietest, self._noise_db + rise)
-        self._peaks.append((end, float(db.max())))
-        while self._peaks and self._peaks[0][0] < end - self._peak_samples:
+        # sliding maximum: the deque's levels decrease from its head, which is the peak
+        loudest = max(db)
+        while self._peaks and self._peaks[-1][1] <= loudest:
+            self._peaks.pop()
+        self._peaks.append((end, loudest))
+        while self._peaks[0][0] < end - self._peak_samples:
             self._peaks.popleft()
-        loud = np.flatnonzero(db > self.threshold_db())
-        if loud.size:
-            self.last_loud_end = self.samples + (int(loud[-1]) + 1) * self._n
+        threshold = self.threshold_db()
+        for i in range(k - 1, -1, -1):
+            if db[i] > threshold:
+                self.last_loud_end = self.samples + (i + 1) * n
+                break
         self.samples = end
