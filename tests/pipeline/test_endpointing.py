@@ -218,3 +218,24 @@ async def test_incomplete_early_look_is_judged_again_after_vad_stop(speech, monk
     assert verdicts == [0, 1] and state == EndOfTurnState.COMPLETE
     assert (analyzer.early_runs, analyzer.early_hits, analyzer.late_runs) == (1, 0, 1)
     await analyzer.cleanup()
+
+
+def test_silero_is_not_run_on_windows_too_quiet_for_speech(speech):
+    """Quiet windows skip the model, and the speech after them is still found on time."""
+    utterance = speech("What is the weather like in Paris today?")
+    rng = np.random.default_rng(3)
+    hiss = rng.normal(0, 20, int(3.0 * RATE)).astype(np.int16)  # a quiet phone line
+    pcm = np.concatenate([hiss, utterance, hiss])
+    params = VADParams(stop_secs=0.2)
+    ours = EndpointVADAnalyzer(sample_rate=RATE, params=params)
+    pipecat = SharedSileroVADAnalyzer(sample_rate=RATE, params=params)
+    for vad in (ours, pipecat):
+        vad.set_sample_rate(RATE)
+    starts = {}
+    for t, buf in chunks(pcm):
+        for name, vad in (("ours", ours), ("pipecat", pipecat)):
+            if vad._run_analyzer(buf) == VADState.SPEAKING and name not in starts:
+                starts[name] = t
+    windows = ours.scored_windows + ours.skipped_windows
+    assert ours.skipped_windows > 0.6 * windows  # the 6 s of hiss, less the volume window's tail
+    assert abs(starts["ours"] - starts["pipecat"]) <= 0.02  # same onset as Pipecat's VAD

@@ -17,8 +17,14 @@ async def test_mark_after_each_response():
         TwilioMarkProcessor("MZ" + "0" * 32),
         frames_to_send=frames,
         expected_down_frames=[
-            TTSStartedFrame, TTSAudioRawFrame, TTSStoppedFrame, OutputTransportMessageFrame,
-            TTSStartedFrame, TTSAudioRawFrame, TTSStoppedFrame, OutputTransportMessageFrame,
+            TTSStartedFrame,
+            TTSAudioRawFrame,
+            TTSStoppedFrame,
+            OutputTransportMessageFrame,
+            TTSStartedFrame,
+            TTSAudioRawFrame,
+            TTSStoppedFrame,
+            OutputTransportMessageFrame,
         ],
     )
     marks = [f.message for f in down if isinstance(f, OutputTransportMessageFrame)]
