@@ -11,6 +11,10 @@ Silero also runs inline on the event loop instead of through a per-call thread: 
 ~0.1 ms, about what the thread hop alone costs (measured: 97 µs inference, 91 µs hop), so the hop
 only doubled the CPU per frame. Smart Turn (~33 ms per end of speech) stays on its thread.
 
+NumPy's BLAS runs single-threaded in a bot process (:func:`limit_blas_threads`, on the first
+model load): Smart Turn's feature extraction does one matrix product per inference, after which
+OpenBLAS's second thread busy-waits ~100 ms; that spin cost ~2 % of a core per call.
+
 Sessions: single intra-op thread, spinning off (a waiting thread sleeps instead of burning CPU),
 so many concurrent calls share the cores instead of competing pools. Smart Turn costs ~10 ms more
 latency per turn than with 2 threads, for ~25 % less CPU.
@@ -23,6 +27,7 @@ import threading
 from importlib import resources
 
 import onnxruntime as ort
+import threadpoolctl
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
@@ -37,6 +42,12 @@ _lock = threading.Lock()
 
 def _model_path(package: str, name: str) -> str:
     return str(resources.files(package).joinpath(name))
+
+
+@functools.cache
+def limit_blas_threads() -> None:
+    """One BLAS thread for NumPy in this process (idle OpenBLAS workers spin, burning a core)."""
+    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
 
 @functools.cache
@@ -56,6 +67,7 @@ def _session(package: str, name: str) -> ort.InferenceSession:
 def shared_session(model: tuple[str, str]) -> ort.InferenceSession:
     """The shared session of ``SILERO_MODEL`` or ``SMART_TURN_MODEL`` (thread-safe creation)."""
     with _lock:
+        limit_blas_threads()
         return _session(*model)
 
 

@@ -238,3 +238,16 @@ def test_echo_guard_correlates_every_other_frame_and_silences_the_echo(voices):
     assert guard.checks == (warm + 1) // 2
     assert all(silenced[-6:]), silenced  # the latest windows are the 120 ms echo
     assert guard.frames_silenced == sum(silenced)
+
+
+# ------------------------------------------------------------------- BLAS threads
+def test_loading_the_turn_models_limits_numpy_blas_to_one_thread():
+    """Smart Turn's features use one BLAS product per inference; a second OpenBLAS thread
+    would then spin for ~100 ms, ~2 % of a core per call."""
+    import threadpoolctl
+
+    from pipeline.turn_models import SILERO_MODEL, shared_session
+
+    shared_session(SILERO_MODEL)
+    blas = threadpoolctl.threadpool_info()
+    assert blas and all(lib["num_threads"] == 1 for lib in blas if lib["user_api"] == "blas")
