@@ -53,6 +53,7 @@ from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoRefere
 from pipeline.endpoint_vad import EndpointVADAnalyzer
 from pipeline.fan_out_observer import FanOutObserver
 from pipeline.flow_runtime import FlowRuntime, attach_flow
+from pipeline.lean_worker_observer import use_lean_observer
 from pipeline.min_duration_start_strategy import MinDurationUserTurnStartStrategy
 from pipeline.speculative_smart_turn import SpeculativeSmartTurnAnalyzer
 from pipeline.step_audio2_service import StepAudio2Service, StepAudio2Settings
@@ -275,13 +276,15 @@ def call_worker(
     span_attributes: dict[str, str] | None = None,
 ) -> PipelineWorker:
     """The worker a call runs in: metrics on, the turn-metrics observer attached, no RTVI
-    (a phone caller has no RTVI client; its processor and observer would see every frame).
+    (a phone caller has no RTVI client; its processor and observer would see every frame), and
+    an observer proxy that queues only what the call's observers look at
+    (:class:`pipeline.lean_worker_observer.LeanWorkerObserver`).
 
     OpenTelemetry spans (a conversation span per call, a span per turn) are on when
     ``bots.tracing.setup_tracing`` ran in this process (``STEPCALL_OTEL_EXPORTER``).
     """
     parts.observer_hub = FanOutObserver([parts.metrics, *(observers or [])])
-    return PipelineWorker(
+    worker = PipelineWorker(
         pipeline,
         params=PipelineParams(
             audio_in_sample_rate=sample_rate,
@@ -298,6 +301,7 @@ def call_worker(
         enable_turn_tracking=tracing_enabled(),  # its observer only feeds the trace spans
         additional_span_attributes=span_attributes,
     )
+    return use_lean_observer(worker)
 
 
 def twilio_serializer(

@@ -245,6 +245,11 @@ class CallRecordObserver(BaseObserver):
 
     # -- frames --------------------------------------------------------------------------------
 
+    @property
+    def wants_audio(self) -> bool:
+        """Audio frames matter only when the call's audio is recorded."""
+        return self._recorder is not None
+
     async def on_push_frame(self, data: FramePushed) -> None:
         """Turn frames into record writes."""
         if self.finished:

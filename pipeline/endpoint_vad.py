@@ -12,8 +12,10 @@ answer. Here the stop timer runs from the end of the last loud sub-frame
 
 Windows too quiet to be speech (Pipecat's smoothed ``min_volume`` test, which any speech must
 pass anyway) are not given to Silero while nobody speaks: on a call that is about half of the
-windows, and Silero was the largest single CPU cost of a call. Silero then starts the next sound
-from a clean state, as after Pipecat's own periodic resets in non-speech.
+windows, and Silero was the largest single CPU cost of a call. When a louder sound comes, Silero
+first scores the quiet windows it skipped since its last scheduled reset (at most 2 s of them,
+back to back, which costs far less than scoring them one by one as they came), so its state is
+what continuous scoring would have left.
 
 The check runs on every incoming buffer (20 ms on a phone), not only at the end of a 32 ms
 Silero window, so the stop is not rounded up to a window boundary. Start detection is Pipecat's,
@@ -25,6 +27,10 @@ and whether it is still the same pause.
 from __future__ import annotations
 
 import numpy as np
+from pipecat.audio.vad.silero import (
+    _MODEL_RESET_INTERVAL_SECS,
+    _MODEL_RESET_LOW_CONFIDENCE_WINDOWS,
+)
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 
 from pipeline.speech_energy import SpeechEnergyTracker
@@ -41,7 +47,9 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
         super().__init__(sample_rate=sample_rate, params=params)
         self._energy: SpeechEnergyTracker | None = None
         self._resumptions = 0
-        self._silero_skipped = b""  # the last window not given to Silero
+        # windows not given to Silero since its last (scheduled) reset
+        self._skipped: list[bytes] = []
+        self._reset_due = False
         #: Windows scored by Silero / skipped as too quiet to be speech.
         self.scored_windows = 0
         self.skipped_windows = 0
@@ -89,19 +97,11 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
             loud_enough = volume >= self._params.min_volume
             if not loud_enough and self._vad_state == VADState.QUIET:
                 # not speech whatever Silero says: skip the model (~half of a call's windows)
-                self._silero_skipped = window
-                self.skipped_windows += 1
+                self._skip(window)
                 self._step(False)
                 continue
-            if self._silero_skipped:
-                # Silero takes the next sound from a clean state (as after Pipecat's own resets
-                # in non-speech), primed with the quiet window before it so its onset is not
-                # a window late
-                self._model.reset_states()
-                self._model(_as_float(self._silero_skipped), self.sample_rate)
-                self._windows_since_reset = 1
-                self._low_confidence_windows = 0
-                self._silero_skipped = b""
+            if self._skipped:
+                self._catch_up()
             confidence = self.voice_confidence(window)
             self.scored_windows += 1
             self._step(confidence >= self._params.confidence and loud_enough)
@@ -137,6 +137,37 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
             self._vad_stopping_count = 1
         elif state == VADState.STOPPING:
             self._vad_stopping_count += 1
+
+    def _skip(self, window: bytes) -> None:
+        """Keep a quiet window for later instead of scoring it now.
+
+        Pipecat's Silero resets its recurrent state every ``_MODEL_RESET_INTERVAL_SECS`` of
+        clear non-speech; the same schedule runs here over the skipped windows (taken as clear
+        non-speech: too quiet to pass ``min_volume``), so only the windows since the last such
+        reset are kept.
+        """
+        self._skipped.append(window)
+        self.skipped_windows += 1
+        self._windows_since_reset += 1
+        self._low_confidence_windows += 1
+        due = self._windows_since_reset * self._vad_frames >= (
+            _MODEL_RESET_INTERVAL_SECS * self.sample_rate
+        )
+        if due and self._low_confidence_windows >= _MODEL_RESET_LOW_CONFIDENCE_WINDOWS:
+            self._skipped.clear()
+            self._reset_due = True
+            self._windows_since_reset = 0
+
+    def _catch_up(self) -> None:
+        """Score the skipped windows before a louder sound (results unused), so Silero's state
+        is the one continuous scoring would have left: a state that never saw them, or one
+        reset just before the sound, misses short words like "yeah" that Pipecat's VAD finds."""
+        if self._reset_due:
+            self._model.reset_states()
+            self._reset_due = False
+        for window in self._skipped:
+            self._model(_as_float(window), self.sample_rate)
+        self._skipped.clear()
 
     def _speech_ended(self) -> bool:
         if self._vad_stopping_count >= self._vad_stop_frames:

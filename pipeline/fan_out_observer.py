@@ -35,6 +35,11 @@ class FanOutObserver(BaseObserver):
             self.add(observer)
 
     @property
+    def wants_audio(self) -> bool:
+        """Whether a child looks at audio frames (one without ``wants_audio`` is assumed to)."""
+        return any(getattr(observer, "wants_audio", True) for observer in self._all)
+
+    @property
     def observers(self) -> list[BaseObserver]:
         """The children, in the order they were added."""
         return list(self._all)

@@ -314,6 +314,9 @@ class _RuntimeObserver(BaseObserver):
         LLMFullResponseEndFrame,
     )
 
+    #: No audio frames (see ``pipeline.lean_worker_observer``).
+    wants_audio = False
+
     def __init__(self, runtime: FlowRuntime) -> None:
         super().__init__(observe_every_push=False)
         self._runtime = runtime

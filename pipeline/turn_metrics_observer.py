@@ -42,6 +42,9 @@ class TurnMetricsObserver(BaseObserver):
     Events: ``on_turn_metrics(observer, metrics)`` after each bot turn (when it stops speaking).
     """
 
+    #: No audio frames (see ``pipeline.lean_worker_observer``).
+    wants_audio = False
+
     def __init__(self, call_id: str = "", **kwargs) -> None:
         kwargs.setdefault("observe_every_push", False)  # it times each frame's first push
         super().__init__(**kwargs)
