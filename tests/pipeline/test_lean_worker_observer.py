@@ -1,0 +1,90 @@
+"""LeanWorkerObserver: observers see what they look at, nothing is queued for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pipecat.frames.frames import EndFrame, InputAudioRawFrame, TextFrame
+from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+
+from pipeline.fan_out_observer import FanOutObserver
+from pipeline.lean_worker_observer import LeanWorkerObserver, use_lean_observer
+
+
+class Relay(FrameProcessor):
+    async def process_frame(self, frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+
+
+class Seen(BaseObserver):
+    def __init__(self, wants_audio: bool | None = None) -> None:
+        super().__init__(observe_every_push=False)
+        if wants_audio is not None:
+            self.wants_audio = wants_audio
+        self.pushed: list[str] = []
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        self.pushed.append(type(data.frame).__name__)
+
+
+class SeesProcessed(BaseObserver):
+    def __init__(self) -> None:
+        super().__init__()
+        self.processed = 0
+
+    async def on_process_frame(self, data: FrameProcessed) -> None:
+        self.processed += 1
+
+
+async def run(observers: list[BaseObserver], idle_timeout_secs: float | None = None) -> float:
+    worker = use_lean_observer(
+        PipelineWorker(
+            Pipeline([Relay(), Relay()]),
+            params=PipelineParams(),
+            observers=observers,
+            idle_timeout_secs=idle_timeout_secs,
+            cancel_on_idle_timeout=True,
+            enable_rtvi=False,
+        )
+    )
+    assert isinstance(worker._observer, LeanWorkerObserver)
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    audio = [InputAudioRawFrame(bytes(320), 8000, 1) for _ in range(5)]
+    await worker.queue_frames([*audio, TextFrame("hello")])
+    t0 = asyncio.get_running_loop().time()
+    if idle_timeout_secs is None:
+        await asyncio.sleep(0.3)
+        await worker.queue_frames([EndFrame()])
+    await asyncio.wait_for(task, 10)
+    return asyncio.get_running_loop().time() - t0
+
+
+async def test_audio_reaches_only_observers_that_want_it():
+    deaf, hearing, default = Seen(wants_audio=False), Seen(wants_audio=True), Seen()
+    await run([FanOutObserver([deaf]), hearing, default])
+    assert "TextFrame" in deaf.pushed and "InputAudioRawFrame" not in deaf.pushed
+    assert hearing.pushed.count("InputAudioRawFrame") == 5  # first pushes only
+    assert default.pushed.count("InputAudioRawFrame") == 5  # no attribute: everything
+
+
+async def test_processed_frames_reach_observers_that_handle_them():
+    processed = SeesProcessed()
+    await run([processed])
+    assert processed.processed >= 2 * 6  # each frame processed by both relays
+
+
+async def test_fan_out_wants_audio_when_a_child_does():
+    assert not FanOutObserver([Seen(wants_audio=False)]).wants_audio
+    assert FanOutObserver([Seen(wants_audio=False), Seen()]).wants_audio
+
+
+async def test_idle_timeout_still_ends_an_idle_pipeline():
+    took = await run([Seen()], idle_timeout_secs=0.5)
+    assert took < 5.0
