@@ -46,7 +46,9 @@ from bots.twilio.rest import close_rest_client, rest_client
 from bots.twilio.status import CallStatusEvent, CallStatusStore, InMemoryCallStatusStore
 from bots.twilio.stream_auth import AUTH_PARAM, StreamAuth
 from bots.twilio.webhooks import WebhookValidator
+from model_service.heap import freeze_startup_heap
 from model_service.server import install_log_redaction
+from pipeline.turn_models import configure_inference, warm_up
 
 
 class CallCounter:
@@ -180,6 +182,8 @@ def create_app(
     """
     registry = registry or BotRegistry.load(settings)
     config = twilio or TwilioConfig.from_settings(settings)
+    # Smart Turn of every call on one low-priority pool (STEPCALL_TURN_MODEL_THREADS / _NICE)
+    configure_inference(settings.turn_model_threads, settings.turn_model_nice)
     calls = CallCounter(settings.max_calls)
     store = status_store or InMemoryCallStatusStore()
     rest = TwilioRestHolder(config)
@@ -197,6 +201,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        warm_up()  # Silero VAD + Smart Turn, loaded once for all calls, before the first one
+        freeze_startup_heap()  # full GC passes skip the start-up heap (a 120 ms stall before)
         if records is not None:
             records.start_purge_task()
         try:
@@ -428,9 +434,6 @@ def run_server(settings: Settings) -> None:
     from bots.tracing import setup_tracing
 
     setup_tracing(settings.otel_exporter)
-    from pipeline.turn_models import warm_up
-
-    warm_up()  # Silero VAD + Smart Turn, loaded once for all calls, before the first one
     app = create_app(settings)
     logger.info(f"bot server on http://{settings.host}:{settings.port}")
     logger.info(f"Twilio voice webhook: {settings.base_url}/twilio/voice")

@@ -27,6 +27,8 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_MAX_REQUEST_BYTES | 1048576 | largest HTTP request body the bot server accepts (413 beyond) |
 | STEPCALL_MODEL_IDLE_SECS | 900 | model service: a session with no message this long is closed |
 | STEPCALL_VAD_STOP_SECS | 0.2 | Silero VAD stop time |
+| STEPCALL_TURN_MODEL_THREADS | 0 (half the cores, at least 1) | bot server threads running Smart Turn for all calls |
+| STEPCALL_TURN_MODEL_NICE | 10 | how much lower those threads' scheduling priority is (0-19): call audio comes first |
 | STEPCALL_LOG_LEVEL | INFO | log level |
 | TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN | (none) | Twilio credentials (REST API, signature validation) |
 | TWILIO_FROM_NUMBER | (none) | caller ID of outbound calls when the flow lists no phone number |
@@ -120,6 +122,8 @@ class Settings:
     max_request_bytes: int = 1_048_576
     model_idle_secs: float = 900.0
     vad_stop_secs: float = 0.2
+    turn_model_threads: int = 0
+    turn_model_nice: int = 10
     log_level: str = "INFO"
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = field(default=None, repr=False)
@@ -164,6 +168,8 @@ class Settings:
             max_request_bytes=_env_int("STEPCALL_MAX_REQUEST_BYTES", cls.max_request_bytes),
             model_idle_secs=_env_float("STEPCALL_MODEL_IDLE_SECS", cls.model_idle_secs),
             vad_stop_secs=_env_float("STEPCALL_VAD_STOP_SECS", cls.vad_stop_secs),
+            turn_model_threads=_env_int("STEPCALL_TURN_MODEL_THREADS", cls.turn_model_threads),
+            turn_model_nice=_env_int("STEPCALL_TURN_MODEL_NICE", cls.turn_model_nice),
             log_level=_env("STEPCALL_LOG_LEVEL", cls.log_level),
             twilio_account_sid=_env("TWILIO_ACCOUNT_SID"),
             twilio_auth_token=_env("TWILIO_AUTH_TOKEN"),

@@ -28,6 +28,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from model_service import protocol as p
 from model_service.backends.base import Backend
+from model_service.heap import freeze_startup_heap
 from model_service.metrics import CONTENT_TYPE, ServiceMetrics
 from model_service.sessions import CallSession, ServiceState
 
@@ -388,6 +389,7 @@ def run_model_service(
             server.should_exit = True
             return
         service.set_backend(backend)
+        freeze_startup_heap()  # the loaded model's objects: out of every later full GC pass
         logger.info(f"model service ready: backend {backend.name}, model {backend.model_name}")
 
     async def main() -> None:

@@ -26,6 +26,10 @@ from typing import Any
 
 from loguru import logger
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+
+# Imported with this module (server start), not lazily by the first call's LLMService: the
+# import pulls the whole ``openai`` package, ~0.4 s in which every live call's audio stopped.
+from pipecat.adapters.llm.services.open_ai_adapter import OpenAILLMAdapter
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -100,6 +104,8 @@ class StepAudio2Service(LLMService):
 
     Settings = StepAudio2Settings
     _settings: StepAudio2Settings
+    #: Tool schemas and context messages in OpenAI's format (Pipecat's default adapter).
+    adapter_class = OpenAILLMAdapter
 
     #: The result of a refused tool call (one the session does not offer now), for the model.
     MISSING_FUNCTION_CALL_MESSAGE_TEMPLATE = (

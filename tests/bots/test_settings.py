@@ -33,3 +33,14 @@ def test_replace_overrides_and_rejects_unknown():
 def test_base_url():
     assert Settings(port=8081).base_url == "http://127.0.0.1:8081"
     assert Settings(public_url="https://bots.example.com/").base_url == "https://bots.example.com"
+
+
+def test_turn_model_pool_settings(monkeypatch):
+    assert (Settings().turn_model_threads, Settings().turn_model_nice) == (0, 10)
+    monkeypatch.setenv("STEPCALL_TURN_MODEL_THREADS", "3")
+    monkeypatch.setenv("STEPCALL_TURN_MODEL_NICE", "4")
+    s = Settings.from_env()
+    assert (s.turn_model_threads, s.turn_model_nice) == (3, 4)
+    monkeypatch.setenv("STEPCALL_TURN_MODEL_THREADS", "two")
+    with pytest.raises(ValueError, match="STEPCALL_TURN_MODEL_THREADS"):
+        Settings.from_env()
