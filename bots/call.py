@@ -6,7 +6,9 @@ stream resampler (and none of its ~95 ms bursts) sits on the call path in this p
 
 Layout: input → EchoGuard → user aggregator (Silero VAD, MinDuration start, Smart Turn stop) →
 StepAudio2Service → [extra] → output → BotAudioTap → assistant aggregator. Per-turn latency is
-logged by ``TurnMetricsObserver``.
+logged by ``TurnMetricsObserver``. Phone calls use ``TwilioMediaTransport``
+(``bots/twilio/media_transport.py``): caller audio pushed downstream by the receive task itself,
+no interrupted audio sent after a ``clear``.
 """
 
 from __future__ import annotations
@@ -28,10 +30,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMUserAggregatorParams,
 )
 from pipecat.serializers.twilio import TwilioFrameSerializer
-from pipecat.transports.websocket.fastapi import (
-    FastAPIWebsocketParams,
-    FastAPIWebsocketTransport,
-)
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
 from pipecat.turns.user_mute.mute_until_first_bot_complete_user_mute_strategy import (
     MuteUntilFirstBotCompleteUserMuteStrategy,
 )
@@ -48,6 +47,7 @@ from bots.call_control import CallControl
 from bots.profile import BotProfile
 from bots.settings import Settings
 from bots.tracing import call_span_attributes, tracing_enabled
+from bots.twilio.media_transport import TwilioMediaTransport
 from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
 from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
 from pipeline.endpoint_vad import EndpointVADAnalyzer
@@ -340,7 +340,7 @@ async def run_twilio_call(
     """Run one Twilio Media Streams call on an accepted WebSocket until it ends."""
     log = logger.bind(call_id=call.call_id)
     serializer = twilio_serializer(call, profile, settings, call_control)
-    transport = FastAPIWebsocketTransport(
+    transport = TwilioMediaTransport(
         websocket=websocket,
         params=FastAPIWebsocketParams(
             audio_in_enabled=True,

@@ -10,7 +10,8 @@ seconds. Reported from real measurements:
   buffer of ``jitter_ms`` (``bots/caller/stream_gaps.py``);
 - failed calls: protocol errors, unanswered turns, calls that could not connect or timed out;
 - CPU and memory of the bot server process (``--server-pid``, read from ``/proc``), as a whole
-  and per concurrent call;
+  and per concurrent call, and the CPU of its main thread alone: the event loop every call's
+  audio goes through, which must keep real time (Smart Turn runs on other threads);
 - the load generator's own health: its CPU and the worst lateness of a caller frame.
 
 Bounded: at most :data:`MAX_CALLS` calls, a time limit per call, loopback hosts only.
@@ -86,22 +87,31 @@ class ProcSample:
     cpu_secs: float  # utime + stime so far
     rss_mb: float
     active_calls: int
+    loop_cpu_secs: float = 0.0  # the same for the main thread (the event loop) alone
 
 
-def read_proc(pid: int) -> tuple[float, float]:
-    """(CPU seconds used so far, RSS in MiB) of process ``pid``, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
+def _stat_cpu_secs(path: str) -> float:
+    with open(path) as f:
         stat = f.read()
     fields = stat[stat.rindex(")") + 2:].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def read_proc(pid: int) -> tuple[float, float, float]:
+    """(CPU seconds used so far, RSS in MiB, CPU seconds of the main thread) of process
+    ``pid``, from /proc."""
+    cpu = _stat_cpu_secs(f"/proc/{pid}/stat")
+    try:
+        loop_cpu = _stat_cpu_secs(f"/proc/{pid}/task/{pid}/stat")
+    except OSError:
+        loop_cpu = 0.0
     rss_mb = 0.0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss_mb = int(line.split()[1]) / 1024.0
                 break
-    return cpu, rss_mb
+    return cpu, rss_mb, loop_cpu
 
 
 @dataclass
@@ -142,11 +152,15 @@ class LoadReport:
             return None
         span = full[-1].t - full[0].t
         cpu_pct = 100.0 * (full[-1].cpu_secs - full[0].cpu_secs) / span if span > 0 else 0.0
+        loop_pct = (
+            100.0 * (full[-1].loop_cpu_secs - full[0].loop_cpu_secs) / span if span > 0 else 0.0
+        )
         base_rss = self.samples[0].rss_mb
         peak_rss = max(s.rss_mb for s in self.samples)
         n = max(self.peak_active, 1)
         return {
             "cpu_pct": cpu_pct, "cpu_pct_per_call": cpu_pct / n, "window_secs": span,
+            "loop_cpu_pct": loop_pct, "loop_cpu_pct_per_call": loop_pct / n,
             "rss_start_mb": base_rss, "rss_peak_mb": peak_rss,
             "rss_per_call_mb": (peak_rss - base_rss) / n,
         }
@@ -267,10 +281,10 @@ async def run_load(url: str, options: LoadOptions, *, progress: bool = True,
             return
         while True:
             try:
-                cpu, rss = read_proc(options.server_pid)
+                cpu, rss, loop_cpu = read_proc(options.server_pid)
             except OSError:
                 return
-            report.samples.append(ProcSample(loop.time() - t_start, cpu, rss, active))
+            report.samples.append(ProcSample(loop.time() - t_start, cpu, rss, active, loop_cpu))
             bar.draw(done, active, report.failed_calls, report.percentile(50))
             await asyncio.sleep(options.sample_secs)
 
@@ -323,6 +337,9 @@ def format_report(report: LoadReport) -> str:
             f"({server['cpu_pct_per_call']:.1f}% per call, over {server['window_secs']:.0f} s); "
             f"RSS {server['rss_start_mb']:.0f} -> {server['rss_peak_mb']:.0f} MiB "
             f"({server['rss_per_call_mb']:.1f} MiB per call)")
+        lines.append(
+            f"server event loop (main thread): {server['loop_cpu_pct']:.0f}% of a core "
+            f"({server['loop_cpu_pct_per_call']:.2f}% per call)")
     lines.append(f"load generator: {d['loadgen_cpu_secs']} s CPU, worst caller frame lag "
                  f"{d['max_caller_lag_ms']} ms")
     for f in report.failures[:20]:

@@ -141,18 +141,27 @@ class EchoDetector:
 
 
 class BotAudioTap(FrameProcessor):
-    """After the output transport: records the bot's audio as it is played."""
+    """After the output transport: records the bot's audio as it is played, and ends its trip.
 
-    def __init__(self, reference: EchoReference, **kwargs) -> None:
+    The output transport pushes every chunk it has written downstream (25 a second while the
+    bot talks); nothing after this tap uses them (the assistant aggregator builds the context
+    from text, call recordings take the transport's own push), so the tap drops them instead of
+    paying two more queue hops per chunk. ``forward_audio=True`` passes them on.
+    """
+
+    def __init__(self, reference: EchoReference, *, forward_audio: bool = False, **kwargs) -> None:
         kwargs.setdefault("enable_direct_mode", True)  # a few µs per frame: no queue and task
         super().__init__(**kwargs)
         self.reference = reference
+        self.forward_audio = forward_audio
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Record played audio, pass everything on."""
+        """Record played audio; pass every other frame on."""
         await super().process_frame(frame, direction)
         if isinstance(frame, OutputAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
             self.reference.record(frame.audio, frame.sample_rate)
+            if not self.forward_audio:
+                return
         await self.push_frame(frame, direction)
 
 

@@ -37,7 +37,16 @@ class FanOutObserver(BaseObserver):
     @property
     def wants_audio(self) -> bool:
         """Whether a child looks at audio frames (one without ``wants_audio`` is assumed to)."""
-        return any(getattr(observer, "wants_audio", True) for observer in self._all)
+        for observer in self._all:
+            if getattr(observer, "wants_audio", True):
+                return True
+        return False
+
+    @property
+    def handles_processed(self) -> bool:
+        """Whether a child handles processed frames: if none does, the worker's proxy need not
+        queue the ~150 processed-frame events per second of a call's audio to this observer."""
+        return bool(self._processed)
 
     @property
     def observers(self) -> list[BaseObserver]:

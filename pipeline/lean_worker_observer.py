@@ -6,12 +6,15 @@ that is ~500 queue hand-offs a second while nobody speaks (50 audio frames/s thr
 processors), almost all for observers that ignore them. This proxy keeps Pipecat's queues and
 order for what observers do see, and drops, before queueing:
 
-- processed-frame events for observers that do not handle them (no ``on_process_frame``);
-- audio-frame pushes for observers that say they ignore audio (``wants_audio`` False, see
-  :class:`pipeline.fan_out_observer.FanOutObserver`); observers without the attribute get all.
+- processed-frame events for observers that do not handle them (no ``on_process_frame``, or a
+  ``handles_processed`` attribute that says False, see
+  :class:`pipeline.fan_out_observer.FanOutObserver`);
+- audio-frame pushes for observers that say they ignore audio (``wants_audio`` False); observers
+  without the attribute get all. When no observer takes audio, an audio push costs a few
+  attribute reads: not even Pipecat's first-push bookkeeping (a weak reference per frame) runs.
 
 Pipecat's idle-timeout observer (an ``isinstance`` check and an event ``set``) is called inline
-instead of through a queue and task of its own.
+instead of through a queue and task of its own, and only for the frame types it watches.
 """
 
 from __future__ import annotations
@@ -25,7 +28,17 @@ _AUDIO = (InputAudioRawFrame, OutputAudioRawFrame)
 
 
 def _handles_processed(observer: BaseObserver) -> bool:
+    declared = getattr(observer, "handles_processed", None)
+    if declared is not None:
+        return bool(declared)
     return type(observer).on_process_frame is not BaseObserver.on_process_frame
+
+
+def _takes(observer: BaseObserver, frame: object, audio: bool) -> bool:
+    """Whether ``observer`` looks at this push at all (first-push rules aside)."""
+    if isinstance(observer, IdleFrameObserver):
+        return isinstance(frame, observer._idle_timeout_frames) or not audio
+    return not audio or getattr(observer, "wants_audio", True)
 
 
 class LeanWorkerObserver(WorkerObserver):
@@ -44,14 +57,15 @@ class LeanWorkerObserver(WorkerObserver):
         if not self._proxies:
             return
         frame = data.frame
+        audio = isinstance(frame, _AUDIO)
+        takers = [(o, p) for o, p in self._proxies.items() if _takes(o, frame, audio)]
+        if not takers:
+            return
         data.first_push = frame.id not in self._frames_pushed
         if data.first_push:
             self._frames_pushed[frame.id] = frame
-        audio = isinstance(frame, _AUDIO)
-        for observer, proxy in self._proxies.items():
+        for observer, proxy in takers:
             if not (data.first_push or observer.observe_every_push):
-                continue
-            if audio and not getattr(observer, "wants_audio", True):
                 continue
             if isinstance(observer, IdleFrameObserver):
                 await observer.on_push_frame(data)  # cheap and non-blocking: no queue hop

@@ -65,8 +65,10 @@ async def test_five_concurrent_calls_are_measured(reply_pcm, tmp_path) -> None:
     assert received >= 5 * (len(reply_pcm) / 2 / 8000) * 0.9
     server = report.server_stats()
     assert server is not None and server["cpu_pct"] > 0 and server["rss_peak_mb"] > 50
+    # the server here is this process: its main thread runs the calls' event loop
+    assert 0 < server["loop_cpu_pct"] <= server["cpu_pct"] + 1.0
     text = format_report(report)
-    assert "failed calls: 0" in text and "p95" in text
+    assert "failed calls: 0" in text and "p95" in text and "event loop (main thread)" in text
     png = write_plot(report, tmp_path / "load.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 

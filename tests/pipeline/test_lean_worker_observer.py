@@ -88,3 +88,39 @@ async def test_fan_out_wants_audio_when_a_child_does():
 async def test_idle_timeout_still_ends_an_idle_pipeline():
     took = await run([Seen()], idle_timeout_secs=0.5)
     assert took < 5.0
+
+
+def _proxied(*observers: BaseObserver) -> LeanWorkerObserver:
+    """A LeanWorkerObserver with plain queues as its proxies (no tasks drain them)."""
+    from pipecat.pipeline.worker_observer import Proxy
+
+    lean = LeanWorkerObserver(observers=list(observers))
+    lean._proxies = {o: Proxy(queue=asyncio.Queue(), task=None, observer=o) for o in observers}
+    return lean
+
+
+def _push(frame) -> FramePushed:
+    relay = Relay()
+    return FramePushed(source=relay, destination=relay, frame=frame,
+                       direction=FrameDirection.DOWNSTREAM, timestamp=0)
+
+
+async def test_processed_frames_skip_a_fan_out_whose_children_ignore_them():
+    pushes_only, handles = FanOutObserver([Seen()]), FanOutObserver([SeesProcessed()])
+    assert not pushes_only.handles_processed and handles.handles_processed
+    lean = _proxied(pushes_only, handles)
+    relay = Relay()
+    await lean.on_process_frame(FrameProcessed(processor=relay, frame=TextFrame("x"),
+                                               direction=FrameDirection.DOWNSTREAM, timestamp=0))
+    assert lean._proxies[pushes_only].queue.qsize() == 0
+    assert lean._proxies[handles].queue.qsize() == 1
+
+
+async def test_audio_nobody_takes_costs_no_first_push_bookkeeping():
+    deaf = FanOutObserver([Seen(wants_audio=False)])
+    lean = _proxied(deaf)
+    await lean.on_push_frame(_push(InputAudioRawFrame(bytes(320), 8000, 1)))
+    assert len(lean._frames_pushed) == 0 and lean._proxies[deaf].queue.qsize() == 0
+    text = TextFrame("hello")
+    await lean.on_push_frame(_push(text))
+    assert lean._proxies[deaf].queue.qsize() == 1 and text.id in lean._frames_pushed

@@ -251,3 +251,27 @@ def test_loading_the_turn_models_limits_numpy_blas_to_one_thread():
     shared_session(SILERO_MODEL)
     blas = threadpoolctl.threadpool_info()
     assert blas and all(lib["num_threads"] == 1 for lib in blas if lib["user_api"] == "blas")
+
+
+# ------------------------------------------------------------------- bot audio tap
+async def test_bot_audio_tap_records_played_audio_and_ends_its_trip():
+    from pipecat.frames.frames import OutputAudioRawFrame, TextFrame
+
+    from pipeline.echo_guard import BotAudioTap
+
+    pushed: list[object] = []
+    tap = BotAudioTap(EchoReference(RATE))
+
+    async def capture(frame, direction=FrameDirection.DOWNSTREAM):
+        pushed.append(frame)
+
+    tap.push_frame = capture  # what the tap hands on, without a pipeline around it
+    tone = (3000 * np.sin(np.arange(320) / 5)).astype(np.int16).tobytes()
+    await tap.process_frame(OutputAudioRawFrame(tone, RATE, 1), FrameDirection.DOWNSTREAM)
+    text = TextFrame("hi")
+    await tap.process_frame(text, FrameDirection.DOWNSTREAM)
+    assert tap.reference.last_played_at is not None  # recorded at play time
+    assert pushed == [text]  # audio stops here, everything else passes
+    tap.forward_audio = True
+    await tap.process_frame(OutputAudioRawFrame(tone, RATE, 1), FrameDirection.DOWNSTREAM)
+    assert len(pushed) == 2

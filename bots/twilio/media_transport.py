@@ -1,0 +1,107 @@
+"""TwilioMediaTransport: Pipecat's FastAPI WebSocket transport with a lean path for caller audio.
+
+Pipecat's input transport hands every received audio frame to a queue and a task of its own,
+which takes it off again with ``asyncio.wait_for`` (Pipecat swaps in ``wait_for2`` on Python
+3.11, which wraps each wait in a new task, a future and a timer): for a phone call's 50 frames a
+second that was a task, two futures and a timer per 20 ms of audio, before any processor saw it.
+Here the receive task pushes each audio frame downstream itself, in arrival order with the
+call's other messages (DTMF, marks), exactly as the audio task would have: audio filters and
+``audio_in_passthrough`` are honoured, nothing is pushed before the transport is ready or while
+it is paused.
+
+On the way out, audio that was already on its way to the socket when the caller barged in is
+dropped once Twilio's ``clear`` has gone out: Pipecat lets the chunk being written finish, and a
+chunk whose write had not started yet (Pipecat wraps each write in ``wait_for``, i.e. a task that
+runs on a later loop turn) reached the caller after the ``clear``, 40 ms of the interrupted
+answer played after Twilio had flushed the rest. Uninterruptible audio still plays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipecat.frames.frames import Frame, InputAudioRawFrame, InterruptionFrame, OutputAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.transports.websocket.fastapi import (
+    FastAPIWebsocketInputTransport,
+    FastAPIWebsocketOutputTransport,
+    FastAPIWebsocketParams,
+    FastAPIWebsocketTransport,
+)
+from pipecat.utils.utils import obj_id
+
+
+class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
+    """WebSocket input whose receive task pushes caller audio downstream directly."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._audio_ready = False
+        #: Audio frames pushed downstream (a counter for tests and diagnostics).
+        self.audio_frames_pushed = 0
+
+    def _create_audio_task(self) -> None:
+        """No audio queue and task: :meth:`push_audio_frame` does their work inline."""
+        self._audio_ready = True
+
+    async def _cancel_audio_task(self) -> None:
+        """Stop taking audio (end, cancel, pause) until the transport is ready again."""
+        self._audio_ready = False
+
+    async def push_audio_frame(self, frame: InputAudioRawFrame) -> None:
+        """Filter and push one caller frame downstream, from the receive task."""
+        if not (self._params.audio_in_enabled and self._audio_ready) or self._paused:
+            return
+        if self._params.audio_in_filter:
+            frame.audio = await self._params.audio_in_filter.filter(frame.audio)
+        if not frame.audio:
+            return  # e.g. a filter still buffering
+        if self._params.audio_in_passthrough:
+            self.audio_frames_pushed += 1
+            await self.push_frame(frame)
+
+
+class ClearAwareOutputTransport(FastAPIWebsocketOutputTransport):
+    """WebSocket output that sends no interruptible audio queued before the last ``clear``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Frames with a smaller id were made before the last interruption (ids only grow).
+        self._stale_below = 0
+        #: Chunks dropped because the caller had barged in before they were sent.
+        self.stale_chunks_dropped = 0
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Pipecat's handling; an interruption makes everything queued before it stale."""
+        if isinstance(frame, InterruptionFrame):
+            self._stale_below = obj_id()
+        await super().process_frame(frame, direction)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        """Send one chunk, unless an interruption came after it was queued."""
+        if frame.interruptible and frame.id < self._stale_below:
+            self.stale_chunks_dropped += 1
+            return False
+        return await super().write_audio_frame(frame)
+
+
+class TwilioMediaTransport(FastAPIWebsocketTransport):
+    """A call's Twilio Media Streams WebSocket: :class:`DirectAudioInputTransport` in,
+    :class:`ClearAwareOutputTransport` out."""
+
+    def __init__(self, websocket: Any, params: FastAPIWebsocketParams, **kwargs: Any) -> None:
+        super().__init__(websocket, params, **kwargs)
+        self._input = DirectAudioInputTransport(
+            self, self._client, self._params, name=self._input_name
+        )
+        self._output = ClearAwareOutputTransport(
+            self, self._client, self._params, name=self._output_name
+        )
+
+    def input(self) -> DirectAudioInputTransport:
+        """The input processor (caller audio, DTMF, marks)."""
+        return self._input
+
+    def output(self) -> ClearAwareOutputTransport:
+        """The output processor (bot audio paced in real time, marks, clear)."""
+        return self._output

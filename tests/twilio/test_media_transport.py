@@ -1,0 +1,169 @@
+"""TwilioMediaTransport on a real WebSocket: caller audio goes straight downstream, in order with
+DTMF, and no interrupted audio reaches the caller after Twilio's ``clear``.
+
+A FastAPI endpoint served by uvicorn on loopback runs a small Pipecat pipeline around the
+transport (Pipecat's Twilio serializer, as on a call); the client is the ``websockets`` library
+speaking Twilio's Media Streams messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import websockets
+from fastapi import FastAPI, WebSocket
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InputDTMFFrame,
+    InterruptionFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.serializers.twilio import TwilioFrameSerializer
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
+from pipecat.workers.runner import WorkerRunner
+
+from bots.twilio.media_transport import TwilioMediaTransport
+from model_service.server import serving
+
+RATE = 8000
+SID = "MZ" + "0" * 32
+
+
+class Probe(FrameProcessor):
+    """Records what the input delivers; DTMF '1' starts 2 s of bot audio, '2' barges in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+        self.audio_bytes: list[bytes] = []
+        self.old_chunks: list[TTSAudioRawFrame] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            self.seen.append("audio")
+            self.audio_bytes.append(frame.audio)
+            return
+        if isinstance(frame, InputDTMFFrame):
+            self.seen.append(f"dtmf {frame.button.value}")
+            if frame.button.value == "1":
+                await self.push_frame(TTSStartedFrame())
+                for k in range(50):  # 2 s in 40 ms frames, all queued at once
+                    chunk = TTSAudioRawFrame(bytes([k % 100 + 1, 0]) * 320, RATE, 1)
+                    self.old_chunks.append(chunk)
+                    await self.push_frame(chunk)
+            elif frame.button.value == "2":
+                await self.push_frame(InterruptionFrame())
+            return
+        await self.push_frame(frame, direction)
+
+
+def _media(pcm: bytes) -> str:
+    ulaw = bytes(0xFF if b == 0 else 0x7F for b in pcm[::2])  # silence / a loud sample
+    return json.dumps({"event": "media", "streamSid": SID,
+                       "media": {"payload": base64.b64encode(ulaw).decode()}})
+
+
+def _dtmf(digit: str) -> str:
+    return json.dumps({"event": "dtmf", "streamSid": SID, "dtmf": {"digit": digit}})
+
+
+async def _serve_call(probe: Probe, holder: dict) -> FastAPI:
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        serializer = TwilioFrameSerializer(
+            stream_sid=SID, params=TwilioFrameSerializer.InputParams(auto_hang_up=False)
+        )
+        transport = TwilioMediaTransport(
+            websocket,
+            FastAPIWebsocketParams(
+                audio_in_enabled=True, audio_out_enabled=True, audio_in_sample_rate=RATE,
+                audio_out_sample_rate=RATE, serializer=serializer, allowed_origins=[],
+            ),
+        )
+        holder["transport"] = transport
+        worker = PipelineWorker(
+            Pipeline([transport.input(), probe, transport.output()]),
+            params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
+            enable_rtvi=False, idle_timeout_secs=None,
+        )
+
+        @transport.event_handler("on_client_disconnected")
+        async def _gone(_t, _ws) -> None:
+            await worker.cancel()
+
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(worker)
+        await runner.run()
+
+    return app
+
+
+async def test_caller_audio_arrives_in_order_with_dtmf_and_no_audio_follows_the_clear() -> None:
+    probe, holder = Probe(), {}
+    app = await _serve_call(probe, holder)
+    async with serving(app) as url:
+        ws_url = url.replace("/v1/session", "/ws")
+        received: list[dict] = []
+        async with websockets.connect(ws_url) as ws:
+
+            async def reader() -> None:
+                async for raw in ws:
+                    received.append(json.loads(raw))
+
+            reading = asyncio.create_task(reader())
+            frames = [bytes(320), bytes([0, 64]) * 160, bytes(320)]
+            for pcm in frames:
+                await ws.send(_media(pcm))
+            await ws.send(_dtmf("5"))
+            await ws.send(_media(bytes(320)))
+            await asyncio.sleep(0.3)
+            await ws.send(_dtmf("1"))  # the bot starts talking: 2 s queued at once
+            await asyncio.sleep(0.3)
+            await ws.send(_dtmf("2"))  # the caller barges in
+            await asyncio.sleep(0.6)
+            reading.cancel()
+    transport: TwilioMediaTransport = holder["transport"]
+    # input: straight through, in arrival order (no audio queue or task behind DTMF)
+    assert probe.seen[:5] == ["audio", "audio", "audio", "dtmf 5", "audio"]
+    assert [len(a) for a in probe.audio_bytes[:4]] == [320, 320, 320, 320]
+    assert transport.input().audio_frames_pushed >= 4
+    assert transport.input()._audio_task is None  # Pipecat's per-frame queue + task are gone
+    # output: some audio, then clear, then nothing from the interrupted answer
+    events = [m["event"] for m in received]
+    assert "clear" in events, events
+    cut = events.index("clear")
+    assert 3 <= events[:cut].count("media") < 25  # ~0.3 s of the 2 s answer played
+    assert "media" not in events[cut + 1:], events[cut:]
+
+
+async def test_chunks_queued_before_an_interruption_are_not_sent_unless_uninterruptible() -> None:
+    probe, holder = Probe(), {}
+    app = await _serve_call(probe, holder)
+    async with serving(app) as url:
+        ws_url = url.replace("/v1/session", "/ws")
+        async with websockets.connect(ws_url) as ws:
+            await ws.send(_media(bytes(320)))
+            await asyncio.sleep(0.3)
+            transport: TwilioMediaTransport = holder["transport"]
+            output = transport.output()
+            stale = TTSAudioRawFrame(bytes(640), RATE, 1)
+            keep = TTSAudioRawFrame(bytes(640), RATE, 1)
+            keep.interruptible = False
+            await ws.send(_dtmf("2"))  # InterruptionFrame through the output transport
+            await asyncio.sleep(0.3)
+            fresh = TTSAudioRawFrame(bytes(640), RATE, 1)
+            assert await output.write_audio_frame(stale) is False
+            assert await output.write_audio_frame(keep) is True
+            assert await output.write_audio_frame(fresh) is True
+            assert output.stale_chunks_dropped == 1
