@@ -5,7 +5,7 @@ Silero runs natively at 8 kHz, and the model service receives and returns 8 kHz 
 stream resampler (and none of its ~95 ms bursts) sits on the call path in this process.
 
 Layout: input → EchoGuard → user aggregator (Silero VAD, MinDuration start, Smart Turn stop) →
-StepAudio2Service → [extra] → output → BotAudioTap → assistant aggregator. Per-turn latency is
+CallerAudioGate (turn audio + pre-roll only) → StepAudio2Service → [extra] → output → BotAudioTap → assistant aggregator. Per-turn latency is
 logged by ``TurnMetricsObserver``. Phone calls use ``TwilioMediaTransport``
 (``bots/twilio/media_transport.py``): caller audio pushed downstream by the receive task itself,
 no interrupted audio sent after a ``clear``.
@@ -49,6 +49,7 @@ from bots.settings import Settings
 from bots.tracing import call_span_attributes, tracing_enabled
 from bots.twilio.media_transport import TwilioMediaTransport
 from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
+from pipeline.caller_audio_gate import CallerAudioGate
 from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
 from pipeline.endpoint_vad import EndpointVADAnalyzer
 from pipeline.fan_out_observer import FanOutObserver
@@ -220,7 +221,8 @@ def build_call(
     user_agg, assistant_agg = aggregators.user(), aggregators.assistant()
     reference = EchoReference(sample_rate)
     guard = EchoGuard(EchoDetector(reference), call_id=call.call_id, enabled=echo_guard)
-    processors = [transport.input(), guard, user_agg, service, *(extra_processors or [])]
+    processors = [transport.input(), guard, user_agg, CallerAudioGate(), service]
+    processors += extra_processors or []
     processors += [transport.output(), BotAudioTap(reference), assistant_agg]
     parts = CallPipelineParts(
         service=service,

@@ -4,10 +4,13 @@ Turn-taking is local (Silero VAD + Smart Turn v3 in the user aggregator, upstrea
 service). The service announces itself as a *realtime* service so the context aggregators switch
 to realtime mode (turn stops do not wait for transcripts).
 
-Audio path: the user's audio is streamed to the model service WHILE the user speaks (with a short
-pre-roll, because VAD fires only after ``start_secs`` of speech), committed at the end of the turn,
-and the model service answers with PCM at the pipeline's output rate, so no resampling happens in
-the bot process (Pipecat's default stream resampler emits ~95 ms bursts; see the reference notes).
+Audio path: the user's audio is streamed to the model service WHILE the user speaks, committed
+at the end of the turn, and the model service answers with PCM at the pipeline's output rate, so
+no resampling happens in the bot process (Pipecat's default stream resampler emits ~95 ms bursts;
+see the reference notes). Caller audio outside user turns is dropped: put a
+:class:`pipeline.caller_audio_gate.CallerAudioGate` in front of the service, which passes only the
+turns' audio and, with each turn, the pre-roll from just before it (VAD fires only after
+``start_secs`` of speech).
 
 Failures: when the model-service connection drops (or cannot be opened), the service reconnects
 once; if that fails too it plays the cached apology (``pipeline.apology``) and then runs
@@ -17,7 +20,6 @@ once; if that fails too it plays the cached apology (``pipeline.apology``) and t
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -113,9 +115,9 @@ class StepAudio2Service(LLMService):
         "not run. Do not call it now; carry on with the current step."
     )
 
-    #: Caller audio is sent to the model service in 40 ms messages (half the WebSocket sends of
-    #: Twilio's 20 ms frames; no latency at the end of the turn, which flushes the rest).
-    AUDIO_BATCH_SECS = 0.04
+    #: Caller audio is sent to the model service in 100 ms messages (a fifth of the WebSocket
+    #: sends of Twilio's 20 ms frames; no latency at the end of the turn, which flushes the rest).
+    AUDIO_BATCH_SECS = 0.1
 
     def __init__(
         self,
@@ -126,7 +128,6 @@ class StepAudio2Service(LLMService):
         sample_rate: int = 8000,
         settings: StepAudio2Settings | None = None,
         tools: ToolsSchema | list | None = None,
-        preroll_secs: float = 0.6,
         client_factory: Any = None,
         apology_text: str = DEFAULT_APOLOGY,
         on_failure: Callable[[], Awaitable[None]] | None = None,
@@ -145,7 +146,6 @@ class StepAudio2Service(LLMService):
             sample_rate: Pipeline audio rate in and out (8000 for phones).
             settings: Settings delta over the defaults (persona, voice, style).
             tools: Tools advertised to the model from the start (also register handlers).
-            preroll_secs: Audio kept from before VAD fired, sent at the start of a user turn.
             client_factory: Builds the model-service client (defaults to ``ModelServiceClient``).
             apology_text: What the cached apology says when the model service is lost.
             on_failure: Runs after the apology when the model service is lost for good
@@ -190,10 +190,7 @@ class StepAudio2Service(LLMService):
         self._receive_task: asyncio.Task | None = None
         self._context: LLMContext | None = None
         self._synced_messages = 0
-        self._preroll: collections.deque[bytes] = collections.deque()
-        self._preroll_bytes = 0
-        self._preroll_max = int(preroll_secs * sample_rate) * 2
-        #: Caller audio goes to the model in messages of this many bytes (40 ms; the rest is
+        #: Caller audio goes to the model in messages of this many bytes (100 ms; the rest is
         #: flushed at the end of the turn, so the model gets every sample before the commit).
         self._send_batch = int(self.AUDIO_BATCH_SECS * sample_rate) * 2
         self._pending_audio = bytearray()
@@ -447,23 +444,16 @@ class StepAudio2Service(LLMService):
                 await self._client.send_tool_result(call_id, output)
 
     async def _on_user_audio(self, frame: InputAudioRawFrame) -> None:
-        if self._client is None:
-            return
-        audio = frame.audio
+        if self._client is None or not self._in_user_turn:
+            return  # not part of a turn (the gate in front keeps the pre-roll)
         if frame.sample_rate != self._sample_rate:
             self._log.warning(
                 f"input audio at {frame.sample_rate} Hz, session expects {self._sample_rate} Hz"
             )
             return
-        if self._in_user_turn:
-            self._pending_audio += audio
-            if len(self._pending_audio) >= self._send_batch:
-                await self._flush_audio()
-            return
-        self._preroll.append(audio)
-        self._preroll_bytes += len(audio)
-        while self._preroll_bytes > self._preroll_max and self._preroll:
-            self._preroll_bytes -= len(self._preroll.popleft())
+        self._pending_audio += frame.audio
+        if len(self._pending_audio) >= self._send_batch:
+            await self._flush_audio()
 
     async def _flush_audio(self) -> None:
         if self._pending_audio and self._client is not None:
@@ -476,10 +466,6 @@ class StepAudio2Service(LLMService):
         if self._client is None:
             return
         await self._client.clear_audio()
-        if self._preroll:
-            await self._client.send_audio(b"".join(self._preroll))
-        self._preroll.clear()
-        self._preroll_bytes = 0
 
     async def _on_user_turn_stopped(self) -> None:
         if not self._in_user_turn:
