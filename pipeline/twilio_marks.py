@@ -15,7 +15,9 @@ class TwilioMarkProcessor(FrameProcessor):
     """Appends ``{"event": "mark", ...}`` behind every ``TTSStoppedFrame``."""
 
     def __init__(self, stream_sid: str, **kwargs) -> None:
-        """Create the processor for one Twilio media stream."""
+        """Create the processor for one Twilio media stream (direct mode: it only appends a
+        message behind a frame, so it needs no queue and task of its own)."""
+        kwargs.setdefault("enable_direct_mode", True)
         super().__init__(**kwargs)
         self._stream_sid = stream_sid
         self._count = 0

@@ -124,6 +124,10 @@ async def test_flow_bot_greets_and_the_call_is_recorded(tmp_path, model_url, cal
         # the flow runtime entered its initial node: the bot spoke first
         assert result.greeting is not None and result.greeting.replied
         assert result.turns[0].replied
+        # bot audio comes in 100 ms media messages (800 bytes of mu-law), a response's last
+        # one padded or shorter
+        sizes = [n for _, n, _ in result.bot_media]
+        assert sizes and sum(n == 800 for n in sizes) >= 0.8 * len(sizes), sizes[:20]
         call_id = result.call_sid
         # the record is closed once the server has seen the hang-up; the recording (written
         # off the event loop after the call) is linked to it a moment later
