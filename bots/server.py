@@ -49,6 +49,7 @@ from bots.twilio.webhooks import WebhookValidator
 from model_service.heap import freeze_startup_heap
 from model_service.server import install_log_redaction
 from pipeline.turn_models import configure_inference, warm_up
+from pipeline.wait_for import install as install_wait_for
 
 
 class CallCounter:
@@ -184,6 +185,7 @@ def create_app(
     config = twilio or TwilioConfig.from_settings(settings)
     # Smart Turn of every call on one low-priority pool (STEPCALL_TURN_MODEL_THREADS / _NICE)
     configure_inference(settings.turn_model_threads, settings.turn_model_nice)
+    install_wait_for()  # Python 3.12's asyncio.wait_for: no task per wait (pipeline/wait_for.py)
     calls = CallCounter(settings.max_calls)
     store = status_store or InMemoryCallStatusStore()
     rest = TwilioRestHolder(config)
