@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 
-async def wait_for(fut: Any, timeout: float | None) -> Any:
+async def wait_for(fut: Any, timeout: float | None) -> Any:  # noqa: ASYNC109 (the API)
     """Wait for ``fut`` (a coroutine or future) for at most ``timeout`` seconds (3.12 semantics):
     ``TimeoutError`` when it expires, ``fut`` cancelled then; no timeout when ``timeout`` is None.
     """
