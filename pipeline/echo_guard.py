@@ -98,16 +98,22 @@ class EchoDetector:
         threshold: float = 0.6,
         min_rms: float = 60.0,
         min_ref_rms: float = 30.0,
+        decimate: int = 2,
     ) -> None:
+        """``decimate``: correlate at the sample rate divided by this (pairs of samples
+        averaged): a voice's echo on a phone line is mostly under 2 kHz, and the FFTs of a 4 kHz
+        correlation cost less than half of an 8 kHz one's."""
+        if decimate < 1:
+            raise ValueError(f"decimate must be >= 1, got {decimate}")
         self.reference = reference
         self.max_delay_secs = max_delay_secs
         self.window_secs = window_secs
         self.threshold = threshold
         self.min_rms = min_rms
         self.min_ref_rms = min_ref_rms
-        self._nfft = 1 << int(
-            np.ceil(np.log2((2 * window_secs + max_delay_secs) * reference.sample_rate + 1))
-        )
+        self.decimate = decimate
+        rate = reference.sample_rate / decimate
+        self._nfft = 1 << int(np.ceil(np.log2((2 * window_secs + max_delay_secs) * rate + 1)))
 
     def bot_recently_heard(self, now: float) -> bool:
         """True while an echo of the bot's audio can still arrive."""
@@ -122,6 +128,9 @@ class EchoDetector:
         ref_energy = ref * ref
         if float(ref_energy.sum()) <= 0.0:
             return EchoVerdict(False, 0.0, 0.0)
+        if self.decimate > 1:
+            x, ref = _decimated(x, self.decimate), _decimated(ref, self.decimate)
+            ref_energy = ref * ref
         n = x.size
         # corr[k] = sum_i x[i] * ref[k + i]; lag k = len(ref) - n - k' samples of delay
         X = np.fft.rfft(x[::-1], self._nfft)
@@ -135,9 +144,15 @@ class EchoDetector:
         # silence is silence (and the ratio there is only floating-point noise)
         ncc[seg_energy < n * self.min_ref_rms**2] = 0.0
         k = int(np.argmax(ncc))
-        delay = (ref.size - n - k) / self.reference.sample_rate
+        delay = (ref.size - n - k) * self.decimate / self.reference.sample_rate
         best = float(ncc[k])
         return EchoVerdict(best >= self.threshold, best, delay * 1000.0)
+
+
+def _decimated(x: np.ndarray, factor: int) -> np.ndarray:
+    """``x`` at a ``factor`` times lower rate (groups averaged), its last sample kept aligned."""
+    x = x[x.size % factor :]
+    return x.reshape(-1, factor).mean(axis=1, dtype=np.float32)
 
 
 class BotAudioTap(FrameProcessor):

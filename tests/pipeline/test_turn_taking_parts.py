@@ -275,3 +275,20 @@ async def test_bot_audio_tap_records_played_audio_and_ends_its_trip():
     tap.forward_audio = True
     await tap.process_frame(OutputAudioRawFrame(tone, RATE, 1), FrameDirection.DOWNSTREAM)
     assert len(pushed) == 2
+
+
+def test_echo_delay_is_found_at_full_rate_and_decimated(voices):
+    bot, caller = voices
+    now = 100.0
+    n = bot.size // 320 * 320
+    for delay_ms in (37, 120, 301):  # odd sample counts too
+        delay = int(delay_ms * RATE / 1000)
+        mic = 10 ** (-10 / 20) * bot[n - delay - 1600 : n - delay]
+        for factor in (1, 2):
+            det = EchoDetector(played_reference(bot, now), decimate=factor)
+            verdict = det.check(mic, now)
+            assert verdict.is_echo and verdict.ncc > 0.85, (delay_ms, factor, verdict)
+            assert abs(verdict.delay_ms - delay_ms) <= 0.5 + 1000 * factor / RATE
+        assert not EchoDetector(played_reference(bot, now)).check(caller[8000:9600], now).is_echo
+    with pytest.raises(ValueError, match="decimate"):
+        EchoDetector(EchoReference(RATE), decimate=0)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -124,6 +125,33 @@ def test_writer_survives_a_bad_write_in_a_batch(store):
     assert w.failed == 1
     with pytest.raises(ValueError, match="drop_table"):
         w.submit("drop_table", "calls")
+
+
+def test_writer_writes_a_row_once_per_batch_with_its_latest_state(store):
+    w = store.writer
+    gate = threading.Event()
+    w.submit("start_call", CallRecord("CA", "b", utcnow()))
+    assert w.flush()
+    # hold the writer's thread so the next writes gather in one batch
+    original, store.apply = store.apply, lambda conn, op, *a: (gate.wait(5), original(conn, op, *a))
+    w.submit("save_turn", TurnRecord("CA", 9, "user", utcnow(), text="first"))  # alone in a batch
+    time.sleep(0.2)
+    turn = TurnRecord("CA", 1, "bot", utcnow())
+    for text_so_far in ("We", "We are", "We are open"):  # a bot turn's text deltas
+        turn.text = text_so_far
+        w.submit("save_turn", turn)
+    tool = ToolCallRecord("CA", "t1", "lookup", {"q": 1}, utcnow())
+    w.submit("save_tool_call", tool)
+    tool.result = "done"
+    w.submit("save_tool_call", tool)
+    w.submit("end_call", "CA", "completed", utcnow(), None)
+    gate.set()
+    assert w.flush()
+    store.apply = original
+    call = store.get_call("CA")
+    assert {t.seq: t.text for t in call.turns} == {1: "We are open", 9: "first"}
+    assert call.tool_calls[0].result == "done" and call.outcome == "completed"
+    assert w.superseded == 3  # two turn texts and the tool call's first state, never written
 
 
 def test_purge_expired_recordings(store, tmp_path):
