@@ -196,7 +196,7 @@ class EchoGuard(FrameProcessor):
         self.enabled = enabled
         self.frames_silenced = 0
         self.checks = 0
-        self._hist = np.zeros(0, dtype=np.float32)
+        self._hist = bytearray()  # the caller's last window_secs, PCM16
         self._keep = int(detector.window_secs * detector.reference.sample_rate)
         self._hop = int(self.CHECK_HOP_SECS * detector.reference.sample_rate)
         self._since_check = 0
@@ -217,17 +217,19 @@ class EchoGuard(FrameProcessor):
         await self.push_frame(frame, direction)
 
     def _filter(self, frame: InputAudioRawFrame) -> InputAudioRawFrame:
-        x = np.frombuffer(frame.audio, dtype=np.int16).astype(np.float32)
-        self._hist = np.concatenate([self._hist, x])[-self._keep :]
+        self._hist += frame.audio  # raw PCM16: converted only when a correlation is due
+        if len(self._hist) > 2 * self._keep:
+            del self._hist[: len(self._hist) - 2 * self._keep]
         now = time.monotonic()
-        if not self.detector.bot_recently_heard(now) or self._hist.size < self._keep:
+        if not self.detector.bot_recently_heard(now) or len(self._hist) < 2 * self._keep:
             self._set_echo(False, None)
             self._last = None
             return frame
-        self._since_check += x.size
+        self._since_check += len(frame.audio) // 2
         verdict = self._last
         if verdict is None or self._since_check >= self._hop:
-            verdict = self.detector.check(self._hist, now)
+            x = np.frombuffer(self._hist, dtype=np.int16).astype(np.float32)
+            verdict = self.detector.check(x, now)
             self.checks += 1
             self._since_check = 0
             self._last = verdict
