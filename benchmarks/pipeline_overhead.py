@@ -12,7 +12,9 @@ stop event minus stop_secs) against that acoustic end; the wait for Smart Turn's
 VAD's stop (~0 when the early inference during the pause answered); and the rest of the bot
 process (aggregators, WebSocket hops to the stand-in, output transport). Turns Smart Turn judged
 INCOMPLETE (robotic flite prosody; they wait for its silence fallback) are counted and left out
-of the latency numbers. CPU: this process's CPU time over the calls' wall time.
+of the latency numbers. CPU: this process's CPU time over the calls' wall time. The call runs as
+in the bot server: on uvloop (what uvicorn picks) with ``pipeline.wait_for`` installed
+(``--stdlib-loop`` for asyncio's own loop).
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--turns 12] [--json out.json]
 """
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--turns", type=int, default=12)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--stdlib-loop", action="store_true", help="asyncio's loop, not uvloop")
     args = ap.parse_args(argv)
     if args.turns < 1:
         ap.error("--turns must be >= 1")
@@ -217,8 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     try:
         url = q.get(timeout=30)
-        res = asyncio.run(run_call(url, args.turns))
-        res["phone_cpu_percent_of_core"] = asyncio.run(phone_baseline())
+        from pipeline.wait_for import install
+
+        install()  # as create_app does in the bot server
+        run = asyncio.run
+        if not args.stdlib_loop:
+            import uvloop
+
+            run = uvloop.run
+        res = run(run_call(url, args.turns))
+        res["phone_cpu_percent_of_core"] = run(phone_baseline())
+        res["event_loop"] = "asyncio" if args.stdlib_loop else "uvloop"
     finally:
         server.terminate()
         server.join(5)
@@ -245,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     bot_cpu = res["cpu_percent_of_core"] - res["phone_cpu_percent_of_core"]
     res["bot_cpu_percent_of_core"] = bot_cpu
     print(
-        f"CPU per call: {res['cpu_percent_of_core']:.2f}% of a core over "
+        f"CPU per call ({res['event_loop']}): {res['cpu_percent_of_core']:.2f}% of a core over "
         f"{res['cpu_wall_secs']:.0f} s, of which the simulated phone "
         f"{res['phone_cpu_percent_of_core']:.2f}%: bot pipeline {bot_cpu:.2f}%"
     )
