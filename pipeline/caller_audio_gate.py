@@ -11,7 +11,10 @@ or task of its own), keeps the pre-roll itself and hands the service the turn's 
     ... UserStartedSpeakingFrame, pre-roll frames (oldest first), live frames ...,
     UserStoppedSpeakingFrame, (nothing until the next turn)
 
-Every other frame passes unchanged and in order.
+The user aggregator's ``UserSpeakingFrame`` heartbeat (a few a second while the caller talks,
+broadcast both ways) stops here on its way down: nothing downstream reads it, and the worker's
+idle monitor and the observers have seen it on its first push. Every other frame passes
+unchanged and in order.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import collections
 from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
+    UserSpeakingFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -58,6 +62,8 @@ class CallerAudioGate(FrameProcessor):
                 await self.push_frame(frame, direction)
             else:
                 self._hold(frame)
+            return
+        if isinstance(frame, UserSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
             return
         await self.push_frame(frame, direction)
         if direction != FrameDirection.DOWNSTREAM:

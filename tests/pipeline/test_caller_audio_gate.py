@@ -7,6 +7,7 @@ from pipecat.frames.frames import (
     InputAudioRawFrame,
     InterruptionFrame,
     TextFrame,
+    UserSpeakingFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -62,6 +63,13 @@ async def test_other_frames_pass_in_order_in_both_directions(gate):
     for f, d in frames:
         await gate.process_frame(f, d)
     assert gate.out == [f for f, _ in frames]
+
+
+async def test_the_user_speaking_heartbeat_stops_here_on_its_way_down(gate):
+    up = UserSpeakingFrame()
+    await gate.process_frame(UserSpeakingFrame(), DOWN)
+    await gate.process_frame(up, UP)
+    assert gate.out == [up]
 
 
 def test_negative_preroll_is_refused():
