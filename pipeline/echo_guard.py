@@ -37,7 +37,10 @@ class EchoReference:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         self.sample_rate = sample_rate
         self._keep = int(keep_secs * sample_rate)
-        self._buf = np.zeros(0, dtype=np.float32)
+        # the last ``_count`` samples played, in a ring (no copy of the whole buffer per chunk)
+        self._ring = np.zeros(self._keep, dtype=np.float32)
+        self._head = 0  # ring index of the next sample
+        self._count = 0
         self._end_time: float | None = None  # monotonic time of the sample after the last one
 
     @property
@@ -50,30 +53,52 @@ class EchoReference:
         if sample_rate != self.sample_rate or not pcm16:
             return
         now = time.monotonic() if played_at is None else played_at
-        x = np.frombuffer(pcm16, dtype=np.int16).astype(np.float32)
+        x = np.frombuffer(pcm16, dtype=np.int16)
         start = now - x.size / self.sample_rate
         if self._end_time is not None:
             gap_secs = start - self._end_time
             gap = int(round(gap_secs * self.sample_rate))
             if gap >= self._keep:
-                self._buf = np.zeros(0, dtype=np.float32)
+                self._count = 0
             elif gap_secs > self.JITTER_SECS:  # real silence between responses
-                self._buf = np.concatenate([self._buf, np.zeros(gap, dtype=np.float32)])
-        self._buf = np.concatenate([self._buf, x])[-self._keep :]
+                self._append(None, gap)
+        self._append(x, x.size)
         self._end_time = max(now, self._end_time or now)
+
+    def _append(self, x: np.ndarray | None, n: int) -> None:
+        """Append ``x`` (PCM16; None: ``n`` zeros) to the ring."""
+        keep = self._keep
+        if n >= keep:
+            self._ring[:] = 0.0 if x is None else x[-keep:]
+            self._head, self._count = 0, keep
+            return
+        end = self._head + n
+        first = min(end, keep) - self._head
+        self._ring[self._head : self._head + first] = 0.0 if x is None else x[:first]
+        if first < n:
+            self._ring[: n - first] = 0.0 if x is None else x[first:]
+        self._head = end % keep
+        self._count = min(keep, self._count + n)
 
     def window(self, end_time: float, secs: float) -> np.ndarray:
         """The ``secs`` of bot audio played up to ``end_time`` (zeros where nothing played)."""
         n = int(round(secs * self.sample_rate))
         out = np.zeros(n, dtype=np.float32)
-        if self._end_time is None or self._buf.size == 0:
+        if self._end_time is None or self._count == 0:
             return out
-        # index (in _buf) of the sample played at end_time
-        end_idx = self._buf.size - int(round((self._end_time - end_time) * self.sample_rate))
-        lo, hi = end_idx - n, end_idx
-        src_lo, src_hi = max(lo, 0), min(hi, self._buf.size)
-        if src_hi > src_lo:
-            out[src_lo - lo : src_hi - lo] = self._buf[src_lo:src_hi]
+        # index (0 = oldest sample held) of the sample played at end_time
+        end_idx = self._count - int(round((self._end_time - end_time) * self.sample_rate))
+        lo = end_idx - n
+        src_lo, src_hi = max(lo, 0), min(end_idx, self._count)
+        if src_hi <= src_lo:
+            return out
+        keep = self._keep
+        ring_lo = (self._head - self._count + src_lo) % keep
+        length = src_hi - src_lo
+        first = min(length, keep - ring_lo)
+        out[src_lo - lo : src_lo - lo + first] = self._ring[ring_lo : ring_lo + first]
+        if first < length:
+            out[src_lo - lo + first : src_hi - lo] = self._ring[: length - first]
         return out
 
 
@@ -122,7 +147,7 @@ class EchoDetector:
 
     def check(self, x: np.ndarray, now: float) -> EchoVerdict:
         """``x``: the caller's last ``window_secs`` of audio (float, PCM16 scale) ending at ``now``."""
-        if x.size == 0 or float(np.sqrt(np.mean(x * x))) < self.min_rms:
+        if x.size == 0 or float(np.dot(x, x)) < x.size * self.min_rms**2:
             return EchoVerdict(False, 0.0, 0.0)
         ref = self.reference.window(now, self.max_delay_secs + x.size / self.reference.sample_rate)
         ref_energy = ref * ref

@@ -292,3 +292,55 @@ def test_echo_delay_is_found_at_full_rate_and_decimated(voices):
         assert not EchoDetector(played_reference(bot, now)).check(caller[8000:9600], now).is_echo
     with pytest.raises(ValueError, match="decimate"):
         EchoDetector(EchoReference(RATE), decimate=0)
+
+
+class _ConcatReference:
+    """The reference as it was kept before the ring (one array, re-concatenated per chunk)."""
+
+    def __init__(self, rate: int, keep_secs: float = 2.0) -> None:
+        self.rate, self.keep = rate, int(keep_secs * rate)
+        self.buf = np.zeros(0, np.float32)
+        self.end: float | None = None
+
+    def record(self, pcm16: bytes, played_at: float) -> None:
+        x = np.frombuffer(pcm16, np.int16).astype(np.float32)
+        start = played_at - x.size / self.rate
+        if self.end is not None:
+            gap_secs = start - self.end
+            gap = int(round(gap_secs * self.rate))
+            if gap >= self.keep:
+                self.buf = np.zeros(0, np.float32)
+            elif gap_secs > EchoReference.JITTER_SECS:
+                self.buf = np.concatenate([self.buf, np.zeros(gap, np.float32)])
+        self.buf = np.concatenate([self.buf, x])[-self.keep :]
+        self.end = max(played_at, self.end or played_at)
+
+    def window(self, end_time: float, secs: float) -> np.ndarray:
+        n = int(round(secs * self.rate))
+        out = np.zeros(n, np.float32)
+        if self.end is None or self.buf.size == 0:
+            return out
+        end_idx = self.buf.size - int(round((self.end - end_time) * self.rate))
+        lo, hi = end_idx - n, end_idx
+        src_lo, src_hi = max(lo, 0), min(hi, self.buf.size)
+        if src_hi > src_lo:
+            out[src_lo - lo : src_hi - lo] = self.buf[src_lo:src_hi]
+        return out
+
+
+def test_echo_reference_ring_keeps_exactly_what_the_played_audio_was():
+    rng = np.random.default_rng(7)
+    for trial in range(30):
+        ring, oracle = EchoReference(RATE, keep_secs=0.5), _ConcatReference(RATE, 0.5)
+        t = 100.0
+        for _ in range(40):
+            n = int(rng.choice([80, 320, 800, 4000, 6000]))  # chunks shorter and longer than keep
+            t += n / RATE + float(rng.choice([0.0, 0.003, 0.05, 0.2, 0.7]))  # jitter or silence
+            pcm = (rng.standard_normal(n) * 3000).astype(np.int16).tobytes()
+            ring.record(pcm, RATE, t)
+            oracle.record(pcm, t)
+            for _ in range(3):
+                end = t - float(rng.uniform(-0.1, 0.8))
+                secs = float(rng.choice([0.2, 0.45, 0.7]))
+                assert np.array_equal(ring.window(end, secs), oracle.window(end, secs)), trial
+        assert ring.last_played_at == oracle.end
