@@ -34,11 +34,11 @@ def _handles_processed(observer: BaseObserver) -> bool:
     return type(observer).on_process_frame is not BaseObserver.on_process_frame
 
 
-def _takes(observer: BaseObserver, frame: object, audio: bool) -> bool:
-    """Whether ``observer`` looks at this push at all (first-push rules aside)."""
+def _takes_audio(observer: BaseObserver, frame: object) -> bool:
+    """Whether ``observer`` looks at this audio push at all (first-push rules aside)."""
     if isinstance(observer, IdleFrameObserver):
-        return isinstance(frame, observer._idle_timeout_frames) or not audio
-    return not audio or getattr(observer, "wants_audio", True)
+        return isinstance(frame, observer._idle_timeout_frames)
+    return getattr(observer, "wants_audio", True)
 
 
 class LeanWorkerObserver(WorkerObserver):
@@ -58,13 +58,18 @@ class LeanWorkerObserver(WorkerObserver):
             return
         frame = data.frame
         audio = isinstance(frame, _AUDIO)
-        takers = [(o, p) for o, p in self._proxies.items() if _takes(o, frame, audio)]
-        if not takers:
-            return
+        if audio:  # the common case (50 pushes a second per hop): usually nobody takes it
+            for observer in self._proxies:
+                if _takes_audio(observer, frame):
+                    break
+            else:
+                return
         data.first_push = frame.id not in self._frames_pushed
         if data.first_push:
             self._frames_pushed[frame.id] = frame
-        for observer, proxy in takers:
+        for observer, proxy in self._proxies.items():
+            if audio and not _takes_audio(observer, frame):
+                continue
             if not (data.first_push or observer.observe_every_push):
                 continue
             if isinstance(observer, IdleFrameObserver):
