@@ -29,7 +29,6 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.serializers.twilio import TwilioFrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
 from pipecat.turns.user_mute.mute_until_first_bot_complete_user_mute_strategy import (
     MuteUntilFirstBotCompleteUserMuteStrategy,
@@ -48,6 +47,7 @@ from bots.profile import BotProfile
 from bots.settings import Settings
 from bots.tracing import call_span_attributes, tracing_enabled
 from bots.twilio.media_transport import TwilioMediaTransport
+from bots.twilio.serializer import PhoneSerializer
 from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
 from pipeline.caller_audio_gate import CallerAudioGate
 from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
@@ -317,7 +317,7 @@ def twilio_serializer(
     profile: BotProfile,
     settings: Settings,
     call_control: CallControl | None = None,
-) -> TwilioFrameSerializer:
+) -> PhoneSerializer:
     """The Twilio Media Streams serializer of one call.
 
     It hangs the call up through Twilio's REST API when the pipeline ends (credentials needed),
@@ -327,12 +327,12 @@ def twilio_serializer(
     hang_up = bool(settings.twilio_account_sid and settings.twilio_auth_token)
     if profile.flow is not None and call_control is not None:
         hang_up = False
-    return TwilioFrameSerializer(
+    return PhoneSerializer(
         stream_sid=call.stream_sid,
         call_sid=call.call_id,
         account_sid=settings.twilio_account_sid,
         auth_token=settings.twilio_auth_token,
-        params=TwilioFrameSerializer.InputParams(auto_hang_up=hang_up),
+        params=PhoneSerializer.InputParams(auto_hang_up=hang_up),
     )
 
 

@@ -25,11 +25,11 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.serializers.twilio import TwilioFrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
 from pipecat.workers.runner import WorkerRunner
 
 from bots.twilio.media_transport import TwilioMediaTransport
+from bots.twilio.serializer import PhoneSerializer
 from model_service.server import serving
 
 RATE = 8000
@@ -81,8 +81,8 @@ async def _serve_call(probe: Probe, holder: dict) -> FastAPI:
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
         await websocket.accept()
-        serializer = TwilioFrameSerializer(
-            stream_sid=SID, params=TwilioFrameSerializer.InputParams(auto_hang_up=False)
+        serializer = PhoneSerializer(
+            stream_sid=SID, params=PhoneSerializer.InputParams(auto_hang_up=False)
         )
         transport = TwilioMediaTransport(
             websocket,
