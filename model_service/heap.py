@@ -15,10 +15,20 @@ import gc
 from loguru import logger
 
 
+_frozen = False
+
+
 def freeze_startup_heap() -> int:
-    """Collect once, then freeze every surviving object; returns how many were frozen."""
-    gc.collect()
-    gc.freeze()
-    frozen = gc.get_freeze_count()
-    logger.debug(f"garbage collector: {frozen} start-up objects frozen")
-    return frozen
+    """Collect once, then freeze every surviving object; returns how many are frozen.
+
+    Only the first call in a process freezes (the start-up heap): a process that starts
+    several servers (tests, an embedding app) would otherwise keep freezing the objects of
+    earlier ones, which then never leave memory even once they are garbage.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
+        logger.debug(f"garbage collector: {gc.get_freeze_count()} start-up objects frozen")
+    return gc.get_freeze_count()

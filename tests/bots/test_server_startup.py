@@ -15,8 +15,11 @@ from model_service.server import serving
 from pipeline import turn_models
 
 
-async def test_serving_freezes_the_start_up_heap_and_loads_the_turn_models() -> None:
+async def test_serving_freezes_the_start_up_heap_and_loads_the_turn_models(monkeypatch) -> None:
+    import model_service.heap as heap
+
     gc.unfreeze()
+    monkeypatch.setattr(heap, "_frozen", False)  # as in a fresh server process
     turn_models._session.cache_clear()
     app = create_app(Settings())
     async with serving(app):
@@ -28,11 +31,16 @@ async def test_serving_freezes_the_start_up_heap_and_loads_the_turn_models() -> 
     assert loaded == 2  # Silero VAD and Smart Turn, before the first call
 
 
-def test_freeze_startup_heap_reports_what_it_froze() -> None:
+def test_freeze_startup_heap_freezes_once_per_process(monkeypatch) -> None:
+    import model_service.heap as heap
+
     gc.unfreeze()
+    monkeypatch.setattr(heap, "_frozen", False)
     keep = [[i] for i in range(1000)]  # tracked containers alive across the freeze
     frozen = freeze_startup_heap()
     assert frozen == gc.get_freeze_count() >= len(keep)
+    later = [[i] for i in range(1000)]  # a second server's objects: not frozen
+    assert freeze_startup_heap() == frozen and len(later) == 1000
     gc.unfreeze()
 
 
