@@ -6,7 +6,10 @@ gap: an *underrun*. This module replays the arrival times of the bot's ``media``
 (``CallResult.bot_media``) through such a playout buffer:
 
 - the stream is cut into responses at each ``mark`` the bot sends after a response's last audio
-  and at each ``clear`` (barge-in), so the pause between two responses is not a gap;
+  and at each ``clear`` (barge-in), so the pause between two responses is not a gap. A cut falls
+  between the media messages received before and after it (``after_media``, the count of media
+  received when it arrived): arrival times alone cannot order a ``media`` and a ``clear`` read
+  in the same event-loop tick;
 - within a response, playout starts ``jitter_ms`` after its first audio arrives and drains 8
   bytes of mu-law per millisecond; an arrival after the buffer ran dry is an underrun of
   ``arrival - dry_at`` ms, and playout resumes with the new audio (no re-buffering).
@@ -55,13 +58,23 @@ class StreamReport:
         return max((u.gap_ms for u in self.underruns), default=0.0)
 
 
-def _boundaries(result: CallResult) -> list[float]:
-    """Call-clock times at which a response ends: bot ``mark`` and ``clear`` receipts."""
-    return sorted(
-        float(e["t_ms"])
-        for e in result.events
-        if e.get("dir") == "in" and e.get("event") in ("mark", "clear")
-    )
+def _boundaries(result: CallResult) -> list[int]:
+    """Where responses end, as media indices: a cut before ``bot_media[i]`` is ``i``.
+
+    Events logged with ``after_media`` (the caller simulator's) are placed exactly; others
+    (older records) by time: before the first media received at or after them.
+    """
+    times = [t for t, _n, _a in result.bot_media]
+    cuts = []
+    for e in result.events:
+        if e.get("dir") != "in" or e.get("event") not in ("mark", "clear"):
+            continue
+        if "after_media" in e:
+            cuts.append(int(e["after_media"]))
+        else:
+            t = float(e["t_ms"])
+            cuts.append(next((i for i, m in enumerate(times) if m >= t), len(times)))
+    return sorted(cuts)
 
 
 def find_underruns(result: CallResult, jitter_ms: float = DEFAULT_JITTER_MS) -> StreamReport:
@@ -72,8 +85,8 @@ def find_underruns(result: CallResult, jitter_ms: float = DEFAULT_JITTER_MS) -> 
     cuts = _boundaries(result)
     cut_i = 0
     dry_at: float | None = None  # when the current response's buffered audio runs out
-    for t_ms, nbytes, _audible in result.bot_media:
-        while cut_i < len(cuts) and cuts[cut_i] <= t_ms:
+    for index, (t_ms, nbytes, _audible) in enumerate(result.bot_media):
+        while cut_i < len(cuts) and cuts[cut_i] <= index:
             dry_at = None  # a mark/clear ended the response: the next audio starts a new one
             cut_i += 1
         dur = nbytes / BYTES_PER_MS

@@ -442,7 +442,7 @@ class _CallSession:
             self._check_sid(msg, "mark")
             record = MarkRecord(name=name, received_ms=self.now_ms())
             self.result.marks.append(record)
-            self.log("in", "mark", name=name)
+            self.log("in", "mark", name=name, after_media=len(self.result.bot_media))
             if self._playout_has_audio():
                 self._playout.append(_PendingMark(record))
             else:
@@ -454,7 +454,7 @@ class _CallSession:
             self._playout.clear()
             if self.current is not None:
                 self.current.clears += 1
-            self.log("in", "clear", dropped_bytes=dropped)
+            self.log("in", "clear", dropped_bytes=dropped, after_media=len(self.result.bot_media))
             for record in pending:
                 record.cleared = True
                 await self._echo_mark(record)

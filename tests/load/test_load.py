@@ -106,3 +106,18 @@ def test_underruns_are_gaps_beyond_the_playout_buffer() -> None:
     assert find_underruns(_call(two, marks=(1400.0,)), 60).count == 0
     assert find_underruns(_call(two), 60).count == 1
     assert find_underruns(_call(two, marks=(1400.0,)), 60).responses == 2
+
+
+def test_a_cut_falls_where_it_was_received_among_the_media() -> None:
+    """A ``clear`` read in the same loop tick as the last media (same timestamp) ends the
+    response after that media; interrupted audio arriving after the clear joins the next
+    response, and the silence between them counts as a gap."""
+    first = [(1000.0 + 40 * k, 320) for k in range(10)]  # last one at 1360
+    second = [(2400.0 + 40 * k, 320) for k in range(10)]
+    r = _call(first + second)
+    r.events = [{"t_ms": 1360.0, "dir": "in", "event": "clear", "after_media": 10}]
+    report = find_underruns(r, 60)
+    assert report.count == 0 and report.responses == 2  # by time alone: an 1 s "gap"
+    r.events[0]["after_media"] = 9  # the 10th chunk came after the clear: stale audio
+    stale = find_underruns(r, 60)
+    assert stale.count == 1 and stale.underruns[0].gap_ms == pytest.approx(940.0)
