@@ -65,9 +65,36 @@ def _serve_bot(model_url: str, flows: str, db: str, port: int, log_level: str) -
 
     logger.remove()
     logger.add(sys.stderr, level=log_level)
-    settings = Settings(model_url=model_url, flows_dir=flows, database_url=f"sqlite:///{db}",
-                        max_calls=200, log_level=log_level)
+    settings = Settings(
+        model_url=model_url,
+        flows_dir=flows,
+        database_url=f"sqlite:///{db}",
+        max_calls=200,
+        log_level=log_level,
+    )
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+
+
+def calibration_us(runs: int = 300) -> float:
+    """Median µs of one Silero VAD window on this machine now: a shared VM's speed varies
+    from hour to hour (here ~60 µs quiet, ~100 µs when its host is busy), so results are
+    read against it."""
+    import numpy as np
+
+    from pipeline.turn_models import SILERO_MODEL, shared_session
+
+    session = shared_session(SILERO_MODEL)
+    feed = {
+        "input": np.zeros((1, 288), np.float32),
+        "state": np.zeros((2, 1, 128), np.float32),
+        "sr": np.array(8000, dtype=np.int64),
+    }
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t) * 1e6)
+    return float(np.median(times))
 
 
 def _wait_port(port: int, secs: float = 60.0) -> None:
@@ -92,6 +119,7 @@ def main() -> int:
 
     from bots.loadtest import LoadOptions, format_report, run_load, write_plot
 
+    speed = calibration_us()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     canned = ctx.Process(target=_serve_canned, args=(queue,), daemon=True)
@@ -102,14 +130,21 @@ def main() -> int:
     flows.mkdir()
     shutil.copy(args.flow, flows)
     port = _free_port()
-    bot = ctx.Process(target=_serve_bot, args=(model_url, str(flows), str(tmp / "calls.db"),
-                                                port, args.server_log), daemon=True)
+    bot = ctx.Process(
+        target=_serve_bot,
+        args=(model_url, str(flows), str(tmp / "calls.db"), port, args.server_log),
+        daemon=True,
+    )
     bot.start()
     try:
         _wait_port(port)
         time.sleep(1.0)
-        options = LoadOptions(calls=args.calls, ramp_secs=args.ramp, server_pid=bot.pid,
-                              caller={"greeting_wait_secs": 5.0, "pause_secs": 0.5})
+        options = LoadOptions(
+            calls=args.calls,
+            ramp_secs=args.ramp,
+            server_pid=bot.pid,
+            caller={"greeting_wait_secs": 5.0, "pause_secs": 0.5},
+        )
         url = f"ws://127.0.0.1:{port}/twilio/stream"
         report = asyncio.run(run_load(url, options))
     finally:
@@ -118,12 +153,16 @@ def main() -> int:
         bot.join(10)
         canned.join(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"machine: {os.cpu_count()} CPUs; bot: {Path(args.flow).name}; model: canned stand-in")
+    print(
+        f"machine: {os.cpu_count()} CPUs, Silero window {speed:.0f} us (calibration); "
+        f"bot: {Path(args.flow).name}; model: canned stand-in"
+    )
     print(format_report(report))
     if args.plot:
         print(f"plot: {write_plot(report, args.plot)}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        out = {**report.to_dict(), "calibration_silero_window_us": round(speed, 1)}
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0 if report.failed_calls == 0 and report.underruns == 0 else 1
 
 

@@ -132,6 +132,7 @@ class CallPipelineParts:
     context: LLMContext
     echo_guard: EchoGuard
     metrics: TurnMetricsObserver
+    vad: EndpointVADAnalyzer | None = None
     aggregators: LLMContextAggregatorPair | None = None
     #: The call's one Pipecat observer; the metrics, records and flow observers sit behind it.
     observer_hub: FanOutObserver | None = None
@@ -235,6 +236,7 @@ def build_call(
         context=context,
         echo_guard=guard,
         metrics=TurnMetricsObserver(call.call_id),
+        vad=vad,
         aggregators=aggregators,
     )
     return Pipeline(processors), parts
@@ -369,6 +371,10 @@ async def run_twilio_call(
         extra_processors=[TwilioMarkProcessor(call.stream_sid)],
         call_control=call_control,
     )
+    # 40 ms caller frames while nobody speaks (never at the end of speech; see the transport)
+    vad = parts.vad
+    if vad is not None:
+        transport.input().coalesce_while(lambda: vad.quiet)
     worker = call_worker(
         pipeline,
         parts,
@@ -391,4 +397,8 @@ async def run_twilio_call(
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
     await runner.run()
-    log.info("call ended")
+    frames_in = transport.input()
+    log.info(
+        f"call ended: {frames_in.audio_frames_pushed} caller audio frames in "
+        f"({frames_in.frames_coalesced} of them 20 ms pairs sent as one)"
+    )

@@ -14,7 +14,6 @@ import gc
 
 from loguru import logger
 
-
 _frozen = False
 
 

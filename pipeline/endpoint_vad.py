@@ -73,6 +73,11 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
         return self._vad_state
 
     @property
+    def quiet(self) -> bool:
+        """True while the VAD hears no speech (also before its first audio)."""
+        return getattr(self, "_vad_state", VADState.QUIET) == VADState.QUIET
+
+    @property
     def pause_key(self) -> tuple[int, int]:
         """Identifies the current pause: changes when speech resumes, in Silero or in energy."""
         return self._resumptions, self.energy.last_loud_end

@@ -9,6 +9,13 @@ call's other messages (DTMF, marks), exactly as the audio task would have: audio
 ``audio_in_passthrough`` are honoured, nothing is pushed before the transport is ready or while
 it is paused.
 
+While nobody speaks (``coalesce_while``: the call's VAD is quiet), two 20 ms frames go down as
+one 40 ms frame: every processor, the VAD's bookkeeping and the observers then handle half as
+many frames for most of a call. A frame waits at most one frame time (20 ms) for its partner,
+and only while the VAD hears no speech: the end of the caller's speech, where latency counts,
+is never held; the start of speech is seen at most 20 ms later. Any other message (DTMF, a
+mark) sends the waiting frame first, so the order stays the order of arrival.
+
 On the way out, audio that was already on its way to the socket when the caller barged in is
 dropped once Twilio's ``clear`` has gone out: Pipecat lets the chunk being written finish, and a
 chunk whose write had not started yet (Pipecat wraps each write in ``wait_for``, i.e. a task that
@@ -18,6 +25,7 @@ answer played after Twilio had flushed the rest. Uninterruptible audio still pla
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pipecat.frames.frames import Frame, InputAudioRawFrame, InterruptionFrame, OutputAudioRawFrame
@@ -37,8 +45,19 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._audio_ready = False
-        #: Audio frames pushed downstream (a counter for tests and diagnostics).
+        self._quiet: Callable[[], bool] | None = None
+        self._held: InputAudioRawFrame | None = None
+        self._max_held_bytes = 0
+        #: Audio frames pushed downstream / of them, pairs pushed as one (tests, diagnostics).
         self.audio_frames_pushed = 0
+        self.frames_coalesced = 0
+
+    def coalesce_while(self, quiet: Callable[[], bool] | None, frame_secs: float = 0.02) -> None:
+        """Push pairs of caller frames (each at most ``frame_secs`` long) as one while
+        ``quiet()`` is true; None: every frame on its own (the default)."""
+        self._quiet = quiet
+        rate = self._params.audio_in_sample_rate or 8000
+        self._max_held_bytes = int(frame_secs * rate) * 2 * self._params.audio_in_channels
 
     def _create_audio_task(self) -> None:
         """No audio queue and task: :meth:`push_audio_frame` does their work inline."""
@@ -47,6 +66,7 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
     async def _cancel_audio_task(self) -> None:
         """Stop taking audio (end, cancel, pause) until the transport is ready again."""
         self._audio_ready = False
+        self._held = None
 
     async def push_audio_frame(self, frame: InputAudioRawFrame) -> None:
         """Filter and push one caller frame downstream, from the receive task."""
@@ -56,9 +76,34 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
             frame.audio = await self._params.audio_in_filter.filter(frame.audio)
         if not frame.audio:
             return  # e.g. a filter still buffering
-        if self._params.audio_in_passthrough:
-            self.audio_frames_pushed += 1
-            await self.push_frame(frame)
+        if not self._params.audio_in_passthrough:
+            return
+        if self._held is not None:
+            held, self._held = self._held, None
+            if held.sample_rate == frame.sample_rate and held.num_channels == frame.num_channels:
+                self.frames_coalesced += 1
+                frame = type(frame)(
+                    audio=held.audio + frame.audio,
+                    sample_rate=frame.sample_rate,
+                    num_channels=frame.num_channels,
+                )
+            else:
+                await self._push_audio(held)
+        elif self._quiet is not None and len(frame.audio) <= self._max_held_bytes and self._quiet():
+            self._held = frame  # its partner is due in one frame time
+            return
+        await self._push_audio(frame)
+
+    async def _push_audio(self, frame: InputAudioRawFrame) -> None:
+        self.audio_frames_pushed += 1
+        await super().push_frame(frame)
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        """Pushes from the receive task (DTMF, marks, ...) send a waiting audio frame first."""
+        if self._held is not None and direction == FrameDirection.DOWNSTREAM:
+            held, self._held = self._held, None
+            await self._push_audio(held)
+        await super().push_frame(frame, direction)
 
 
 class ClearAwareOutputTransport(FastAPIWebsocketOutputTransport):

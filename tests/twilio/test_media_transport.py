@@ -67,15 +67,16 @@ class Probe(FrameProcessor):
 
 def _media(pcm: bytes) -> str:
     ulaw = bytes(0xFF if b == 0 else 0x7F for b in pcm[::2])  # silence / a loud sample
-    return json.dumps({"event": "media", "streamSid": SID,
-                       "media": {"payload": base64.b64encode(ulaw).decode()}})
+    return json.dumps(
+        {"event": "media", "streamSid": SID, "media": {"payload": base64.b64encode(ulaw).decode()}}
+    )
 
 
 def _dtmf(digit: str) -> str:
     return json.dumps({"event": "dtmf", "streamSid": SID, "dtmf": {"digit": digit}})
 
 
-async def _serve_call(probe: Probe, holder: dict) -> FastAPI:
+async def _serve_call(probe: Probe, holder: dict, quiet=None) -> FastAPI:
     app = FastAPI()
 
     @app.websocket("/ws")
@@ -87,15 +88,22 @@ async def _serve_call(probe: Probe, holder: dict) -> FastAPI:
         transport = TwilioMediaTransport(
             websocket,
             FastAPIWebsocketParams(
-                audio_in_enabled=True, audio_out_enabled=True, audio_in_sample_rate=RATE,
-                audio_out_sample_rate=RATE, serializer=serializer, allowed_origins=[],
+                audio_in_enabled=True,
+                audio_out_enabled=True,
+                audio_in_sample_rate=RATE,
+                audio_out_sample_rate=RATE,
+                serializer=serializer,
+                allowed_origins=[],
             ),
         )
         holder["transport"] = transport
+        if quiet is not None:
+            transport.input().coalesce_while(quiet)
         worker = PipelineWorker(
             Pipeline([transport.input(), probe, transport.output()]),
             params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
-            enable_rtvi=False, idle_timeout_secs=None,
+            enable_rtvi=False,
+            idle_timeout_secs=None,
         )
 
         @transport.event_handler("on_client_disconnected")
@@ -144,7 +152,7 @@ async def test_caller_audio_arrives_in_order_with_dtmf_and_no_audio_follows_the_
     assert "clear" in events, events
     cut = events.index("clear")
     assert 3 <= events[:cut].count("media") < 25  # ~0.3 s of the 2 s answer played
-    assert "media" not in events[cut + 1:], events[cut:]
+    assert "media" not in events[cut + 1 :], events[cut:]
 
 
 async def test_chunks_queued_before_an_interruption_are_not_sent_unless_uninterruptible() -> None:
@@ -167,3 +175,23 @@ async def test_chunks_queued_before_an_interruption_are_not_sent_unless_uninterr
             assert await output.write_audio_frame(keep) is True
             assert await output.write_audio_frame(fresh) is True
             assert output.stale_chunks_dropped == 1
+
+
+async def test_caller_frames_go_in_pairs_while_quiet_and_alone_otherwise() -> None:
+    probe, holder = Probe(), {}
+    state = {"quiet": True}
+    app = await _serve_call(probe, holder, quiet=lambda: state["quiet"])
+    async with serving(app) as url:
+        async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
+            for _ in range(4):
+                await ws.send(_media(bytes(320)))
+            await ws.send(_media(bytes(320)))  # held: its partner has not come yet
+            await ws.send(_dtmf("5"))  # sends it first, alone
+            await asyncio.sleep(0.3)
+            state["quiet"] = False  # the caller speaks: no frame waits
+            for _ in range(3):
+                await ws.send(_media(bytes([0, 64]) * 160))
+            await asyncio.sleep(0.3)
+    assert probe.seen == ["audio", "audio", "audio", "dtmf 5", "audio", "audio", "audio"]
+    assert [len(a) for a in probe.audio_bytes] == [640, 640, 320, 320, 320, 320]
+    assert holder["transport"].input().frames_coalesced == 2
