@@ -111,7 +111,9 @@ def turn_strategies(
     if profile.smart_turn:
         params = SmartTurnParams(stop_secs=SMART_TURN_STOP_SECS)
         analyzer = SpeculativeSmartTurnAnalyzer(vad=vad, params=params)
-        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer)]
+        # a realtime service: the turn ends on the analyzer's verdict, not on a transcript
+        # (set here, Pipecat would otherwise flip it and log a warning on every call)
+        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer, wait_for_transcript=False)]
     else:
         stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.6)]
     return UserTurnStrategies(start=start, stop=stop)
