@@ -20,6 +20,7 @@ inflates them: read them next to ``CallResult.max_send_lag_ms``.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 from bots.caller.twilio_client import CallResult
@@ -73,7 +74,7 @@ def _boundaries(result: CallResult) -> list[int]:
             cuts.append(int(e["after_media"]))
         else:
             t = float(e["t_ms"])
-            cuts.append(next((i for i, m in enumerate(times) if m >= t), len(times)))
+            cuts.append(bisect_left(times, t))  # arrival times only grow
     return sorted(cuts)
 
 

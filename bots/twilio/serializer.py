@@ -22,7 +22,8 @@ from pipecat.serializers.twilio import TwilioFrameSerializer
 
 
 class CallerAudioFrame(InputAudioRawFrame):
-    """20 ms of the caller's audio (an ``InputAudioRawFrame`` that prints as its name)."""
+    """The caller's audio: one Twilio ``media`` message, or two joined by the input transport
+    while the caller is quiet (an ``InputAudioRawFrame`` that prints as its name)."""
 
     def __str__(self) -> str:
         return self.name
