@@ -10,7 +10,9 @@ Three pieces share one :class:`EchoReference`:
   played audio delayed by 0..``max_delay_secs`` (normalized cross-correlation, via FFT). A
   window that is mostly the bot's echo (NCC >= ``threshold``) reaches VAD and the model as
   silence. A caller really talking over the bot adds energy the bot's audio does not explain, so
-  the correlation drops and the frame passes: barge-in still works on a speakerphone.
+  the correlation drops and the frame passes: barge-in still works on a speakerphone. An echo is
+  also never much louder than what the bot played (``max_echo_gain_db``): a caller's word that
+  happens to resemble the bot's audio at some lag, but is far louder, is the caller.
 - :class:`EchoDetector` is the numeric part (no Pipecat), unit-testable on its own.
 """
 
@@ -124,8 +126,14 @@ class EchoDetector:
         min_rms: float = 60.0,
         min_ref_rms: float = 30.0,
         decimate: int = 2,
+        max_echo_gain_db: float = 10.0,
     ) -> None:
-        """``decimate``: correlate at the sample rate divided by this (pairs of samples
+        """``max_echo_gain_db``: the loudest an echo can be relative to the bot's played audio
+        (a phone's acoustic path and gain stages do not amplify the far end by more; typical
+        line and handset echo is 10-30 dB weaker). Lags that would need a louder echo to explain
+        the input are not considered.
+
+        ``decimate``: correlate at the sample rate divided by this (pairs of samples
         averaged): a voice's echo on a phone line is mostly under 2 kHz, and the FFTs of a 4 kHz
         correlation cost less than half of an 8 kHz one's."""
         if decimate < 1:
@@ -137,6 +145,7 @@ class EchoDetector:
         self.min_rms = min_rms
         self.min_ref_rms = min_ref_rms
         self.decimate = decimate
+        self.max_echo_power = 10 ** (max_echo_gain_db / 10)
         rate = reference.sample_rate / decimate
         self._nfft = 1 << int(np.ceil(np.log2((2 * window_secs + max_delay_secs) * rate + 1)))
 
@@ -163,11 +172,16 @@ class EchoDetector:
         full = np.fft.irfft(X * R, self._nfft)[n - 1 : ref.size]  # k = 0 .. len(ref) - n
         csum = np.concatenate([[0.0], np.cumsum(ref_energy, dtype=np.float64)])
         seg_energy = csum[n:] - csum[:-n]  # energy of ref[k : k + n]
-        norm = np.sqrt(np.maximum(seg_energy, 0.0) * float(np.dot(x, x))) + 1e-9
+        x_energy = float(np.dot(x, x))
+        norm = np.sqrt(np.maximum(seg_energy, 0.0) * x_energy) + 1e-9
         ncc = full[: seg_energy.size] / norm
         # lags where the bot was (nearly) silent cannot explain audible input: an echo of
-        # silence is silence (and the ratio there is only floating-point noise)
-        ncc[seg_energy < n * self.min_ref_rms**2] = 0.0
+        # silence is silence (and the ratio there is only floating-point noise); nor can lags
+        # where the bot was so much quieter than the input that the echo would be amplified
+        ncc[
+            (seg_energy < n * self.min_ref_rms**2)
+            | (seg_energy * self.max_echo_power < x_energy)
+        ] = 0.0
         k = int(np.argmax(ncc))
         delay = (ref.size - n - k) * self.decimate / self.reference.sample_rate
         best = float(ncc[k])

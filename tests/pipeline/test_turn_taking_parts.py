@@ -143,6 +143,22 @@ def test_caller_talking_over_the_echo_is_not_echo(voices):
     assert not det.check(echo + talk, now).is_echo
 
 
+def test_input_far_louder_than_the_bot_played_is_not_its_echo(voices):
+    """A window shaped like the bot's audio but 20 dB louder is the caller, not an echo: a CI
+    run once took a loud "yeah" for the (quiet) bot's echo at NCC 0.61 and muted it."""
+    bot, _ = voices
+    now = 100.0
+    det = EchoDetector(played_reference(bot, now))
+    n = bot.size // 320 * 320
+    delayed = bot[n - 960 - 1600 : n - 960]
+    loud = det.check(10.0 * delayed, now)  # +20 dB: no phone amplifies the far end so much
+    assert not loud.is_echo
+    assert det.check(10 ** (6 / 20) * delayed, now).is_echo  # +6 dB still is
+    assert det.check(10 ** (-10 / 20) * delayed, now).is_echo
+    strict = EchoDetector(played_reference(bot, now), max_echo_gain_db=0.0)
+    assert not strict.check(10 ** (6 / 20) * delayed, now).is_echo
+
+
 def test_caller_after_the_bot_went_quiet_is_not_echo(voices):
     bot, caller = voices
     now = 100.0
