@@ -55,7 +55,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve_bot(model_url: str, flows: str, db: str, port: int, log_level: str) -> None:
+def _serve_bot(
+    model_url: str, flows: str, db: str, port: int, log_level: str, lead_ms: float | None
+) -> None:
     """Child: the bot server."""
     import uvicorn
     from loguru import logger
@@ -71,6 +73,7 @@ def _serve_bot(model_url: str, flows: str, db: str, port: int, log_level: str) -
         database_url=f"sqlite:///{db}",
         max_calls=200,
         log_level=log_level,
+        **({} if lead_ms is None else {"twilio_audio_lead_ms": lead_ms}),
     )
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
 
@@ -115,6 +118,9 @@ def main() -> int:
     ap.add_argument("--plot", default=None, help="PNG path (default: none)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--server-log", default="WARNING")
+    ap.add_argument("--audio-lead-ms", type=float, default=None,
+                    help="the server's STEPCALL_TWILIO_AUDIO_LEAD_MS (default: its default; "
+                    "100 is Pipecat's own pacing)")
     args = ap.parse_args()
 
     from bots.loadtest import LoadOptions, format_report, run_load, write_plot
@@ -132,7 +138,8 @@ def main() -> int:
     port = _free_port()
     bot = ctx.Process(
         target=_serve_bot,
-        args=(model_url, str(flows), str(tmp / "calls.db"), port, args.server_log),
+        args=(model_url, str(flows), str(tmp / "calls.db"), port, args.server_log,
+              args.audio_lead_ms),
         daemon=True,
     )
     bot.start()
@@ -155,13 +162,15 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(
         f"machine: {os.cpu_count()} CPUs, Silero window {speed:.0f} us (calibration); "
-        f"bot: {Path(args.flow).name}; model: canned stand-in"
+        f"bot: {Path(args.flow).name}; model: canned stand-in; Twilio audio lead "
+        f"{'default' if args.audio_lead_ms is None else f'{args.audio_lead_ms:g} ms'}"
     )
     print(format_report(report))
     if args.plot:
         print(f"plot: {write_plot(report, args.plot)}")
     if args.json:
-        out = {**report.to_dict(), "calibration_silero_window_us": round(speed, 1)}
+        out = {**report.to_dict(), "calibration_silero_window_us": round(speed, 1),
+               "audio_lead_ms": args.audio_lead_ms}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0 if report.failed_calls == 0 and report.underruns == 0 else 1
 

@@ -62,11 +62,11 @@ from pipeline.turn_metrics_observer import TurnMetricsObserver
 from pipeline.twilio_marks import TwilioMarkProcessor
 
 PHONE_RATE = 8000
-#: Bot audio goes to Twilio in 100 ms media messages (Pipecat's default is 40 ms): still paced in
-#: real time, so the caller's jitter buffer and a barge-in's ``clear`` behave the same, but each
-#: message costs the event loop several task wake-ups and a WebSocket send, and 2.5 times fewer
-#: of them let one bot server carry more calls. The model's audio arrives in larger pieces
-#: (token2wav's first chunk is ~240 ms), so the first message waits for nothing.
+#: Bot audio goes to Twilio in 100 ms media messages (Pipecat's default is 40 ms), paced in real
+#: time behind the transport's lead (``STEPCALL_TWILIO_AUDIO_LEAD_MS``): each message costs the
+#: event loop several task wake-ups and a WebSocket send, and 2.5 times fewer of them let one bot
+#: server carry more calls. The model's audio arrives in larger pieces (token2wav's first chunk
+#: is ~240 ms), so the first message waits for nothing.
 PHONE_AUDIO_OUT_10MS_CHUNKS = 10
 #: Smart Turn's silence fallback: an INCOMPLETE verdict holds the turn at most this long.
 SMART_TURN_STOP_SECS = 2.0
@@ -232,7 +232,10 @@ def build_call(
     guard = EchoGuard(EchoDetector(reference), call_id=call.call_id, enabled=echo_guard)
     processors = [transport.input(), guard, user_agg, CallerAudioGate(), service]
     processors += extra_processors or []
-    processors += [transport.output(), BotAudioTap(reference), assistant_agg]
+    output = transport.output()
+    # the echo's clock: when the caller hears each chunk (a transport that sends ahead knows)
+    clock = (lambda: output.playout_end) if hasattr(output, "playout_end") else None
+    processors += [output, BotAudioTap(reference, play_clock=clock), assistant_agg]
     parts = CallPipelineParts(
         service=service,
         context=context,
@@ -364,6 +367,7 @@ async def run_twilio_call(
             serializer=serializer,
             allowed_origins=[],  # Twilio's media socket is server-to-server: no Origin header
         ),
+        audio_lead_secs=settings.twilio_audio_lead_ms / 1000.0,
     )
     pipeline, parts = build_call(
         transport,

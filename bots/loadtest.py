@@ -36,6 +36,8 @@ from bots.caller.stream_gaps import DEFAULT_JITTER_MS, find_underruns
 MAX_CALLS = 200
 #: Playout buffers the report also replays every stream through, for comparison.
 COMPARE_BUFFERS_MS = (20.0, 60.0, 120.0, 250.0)
+#: An underrun this far into a response counts as its start (the first chunks were late).
+RESPONSE_START_MS = 300.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_TURNS = (
     "Hello, what time do you open tomorrow?",
@@ -129,6 +131,8 @@ class LoadReport:
     underruns: int = 0
     underrun_gap_ms: float = 0.0
     worst_gap_ms: float = 0.0
+    #: Underruns in the first START_MS of a response (a slow first chunk, not a mid-stream stall).
+    underruns_at_start: int = 0
     bot_audio_secs: float = 0.0
     samples: list[ProcSample] = field(default_factory=list)
     peak_active: int = 0
@@ -175,7 +179,9 @@ class LoadReport:
                                                             default=None) if self.latencies
                                                         else None),
             "underruns": self.underruns, "underrun_gap_ms": round(self.underrun_gap_ms, 1),
-            "worst_gap_ms": round(self.worst_gap_ms, 1), "jitter_buffer_ms": self.jitter_ms,
+            "worst_gap_ms": round(self.worst_gap_ms, 1),
+            "underruns_at_response_start": self.underruns_at_start,
+            "jitter_buffer_ms": self.jitter_ms,
             "bot_audio_secs": round(self.bot_audio_secs, 1), "peak_active_calls": self.peak_active,
             "server": self.server_stats(), "loadgen_cpu_secs": round(self.loadgen_cpu_secs, 1),
             "max_caller_lag_ms": round(self.max_caller_lag_ms, 1),
@@ -304,6 +310,7 @@ async def run_load(url: str, options: LoadOptions, *, progress: bool = True,
         report.underruns += gaps.count
         report.underrun_gap_ms += gaps.gap_ms_total
         report.worst_gap_ms = max(report.worst_gap_ms, gaps.worst_gap_ms)
+        report.underruns_at_start += gaps.count_within(RESPONSE_START_MS)
         report.bot_audio_secs += gaps.audio_ms / 1000.0
         report.max_caller_lag_ms = max(report.max_caller_lag_ms, result.max_send_lag_ms)
         for buffer_ms in COMPARE_BUFFERS_MS:
@@ -329,6 +336,9 @@ def format_report(report: LoadReport) -> str:
         f"{d['jitter_buffer_ms']:g} ms playout buffer",
         "underruns with other playout buffers: " + ", ".join(
             f"{k} ms: {v}" for k, v in d["underruns_by_buffer_ms"].items()),
+        f"underruns in a response's first {RESPONSE_START_MS:g} ms: "
+        f"{d['underruns_at_response_start']}, later: "
+        f"{d['underruns'] - d['underruns_at_response_start']}",
     ]
     server = d["server"]
     if server:

@@ -29,6 +29,7 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_VAD_STOP_SECS | 0.2 | Silero VAD stop time |
 | STEPCALL_TURN_MODEL_THREADS | 0 (half the cores, at least 1) | bot server threads running Smart Turn for all calls |
 | STEPCALL_TURN_MODEL_NICE | 10 | how much lower those threads' scheduling priority is (0-19): call audio comes first |
+| STEPCALL_TWILIO_AUDIO_LEAD_MS | 300 | how far the bot's audio may run ahead of the caller's playout on Twilio calls (covers server stalls; 100 = Pipecat's pacing) |
 | STEPCALL_LOG_LEVEL | INFO | log level |
 | TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN | (none) | Twilio credentials (REST API, signature validation) |
 | TWILIO_FROM_NUMBER | (none) | caller ID of outbound calls when the flow lists no phone number |
@@ -87,14 +88,17 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from e
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_float(name: str, default: float, *, minimum: float | None = None) -> float:
     raw = _env(name)
     if raw is None:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as e:
         raise ValueError(f"{name} must be a number, got {raw!r}") from e
+    if minimum is not None and not value >= minimum:  # also refuses nan
+        raise ValueError(f"{name} must be >= {minimum:g}, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class Settings:
     vad_stop_secs: float = 0.2
     turn_model_threads: int = 0
     turn_model_nice: int = 10
+    twilio_audio_lead_ms: float = 300.0
     log_level: str = "INFO"
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = field(default=None, repr=False)
@@ -170,6 +175,9 @@ class Settings:
             vad_stop_secs=_env_float("STEPCALL_VAD_STOP_SECS", cls.vad_stop_secs),
             turn_model_threads=_env_int("STEPCALL_TURN_MODEL_THREADS", cls.turn_model_threads),
             turn_model_nice=_env_int("STEPCALL_TURN_MODEL_NICE", cls.turn_model_nice),
+            twilio_audio_lead_ms=_env_float(
+                "STEPCALL_TWILIO_AUDIO_LEAD_MS", cls.twilio_audio_lead_ms, minimum=0.0
+            ),
             log_level=_env("STEPCALL_LOG_LEVEL", cls.log_level),
             twilio_account_sid=_env("TWILIO_ACCOUNT_SID"),
             twilio_auth_token=_env("TWILIO_AUTH_TOKEN"),

@@ -19,6 +19,7 @@ Three pieces share one :class:`EchoReference`:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,17 +204,28 @@ class BotAudioTap(FrameProcessor):
     paying two more queue hops per chunk. ``forward_audio=True`` passes them on.
     """
 
-    def __init__(self, reference: EchoReference, *, forward_audio: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        reference: EchoReference,
+        *,
+        forward_audio: bool = False,
+        play_clock: Callable[[], float] | None = None,
+        **kwargs,
+    ) -> None:
+        """``play_clock``: when the caller will have heard the chunk just written (monotonic),
+        for a transport that sends audio ahead of playout; None: as it is written."""
         kwargs.setdefault("enable_direct_mode", True)  # a few µs per frame: no queue and task
         super().__init__(**kwargs)
         self.reference = reference
         self.forward_audio = forward_audio
+        self.play_clock = play_clock
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Record played audio; pass every other frame on."""
         await super().process_frame(frame, direction)
         if isinstance(frame, OutputAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
-            self.reference.record(frame.audio, frame.sample_rate)
+            played_at = self.play_clock() if self.play_clock is not None else None
+            self.reference.record(frame.audio, frame.sample_rate, played_at or None)
             if not self.forward_audio:
                 return
         await self.push_frame(frame, direction)

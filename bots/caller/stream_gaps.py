@@ -35,6 +35,7 @@ class Underrun:
 
     at_ms: float  # call clock: when the buffer ran dry
     gap_ms: float
+    into_ms: float = 0.0  # response audio that had arrived before the gap (where it fell)
 
 
 @dataclass
@@ -57,6 +58,10 @@ class StreamReport:
     @property
     def worst_gap_ms(self) -> float:
         return max((u.gap_ms for u in self.underruns), default=0.0)
+
+    def count_within(self, into_ms: float) -> int:
+        """Underruns in the first ``into_ms`` of their response (a slow start, not a stall)."""
+        return sum(1 for u in self.underruns if u.into_ms < into_ms)
 
 
 def _boundaries(result: CallResult) -> list[int]:
@@ -86,6 +91,7 @@ def find_underruns(result: CallResult, jitter_ms: float = DEFAULT_JITTER_MS) -> 
     cuts = _boundaries(result)
     cut_i = 0
     dry_at: float | None = None  # when the current response's buffered audio runs out
+    into = 0.0  # audio of the current response before this message
     for index, (t_ms, nbytes, _audible) in enumerate(result.bot_media):
         while cut_i < len(cuts) and cuts[cut_i] <= index:
             dry_at = None  # a mark/clear ended the response: the next audio starts a new one
@@ -95,10 +101,12 @@ def find_underruns(result: CallResult, jitter_ms: float = DEFAULT_JITTER_MS) -> 
         if dry_at is None:
             report.responses += 1
             dry_at = t_ms + jitter_ms + dur
+            into = dur
             continue
         if t_ms > dry_at:
-            report.underruns.append(Underrun(at_ms=dry_at, gap_ms=t_ms - dry_at))
+            report.underruns.append(Underrun(at_ms=dry_at, gap_ms=t_ms - dry_at, into_ms=into))
             dry_at = t_ms + dur
         else:
             dry_at += dur
+        into += dur
     return report

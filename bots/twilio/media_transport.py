@@ -21,10 +21,24 @@ dropped once Twilio's ``clear`` has gone out: Pipecat lets the chunk being writt
 chunk whose write had not started yet (Pipecat wraps each write in ``wait_for``, i.e. a task that
 runs on a later loop turn) reached the caller after the ``clear``, 40 ms of the interrupted
 answer played after Twilio had flushed the rest. Uninterruptible audio still plays.
+
+Pipecat paces a WebSocket's audio at exactly real time, so the caller's phone holds only its own
+small jitter buffer: any event-loop stall longer than that (a busy server) is a gap the caller
+hears. Twilio plays whatever it has been sent, in order, and a ``clear`` flushes all of it, so
+here the sender keeps ``lead_secs`` of the bot's audio queued ahead of the caller's playout (one
+chunk more right after each send): the first chunks of a response go out at once, then one per
+chunk time, and after a stall the sender catches up instead of staying behind (``lead_secs=0.1``
+with 100 ms chunks is Pipecat's own pacing). A barge-in loses nothing by it: the ``clear``
+empties Twilio's buffer, and what the caller heard is still counted from when playout started.
+``playout_end`` tells when the caller will have heard everything sent so far (the echo guard's
+clock for the bot's audio). Pipecat ends the bot's speaking state once the last chunk is sent,
+so up to the lead before the caller has heard it (Twilio's ``mark`` says when it has).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,40 +121,71 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
 
 
 class ClearAwareOutputTransport(FastAPIWebsocketOutputTransport):
-    """WebSocket output that sends no interruptible audio queued before the last ``clear``."""
+    """WebSocket output that sends no interruptible audio queued before the last ``clear``,
+    and keeps ``lead_secs`` of the bot's audio queued ahead of the caller's playout."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lead_secs: float = 0.1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if lead_secs < 0:
+            raise ValueError(f"lead_secs must be >= 0, got {lead_secs}")
+        self.lead_secs = lead_secs
         #: Frames with a smaller id were made before the last interruption (ids only grow).
         self._stale_below = 0
         #: Chunks dropped because the caller had barged in before they were sent.
         self.stale_chunks_dropped = 0
+        self._playout_end = 0.0  # monotonic: the caller has heard everything sent by then
+        self._chunk_secs = 0.0  # duration of the chunk being written
+
+    @property
+    def playout_end(self) -> float:
+        """Monotonic time at which the caller will have heard all audio sent so far."""
+        return self._playout_end
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Pipecat's handling; an interruption makes everything queued before it stale."""
         if isinstance(frame, InterruptionFrame):
             self._stale_below = obj_id()
         await super().process_frame(frame, direction)
+        if isinstance(frame, InterruptionFrame):
+            self._playout_end = 0.0  # the clear flushed Twilio's buffer: nothing is queued
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         """Send one chunk, unless an interruption came after it was queued."""
         if frame.interruptible and frame.id < self._stale_below:
             self.stale_chunks_dropped += 1
             return False
+        rate = frame.sample_rate or self.sample_rate
+        self._chunk_secs = len(frame.audio) / (2 * frame.num_channels * rate) if rate else 0.0
         return await super().write_audio_frame(frame)
+
+    async def _write_audio_sleep(self) -> None:
+        """After a chunk went out: wait until the caller's buffer is down to ``lead_secs``."""
+        now = time.monotonic()
+        self._playout_end = max(self._playout_end, now) + self._chunk_secs
+        wait = self._playout_end - now - self.lead_secs
+        await asyncio.sleep(wait if wait > 0 else 0)
 
 
 class TwilioMediaTransport(FastAPIWebsocketTransport):
     """A call's Twilio Media Streams WebSocket: :class:`DirectAudioInputTransport` in,
     :class:`ClearAwareOutputTransport` out."""
 
-    def __init__(self, websocket: Any, params: FastAPIWebsocketParams, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        websocket: Any,
+        params: FastAPIWebsocketParams,
+        *,
+        audio_lead_secs: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        """``audio_lead_secs``: how much of the bot's audio to keep queued ahead of the caller's
+        playout (0.1 s with 100 ms chunks: Pipecat's pacing)."""
         super().__init__(websocket, params, **kwargs)
         self._input = DirectAudioInputTransport(
             self, self._client, self._params, name=self._input_name
         )
         self._output = ClearAwareOutputTransport(
-            self, self._client, self._params, name=self._output_name
+            self, self._client, self._params, name=self._output_name, lead_secs=audio_lead_secs
         )
 
     def input(self) -> DirectAudioInputTransport:
@@ -148,5 +193,5 @@ class TwilioMediaTransport(FastAPIWebsocketTransport):
         return self._input
 
     def output(self) -> ClearAwareOutputTransport:
-        """The output processor (bot audio paced in real time, marks, clear)."""
+        """The output processor (bot audio the lead ahead of playout, marks, clear)."""
         return self._output

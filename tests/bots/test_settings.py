@@ -44,3 +44,13 @@ def test_turn_model_pool_settings(monkeypatch):
     monkeypatch.setenv("STEPCALL_TURN_MODEL_THREADS", "two")
     with pytest.raises(ValueError, match="STEPCALL_TURN_MODEL_THREADS"):
         Settings.from_env()
+
+
+def test_twilio_audio_lead_setting(monkeypatch):
+    assert Settings().twilio_audio_lead_ms == 300.0
+    monkeypatch.setenv("STEPCALL_TWILIO_AUDIO_LEAD_MS", "150")
+    assert Settings.from_env().twilio_audio_lead_ms == 150.0
+    for bad in ("-5", "nan", "soon"):
+        monkeypatch.setenv("STEPCALL_TWILIO_AUDIO_LEAD_MS", bad)
+        with pytest.raises(ValueError, match="STEPCALL_TWILIO_AUDIO_LEAD_MS"):
+            Settings.from_env()

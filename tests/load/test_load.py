@@ -97,6 +97,8 @@ def test_underruns_are_gaps_beyond_the_playout_buffer() -> None:
     stalled = [(t + (200.0 if k > 10 else 0.0), n) for k, (t, n) in enumerate(steady)]
     report = find_underruns(_call(stalled), 60)
     assert report.count == 1 and report.underruns[0].gap_ms == pytest.approx(140.0)
+    assert report.underruns[0].into_ms == pytest.approx(11 * 40.0)  # after chunks 0..10
+    assert report.count_within(300) == 0 and report.count_within(500) == 1
     assert find_underruns(_call(stalled), 250).count == 0
     # a stream 5 % slower than real time drains a 60 ms buffer after about 1.2 s
     slow = [(1000.0 + 42 * k, 320) for k in range(50)]

@@ -293,6 +293,24 @@ async def test_bot_audio_tap_records_played_audio_and_ends_its_trip():
     assert len(pushed) == 2
 
 
+async def test_bot_audio_tap_records_on_the_transports_play_clock():
+    """A transport that sends audio ahead (Twilio's) says when the caller hears each chunk: the
+    echo reference must hold the audio at that time, not at the time it was written."""
+    import time
+
+    from pipecat.frames.frames import OutputAudioRawFrame
+
+    from pipeline.echo_guard import BotAudioTap
+
+    heard_at = time.monotonic() + 0.3  # the chunk is 300 ms ahead of the caller's playout
+    tap = BotAudioTap(EchoReference(RATE), play_clock=lambda: heard_at)
+    tone = (3000 * np.sin(np.arange(320) / 5)).astype(np.int16)
+    await tap.process_frame(OutputAudioRawFrame(tone.tobytes(), RATE, 1), FrameDirection.DOWNSTREAM)
+    assert tap.reference.last_played_at == heard_at
+    assert not tap.reference.window(heard_at - 0.04, 0.04).any()  # not playing yet "now"
+    assert np.array_equal(tap.reference.window(heard_at, 0.04), tone.astype(np.float32))
+
+
 def test_echo_delay_is_found_at_full_rate_and_decimated(voices):
     bot, caller = voices
     now = 100.0

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 
+import pytest
 import websockets
 from fastapi import FastAPI, WebSocket
 from pipecat.frames.frames import (
@@ -76,7 +77,7 @@ def _dtmf(digit: str) -> str:
     return json.dumps({"event": "dtmf", "streamSid": SID, "dtmf": {"digit": digit}})
 
 
-async def _serve_call(probe: Probe, holder: dict, quiet=None) -> FastAPI:
+async def _serve_call(probe: Probe, holder: dict, quiet=None, lead_secs: float = 0.1) -> FastAPI:
     app = FastAPI()
 
     @app.websocket("/ws")
@@ -95,6 +96,7 @@ async def _serve_call(probe: Probe, holder: dict, quiet=None) -> FastAPI:
                 serializer=serializer,
                 allowed_origins=[],
             ),
+            audio_lead_secs=lead_secs,
         )
         holder["transport"] = transport
         if quiet is not None:
@@ -195,3 +197,78 @@ async def test_caller_frames_go_in_pairs_while_quiet_and_alone_otherwise() -> No
     assert probe.seen == ["audio", "audio", "audio", "dtmf 5", "audio", "audio", "audio"]
     assert [len(a) for a in probe.audio_bytes] == [640, 640, 320, 320, 320, 320]
     assert holder["transport"].input().frames_coalesced == 2
+
+
+async def _media_arrivals(lead_secs: float) -> tuple[list[float], list[str], TwilioMediaTransport]:
+    """DTMF '1' queues 2 s of bot audio at once; the client's arrival times of its media."""
+    probe, holder = Probe(), {}
+    app = await _serve_call(probe, holder, lead_secs=lead_secs)
+    arrivals: list[float] = []
+    events: list[str] = []
+    async with serving(app) as url:
+        async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
+            await ws.send(_media(bytes(320)))
+            await asyncio.sleep(0.2)
+            await ws.send(_dtmf("1"))
+
+            async def reader() -> None:
+                async for raw in ws:
+                    event = json.loads(raw)["event"]
+                    events.append(event)
+                    if event == "media":
+                        arrivals.append(asyncio.get_running_loop().time())
+
+            reading = asyncio.create_task(reader())
+            await asyncio.sleep(1.0)
+            await ws.send(_dtmf("2"))  # barge in: Twilio's buffer is cleared
+            await asyncio.sleep(0.3)
+            reading.cancel()
+    return arrivals, events, holder["transport"]
+
+
+async def test_bot_audio_runs_the_lead_ahead_of_playout_then_real_time() -> None:
+    """With a 300 ms lead the first 340 ms of an answer (40 ms chunks) go out at once, then one
+    chunk per 40 ms; Pipecat's own pacing (a 100 ms lead here) sends only 3 chunks at once."""
+    for lead, burst in ((0.3, 8), (0.1, 3)):
+        arrivals, events, transport = await _media_arrivals(lead)
+        t0 = arrivals[0]
+        at_once = sum(1 for t in arrivals if t - t0 < 0.02)
+        assert at_once == burst, (lead, [round(t - t0, 3) for t in arrivals[:12]])
+        # afterwards real time: chunk k never goes out before its playout minus the lead
+        for k, t in enumerate(arrivals):
+            assert t - t0 >= k * 0.04 - lead - 0.04 - 0.005, (lead, k, t - t0)
+        # ~1 s of playout, plus the lead, had been sent when the caller barged in
+        sent = events[: events.index("clear")].count("media") * 0.04
+        assert 0.9 + lead <= sent <= 1.15 + lead + 0.04, (lead, sent)
+        assert transport.output().playout_end == 0.0  # the clear emptied Twilio's buffer
+
+
+async def test_a_stalled_sender_catches_up_to_the_lead(monkeypatch) -> None:
+    """After the event loop stalled, chunks go out back to back until the caller's buffer holds
+    the lead again, instead of staying behind (and short) for the rest of the answer."""
+    import bots.twilio.media_transport as mt
+
+    clock = {"t": 100.0}
+
+    class FakeAsyncio:
+        @staticmethod
+        async def sleep(secs: float) -> None:
+            clock["t"] += secs
+
+    monkeypatch.setattr(mt.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(mt, "asyncio", FakeAsyncio)
+    out = mt.ClearAwareOutputTransport(None, None, FastAPIWebsocketParams(), lead_secs=0.3)
+    sent: list[float] = []
+    for k in range(12):
+        if k == 6:
+            clock["t"] += 0.5  # a 500 ms stall of the event loop
+        sent.append(round(clock["t"] - 100.0, 3))
+        out._chunk_secs = 0.1
+        await out._write_audio_sleep()
+    # 4 chunks at once (400 ms queued), then one per 100 ms: 0.3 s always ahead
+    assert sent[:6] == [0.0, 0.0, 0.0, 0.0, 0.1, 0.2]
+    # the stall ate the lead (the caller's buffer ran dry at 0.6 s); the sender refills it
+    # with 4 chunks back to back, then paces again
+    assert sent[6:] == [0.8, 0.8, 0.8, 0.8, 0.9, 1.0]
+    with pytest.raises(ValueError):
+        mt.ClearAwareOutputTransport(None, None, FastAPIWebsocketParams(), lead_secs=-0.1)
