@@ -133,6 +133,9 @@ class LoadReport:
     worst_gap_ms: float = 0.0
     #: Underruns in the first START_MS of a response (a slow first chunk, not a mid-stream stall).
     underruns_at_start: int = 0
+    #: Every underrun: call (1-based), when, how long, how far into its response, and the call's
+    #: last few logged events before it (what the stream was doing).
+    underrun_events: list[dict[str, Any]] = field(default_factory=list)
     bot_audio_secs: float = 0.0
     samples: list[ProcSample] = field(default_factory=list)
     peak_active: int = 0
@@ -181,6 +184,7 @@ class LoadReport:
             "underruns": self.underruns, "underrun_gap_ms": round(self.underrun_gap_ms, 1),
             "worst_gap_ms": round(self.worst_gap_ms, 1),
             "underruns_at_response_start": self.underruns_at_start,
+            "underrun_events": self.underrun_events,
             "jitter_buffer_ms": self.jitter_ms,
             "bot_audio_secs": round(self.bot_audio_secs, 1), "peak_active_calls": self.peak_active,
             "server": self.server_stats(), "loadgen_cpu_secs": round(self.loadgen_cpu_secs, 1),
@@ -303,10 +307,25 @@ async def run_load(url: str, options: LoadOptions, *, progress: bool = True,
     report.loadgen_cpu_secs = time.process_time() - cpu_start
     # the peak plateau for the server stats: samples taken while every call was up
     report.peak_active = max((s.active_calls for s in report.samples), default=report.peak_active)
-    for result in report.results:
+    tally_streams(report, options.jitter_ms)
+    report.latencies.sort()
+    return report
+
+
+def tally_streams(report: LoadReport, jitter_ms: float) -> None:
+    """Replay every call's bot stream for underruns (``jitter_ms`` and the comparison buffers)."""
+    for index, result in enumerate(report.results):
         if result is None:
             continue
-        gaps = find_underruns(result, options.jitter_ms)
+        gaps = find_underruns(result, jitter_ms)
+        for u in gaps.underruns:
+            before = [e for e in result.events if float(e.get("t_ms", 0.0)) <= u.at_ms]
+            report.underrun_events.append({
+                "call": index + 1, "at_ms": round(u.at_ms, 1), "gap_ms": round(u.gap_ms, 1),
+                "into_response_ms": round(u.into_ms, 1),
+                "events_before": [f"{e.get('t_ms', 0.0):.0f} {e.get('dir', '')} "
+                                  f"{e.get('event', '')}" for e in before[-4:]],
+            })
         report.underruns += gaps.count
         report.underrun_gap_ms += gaps.gap_ms_total
         report.worst_gap_ms = max(report.worst_gap_ms, gaps.worst_gap_ms)
@@ -317,8 +336,6 @@ async def run_load(url: str, options: LoadOptions, *, progress: bool = True,
             report.underruns_by_buffer[buffer_ms] = (
                 report.underruns_by_buffer.get(buffer_ms, 0) + find_underruns(result, buffer_ms).count
             )
-    report.latencies.sort()
-    return report
 
 
 def format_report(report: LoadReport) -> str:

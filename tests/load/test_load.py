@@ -110,6 +110,27 @@ def test_underruns_are_gaps_beyond_the_playout_buffer() -> None:
     assert find_underruns(_call(two, marks=(1400.0,)), 60).responses == 2
 
 
+def test_the_report_lists_each_underrun_with_where_it_fell() -> None:
+    from bots.loadtest import LoadReport, tally_streams
+
+    steady = [(1000.0 + 40 * k, 320) for k in range(50)]
+    stalled = [(t + (200.0 if k > 10 else 0.0), n) for k, (t, n) in enumerate(steady)]
+    late_start = [(t + (200.0 if k > 1 else 0.0), n) for k, (t, n) in enumerate(steady)]
+    report = LoadReport(url="ws://x", calls=3, ramp_secs=0.0, jitter_ms=60.0)
+    report.results = [_call(steady, marks=(900.0,)), None, _call(stalled), _call(late_start)]
+    tally_streams(report, 60.0)
+    assert report.underruns == 2 and report.underruns_at_start == 1
+    first, second = report.underrun_events
+    assert (first["call"], first["into_response_ms"], first["gap_ms"]) == (3, 440.0, 140.0)
+    assert (second["call"], second["into_response_ms"]) == (4, 80.0)
+    assert report.to_dict()["underrun_events"] == report.underrun_events
+    assert "first 300 ms: 1, later: 1" in format_report(report)
+    clean = LoadReport(url="ws://x", calls=1, ramp_secs=0.0, jitter_ms=60.0)
+    clean.results = [_call(steady, marks=(900.0,))]
+    tally_streams(clean, 60.0)
+    assert clean.underrun_events == [] and clean.underruns == 0
+
+
 def test_a_cut_falls_where_it_was_received_among_the_media() -> None:
     """A ``clear`` read in the same loop tick as the last media (same timestamp) ends the
     response after that media; interrupted audio arriving after the clear joins the next
