@@ -55,6 +55,32 @@ def _serve_canned(port_queue: Any, reply_secs: float) -> None:
     asyncio.run(main())
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process so far by thread kind (Linux /proc; {} elsewhere): the event
+    loop (main thread), the Smart Turn pool, every other thread."""
+    import os
+
+    from pipeline.turn_models import inference_pool
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"event_loop": 0.0, "smart_turn": 0.0, "other": 0.0}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        secs = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        kind = ("event_loop" if int(tid) == os.getpid()
+                else "smart_turn" if int(tid) in inference_pool().native_ids else "other")
+        out[kind] += secs
+    return out
+
+
 def voiced_end(pcm: np.ndarray, threshold: float = 300.0) -> float:
     """Seconds from the start of ``pcm`` to the end of its last 10 ms frame above ``threshold`` RMS."""
     n = pcm.size // 80
@@ -116,10 +142,11 @@ async def run_call(url: str, turns: int) -> dict[str, Any]:
     await runner.add_workers(worker)
     task = asyncio.create_task(runner.run())
     await asyncio.sleep(0.5)  # let it start (not measured)
-    cpu0, wall0 = time.process_time(), time.monotonic()
+    cpu0, wall0, threads0 = time.process_time(), time.monotonic(), thread_cpu()
     await asyncio.sleep(offsets[-1] + PERIOD_SECS - 0.5)
     cpu = time.process_time() - cpu0
     wall = time.monotonic() - wall0
+    threads = {k: 100.0 * (v - threads0.get(k, 0.0)) / wall for k, v in thread_cpu().items()}
     await worker.cancel()
     await asyncio.wait_for(task, 10.0)
     turn_analyzer = smart_turn_analyzer(parts)
@@ -160,6 +187,7 @@ async def run_call(url: str, turns: int) -> dict[str, Any]:
         "smart_turn_inference_ms_p95": pct(turn_ms, 95),
         "cpu_percent_of_core": 100.0 * cpu / wall,
         "cpu_wall_secs": wall,
+        "thread_cpu_percent_of_core": threads,
         "overhead_ms": overhead,
         "smart_turn_early_hits": turn_analyzer.early_hits,
         "smart_turn_late_runs": turn_analyzer.late_runs,
@@ -261,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{res['cpu_wall_secs']:.0f} s, of which the simulated phone "
         f"{res['phone_cpu_percent_of_core']:.2f}%: bot pipeline {bot_cpu:.2f}%"
     )
+    threads = res["thread_cpu_percent_of_core"]
+    if threads:  # /proc counts in clock ticks (10 ms): read these to ~0.1 %
+        loop_bot = threads["event_loop"] - res["phone_cpu_percent_of_core"]
+        print(
+            f"  by thread: event loop {threads['event_loop']:.2f}% (the bot's share "
+            f"{loop_bot:.2f}% after the phone), Smart Turn pool {threads['smart_turn']:.2f}%, "
+            f"other threads {threads['other']:.2f}%"
+        )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
     return 0

@@ -124,6 +124,8 @@ class TurnInferencePool:
             raise ValueError(f"turn model nice must be between 0 and 19, got {nice}")
         self.threads = threads
         self.nice = nice
+        #: OS thread ids of the pool's threads (CPU accounting: /proc/<pid>/task/<id>).
+        self.native_ids: set[int] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -135,10 +137,13 @@ class TurnInferencePool:
                 self._executor = ThreadPoolExecutor(
                     max_workers=self.threads,
                     thread_name_prefix="smart-turn",
-                    initializer=_lower_priority,
-                    initargs=(self.nice,),
+                    initializer=self._init_thread,
                 )
             return self._executor
+
+    def _init_thread(self) -> None:
+        self.native_ids.add(threading.get_native_id())
+        _lower_priority(self.nice)
 
     def shutdown(self) -> None:
         """Stop the threads (queued jobs still run); the next inference starts new ones."""

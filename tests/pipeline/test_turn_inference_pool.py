@@ -85,6 +85,7 @@ async def test_pool_threads_run_at_lower_priority_and_at_most_threads_at_once(po
     assert peak == 2  # five inferences, never more than the pool's two threads at once
     assert {nice for _, nice in seen} == {min(19, base + 5)}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # loop untouched
+    assert {tid for tid, _ in seen} == pool.native_ids  # for per-thread CPU accounting
 
 
 async def test_a_cancelled_inference_still_queued_never_runs(pool) -> None:
