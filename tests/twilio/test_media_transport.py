@@ -199,12 +199,13 @@ async def test_caller_frames_go_in_pairs_while_quiet_and_alone_otherwise() -> No
     assert holder["transport"].input().frames_coalesced == 2
 
 
-async def _media_arrivals(lead_secs: float) -> tuple[list[float], list[str], TwilioMediaTransport]:
-    """DTMF '1' queues 2 s of bot audio at once; the client's arrival times of its media."""
+async def _media_arrivals(lead_secs: float) -> tuple[list[float], float, TwilioMediaTransport]:
+    """DTMF '1' queues 2 s of bot audio at once; the client's arrival times of its media, and
+    when the barge-in's ``clear`` arrived (the media before it only)."""
     probe, holder = Probe(), {}
     app = await _serve_call(probe, holder, lead_secs=lead_secs)
     arrivals: list[float] = []
-    events: list[str] = []
+    cleared: list[float] = []
     async with serving(app) as url:
         async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
             await ws.send(_media(bytes(320)))
@@ -214,32 +215,37 @@ async def _media_arrivals(lead_secs: float) -> tuple[list[float], list[str], Twi
             async def reader() -> None:
                 async for raw in ws:
                     event = json.loads(raw)["event"]
-                    events.append(event)
-                    if event == "media":
-                        arrivals.append(asyncio.get_running_loop().time())
+                    now = asyncio.get_running_loop().time()
+                    if event == "clear":
+                        cleared.append(now)
+                    elif event == "media" and not cleared:
+                        arrivals.append(now)
 
             reading = asyncio.create_task(reader())
             await asyncio.sleep(1.0)
             await ws.send(_dtmf("2"))  # barge in: Twilio's buffer is cleared
             await asyncio.sleep(0.3)
             reading.cancel()
-    return arrivals, events, holder["transport"]
+    assert cleared, "no clear after the barge-in"
+    return arrivals, cleared[0], holder["transport"]
 
 
 async def test_bot_audio_runs_the_lead_ahead_of_playout_then_real_time() -> None:
-    """With a 300 ms lead the first 340 ms of an answer (40 ms chunks) go out at once, then one
-    chunk per 40 ms; Pipecat's own pacing (a 100 ms lead here) sends only 3 chunks at once."""
-    for lead, burst in ((0.3, 8), (0.1, 3)):
-        arrivals, events, transport = await _media_arrivals(lead)
+    """A 320 ms lead sends the first 360 ms of an answer (40 ms chunks) at once, then one chunk
+    per 40 ms (the next one 40 ms after the burst); a 120 ms lead, about Pipecat's own pacing,
+    only 160 ms. When the caller barges in, the lead is what Twilio still holds."""
+    for lead, burst in ((0.32, 9), (0.12, 4)):
+        arrivals, cleared_at, transport = await _media_arrivals(lead)
         t0 = arrivals[0]
         at_once = sum(1 for t in arrivals if t - t0 < 0.02)
         assert at_once == burst, (lead, [round(t - t0, 3) for t in arrivals[:12]])
         # afterwards real time: chunk k never goes out before its playout minus the lead
         for k, t in enumerate(arrivals):
             assert t - t0 >= k * 0.04 - lead - 0.04 - 0.005, (lead, k, t - t0)
-        # ~1 s of playout, plus the lead, had been sent when the caller barged in
-        sent = events[: events.index("clear")].count("media") * 0.04
-        assert 0.9 + lead <= sent <= 1.15 + lead + 0.04, (lead, sent)
+        # at the clear, the audio sent minus the audio played since the first chunk arrived is
+        # what was queued ahead: the lead, one chunk more right after a send
+        ahead = len(arrivals) * 0.04 - (cleared_at - t0)
+        assert lead - 0.03 <= ahead <= lead + 0.04 + 0.03, (lead, ahead)
         assert transport.output().playout_end == 0.0  # the clear emptied Twilio's buffer
 
 
