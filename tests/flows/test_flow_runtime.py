@@ -242,6 +242,8 @@ async def test_silence_reprompts_then_transfers(tmp_path, model_service, stock_s
         # the bot finished a turn (no transport here: tell the idle timer directly)
         await call.worker.queue_frame(BotStoppedSpeakingFrame())
         await call.wait_for(lambda: call.runtime.reprompts == 1, "the first re-prompt", 5)
+        # the runtime counts the re-prompt as it sends it; the model service reads it a moment later
+        await call.wait_for(session_msgs, "the re-prompt at the model service", 5)
         assert session_msgs()[0] == "Ask whether the caller is still there."
         # this model answers the re-prompt with a tool call, then speaks after its result
         await call.wait_for(lambda: call.responses_done() == 2, "the re-prompt responses")
