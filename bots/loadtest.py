@@ -131,7 +131,7 @@ class LoadReport:
     underruns: int = 0
     underrun_gap_ms: float = 0.0
     worst_gap_ms: float = 0.0
-    #: Underruns in the first START_MS of a response (a slow first chunk, not a mid-stream stall).
+    #: Underruns in the first RESPONSE_START_MS of a response (a slow first chunk, not a mid-stream stall).
     underruns_at_start: int = 0
     #: Every underrun: call (1-based), when, how long, how far into its response, and the call's
     #: last few logged events before it (what the stream was doing).
@@ -333,8 +333,9 @@ def tally_streams(report: LoadReport, jitter_ms: float) -> None:
         report.bot_audio_secs += gaps.audio_ms / 1000.0
         report.max_caller_lag_ms = max(report.max_caller_lag_ms, result.max_send_lag_ms)
         for buffer_ms in COMPARE_BUFFERS_MS:
+            other = gaps if buffer_ms == jitter_ms else find_underruns(result, buffer_ms)
             report.underruns_by_buffer[buffer_ms] = (
-                report.underruns_by_buffer.get(buffer_ms, 0) + find_underruns(result, buffer_ms).count
+                report.underruns_by_buffer.get(buffer_ms, 0) + other.count
             )
 
 

@@ -29,7 +29,7 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_VAD_STOP_SECS | 0.2 | Silero VAD stop time |
 | STEPCALL_TURN_MODEL_THREADS | 0 (half the cores, at least 1) | bot server threads running Smart Turn for all calls |
 | STEPCALL_TURN_MODEL_NICE | 10 | how much lower those threads' scheduling priority is (0-19): call audio comes first |
-| STEPCALL_TWILIO_AUDIO_LEAD_MS | 300 | how far the bot's audio may run ahead of the caller's playout on Twilio calls (covers server stalls; 100 = Pipecat's pacing) |
+| STEPCALL_TWILIO_AUDIO_LEAD_MS | 300 | bot audio kept queued at Twilio ahead of the caller's playout (covers server stalls; 100 = Pipecat's pacing) |
 | STEPCALL_LOG_LEVEL | INFO | log level |
 | TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN | (none) | Twilio credentials (REST API, signature validation) |
 | TWILIO_FROM_NUMBER | (none) | caller ID of outbound calls when the flow lists no phone number |
