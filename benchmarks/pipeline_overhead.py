@@ -115,6 +115,8 @@ async def run_call(url: str, turns: int) -> dict[str, Any]:
     class TurnModel(BaseObserver):
         """Smart Turn verdicts and inference times, in order."""
 
+        wants_audio = False  # the measurement's observer: audio pushes are not queued to it
+
         def __init__(self) -> None:
             super().__init__()
             self.seen: set[int] = set()
@@ -233,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int, default=12)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     ap.add_argument("--stdlib-loop", action="store_true", help="asyncio's loop, not uvloop")
+    ap.add_argument(
+        "--vad-runtime", choices=["numpy", "onnxruntime"], default="numpy",
+        help="how Silero's network runs (pipeline.turn_models.configure_vad_runtime)",
+    )
     args = ap.parse_args(argv)
     if args.turns < 1:
         ap.error("--turns must be >= 1")
@@ -251,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.wait_for import install
 
         install()  # as create_app does in the bot server
+        from pipeline.turn_models import configure_vad_runtime
+
+        configure_vad_runtime(args.vad_runtime)
         run = asyncio.run
         if not args.stdlib_loop:
             import uvloop
@@ -259,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run(run_call(url, args.turns))
         res["phone_cpu_percent_of_core"] = run(phone_baseline())
         res["event_loop"] = "asyncio" if args.stdlib_loop else "uvloop"
+        res["vad_runtime"] = args.vad_runtime
     finally:
         server.terminate()
         server.join(5)
@@ -285,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     bot_cpu = res["cpu_percent_of_core"] - res["phone_cpu_percent_of_core"]
     res["bot_cpu_percent_of_core"] = bot_cpu
     print(
-        f"CPU per call ({res['event_loop']}): {res['cpu_percent_of_core']:.2f}% of a core over "
+        f"CPU per call ({res['event_loop']}, Silero on {res['vad_runtime']}): {res['cpu_percent_of_core']:.2f}% of a core over "
         f"{res['cpu_wall_secs']:.0f} s, of which the simulated phone "
         f"{res['phone_cpu_percent_of_core']:.2f}%: bot pipeline {bot_cpu:.2f}%"
     )

@@ -10,6 +10,8 @@ call from several threads at once.
 Silero also runs inline on the event loop instead of through a per-call thread: one window costs
 ~0.1 ms, about what the thread hop alone costs (measured: 97 µs inference, 91 µs hop), so the hop
 only doubled the CPU per frame. Smart Turn (~33 ms per end of speech) stays on its thread.
+Silero's network runs in NumPy (:mod:`pipeline.silero_numpy`, the weights of the same ONNX file,
+~0.6x ONNX Runtime's CPU per window); ``configure_vad_runtime("onnxruntime")`` keeps ONNX Runtime.
 
 NumPy's BLAS runs single-threaded in a bot process (:func:`limit_blas_threads`, on the first
 model load): Smart Turn's feature extraction does one matrix product per inference, after which
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -46,6 +49,8 @@ from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnal
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 from pipecat.utils.env import env_truthy
+
+from pipeline.silero_numpy import SileroLayoutError, SileroNumpyModel
 
 SILERO_MODEL = ("pipecat.audio.vad.data", "silero_vad.onnx")
 SMART_TURN_MODEL = ("pipecat.audio.turn.smart_turn.data", "smart-turn-v3.2-cpu.onnx")
@@ -84,16 +89,48 @@ def shared_session(model: tuple[str, str]) -> ort.InferenceSession:
         return _session(*model)
 
 
+#: How Silero's network is run: "numpy" (pipeline.silero_numpy) or "onnxruntime".
+VAD_RUNTIMES = ("numpy", "onnxruntime")
+_vad_runtime = "numpy"
+
+
+def configure_vad_runtime(name: str) -> None:
+    """Choose how new calls run Silero (``VAD_RUNTIMES``); calls under way keep theirs."""
+    global _vad_runtime
+    if name not in VAD_RUNTIMES:
+        raise ValueError(f"VAD runtime must be one of {', '.join(VAD_RUNTIMES)}, got {name!r}")
+    _vad_runtime = name
+
+
+def silero_model() -> object:
+    """A per-call Silero model (Pipecat's ``SileroOnnxModel`` interface) on the chosen runtime.
+
+    NumPy unless configured otherwise; ONNX Runtime (the process-wide session) when the bundled
+    file is not the network ``pipeline.silero_numpy`` knows (logged once).
+    """
+    if _vad_runtime == "numpy":
+        try:
+            return SileroNumpyModel(_model_path(*SILERO_MODEL))
+        except (SileroLayoutError, ImportError) as e:
+            _warn_numpy_unavailable(str(e))
+    model = SileroOnnxModel.__new__(SileroOnnxModel)
+    model.session = shared_session(SILERO_MODEL)
+    model.sample_rates = [8000, 16000]
+    model.reset_states()
+    return model
+
+
+@functools.cache
+def _warn_numpy_unavailable(why: str) -> None:
+    logger.warning(f"Silero VAD runs on ONNX Runtime: the NumPy runtime cannot load it ({why})")
+
+
 class SharedSileroVADAnalyzer(SileroVADAnalyzer):
-    """Silero VAD with the process-wide model session, analysed inline (no per-call thread)."""
+    """Silero VAD with the process-wide weights or session, analysed inline (no per-call thread)."""
 
     def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None) -> None:
         VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
-        model = SileroOnnxModel.__new__(SileroOnnxModel)
-        model.session = shared_session(SILERO_MODEL)
-        model.sample_rates = [8000, 16000]
-        model.reset_states()
-        self._model = model
+        self._model = silero_model()
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
 
@@ -203,7 +240,26 @@ class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
         return inference_pool().executor
 
 
+#: The longest a thread holds the GIL while another waits for it (Python's default is 5 ms).
+GIL_SWITCH_SECS = 0.001
+
+
+def shorten_gil_switch_interval() -> None:
+    """Let the Smart Turn pool take the GIL within 1 ms of asking (bot server start-up).
+
+    A busy event loop gives the GIL up only every switch interval, at blocking I/O or inside C
+    code that releases it (ONNX Runtime's ``run``; NumPy on large arrays). Each Python step of
+    an inference in the pool waited for that, so with 50 calls on 2 cores a turn's verdict
+    queued behind the loop: 50-call voice-to-voice p50 966-1348 ms with Silero on NumPy (which
+    holds the GIL) against 608-1291 ms on ONNX Runtime, and 549-720 ms on NumPy with a 1 ms
+    interval (benchmarks/RESULTS.md). Never lengthens an interval already shorter.
+    """
+    if sys.getswitchinterval() > GIL_SWITCH_SECS:
+        sys.setswitchinterval(GIL_SWITCH_SECS)
+
+
 def warm_up() -> None:
     """Load both models now (server start-up) instead of during the first call."""
     shared_session(SILERO_MODEL)
+    silero_model()
     shared_session(SMART_TURN_MODEL)
