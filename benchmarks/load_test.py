@@ -56,11 +56,21 @@ def _free_port() -> int:
 
 
 def _serve_bot(
-    model_url: str, flows: str, db: str, port: int, log_level: str, lead_ms: float | None
+    model_url: str,
+    flows: str,
+    db: str,
+    port: int,
+    log_level: str,
+    lead_ms: float | None,
+    vad_runtime: str = "numpy",
 ) -> None:
     """Child: the bot server."""
     import uvicorn
     from loguru import logger
+
+    from pipeline.turn_models import configure_vad_runtime
+
+    configure_vad_runtime(vad_runtime)
 
     from bots.server import create_app
     from bots.settings import Settings
@@ -121,6 +131,8 @@ def main() -> int:
     ap.add_argument("--audio-lead-ms", type=float, default=None,
                     help="the server's STEPCALL_TWILIO_AUDIO_LEAD_MS (default: its default; "
                     "100 is Pipecat's own pacing)")
+    ap.add_argument("--vad-runtime", choices=["numpy", "onnxruntime"], default="numpy",
+                    help="how the server runs Silero (pipeline.turn_models.configure_vad_runtime)")
     args = ap.parse_args()
 
     from bots.loadtest import LoadOptions, format_report, run_load, write_plot
@@ -139,7 +151,7 @@ def main() -> int:
     bot = ctx.Process(
         target=_serve_bot,
         args=(model_url, str(flows), str(tmp / "calls.db"), port, args.server_log,
-              args.audio_lead_ms),
+              args.audio_lead_ms, args.vad_runtime),
         daemon=True,
     )
     bot.start()
@@ -163,14 +175,15 @@ def main() -> int:
     print(
         f"machine: {os.cpu_count()} CPUs, Silero window {speed:.0f} us (calibration); "
         f"bot: {Path(args.flow).name}; model: canned stand-in; Twilio audio lead "
-        f"{'default' if args.audio_lead_ms is None else f'{args.audio_lead_ms:g} ms'}"
+        f"{'default' if args.audio_lead_ms is None else f'{args.audio_lead_ms:g} ms'}; "
+        f"Silero on {args.vad_runtime}"
     )
     print(format_report(report))
     if args.plot:
         print(f"plot: {write_plot(report, args.plot)}")
     if args.json:
         out = {**report.to_dict(), "calibration_silero_window_us": round(speed, 1),
-               "audio_lead_ms": args.audio_lead_ms}
+               "audio_lead_ms": args.audio_lead_ms, "vad_runtime": args.vad_runtime}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0 if report.failed_calls == 0 and report.underruns == 0 else 1
 

@@ -48,7 +48,12 @@ from bots.twilio.stream_auth import AUTH_PARAM, StreamAuth
 from bots.twilio.webhooks import WebhookValidator
 from model_service.heap import freeze_startup_heap
 from model_service.server import install_log_redaction
-from pipeline.turn_models import configure_inference, warm_up
+from pipeline.turn_models import (
+    configure_inference,
+    configure_vad_runtime,
+    shorten_gil_switch_interval,
+    warm_up,
+)
 from pipeline.wait_for import install as install_wait_for
 
 
@@ -185,6 +190,8 @@ def create_app(
     config = twilio or TwilioConfig.from_settings(settings)
     # Smart Turn of every call on one low-priority pool (STEPCALL_TURN_MODEL_THREADS / _NICE)
     configure_inference(settings.turn_model_threads, settings.turn_model_nice)
+    configure_vad_runtime(settings.vad_runtime)  # STEPCALL_VAD_RUNTIME: Silero on NumPy or ORT
+    shorten_gil_switch_interval()  # the Smart Turn pool gets the GIL within 1 ms of asking
     install_wait_for()  # Python 3.12's asyncio.wait_for: no task per wait (pipeline/wait_for.py)
     calls = CallCounter(settings.max_calls)
     store = status_store or InMemoryCallStatusStore()

@@ -29,6 +29,7 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_VAD_STOP_SECS | 0.2 | Silero VAD stop time |
 | STEPCALL_TURN_MODEL_THREADS | 0 (half the cores, at least 1) | bot server threads running Smart Turn for all calls |
 | STEPCALL_TURN_MODEL_NICE | 10 | how much lower those threads' scheduling priority is (0-19): call audio comes first |
+| STEPCALL_VAD_RUNTIME | numpy | how Silero VAD's network runs: numpy (pipeline/silero_numpy.py, less CPU per call) or onnxruntime |
 | STEPCALL_TWILIO_AUDIO_LEAD_MS | 300 | bot audio kept queued at Twilio ahead of the caller's playout (covers server stalls; 100 = Pipecat's pacing) |
 | STEPCALL_LOG_LEVEL | INFO | log level |
 | TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN | (none) | Twilio credentials (REST API, signature validation) |
@@ -101,6 +102,17 @@ def _env_float(name: str, default: float, *, minimum: float | None = None) -> fl
     return value
 
 
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(name, default) or default
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+#: STEPCALL_VAD_RUNTIME values (pipeline.turn_models.VAD_RUNTIMES).
+VAD_RUNTIMES = ("numpy", "onnxruntime")
+
+
 @dataclass(frozen=True)
 class Settings:
     """All runtime settings of the bot server and the model service."""
@@ -128,6 +140,7 @@ class Settings:
     vad_stop_secs: float = 0.2
     turn_model_threads: int = 0
     turn_model_nice: int = 10
+    vad_runtime: str = "numpy"
     twilio_audio_lead_ms: float = 300.0
     log_level: str = "INFO"
     twilio_account_sid: str | None = None
@@ -175,6 +188,7 @@ class Settings:
             vad_stop_secs=_env_float("STEPCALL_VAD_STOP_SECS", cls.vad_stop_secs),
             turn_model_threads=_env_int("STEPCALL_TURN_MODEL_THREADS", cls.turn_model_threads),
             turn_model_nice=_env_int("STEPCALL_TURN_MODEL_NICE", cls.turn_model_nice),
+            vad_runtime=_env_choice("STEPCALL_VAD_RUNTIME", cls.vad_runtime, VAD_RUNTIMES),
             twilio_audio_lead_ms=_env_float(
                 "STEPCALL_TWILIO_AUDIO_LEAD_MS", cls.twilio_audio_lead_ms, minimum=0.0
             ),

@@ -57,6 +57,35 @@ def test_create_app_sets_the_turn_model_pool_from_settings() -> None:
         turn_models.configure_inference(before.threads, before.nice)
 
 
+def test_create_app_sets_the_vad_runtime_from_settings() -> None:
+    from pipecat.audio.vad.silero import SileroOnnxModel
+
+    from pipeline.silero_numpy import SileroNumpyModel
+
+    try:
+        create_app(Settings(vad_runtime="onnxruntime"))
+        assert isinstance(turn_models.silero_model(), SileroOnnxModel)
+        create_app(Settings())
+        assert isinstance(turn_models.silero_model(), SileroNumpyModel)
+    finally:
+        turn_models.configure_vad_runtime("numpy")
+
+
+def test_create_app_shortens_the_gil_switch_interval() -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        create_app(Settings())
+        assert sys.getswitchinterval() == pytest.approx(turn_models.GIL_SWITCH_SECS)
+        sys.setswitchinterval(0.0005)  # already shorter: left alone
+        create_app(Settings())
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_the_first_call_imports_no_llm_adapter_package() -> None:
     """Building a call's service must not import ``openai`` (~0.4 s with the loop blocked):
     checked in a fresh interpreter, where nothing imported it before."""

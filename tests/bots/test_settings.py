@@ -54,3 +54,16 @@ def test_twilio_audio_lead_setting(monkeypatch):
         monkeypatch.setenv("STEPCALL_TWILIO_AUDIO_LEAD_MS", bad)
         with pytest.raises(ValueError, match="STEPCALL_TWILIO_AUDIO_LEAD_MS"):
             Settings.from_env()
+
+
+def test_vad_runtime_setting(monkeypatch):
+    from bots.settings import VAD_RUNTIMES as SETTING_CHOICES
+    from pipeline.turn_models import VAD_RUNTIMES
+
+    assert SETTING_CHOICES == VAD_RUNTIMES
+    assert Settings().vad_runtime == "numpy"
+    monkeypatch.setenv("STEPCALL_VAD_RUNTIME", "onnxruntime")
+    assert Settings.from_env().vad_runtime == "onnxruntime"
+    monkeypatch.setenv("STEPCALL_VAD_RUNTIME", "torch")
+    with pytest.raises(ValueError, match="STEPCALL_VAD_RUNTIME must be one of numpy, onnxruntime"):
+        Settings.from_env()
