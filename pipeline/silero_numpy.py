@@ -213,8 +213,6 @@ class SileroNumpyModel:
         self._state = np.zeros((2, 1, 128), dtype=np.float32)
         self._context = np.zeros((1, 0), dtype=np.float32)
         self._last_sr = 0
-        for runner in self._runners.values():
-            runner.xh[:] = 0.0
 
     def __call__(self, x: np.ndarray, sr: int) -> np.ndarray:
         """Speech probability of one window (``x``: 256 samples at 8 kHz, 512 at 16 kHz)."""
@@ -237,12 +235,11 @@ class SileroNumpyModel:
         runner = self._runners.get(sr)
         if runner is None:
             runner = self._runners[sr] = _Runner(self._weights[sr], sr)
-            runner.xh[runner.w.hidden :] = self._state[0, 0]
         context = CONTEXT[sr]
         if self._context.shape[1] != context:
             self._context = np.zeros((1, context), dtype=np.float32)
         full = np.concatenate((self._context[0], x))
-        runner.xh[runner.w.hidden :] = self._state[0, 0]
+        runner.xh[runner.w.hidden :] = self._state[0, 0]  # the hidden state the runner reads
         prob, h, c = runner(full, self._state[1, 0])
         self._state = np.stack((h, c))[:, None, :]
         self._context = full[None, -context:]
