@@ -12,7 +12,10 @@ stop event minus stop_secs) against that acoustic end; the wait for Smart Turn's
 VAD's stop (~0 when the early inference during the pause answered); and the rest of the bot
 process (aggregators, WebSocket hops to the stand-in, output transport). Turns Smart Turn judged
 INCOMPLETE (robotic flite prosody; they wait for its silence fallback) are counted and left out
-of the latency numbers. CPU: this process's CPU time over the calls' wall time. The call runs as
+of the latency numbers. CPU: this process's CPU time over the calls' wall time, less the
+simulated phone's, measured alone in a parallel process over the same seconds (a shared VM's
+speed drifts; the phone alone after the call, in this process, is printed too: the two differ by
+up to ~1 % of a core, which bounds how exactly one run's bot share can be read). The call runs as
 in the bot server: on uvloop (what uvicorn picks) with ``pipeline.wait_for`` installed
 (``--stdlib-loop`` for asyncio's own loop).
 
@@ -93,7 +96,8 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-async def run_call(url: str, turns: int) -> dict[str, Any]:
+async def run_call(url: str, turns: int, on_measure: Any = None) -> dict[str, Any]:
+    """One call of ``turns`` caller turns; ``on_measure()`` runs as the CPU window opens."""
     from pipecat.frames.frames import MetricsFrame, VADUserStoppedSpeakingFrame
     from pipecat.metrics.metrics import TurnMetricsData
     from pipecat.observers.base_observer import BaseObserver, FramePushed
@@ -144,8 +148,10 @@ async def run_call(url: str, turns: int) -> dict[str, Any]:
     await runner.add_workers(worker)
     task = asyncio.create_task(runner.run())
     await asyncio.sleep(0.5)  # let it start (not measured)
+    if on_measure is not None:
+        on_measure()
     cpu0, wall0, threads0 = time.process_time(), time.monotonic(), thread_cpu()
-    await asyncio.sleep(offsets[-1] + PERIOD_SECS - 0.5)
+    await asyncio.sleep(measured_secs(turns))
     cpu = time.process_time() - cpu0
     wall = time.monotonic() - wall0
     threads = {k: 100.0 * (v - threads0.get(k, 0.0)) / wall for k, v in thread_cpu().items()}
@@ -204,8 +210,28 @@ def smart_turn_analyzer(parts: Any) -> Any:
     return strategies.stop[0]._turn_analyzer
 
 
-async def phone_baseline(secs: float = 6.0) -> float:
-    """CPU (% of a core) of the simulated phone alone (microphone -> earpiece, no bot)."""
+def measured_secs(turns: int) -> float:
+    """The call's CPU window: from 0.5 s after its start to the end of its last period."""
+    return 1.0 + (turns - 1) * PERIOD_SECS + PERIOD_SECS - 0.5
+
+
+def _phone_alone(results: Any, go: Any, secs: float, stdlib_loop: bool) -> None:
+    """Child process: the simulated phone alone, measured over the same wall window as the call
+    (it starts measuring when ``go`` is set), so both see the same phase of a shared VM."""
+    from loguru import logger
+
+    logger.remove()
+    run = asyncio.run
+    if not stdlib_loop:
+        import uvloop
+
+        run = uvloop.run
+    results.put(run(phone_baseline(secs, go)))
+
+
+async def phone_baseline(secs: float = 20.0, go: Any = None) -> float:
+    """CPU (% of a core) of the simulated phone alone (microphone -> earpiece, no bot); with
+    ``go`` (a multiprocessing event), the measurement starts when it is set."""
     from pipecat.pipeline.pipeline import Pipeline
     from pipecat.pipeline.worker import PipelineParams, PipelineWorker
     from pipecat.workers.runner import WorkerRunner
@@ -222,6 +248,8 @@ async def phone_baseline(secs: float = 6.0) -> float:
     await runner.add_workers(worker)
     task = asyncio.create_task(runner.run())
     await asyncio.sleep(1.0)
+    if go is not None:  # a multiprocessing event: waited for off the loop
+        await asyncio.to_thread(go.wait)
     cpu0, wall0 = time.process_time(), time.monotonic()
     await asyncio.sleep(secs)
     share = 100.0 * (time.process_time() - cpu0) / (time.monotonic() - wall0)
@@ -234,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--turns", type=int, default=12)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument(
+        "--baseline-secs", type=float, default=20.0,
+        help="how long the simulated phone runs alone for its own CPU share (subtracted)",
+    )
     ap.add_argument("--stdlib-loop", action="store_true", help="asyncio's loop, not uvloop")
     ap.add_argument(
         "--vad-runtime", choices=["numpy", "onnxruntime"], default="numpy",
@@ -242,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.turns < 1:
         ap.error("--turns must be >= 1")
+    if args.baseline_secs < 2:
+        ap.error("--baseline-secs must be >= 2")
 
     from loguru import logger
 
@@ -265,8 +299,16 @@ def main(argv: list[str] | None = None) -> int:
             import uvloop
 
             run = uvloop.run
-        res = run(run_call(url, args.turns))
-        res["phone_cpu_percent_of_core"] = run(phone_baseline())
+        alone_q, go = ctx.Queue(), ctx.Event()
+        alone = ctx.Process(
+            target=_phone_alone, args=(alone_q, go, measured_secs(args.turns), args.stdlib_loop),
+            daemon=True,
+        )
+        alone.start()
+        res = run(run_call(url, args.turns, on_measure=go.set))
+        res["phone_cpu_percent_of_core"] = alone_q.get(timeout=60)
+        alone.join(10)
+        res["phone_after_cpu_percent_of_core"] = run(phone_baseline(args.baseline_secs))
         res["event_loop"] = "asyncio" if args.stdlib_loop else "uvloop"
         res["vad_runtime"] = args.vad_runtime
     finally:
@@ -297,7 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"CPU per call ({res['event_loop']}, Silero on {res['vad_runtime']}): {res['cpu_percent_of_core']:.2f}% of a core over "
         f"{res['cpu_wall_secs']:.0f} s, of which the simulated phone "
-        f"{res['phone_cpu_percent_of_core']:.2f}%: bot pipeline {bot_cpu:.2f}%"
+        f"{res['phone_cpu_percent_of_core']:.2f}% (the phone alone, in a parallel process over "
+        f"the same seconds): bot pipeline {bot_cpu:.2f}%"
+    )
+    after = res["phone_after_cpu_percent_of_core"]
+    print(
+        f"  the phone alone after the call, in this process: {after:.2f}% "
+        f"(bot pipeline {res['cpu_percent_of_core'] - after:.2f}% against that)"
     )
     threads = res["thread_cpu_percent_of_core"]
     if threads:  # /proc counts in clock ticks (10 ms): read these to ~0.1 %

@@ -3,6 +3,8 @@
 Two cadences: windows back to back, and one window after each pause of ``--pause-ms`` (a call's
 cadence: a window every 32 ms, other work in between; on a shared VM a window after a pause runs
 on cold caches and costs several times more). Same window, same model file, interleaved rounds.
+Each runtime scores the window from 16-bit PCM as the VAD does: NumPy through ``score_pcm16``,
+ONNX Runtime after Pipecat's conversion to float.
 
     .venv/bin/python benchmarks/silero_runtime.py [--rate 8000] [--windows 300] [--pause-ms 20]
 """
@@ -40,18 +42,24 @@ def main(argv: list[str] | None = None) -> int:
     models = {"numpy": SileroNumpyModel(path), "onnxruntime": SileroOnnxModel(path)}
     n = 512 if args.rate == 16000 else 256
     window = np.random.default_rng(0).normal(0, 0.05, n).astype(np.float32)
+    pcm = (window * 32768).astype(np.int16).tobytes()
+
+    def onnx_score(model, rate):  # Pipecat's SileroVADAnalyzer.voice_confidence
+        return model(np.frombuffer(pcm, np.int16).astype(np.float32) / 32768.0, rate)
+
+    score = {"numpy": lambda model, rate: model.score_pcm16(pcm, rate), "onnxruntime": onnx_score}
     times: dict[tuple[str, str], list[float]] = {(r, c): [] for r in models for c in ("hot", "paused")}
     rounds = 10
     for _ in range(rounds):  # interleaved, so a change in the VM's speed hits both alike
         for name, model in models.items():
             for _ in range(args.windows // rounds):
                 t = time.perf_counter()
-                model(window, args.rate)
+                score[name](model, args.rate)
                 times[(name, "hot")].append(time.perf_counter() - t)
             for _ in range(args.windows // rounds):
                 time.sleep(args.pause_ms / 1000.0)
                 t = time.perf_counter()
-                model(window, args.rate)
+                score[name](model, args.rate)
                 times[(name, "paused")].append(time.perf_counter() - t)
 
     print(f"Silero VAD, one window ({n} samples at {args.rate} Hz), µs per window:")

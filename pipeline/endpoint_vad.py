@@ -26,7 +26,6 @@ and whether it is still the same pause.
 
 from __future__ import annotations
 
-import numpy as np
 from pipecat.audio.vad.silero import (
     _MODEL_RESET_INTERVAL_SECS,
     _MODEL_RESET_LOW_CONFIDENCE_WINDOWS,
@@ -171,7 +170,7 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
             self._model.reset_states()
             self._reset_due = False
         for window in self._skipped:
-            self._model(_as_float(window), self.sample_rate)
+            self.advance_model(window)
         self._skipped.clear()
 
     def _speech_ended(self) -> bool:
@@ -181,7 +180,3 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
             self._vad_stopping_count >= MIN_SILERO_QUIET_WINDOWS
             and self.energy.quiet_secs >= self._params.stop_secs
         )
-
-
-def _as_float(window: bytes) -> np.ndarray:
-    return np.frombuffer(window, dtype=np.int16).astype(np.float32) / 32768.0

@@ -44,9 +44,13 @@ class SileroWeights:
     basis: np.ndarray  # (filter length, 2 * bins): the STFT as one matrix product
     hop: int
     pad: int  # reflect padding added after the input
-    convs: tuple[tuple[np.ndarray, np.ndarray, int], ...]  # (taps*C_in, C_out) weight, bias, stride
-    lstm: np.ndarray  # (2 * hidden, 4 * hidden): [input; hidden] -> gates i, f, g, o
-    lstm_bias: np.ndarray
+    # per 3-tap convolution: its weight, ((C_in + 1) * taps, C_out), and stride; each frame of
+    # the input carries a constant 1 after its channels, whose row in the first tap is the bias
+    convs: tuple[tuple[np.ndarray, int], ...]
+    # (2 * hidden + 1, 4 * hidden): [input; hidden; 1] -> gates i, f, o, g before their tanh;
+    # the last row is the bias, and the columns of i, f, o are halved: sigmoid(x) is
+    # (1 + tanh(x / 2)) / 2, so one tanh serves all four gates
+    lstm: np.ndarray
     out_weight: np.ndarray  # (hidden,)
     out_bias: float
 
@@ -94,19 +98,28 @@ def _branch_weights(graph, expect_filter: int) -> SileroWeights:
     layers = []
     for (w, b), conv in zip(enc, convs[1:5], strict=True):
         c_out, c_in, taps = w.shape
-        # rows: tap-major, then input channel, to match a window of `taps` consecutive frames
-        packed = np.ascontiguousarray(w.transpose(2, 1, 0).reshape(taps * c_in, c_out))
-        layers.append((packed, b.astype(np.float32), int(conv["strides"][0])))
+        # rows: tap-major, then input channel and the constant 1, to match a window of `taps`
+        # consecutive frames
+        packed = np.zeros((taps, c_in + 1, c_out), np.float32)
+        packed[:, :c_in, :] = w.transpose(2, 1, 0)
+        packed[0, c_in, :] = b
+        layers.append((packed.reshape(taps * (c_in + 1), c_out), int(conv["strides"][0])))
     return SileroWeights(
         basis=np.ascontiguousarray(basis[:, 0, :].T),
         hop=int(convs[0]["strides"][0]),
         pad=int(pads[-1]),
         convs=tuple(layers),
-        lstm=np.ascontiguousarray(np.concatenate([w_ih, w_hh], axis=1).T),
-        lstm_bias=(b_ih + b_hh).astype(np.float32),
+        lstm=_lstm_matrix(w_ih, w_hh, b_ih + b_hh, hidden),
         out_weight=np.ascontiguousarray(w_out[0, :, 0]),
         out_bias=float(b_out.reshape(-1)[0]),
     )
+
+
+def _lstm_matrix(w_ih: np.ndarray, w_hh: np.ndarray, bias: np.ndarray, h: int) -> np.ndarray:
+    """PyTorch's gate order (i, f, g, o) to the layout of :attr:`SileroWeights.lstm`."""
+    full = np.concatenate([np.concatenate([w_ih, w_hh], axis=1).T, bias[None, :]])
+    i, f, g, o = (full[:, k * h : (k + 1) * h] for k in range(4))
+    return np.ascontiguousarray(np.concatenate([i / 2, f / 2, o / 2, g], axis=1), np.float32)
 
 
 @functools.cache
@@ -129,12 +142,17 @@ def load_weights(path: str) -> dict[int, SileroWeights]:
 
 
 class _Runner:
-    """One sample rate's forward pass with preallocated buffers (one per model instance)."""
+    """One sample rate's forward pass, its recurrent state and the audio context, in preallocated
+    buffers (one per model instance and rate)."""
 
     def __init__(self, weights: SileroWeights, sample_rate: int) -> None:
         w = self.w = weights
-        n_in = WINDOW[sample_rate] + CONTEXT[sample_rate]
+        self.n = WINDOW[sample_rate]
+        self.ctx = CONTEXT[sample_rate]
+        n_in = self.n + self.ctx
+        # [context | window | reflect padding]: the context is the previous window's tail
         self.padded = np.zeros(n_in + w.pad, np.float32)
+        self.window = self.padded[self.ctx : n_in]
         frames = (self.padded.size - w.basis.shape[0]) // w.hop + 1
         step = self.padded.strides[0]
         self.frames = np.lib.stride_tricks.as_strided(
@@ -146,11 +164,12 @@ class _Runner:
         self.windows: list[np.ndarray] = []
         self.layer_out: list[np.ndarray] = []
         t, c = frames, w.bins
-        for packed, _, stride in w.convs:
-            buf = np.zeros((t + 2, c), np.float32)
+        for packed, stride in w.convs:
+            buf = np.zeros((t + 2, c + 1), np.float32)  # channels and a constant 1
+            buf[:, c] = 1.0
             t_out = (t - 1) // stride + 1
             cols = np.lib.stride_tricks.as_strided(
-                buf, (t_out, 3 * c), (stride * c * 4, 4), writeable=False
+                buf, (t_out, 3 * (c + 1)), (stride * (c + 1) * 4, 4), writeable=False
             )
             self.layer_in.append(buf)
             self.windows.append(cols)
@@ -158,61 +177,99 @@ class _Runner:
             t, c = t_out, packed.shape[1]
         if t != 1:
             raise SileroLayoutError(f"Silero graph: the encoder leaves {t} frames, not 1")
-        self.xh = np.zeros(2 * w.hidden, np.float32)  # [encoder output; LSTM hidden state]
+        # [encoder output; LSTM hidden state; 1 (the bias row's input)]
+        self.xh = np.zeros(2 * w.hidden + 1, np.float32)
+        self.xh[-1] = 1.0
+        self.h = self.xh[w.hidden : 2 * w.hidden]
+        self.c = np.zeros(w.hidden, np.float32)  # LSTM cell state
         self.gates = np.empty(4 * w.hidden, np.float32)
 
-    def __call__(self, x: np.ndarray, c: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        """Score ``x`` (context + window) from state (``self.xh``'s hidden part, ``c``)."""
-        w, n = self.w, x.size
+    def reset(self) -> None:
+        """Zero the recurrent state and the audio context."""
+        self.padded[: self.ctx] = 0.0
+        self.h[:] = 0.0
+        self.c[:] = 0.0
+
+    def step(self) -> float:
+        """Score the window in ``self.window`` (after the context) and advance the state."""
+        w, n_in = self.w, self.n + self.ctx
         padded = self.padded
-        padded[:n] = x
-        padded[n:] = x[n - 2 : n - 2 - w.pad : -1]  # reflect: mirror without the edge sample
+        padded[n_in:] = padded[n_in - 2 : n_in - 2 - w.pad : -1]  # reflect, without the edge
         spec = np.matmul(self.frames, w.basis, out=self.spec)
-        np.hypot(spec[:, : w.bins], spec[:, w.bins :], out=self.layer_in[0][1:-1])
+        np.hypot(spec[:, : w.bins], spec[:, w.bins :], out=self.layer_in[0][1:-1, :-1])
         last = len(w.convs) - 1
-        for i, (packed, bias, _) in enumerate(w.convs):
-            out = np.matmul(self.windows[i], packed, out=self.layer_out[i])
-            out += bias
-            dest = self.xh[None, : w.hidden] if i == last else self.layer_in[i + 1][1:-1]
+        for i, (packed, _) in enumerate(w.convs):
+            out = np.matmul(self.windows[i], packed, out=self.layer_out[i])  # bias included
+            dest = self.xh[None, : w.hidden] if i == last else self.layer_in[i + 1][1:-1, :-1]
             np.maximum(out, 0.0, out=dest)
         h = w.hidden
         g = np.matmul(self.xh, w.lstm, out=self.gates)
-        g += w.lstm_bias
-        # sigmoid of all four gates at once; g (the cell input) wants tanh: 2 sigmoid(2x) - 1
-        g[2 * h : 3 * h] *= 2.0
-        np.clip(g, -80.0, 80.0, out=g)  # exp stays finite in float32; sigmoid is 0/1 beyond
-        np.negative(g, out=g)
-        np.exp(g, out=g)
-        g += 1.0
-        np.reciprocal(g, out=g)
-        cell = g[2 * h : 3 * h]
-        cell *= 2.0
-        cell -= 1.0
-        c_new = g[h : 2 * h] * c
-        c_new += g[:h] * cell
-        h_new = self.xh[h:]
-        np.tanh(c_new, out=h_new)
-        h_new *= g[3 * h :]
-        logit = float(np.dot(np.maximum(h_new, 0.0), w.out_weight)) + w.out_bias
-        return 1.0 / (1.0 + math.exp(-min(max(logit, -80.0), 80.0))), h_new, c_new
+        np.tanh(g, out=g)
+        sig = g[: 3 * h]  # i, f, o: sigmoid = (1 + tanh(x / 2)) / 2, the halving is in lstm
+        sig *= 0.5
+        sig += 0.5
+        cell = g[3 * h :]
+        cell *= g[:h]  # input gate x cell input
+        self.c *= g[h : 2 * h]  # forget gate x old cell
+        self.c += cell
+        np.tanh(self.c, out=self.h)
+        self.h *= g[2 * h : 3 * h]  # output gate
+        logit = float(np.dot(np.maximum(self.h, 0.0), w.out_weight)) + w.out_bias
+        padded[: self.ctx] = padded[self.n : n_in]  # the next window's context
+        return 1.0 / (1.0 + math.exp(-min(max(logit, -80.0), 80.0)))
+
+
+_PCM16_SCALE = np.float32(1.0 / 32768.0)
 
 
 class SileroNumpyModel:
-    """Drop-in for Pipecat's ``SileroOnnxModel`` (batch of one) computing in NumPy."""
+    """Drop-in for Pipecat's ``SileroOnnxModel`` (batch of one) computing in NumPy.
+
+    :meth:`score_pcm16` scores a window straight from the call's 16-bit PCM: the same numbers
+    as ``model(pcm / 32768, sr)`` without the conversions and copies around it (a call scores
+    ~30 windows a second, each after a pause that leaves caches cold, where every NumPy call
+    costs several microseconds).
+    """
 
     def __init__(self, path: str) -> None:
         self._weights = load_weights(path)
         self._runners: dict[int, _Runner] = {}
         self.sample_rates = [8000, 16000]
-        self.reset_states()
+        self._last_sr = 0
 
     def reset_states(self, batch_size: int = 1) -> None:
         """Zero the recurrent state and the audio context (as Pipecat's model does)."""
         if batch_size != 1:
             raise ValueError("SileroNumpyModel scores one stream (batch size 1)")
-        self._state = np.zeros((2, 1, 128), dtype=np.float32)
-        self._context = np.zeros((1, 0), dtype=np.float32)
+        for runner in self._runners.values():
+            runner.reset()
         self._last_sr = 0
+
+    @property
+    def _state(self) -> np.ndarray:
+        """(2, 1, hidden): hidden and cell state, as Pipecat's model keeps them."""
+        runner = self._runners.get(self._last_sr)
+        if runner is None:
+            return np.zeros((2, 1, 128), dtype=np.float32)
+        return np.stack((runner.h, runner.c))[:, None, :]
+
+    @property
+    def _context(self) -> np.ndarray:
+        """(1, context): the audio prepended to the next window (empty before the first)."""
+        runner = self._runners.get(self._last_sr)
+        if runner is None:
+            return np.zeros((1, 0), dtype=np.float32)
+        return runner.padded[None, : runner.ctx].copy()
+
+    def _runner(self, sr: int) -> _Runner:
+        if self._last_sr != sr:
+            if self._last_sr:
+                self.reset_states()  # a new rate starts afresh, as in Pipecat's model
+            self._last_sr = sr
+        runner = self._runners.get(sr)
+        if runner is None:
+            runner = self._runners[sr] = _Runner(self._weights[sr], sr)
+        return runner
 
     def __call__(self, x: np.ndarray, sr: int) -> np.ndarray:
         """Speech probability of one window (``x``: 256 samples at 8 kHz, 512 at 16 kHz)."""
@@ -223,25 +280,23 @@ class SileroNumpyModel:
             x = x[0]
         if x.ndim != 1:
             raise ValueError(f"Too many dimensions for input audio chunk {x.ndim}")
+        self._check(x.size, sr)
+        runner = self._runner(sr)
+        runner.window[:] = x
+        return np.array([[runner.step()]], dtype=np.float32)
+
+    def score_pcm16(self, window: bytes | bytearray | memoryview, sr: int) -> float:
+        """Speech probability of one window of 16-bit mono PCM (512 bytes at 8 kHz)."""
+        self._check(len(window) / 2 if len(window) % 2 else len(window) // 2, sr)
+        runner = self._runner(sr)
+        np.multiply(np.frombuffer(window, np.int16), _PCM16_SCALE, out=runner.window)
+        return runner.step()
+
+    def _check(self, samples: int, sr: int) -> None:
         if sr not in WINDOW:
             raise ValueError(f"Supported sampling rates: {self.sample_rates}")
-        if x.size != WINDOW[sr]:
+        if samples != WINDOW[sr]:
             raise ValueError(
-                f"Provided number of samples is {x.size} (Supported values: 256 for 8000 "
+                f"Provided number of samples is {samples} (Supported values: 256 for 8000 "
                 "sample rate, 512 for 16000)"
             )
-        if self._last_sr and self._last_sr != sr:
-            self.reset_states()
-        runner = self._runners.get(sr)
-        if runner is None:
-            runner = self._runners[sr] = _Runner(self._weights[sr], sr)
-        context = CONTEXT[sr]
-        if self._context.shape[1] != context:
-            self._context = np.zeros((1, context), dtype=np.float32)
-        full = np.concatenate((self._context[0], x))
-        runner.xh[runner.w.hidden :] = self._state[0, 0]  # the hidden state the runner reads
-        prob, h, c = runner(full, self._state[1, 0])
-        self._state = np.stack((h, c))[:, None, :]
-        self._context = full[None, -context:]
-        self._last_sr = sr
-        return np.array([[prob]], dtype=np.float32)

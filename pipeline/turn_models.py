@@ -41,6 +41,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
+import numpy as np
 import onnxruntime as ort
 import threadpoolctl
 from loguru import logger
@@ -137,6 +138,28 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
     async def analyze_audio(self, buffer: bytes) -> VADState:
         """Run the analysis here: a window's inference costs about what a thread hop does."""
         return self._run_analyzer(buffer)
+
+    def voice_confidence(self, buffer: bytes) -> float:
+        """Pipecat's, scoring the PCM as it is on the NumPy runtime (no float copy before)."""
+        score = getattr(self._model, "score_pcm16", None)
+        if score is None:
+            return super().voice_confidence(buffer)
+        try:
+            confidence = score(buffer, self.sample_rate)
+        except Exception as e:  # as Pipecat's: a window it cannot score counts as silence
+            logger.error(f"Error analyzing audio with Silero VAD: {e}")
+            return 0.0
+        self._maybe_reset_model(confidence)
+        return confidence
+
+    def advance_model(self, window: bytes) -> None:
+        """Run the model over ``window`` for its state only (the score is not used)."""
+        score = getattr(self._model, "score_pcm16", None)
+        if score is not None:
+            score(window, self.sample_rate)
+        else:
+            pcm = np.frombuffer(window, dtype=np.int16).astype(np.float32) / 32768.0
+            self._model(pcm, self.sample_rate)
 
 
 def default_inference_threads() -> int:

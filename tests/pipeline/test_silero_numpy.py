@@ -59,6 +59,28 @@ def test_matches_onnxruntime_window_by_window(speech, rate):
     assert np.allclose(model._context, reference._context)
 
 
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_scoring_pcm16_is_scoring_its_float_copy(speech, rate):
+    pcm = (_stream(speech, rate) * 32768).astype(np.int16)
+    n = 512 if rate == 16000 else 256
+    direct, via_float = SileroNumpyModel(PATH), SileroNumpyModel(PATH)
+    for k, start in enumerate(range(0, pcm.size - n, n)):
+        window = pcm[start : start + n]
+        ours = direct.score_pcm16(window.tobytes(), rate)
+        assert np.float32(ours) == via_float(window.astype(np.float32) / 32768.0, rate)[0, 0]
+        if k == 40:
+            direct.reset_states()
+            via_float.reset_states()
+    assert np.array_equal(direct._state, via_float._state)
+    assert np.array_equal(direct._context, via_float._context)
+    with pytest.raises(ValueError, match="number of samples is 160"):
+        direct.score_pcm16(bytes(320), 8000)
+    with pytest.raises(ValueError, match="number of samples is 256.5"):
+        direct.score_pcm16(bytes(513), 8000)
+    with pytest.raises(ValueError, match="Supported sampling rates"):
+        direct.score_pcm16(bytes(512), 22050)
+
+
 def test_vad_states_are_the_same_on_both_runtimes(speech):
     audio = (_stream(speech, 8000) * 32768).astype(np.int16).tobytes()
     runs = {}
