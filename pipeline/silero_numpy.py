@@ -5,7 +5,8 @@ comes alone, 20-30 ms after the previous bit of work, and ONNX Runtime's fixed c
 dominates: the network itself is five small matrix products and one LSTM step. Measured on the
 2-core KVM guest of ``benchmarks/RESULTS.md``: ~96 µs per window back to back and ~600-700 µs
 for a window that follows a 20 ms pause (a call's cadence: caches and predictors have gone cold),
-against ~45-60 µs and ~330-360 µs here, scoring from PCM16 (``benchmarks/silero_runtime.py`` prints the ratios).
+against ~45-60 µs and ~330-360 µs here, scoring from PCM16 (``benchmarks/silero_runtime.py``
+prints the ratios).
 
 The network (both branches of the ONNX graph, 8 and 16 kHz) is read from the graph itself:
 reflect padding and an STFT as a strided convolution, the magnitude of its bins, four 3-tap
