@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     ap.add_argument(
         "--baseline-secs", type=float, default=20.0,
-        help="how long the simulated phone runs alone for its own CPU share (subtracted)",
+        help="how long the phone runs alone after the call (printed beside the parallel measure)",
     )
     ap.add_argument("--stdlib-loop", action="store_true", help="asyncio's loop, not uvloop")
     ap.add_argument(

@@ -132,6 +132,8 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
     def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None) -> None:
         VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
         self._model = silero_model()
+        # the NumPy runtime scores PCM16 as it comes; ONNX Runtime's model wants floats
+        self._score_pcm16 = getattr(self._model, "score_pcm16", None)
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
 
@@ -141,11 +143,10 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
 
     def voice_confidence(self, buffer: bytes) -> float:
         """Pipecat's, scoring the PCM as it is on the NumPy runtime (no float copy before)."""
-        score = getattr(self._model, "score_pcm16", None)
-        if score is None:
+        if self._score_pcm16 is None:
             return super().voice_confidence(buffer)
         try:
-            confidence = score(buffer, self.sample_rate)
+            confidence = self._score_pcm16(buffer, self.sample_rate)
         except Exception as e:  # as Pipecat's: a window it cannot score counts as silence
             logger.error(f"Error analyzing audio with Silero VAD: {e}")
             return 0.0
@@ -154,9 +155,8 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
 
     def advance_model(self, window: bytes) -> None:
         """Run the model over ``window`` for its state only (the score is not used)."""
-        score = getattr(self._model, "score_pcm16", None)
-        if score is not None:
-            score(window, self.sample_rate)
+        if self._score_pcm16 is not None:
+            self._score_pcm16(window, self.sample_rate)
         else:
             pcm = np.frombuffer(window, dtype=np.int16).astype(np.float32) / 32768.0
             self._model(pcm, self.sample_rate)
