@@ -10,6 +10,8 @@ call from several threads at once.
 Silero also runs inline on the event loop instead of through a per-call thread: one window costs
 ~0.1 ms, about what the thread hop alone costs (measured: 97 µs inference, 91 µs hop), so the hop
 only doubled the CPU per frame. Smart Turn (~33 ms per end of speech) stays on its thread.
+Smart Turn's input features come from :mod:`pipeline.smart_turn_features` (Pipecat's numbers,
+the zero padding in front of a short turn transformed once instead of frame by frame).
 Silero's network runs in NumPy (:mod:`pipeline.silero_numpy`, the weights of the same ONNX file,
 ~0.6x ONNX Runtime's CPU per window); ``configure_vad_runtime("onnxruntime")`` keeps ONNX Runtime.
 
@@ -40,6 +42,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -52,6 +55,8 @@ from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 from pipecat.utils.env import env_truthy
 
 from pipeline.silero_numpy import SileroLayoutError, SileroNumpyModel
+from pipeline.smart_turn_features import RATE as FEATURES_RATE
+from pipeline.smart_turn_features import log_mel_features
 
 SILERO_MODEL = ("pipecat.audio.vad.data", "silero_vad.onnx")
 SMART_TURN_MODEL = ("pipecat.audio.turn.smart_turn.data", "smart-turn-v3.2-cpu.onnx")
@@ -261,6 +266,19 @@ class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
         """The process-wide pool instead of a thread per analyzer (Pipecat's default); the
         analyzer's ``cleanup`` leaves it running, since it never owned it."""
         return inference_pool().executor
+
+    def _predict_endpoint(self, audio_array: np.ndarray) -> dict[str, Any]:
+        """Pipecat's prediction, with the features from :func:`log_mel_features` (the same
+        numbers; the padding's identical frames computed once)."""
+        features = log_mel_features(self._resample_to_model_rate(audio_array))
+        outputs = self._session.run(None, {"input_features": features[np.newaxis]})
+        probability = float(outputs[0][0].item())
+        prediction = 1 if probability > 0.5 else 0
+        if self._log_data:
+            suffix = "_complete" if prediction == 1 else "_incomplete"
+            rate = self._sample_rate or FEATURES_RATE
+            self._write_audio_to_wav(audio_array, sample_rate=rate, suffix=suffix)
+        return {"prediction": prediction, "probability": probability}
 
 
 #: The longest a thread holds the GIL while another waits for it (Python's default is 5 ms).
