@@ -16,6 +16,9 @@ windows, and Silero was the largest single CPU cost of a call. When a louder sou
 first scores the quiet windows it skipped since its last scheduled reset (at most 2 s of them,
 back to back, which costs far less than scoring them one by one as they came), so its state is
 what continuous scoring would have left.
+The volume test itself (BS.1770 loudness of the last 400 ms) is skipped for windows whose plain
+energy already rules speech out (:class:`pipeline.vad_volume.LazyVADVolume`: the same numbers
+wherever they are read).
 
 The check runs on every incoming buffer (20 ms on a phone), not only at the end of a 32 ms
 Silero window, so the stop is not rounded up to a window boundary. Start detection is Pipecat's,
@@ -34,6 +37,7 @@ from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 
 from pipeline.speech_energy import SpeechEnergyTracker
 from pipeline.turn_models import SharedSileroVADAnalyzer
+from pipeline.vad_volume import LazyVADVolume
 
 #: Silero must agree (this many consecutive silent windows, 32 ms each) before energy can end speech.
 MIN_SILERO_QUIET_WINDOWS = 2
@@ -45,6 +49,7 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
     def __init__(self, *, sample_rate: int | None = None, params: VADParams | None = None) -> None:
         super().__init__(sample_rate=sample_rate, params=params)
         self._energy: SpeechEnergyTracker | None = None
+        self._volume: LazyVADVolume | None = None
         self._resumptions = 0
         # windows not given to Silero since its last (scheduled) reset
         self._skipped: list[bytes] = []
@@ -58,6 +63,10 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
         super().set_params(params)
         if self._energy is None or self._energy.sample_rate != self.sample_rate:
             self._energy = SpeechEnergyTracker(self.sample_rate)
+        if self._volume is None or self._volume.sample_rate != self.sample_rate:
+            self._volume = LazyVADVolume(
+                self.sample_rate, self._vad_frames, self._smoothing_factor
+            )
 
     @property
     def energy(self) -> SpeechEnergyTracker:
@@ -96,10 +105,14 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
         while len(self._vad_buffer) >= need:
             window = self._vad_buffer[:need]
             self._vad_buffer = self._vad_buffer[need:]
-            volume = self._get_smoothed_volume(window)
-            self._prev_volume = volume
-            loud_enough = volume >= self._params.min_volume
-            if not loud_enough and self._vad_state == VADState.QUIET:
+            self._volume.push(window)
+            quiet = self._vad_state == VADState.QUIET
+            if quiet and self._volume.certainly_below(self._params.min_volume):
+                loud_enough = False  # not even measured (pipeline.vad_volume)
+            else:
+                self._prev_volume = self._volume.volume()
+                loud_enough = self._prev_volume >= self._params.min_volume
+            if not loud_enough and quiet:
                 # not speech whatever Silero says: skip the model (~half of a call's windows)
                 self._skip(window)
                 self._step(False)
