@@ -31,13 +31,15 @@ class FanOutObserver(BaseObserver):
         self._first: list[BaseObserver] = []
         self._processed: list[BaseObserver] = []
         self._all: list[BaseObserver] = []
+        self._audio_children: list[BaseObserver] = []
         for observer in observers or []:
             self.add(observer)
 
     @property
     def wants_audio(self) -> bool:
-        """Whether a child looks at audio frames (one without ``wants_audio`` is assumed to)."""
-        for observer in self._all:
+        """Whether a child looks at audio frames (one without ``wants_audio`` is assumed to).
+        Read on every audio push of the call: children whose class says False are not asked."""
+        for observer in self._audio_children:
             if getattr(observer, "wants_audio", True):
                 return True
         return False
@@ -56,6 +58,8 @@ class FanOutObserver(BaseObserver):
     def add(self, observer: BaseObserver) -> None:
         """Add a child (before or while the call runs)."""
         self._all.append(observer)
+        if getattr(type(observer), "wants_audio", True) is not False:  # True, absent or a property
+            self._audio_children.append(observer)
         if _overrides(observer, "on_push_frame"):
             (self._every if observer.observe_every_push else self._first).append(observer)
         if _overrides(observer, "on_process_frame"):

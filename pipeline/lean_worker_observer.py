@@ -19,6 +19,8 @@ instead of through a queue and task of its own, and only for the frame types it 
 
 from __future__ import annotations
 
+import functools
+
 from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.pipeline.worker import IdleFrameObserver, PipelineWorker
@@ -34,9 +36,15 @@ def _handles_processed(observer: BaseObserver) -> bool:
     return type(observer).on_process_frame is not BaseObserver.on_process_frame
 
 
+@functools.cache
+def _is_idle_observer(cls: type) -> bool:
+    # observers are ABCs: an isinstance check walks ABCMeta's hooks on every audio push
+    return issubclass(cls, IdleFrameObserver)
+
+
 def _takes_audio(observer: BaseObserver, frame: object) -> bool:
     """Whether ``observer`` looks at this audio push at all (first-push rules aside)."""
-    if isinstance(observer, IdleFrameObserver):
+    if _is_idle_observer(type(observer)):
         return isinstance(frame, observer._idle_timeout_frames)
     return getattr(observer, "wants_audio", True)
 
@@ -72,7 +80,7 @@ class LeanWorkerObserver(WorkerObserver):
                 continue
             if not (data.first_push or observer.observe_every_push):
                 continue
-            if isinstance(observer, IdleFrameObserver):
+            if _is_idle_observer(type(observer)):
                 await observer.on_push_frame(data)  # cheap and non-blocking: no queue hop
                 continue
             await proxy.queue.put(data)

@@ -85,6 +85,31 @@ async def test_fan_out_wants_audio_when_a_child_does():
     assert FanOutObserver([Seen(wants_audio=False), Seen()]).wants_audio
 
 
+class Deaf(Seen):
+    wants_audio = False  # said by the class: never asked again
+
+
+class Recorder(Seen):
+    def __init__(self) -> None:
+        super().__init__()
+        self.recording = False
+
+    @property
+    def wants_audio(self) -> bool:  # changes while the call runs
+        return self.recording
+
+
+async def test_fan_out_asks_children_whose_answer_can_change():
+    recorder = Recorder()
+    hub = FanOutObserver([Deaf(), recorder])
+    assert not hub.wants_audio
+    recorder.recording = True
+    assert hub.wants_audio
+    hub.add(Seen())  # no attribute: takes audio
+    recorder.recording = False
+    assert hub.wants_audio
+
+
 async def test_idle_timeout_still_ends_an_idle_pipeline():
     took = await run([Seen()], idle_timeout_secs=0.5)
     assert took < 5.0
