@@ -377,10 +377,11 @@ async def run_twilio_call(
         extra_processors=[TwilioMarkProcessor(call.stream_sid)],
         call_control=call_control,
     )
-    # 40 ms caller frames while nobody speaks (never at the end of speech; see the transport)
+    # 40 ms caller frames while nobody speaks or the caller speaks steadily (never in the pause
+    # at the end of speech; see the transport and EndpointVADAnalyzer.steady)
     vad = parts.vad
     if vad is not None:
-        transport.input().coalesce_while(lambda: vad.quiet)
+        transport.input().coalesce_while(lambda: vad.steady)
     worker = call_worker(
         pipeline,
         parts,

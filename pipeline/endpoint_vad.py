@@ -41,6 +41,9 @@ from pipeline.vad_volume import LazyVADVolume
 
 #: Silero must agree (this many consecutive silent windows, 32 ms each) before energy can end speech.
 MIN_SILERO_QUIET_WINDOWS = 2
+#: Speech counts as steady (frames may be paired) while it was loud within this long: a couple of
+#: the energy tracker's 8 ms sub-frames, far under the 0.1 s pause that starts Smart Turn early.
+STEADY_LOUD_SECS = 0.03
 
 
 class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
@@ -84,6 +87,20 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
     def quiet(self) -> bool:
         """True while the VAD hears no speech (also before its first audio)."""
         return getattr(self, "_vad_state", VADState.QUIET) == VADState.QUIET
+
+    @property
+    def steady(self) -> bool:
+        """Whether the caller's next frame may wait one frame time (20 ms) to go down with the
+        one after it (``coalesce_while`` of the phone inputs): nobody speaks (a start is then
+        seen at most one frame later), or the caller is speaking and was loud within the last
+        ``STEADY_LOUD_SECS``: the end of speech, where latency counts, is then at least
+        ``stop_secs`` away, and the frames of a pause after speech go down one by one."""
+        state = getattr(self, "_vad_state", VADState.QUIET)
+        if state == VADState.QUIET:
+            return True
+        if state == VADState.STOPPING or self._energy is None:
+            return False
+        return self._energy.quiet_secs < STEADY_LOUD_SECS
 
     @property
     def pause_key(self) -> tuple[int, int]:

@@ -9,12 +9,13 @@ call's other messages (DTMF, marks), exactly as the audio task would have: audio
 ``audio_in_passthrough`` are honoured, nothing is pushed before the transport is ready or while
 it is paused.
 
-While nobody speaks (``coalesce_while``: the call's VAD is quiet), two 20 ms frames go down as
-one 40 ms frame: every processor, the VAD's bookkeeping and the observers then handle half as
-many frames for most of a call. A frame waits at most one frame time (20 ms) for its partner,
-and only while the VAD hears no speech: the end of the caller's speech, where latency counts,
-is never held; the start of speech is seen at most 20 ms later. Any other message (DTMF, a
-mark) sends the waiting frame first, so the order stays the order of arrival.
+While nobody speaks or the caller speaks steadily (``coalesce_while``: the call's
+``EndpointVADAnalyzer.steady``), two 20 ms frames go down as one 40 ms frame: every processor,
+the VAD's bookkeeping and the observers then handle half as many frames for most of a call. A
+frame waits at most one frame time (20 ms) for its partner, and never in the pause at the end of
+the caller's speech, where latency counts; the start of speech is seen at most 20 ms later. Any
+other message (DTMF, a mark) sends the waiting frame first, so the order stays the order of
+arrival.
 
 On the way out, audio that was already on its way to the socket when the caller barged in is
 dropped once Twilio's ``clear`` has gone out: Pipecat lets the chunk being written finish, and a

@@ -156,6 +156,62 @@ def test_vad_pause_key_changes_when_speech_resumes(speech):
     assert vad.pause_key != key
 
 
+def _arrivals(vad, pcm: np.ndarray, paired: bool):
+    """(arrival time of each buffer the VAD gets, its state after it): 20 ms phone frames,
+    a frame held for its partner while ``vad.steady`` when ``paired`` (as the phone inputs do)."""
+    vad.set_sample_rate(RATE)
+    out, held = [], None
+    for t, buf in chunks(pcm):
+        if held is not None:
+            buf, held = held + buf, None
+        elif paired and vad.steady:
+            held = buf
+            continue
+        out.append((t, len(buf), vad._run_analyzer(buf)))
+    return out
+
+
+@pytest.mark.parametrize("text", ["What is the weather like in Paris today?", "Yes please."])
+def test_frames_paired_while_steady_end_speech_at_the_same_moment(speech, text):
+    """Pairs go down while nobody speaks and while the caller speaks steadily, never in the
+    pause after speech: the VAD's start is at most one frame late, its stop not at all."""
+    words = speech(text)
+    rng = np.random.default_rng(2)
+    hiss = lambda n: rng.normal(0, 15, n).astype(np.int16)  # noqa: E731
+    pcm = np.concatenate([hiss(4000), words, hiss(1200), words, hiss(8000)])
+    params = VADParams(stop_secs=0.2)
+    runs = {
+        paired: _arrivals(EndpointVADAnalyzer(sample_rate=RATE, params=params), pcm, paired)
+        for paired in (False, True)
+    }
+
+    def moments(run, state):
+        prev, out = VADState.QUIET, []
+        for t, _, s in run:
+            if s == state and prev != state:
+                out.append(t)
+            prev = s
+        return out
+
+    alone, paired = runs[False], runs[True]
+    assert moments(paired, VADState.QUIET) == moments(alone, VADState.QUIET)  # the stops
+    assert len(moments(alone, VADState.QUIET)) >= 1
+    starts_alone = moments(alone, VADState.SPEAKING)
+    starts_paired = moments(paired, VADState.SPEAKING)
+    assert len(starts_alone) == len(starts_paired)
+    assert all(0 <= b - a <= 0.02 + 1e-9 for a, b in zip(starts_alone, starts_paired, strict=True))
+    speaking_pairs = [n for _, n, s in paired if s == VADState.SPEAKING and n == 4 * CHUNK]
+    assert len(paired) < 0.7 * len(alone) and speaking_pairs  # pairs during speech too
+    # in the pause after speech (from 30 ms after the acoustic end) nothing waits
+    vad = EndpointVADAnalyzer(sample_rate=RATE, params=params)
+    vad.set_sample_rate(RATE)
+    for _, buf in chunks(np.concatenate([hiss(4000), trimmed(words)])):
+        vad._run_analyzer(buf)
+    for _, buf in chunks(hiss(480)):
+        vad._run_analyzer(buf)
+    assert vad.state in (VADState.SPEAKING, VADState.STOPPING) and not vad.steady
+
+
 # ---------------------------------------------------------------- speculative Smart Turn
 async def feed_turn(vad, analyzer, pcm: np.ndarray):
     """Feed ``pcm`` as the user aggregator does (VAD first, then the turn analyzer); at VAD's
