@@ -12,12 +12,14 @@ stop event minus stop_secs) against that acoustic end; the wait for Smart Turn's
 VAD's stop (~0 when the early inference during the pause answered); and the rest of the bot
 process (aggregators, WebSocket hops to the stand-in, output transport). Turns Smart Turn judged
 INCOMPLETE (robotic flite prosody; they wait for its silence fallback) are counted and left out
-of the latency numbers. CPU: this process's CPU time over the calls' wall time, less the
-simulated phone's, measured alone in a parallel process over the same seconds (a shared VM's
-speed drifts; the phone alone after the call, in this process, is printed too: the two differ by
-up to ~1 % of a core, which bounds how exactly one run's bot share can be read). The call runs as
-in the bot server: on uvloop (what uvicorn picks) with ``pipeline.wait_for`` installed
-(``--stdlib-loop`` for asyncio's own loop).
+of the latency numbers.
+
+CPU: this process's CPU time over the calls' wall time, less what the simulated phone itself
+spent, timed in place (``LoopbackPhone.own_cpu_secs``: making the caller's frames, keeping the
+bot's). The phone delivers what the Twilio input does (20 ms ``CallerAudioFrame``s, pairs pushed
+as one while the VAD is quiet or the speech steady); its 50 Hz wake-ups stand for that input's socket reads and stay
+in the bot's share. The call runs as in the bot server: on uvloop (what uvicorn picks) with
+``pipeline.wait_for`` installed (``--stdlib-loop`` for asyncio's own loop).
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--turns 12] [--json out.json]
 """
@@ -96,8 +98,8 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-async def run_call(url: str, turns: int, on_measure: Any = None) -> dict[str, Any]:
-    """One call of ``turns`` caller turns; ``on_measure()`` runs as the CPU window opens."""
+async def run_call(url: str, turns: int) -> dict[str, Any]:
+    """One call of ``turns`` caller turns."""
     from pipecat.frames.frames import MetricsFrame, VADUserStoppedSpeakingFrame
     from pipecat.metrics.metrics import TurnMetricsData
     from pipecat.observers.base_observer import BaseObserver, FramePushed
@@ -115,6 +117,9 @@ async def run_call(url: str, turns: int, on_measure: Any = None) -> dict[str, An
     phone = LoopbackPhone([Say(speech, off) for off in offsets])
     prof = BotProfile(name="bench", vad_stop_secs=0.2, smart_turn=True)
     pipeline, parts = build_call(phone, prof, Settings(model_url=url), CallInfo("bench", "bench"))
+    vad = parts.vad
+    assert vad is not None
+    phone.mic.coalesce_while(lambda: vad.steady)  # as the Twilio call does (bots.call)
 
     class TurnModel(BaseObserver):
         """Smart Turn verdicts and inference times, in order."""
@@ -148,12 +153,12 @@ async def run_call(url: str, turns: int, on_measure: Any = None) -> dict[str, An
     await runner.add_workers(worker)
     task = asyncio.create_task(runner.run())
     await asyncio.sleep(0.5)  # let it start (not measured)
-    if on_measure is not None:
-        on_measure()
     cpu0, wall0, threads0 = time.process_time(), time.monotonic(), thread_cpu()
+    phone0 = phone.own_cpu_secs
     await asyncio.sleep(measured_secs(turns))
     cpu = time.process_time() - cpu0
     wall = time.monotonic() - wall0
+    phone_cpu = phone.own_cpu_secs - phone0
     threads = {k: 100.0 * (v - threads0.get(k, 0.0)) / wall for k, v in thread_cpu().items()}
     await worker.cancel()
     await asyncio.wait_for(task, 10.0)
@@ -194,6 +199,9 @@ async def run_call(url: str, turns: int, on_measure: Any = None) -> dict[str, An
         "smart_turn_inference_ms_p50": pct(turn_ms, 50),
         "smart_turn_inference_ms_p95": pct(turn_ms, 95),
         "cpu_percent_of_core": 100.0 * cpu / wall,
+        "phone_cpu_percent_of_core": 100.0 * phone_cpu / wall,
+        "caller_frames_pushed": phone.mic.frames_pushed,
+        "caller_frames_coalesced": phone.mic.frames_coalesced,
         "cpu_wall_secs": wall,
         "thread_cpu_percent_of_core": threads,
         "overhead_ms": overhead,
@@ -215,57 +223,10 @@ def measured_secs(turns: int) -> float:
     return 1.0 + (turns - 1) * PERIOD_SECS + PERIOD_SECS - 0.5
 
 
-def _phone_alone(results: Any, go: Any, secs: float, stdlib_loop: bool) -> None:
-    """Child process: the simulated phone alone, measured over the same wall window as the call
-    (it starts measuring when ``go`` is set), so both see the same phase of a shared VM."""
-    from loguru import logger
-
-    logger.remove()
-    run = asyncio.run
-    if not stdlib_loop:
-        import uvloop
-
-        run = uvloop.run
-    results.put(run(phone_baseline(secs, go)))
-
-
-async def phone_baseline(secs: float = 20.0, go: Any = None) -> float:
-    """CPU (% of a core) of the simulated phone alone (microphone -> earpiece, no bot); with
-    ``go`` (a multiprocessing event), the measurement starts when it is set."""
-    from pipecat.pipeline.pipeline import Pipeline
-    from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-    from pipecat.workers.runner import WorkerRunner
-
-    from pipeline.loopback_phone import LoopbackPhone
-
-    phone = LoopbackPhone([])
-    worker = PipelineWorker(
-        Pipeline([phone.input(), phone.output()]),
-        params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
-        enable_rtvi=False,
-    )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    task = asyncio.create_task(runner.run())
-    await asyncio.sleep(1.0)
-    if go is not None:  # a multiprocessing event: waited for off the loop
-        await asyncio.to_thread(go.wait)
-    cpu0, wall0 = time.process_time(), time.monotonic()
-    await asyncio.sleep(secs)
-    share = 100.0 * (time.process_time() - cpu0) / (time.monotonic() - wall0)
-    await worker.cancel()
-    await asyncio.wait_for(task, 10.0)
-    return share
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--turns", type=int, default=12)
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
-    ap.add_argument(
-        "--baseline-secs", type=float, default=20.0,
-        help="how long the phone runs alone after the call (printed beside the parallel measure)",
-    )
     ap.add_argument("--stdlib-loop", action="store_true", help="asyncio's loop, not uvloop")
     ap.add_argument(
         "--vad-runtime", choices=["numpy", "onnxruntime"], default="numpy",
@@ -274,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.turns < 1:
         ap.error("--turns must be >= 1")
-    if args.baseline_secs < 2:
-        ap.error("--baseline-secs must be >= 2")
 
     from loguru import logger
 
@@ -299,16 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             import uvloop
 
             run = uvloop.run
-        alone_q, go = ctx.Queue(), ctx.Event()
-        alone = ctx.Process(
-            target=_phone_alone, args=(alone_q, go, measured_secs(args.turns), args.stdlib_loop),
-            daemon=True,
-        )
-        alone.start()
-        res = run(run_call(url, args.turns, on_measure=go.set))
-        res["phone_cpu_percent_of_core"] = alone_q.get(timeout=60)
-        alone.join(10)
-        res["phone_after_cpu_percent_of_core"] = run(phone_baseline(args.baseline_secs))
+        res = run(run_call(url, args.turns))
         res["event_loop"] = "asyncio" if args.stdlib_loop else "uvloop"
         res["vad_runtime"] = args.vad_runtime
     finally:
@@ -337,15 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     bot_cpu = res["cpu_percent_of_core"] - res["phone_cpu_percent_of_core"]
     res["bot_cpu_percent_of_core"] = bot_cpu
     print(
-        f"CPU per call ({res['event_loop']}, Silero on {res['vad_runtime']}): {res['cpu_percent_of_core']:.2f}% of a core over "
-        f"{res['cpu_wall_secs']:.0f} s, of which the simulated phone "
-        f"{res['phone_cpu_percent_of_core']:.2f}% (the phone alone, in a parallel process over "
-        f"the same seconds): bot pipeline {bot_cpu:.2f}%"
-    )
-    after = res["phone_after_cpu_percent_of_core"]
-    print(
-        f"  the phone alone after the call, in this process: {after:.2f}% "
-        f"(bot pipeline {res['cpu_percent_of_core'] - after:.2f}% against that)"
+        f"CPU per call ({res['event_loop']}, Silero on {res['vad_runtime']}): "
+        f"{res['cpu_percent_of_core']:.2f}% of a core over {res['cpu_wall_secs']:.0f} s, of which "
+        f"the simulated phone's own work {res['phone_cpu_percent_of_core']:.2f}%: "
+        f"bot pipeline {bot_cpu:.2f}%"
     )
     threads = res["thread_cpu_percent_of_core"]
     if threads:  # /proc counts in clock ticks (10 ms): read these to ~0.1 %
@@ -355,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{loop_bot:.2f}% after the phone), Smart Turn pool {threads['smart_turn']:.2f}%, "
             f"other threads {threads['other']:.2f}%"
         )
+    pushed, paired = res["caller_frames_pushed"], res["caller_frames_coalesced"]
+    print(f"  caller frames pushed: {pushed} ({paired} of them 20 ms pairs sent as one)")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
     return 0

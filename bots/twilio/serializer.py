@@ -17,16 +17,12 @@ import binascii
 import json
 
 from pipecat.audio.utils import audioop  # the stdlib's, or audioop-lts on Python 3.13+
-from pipecat.frames.frames import Frame, InputAudioRawFrame
+from pipecat.frames.frames import Frame
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
+from pipeline.caller_audio_frame import CallerAudioFrame
 
-class CallerAudioFrame(InputAudioRawFrame):
-    """The caller's audio: one Twilio ``media`` message, or two joined by the input transport
-    while the caller is quiet (an ``InputAudioRawFrame`` that prints as its name)."""
-
-    def __str__(self) -> str:
-        return self.name
+__all__ = ["CallerAudioFrame", "PhoneSerializer"]
 
 
 class PhoneSerializer(TwilioFrameSerializer):

@@ -1,0 +1,77 @@
+"""The loopback phone delivers the caller's script as the Twilio input does."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+
+from pipeline.caller_audio_frame import CallerAudioFrame
+from pipeline.loopback_phone import LoopbackPhone, Say
+
+RATE = 8000
+
+
+class Ear(FrameProcessor):
+    """Keeps the caller's frames (and passes nothing on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[InputAudioRawFrame] = []
+
+    async def process_frame(self, frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputAudioRawFrame):
+            self.frames.append(frame)
+            return
+        await self.push_frame(frame, direction)
+
+
+async def _listen(phone: LoopbackPhone, secs: float) -> Ear:
+    ear = Ear()
+    worker = PipelineWorker(
+        Pipeline([phone.input(), ear, phone.output()]),
+        params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
+        enable_rtvi=False,
+        idle_timeout_secs=None,
+    )
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(secs)
+    await worker.cancel()
+    await asyncio.wait_for(task, 10.0)
+    return ear
+
+
+async def test_script_arrives_sample_exact_in_pairs_while_the_predicate_holds() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(-8000, 8000, int(0.3 * RATE)).astype(np.int16)
+    b = rng.integers(-8000, 8000, int(0.2 * RATE)).astype(np.int16)
+    phone = LoopbackPhone([Say(a, 0.1), Say(b, 0.35, gain=0.5)])
+    pairs = {"on": True}
+    phone.mic.coalesce_while(lambda: pairs["on"])
+
+    async def flip() -> None:
+        await asyncio.sleep(0.45)
+        pairs["on"] = False
+
+    flipper = asyncio.create_task(flip())
+    ear = await _listen(phone, 0.9)
+    await flipper
+    assert all(isinstance(f, CallerAudioFrame) and str(f) == f.name for f in ear.frames)
+    sizes = [len(f.audio) for f in ear.frames]
+    assert 640 in sizes[:5] and set(sizes[-5:]) == {320}  # pairs, then frames alone
+    got = np.frombuffer(b"".join(f.audio for f in ear.frames), dtype=np.int16)
+    expected = np.zeros(got.size, dtype=np.float32)
+    expected[800 : 800 + a.size] += a
+    expected[2800 : 2800 + b.size] += 0.5 * b
+    np.testing.assert_array_equal(got, np.clip(expected, -32768, 32767).astype(np.int16))
+    assert phone.mic.frames_coalesced >= 5
+    assert phone.mic.frames_pushed == len(ear.frames)
+    assert phone.own_cpu_secs > 0.0
