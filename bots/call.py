@@ -228,6 +228,7 @@ def build_call(
         ),
     )
     user_agg, assistant_agg = aggregators.user(), aggregators.assistant()
+    slow_speaking_heartbeat(user_agg)
     reference = EchoReference(sample_rate)
     guard = EchoGuard(EchoDetector(reference), call_id=call.call_id, enabled=echo_guard)
     processors = [transport.input(), guard, user_agg, CallerAudioGate(), service]
@@ -245,6 +246,23 @@ def build_call(
         aggregators=aggregators,
     )
     return Pipeline(processors), parts
+
+
+#: How often the user aggregator broadcasts ``UserSpeakingFrame`` while the caller talks.
+SPEAKING_HEARTBEAT_SECS = 1.0
+
+
+def slow_speaking_heartbeat(user_agg: Any) -> None:
+    """One ``UserSpeakingFrame`` a second while the caller talks instead of Pipecat's five.
+
+    Each is a frame broadcast up and down the pipeline (through the echo guard, the input
+    transport and the worker's source). Nothing on a call reads it more finely than the
+    worker's idle monitor (``idle_timeout_secs``, minutes); Pipecat's VAD controller takes the
+    period as a constructor argument, which the aggregator does not pass on.
+    """
+    controller = getattr(user_agg, "_vad_controller", None)
+    if controller is not None:
+        controller._speech_activity_period = SPEAKING_HEARTBEAT_SECS
 
 
 def conversation_starter(

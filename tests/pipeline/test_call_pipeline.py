@@ -26,6 +26,7 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     InterruptionFrame,
     LLMRunFrame,
+    UserSpeakingFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
@@ -57,6 +58,7 @@ class Timeline(BaseObserver):
         VADUserStoppedSpeakingFrame,
         UserStartedSpeakingFrame,
         UserStoppedSpeakingFrame,
+        UserSpeakingFrame,
         InterruptionFrame,
         BotStartedSpeakingFrame,
         BotStoppedSpeakingFrame,
@@ -205,6 +207,8 @@ async def test_full_turn_caller_asks_bot_answers(demo_backend, speech):
     assert warnings == []
     tl = run.timeline
     assert tl.count("UserStartedSpeakingFrame") == 1 and tl.count("UserStoppedSpeakingFrame") == 1
+    # the "still speaking" heartbeat: about once a second of the ~2 s question, not five times
+    assert 1 <= tl.count("UserSpeakingFrame") <= 4
     # the whole reply (~3.2 s of 8 kHz PCM) reached the earpiece
     assert phone.speaker.bytes_written >= 0.9 * 3.2 * RATE * 2
     # per-turn metrics: end of speech -> first bot audio, measured and sane
