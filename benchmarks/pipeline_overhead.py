@@ -202,6 +202,7 @@ async def run_call(url: str, turns: int) -> dict[str, Any]:
         "phone_cpu_percent_of_core": 100.0 * phone_cpu / wall,
         "caller_frames_pushed": phone.mic.frames_pushed,
         "caller_frames_coalesced": phone.mic.frames_coalesced,
+        "echo_checks": parts.echo_guard.checks,
         "cpu_wall_secs": wall,
         "thread_cpu_percent_of_core": threads,
         "overhead_ms": overhead,
@@ -301,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
             f"other threads {threads['other']:.2f}%"
         )
     pushed, paired = res["caller_frames_pushed"], res["caller_frames_coalesced"]
-    print(f"  caller frames pushed: {pushed} ({paired} of them 20 ms pairs sent as one)")
+    print(
+        f"  caller frames pushed: {pushed} ({paired} of them 20 ms pairs sent as one); "
+        f"echo correlations: {res['echo_checks']}"
+    )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
     return 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from loguru import logger
+from pipecat.audio.utils import audioop
 from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
@@ -189,6 +190,10 @@ class EchoDetector:
         return EchoVerdict(best >= self.threshold, best, delay * 1000.0)
 
 
+#: The verdict on input too quiet to be an echo or a barge-in.
+QUIET_VERDICT = EchoVerdict(False, 0.0, 0.0)
+
+
 def _decimated(x: np.ndarray, factor: int) -> np.ndarray:
     """``x`` at a ``factor`` times lower rate (groups averaged), its last sample kept aligned."""
     x = x[x.size % factor :]
@@ -279,9 +284,14 @@ class EchoGuard(FrameProcessor):
         self._since_check += len(frame.audio) // 2
         verdict = self._last
         if verdict is None or self._since_check >= self._hop:
-            x = np.frombuffer(self._hist, dtype=np.int16).astype(np.float32)
-            verdict = self.detector.check(x, now)
-            self.checks += 1
+            if audioop.rms(self._hist, 2) + 1 < self.detector.min_rms:
+                # too quiet for the detector to look at (its own first test), told from the
+                # bytes: the usual case while the bot talks and the caller listens
+                verdict = QUIET_VERDICT
+            else:
+                x = np.frombuffer(self._hist, dtype=np.int16).astype(np.float32)
+                verdict = self.detector.check(x, now)
+                self.checks += 1
             self._since_check = 0
             self._last = verdict
         self._set_echo(verdict.is_echo, verdict)

@@ -256,6 +256,28 @@ def test_echo_guard_correlates_every_other_frame_and_silences_the_echo(voices):
     assert guard.frames_silenced == sum(silenced)
 
 
+def test_echo_guard_leaves_a_quiet_caller_to_the_bytes_alone(voices):
+    """A caller listening in silence (or under the detector's min_rms) costs no correlation,
+    and the frames pass as they came; at min_rms the detector looks again."""
+    import time as _time
+
+    from pipeline.echo_guard import EchoGuard
+
+    bot, _ = voices
+    guard = EchoGuard(EchoDetector(played_reference(bot, _time.monotonic())))
+    rng = np.random.default_rng(0)
+    for level in (0.0, 30.0):
+        for _ in range(20):
+            chunk = rng.normal(0, level, 160).astype(np.int16) if level else np.zeros(160, np.int16)
+            frame = InputAudioRawFrame(chunk.tobytes(), RATE, 1)
+            assert guard._filter(frame) is frame
+    assert guard.checks == 0 and guard.frames_silenced == 0
+    for _ in range(12):  # louder than min_rms: the detector runs (and finds no echo in noise)
+        chunk = rng.normal(0, 3 * guard.detector.min_rms, 160).astype(np.int16)
+        guard._filter(InputAudioRawFrame(chunk.tobytes(), RATE, 1))
+    assert guard.checks > 0
+
+
 # ------------------------------------------------------------------- BLAS threads
 def test_loading_the_turn_models_limits_numpy_blas_to_one_thread():
     """Smart Turn's features use one BLAS product per inference; a second OpenBLAS thread
