@@ -7,7 +7,8 @@ product and a logarithm. A caller's turn is mostly 1-4 s, so most of those frame
 the padding. After the waveform normalisation every padded sample holds the same value, so every
 such frame has the same spectrum: here it is computed once and repeated, and only the frames that
 touch the caller's audio are transformed. Same arithmetic as Pipecat's, frame by frame
-(``tests/pipeline/test_smart_turn_features.py``); about a third of the work for a 2.5 s turn.
+(``tests/pipeline/test_smart_turn_features.py``). For a 2 s turn: 2.2 ms instead of 4.7 ms
+(one BLAS thread, as in the bot), next to ~55 ms for the model itself.
 """
 
 from __future__ import annotations
