@@ -260,12 +260,16 @@ def main(argv: list[str] | None = None) -> int:
 
             run = uvloop.run
         res = run(run_call(url, args.turns))
+        from benchmarks.load_test import calibration_us
+
+        res["calibration_silero_window_us"] = round(calibration_us(), 1)
         res["event_loop"] = "asyncio" if args.stdlib_loop else "uvloop"
         res["vad_runtime"] = args.vad_runtime
     finally:
         server.terminate()
         server.join(5)
 
+    print(f"machine: Silero window {res['calibration_silero_window_us']:.0f} us (calibration)")
     print(
         f"pipeline overhead (end of speech -> first audio out, minus VAD stop 0.2 s), "
         f"{res['measured_turns']}/{res['turns']} turns "
