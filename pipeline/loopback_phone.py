@@ -104,8 +104,8 @@ class PhoneMicrophone(FrameProcessor):
     """The caller's microphone: 20 ms frames in real time of the script (+ speakerphone echo).
 
     Frames are :class:`CallerAudioFrame`s, as the Twilio input delivers; with
-    :meth:`coalesce_while`, pairs of them go down as one 40 ms frame while the call's VAD hears no
-    speech, as the Twilio input does. The utterances anchored to the call start are mixed once,
+    :meth:`coalesce_while`, pairs of them go down as one 40 ms frame while the call's VAD says so
+    (``EndpointVADAnalyzer.steady``), as the Twilio input does. The utterances anchored to the call start are mixed once,
     when the call starts; those anchored to the bot's first audio and the echo are mixed as the
     frames are made. ``own_cpu_secs``: the CPU time the microphone spent making its frames
     (benchmarks leave it out of the bot's share).
@@ -123,16 +123,16 @@ class PhoneMicrophone(FrameProcessor):
         self.started_at = 0.0
         self.rate = speaker.rate
         self.frame_samples = self.rate // 50  # 20 ms
-        self._quiet: Callable[[], bool] | None = None
+        self._steady: Callable[[], bool] | None = None
         self._track = np.zeros(0, dtype=np.int16)
         self.own_cpu_secs = 0.0
         #: Frames pushed / of them, pairs pushed as one.
         self.frames_pushed = 0
         self.frames_coalesced = 0
 
-    def coalesce_while(self, quiet: Callable[[], bool] | None) -> None:
-        """Push pairs of 20 ms frames as one while ``quiet()`` is true (None: never)."""
-        self._quiet = quiet
+    def coalesce_while(self, steady: Callable[[], bool] | None) -> None:
+        """Push pairs of 20 ms frames as one while ``steady()`` is true (None: never)."""
+        self._steady = steady
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -147,8 +147,7 @@ class PhoneMicrophone(FrameProcessor):
         """The utterances anchored to the call start, mixed on one int16 track."""
         says = [say for say in self.script if say.anchor == "call"]
         starts = [int(round(say.offset * self.rate)) for say in says]
-        n = max((i + say.pcm.size for i, say in zip(starts, says, strict=True)), default=0)
-        n = max(n, 0)
+        n = max([0] + [i + say.pcm.size for i, say in zip(starts, says, strict=True)])
         track = np.zeros(n, dtype=np.float32)
         for i, say in zip(starts, says, strict=True):
             lo = max(i, 0)
@@ -205,7 +204,7 @@ class PhoneMicrophone(FrameProcessor):
             if held is not None:
                 pcm, held = held + pcm, None
                 self.frames_coalesced += 1
-            elif self._quiet is not None and self._quiet():
+            elif self._steady is not None and self._steady():
                 held = pcm  # its partner is due in one frame time
                 self.own_cpu_secs += time.thread_time() - cpu0
                 continue

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from pipecat.audio.utils import audioop, calculate_audio_volume, exp_smoothing
+from pipecat.audio.utils import audioop, calculate_audio_volume, exp_smoothing, normalize_value
 from pipecat.audio.volume import VOLUME_WINDOW_SECS, AudioVolumeTracker
 
 #: The largest power gain of BS.1770's K-weighting at 8 and 16 kHz, with margin: measured
@@ -28,8 +28,8 @@ from pipecat.audio.volume import VOLUME_WINDOW_SECS, AudioVolumeTracker
 K_WEIGHTING_MAX_GAIN = 4.0
 #: Unmeasured windows kept for the catch-up; older ones are dropped (see the module text).
 MAX_DEFERRED = 64
-# Pipecat's loudness scale: -110..-10 LUFS normalised to 0..1
-_LUFS_FLOOR, _LUFS_SPAN = -110.0, 100.0
+# Pipecat's loudness scale: -110..-10 LUFS normalised to 0..1 (calculate_audio_volume)
+_LUFS_RANGE = (-110.0, -10.0)
 _FULL_SCALE_SQ = 32768.0**2
 
 
@@ -81,7 +81,7 @@ class LazyVADVolume:
             loud = 0.0
         else:
             lufs = -0.691 + 10.0 * math.log10(K_WEIGHTING_MAX_GAIN * mean_square)
-            loud = min(1.0, max(0.0, (lufs - _LUFS_FLOOR) / _LUFS_SPAN))
+            loud = normalize_value(lufs, *_LUFS_RANGE)
         upper = exp_smoothing(loud, self._upper, self.smoothing)
         if upper >= threshold:
             return False

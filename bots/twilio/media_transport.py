@@ -60,17 +60,17 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._audio_ready = False
-        self._quiet: Callable[[], bool] | None = None
+        self._steady: Callable[[], bool] | None = None
         self._held: InputAudioRawFrame | None = None
         self._max_held_bytes = 0
         #: Audio frames pushed downstream / of them, pairs pushed as one (tests, diagnostics).
         self.audio_frames_pushed = 0
         self.frames_coalesced = 0
 
-    def coalesce_while(self, quiet: Callable[[], bool] | None, frame_secs: float = 0.02) -> None:
+    def coalesce_while(self, steady: Callable[[], bool] | None, frame_secs: float = 0.02) -> None:
         """Push pairs of caller frames (each at most ``frame_secs`` long) as one while
-        ``quiet()`` is true; None: every frame on its own (the default)."""
-        self._quiet = quiet
+        ``steady()`` is true; None: every frame on its own (the default)."""
+        self._steady = steady
         rate = self._params.audio_in_sample_rate or 8000
         self._max_held_bytes = int(frame_secs * rate) * 2 * self._params.audio_in_channels
 
@@ -104,7 +104,7 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
                 )
             else:
                 await self._push_audio(held)
-        elif self._quiet is not None and len(frame.audio) <= self._max_held_bytes and self._quiet():
+        elif self._steady is not None and len(frame.audio) <= self._max_held_bytes and self._steady():
             self._held = frame  # its partner is due in one frame time
             return
         await self._push_audio(frame)
