@@ -127,8 +127,7 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
             if quiet and self._volume.certainly_below(self._params.min_volume):
                 loud_enough = False  # not even measured (pipeline.vad_volume)
             else:
-                self._prev_volume = self._volume.volume()
-                loud_enough = self._prev_volume >= self._params.min_volume
+                loud_enough = self._volume.volume() >= self._params.min_volume
             if not loud_enough and quiet:
                 # not speech whatever Silero says: skip the model (~half of a call's windows)
                 self._skip(window)
