@@ -21,7 +21,7 @@ import math
 from collections import deque
 
 from pipecat.audio.utils import audioop, calculate_audio_volume, exp_smoothing, normalize_value
-from pipecat.audio.volume import VOLUME_WINDOW_SECS, AudioVolumeTracker
+from pipecat.audio.volume import VOLUME_WINDOW_SECS
 
 #: The largest power gain of BS.1770's K-weighting at 8 and 16 kHz, with margin: measured
 #: 2.69 (4.3 dB) over a sine sweep of the ``loudness`` package Pipecat uses; 4.0 is 6 dB.
@@ -41,10 +41,9 @@ class LazyVADVolume:
             raise ValueError(f"bad stream: {sample_rate} Hz, {window_samples}-sample windows")
         self.sample_rate = sample_rate
         self.smoothing = smoothing
-        self._tracker = AudioVolumeTracker()
         self._volume_bytes = math.ceil(VOLUME_WINDOW_SECS * sample_rate) * 2
         self._window_bytes = window_samples * 2
-        #: windows whose sum covers the loudness block (at least its 400 ms)
+        #: windows that cover the loudness block (at least its 400 ms), kept for measuring
         self._span = math.ceil(self._volume_bytes / self._window_bytes)
         self._recent: deque[bytes] = deque(maxlen=MAX_DEFERRED + self._span)
         self._energy: deque[float] = deque()  # upper bounds of each window's sum of squares
@@ -59,7 +58,6 @@ class LazyVADVolume:
 
     def push(self, window: bytes) -> None:
         """The next window of the stream (``window_samples`` of 16-bit PCM)."""
-        self._tracker.update(window, self.sample_rate)
         self._recent.append(window)
         self._seen_bytes += len(window)
         n = len(window) // 2
@@ -92,18 +90,17 @@ class LazyVADVolume:
     def volume(self) -> float:
         """The smoothed volume after the last pushed window (Pipecat's ``_get_smoothed_volume``),
         measuring the windows left unmeasured first."""
-        deferred = min(self._deferred - 1, MAX_DEFERRED)
-        if deferred > 0:
-            need = deferred + self._span
-            audio = b"".join(list(self._recent)[-need:])
-            smoothed = self.smoothed
-            for k in range(deferred, 0, -1):  # oldest first; k windows after it remain
-                end = len(audio) - k * self._window_bytes
-                block = audio[max(0, end - self._volume_bytes) : end]
-                loud = calculate_audio_volume(block, self.sample_rate)
-                smoothed = exp_smoothing(loud, smoothed, self.smoothing)
-            self.smoothed = smoothed
-        self.smoothed = exp_smoothing(self._tracker.volume, self.smoothed, self.smoothing)
+        count = min(self._deferred - 1, MAX_DEFERRED) + 1  # the unmeasured ones and the last
+        audio = b"".join(list(self._recent)[-(count - 1 + self._span) :])
+        smoothed = self.smoothed
+        for k in range(count - 1, -1, -1):  # oldest first; k windows after it remain
+            end = len(audio) - k * self._window_bytes
+            if self._seen_bytes - k * self._window_bytes < self._volume_bytes:
+                loud = 0.0  # as Pipecat's tracker: 0 until 400 ms have come
+            else:
+                loud = calculate_audio_volume(audio[end - self._volume_bytes : end], self.sample_rate)
+            smoothed = exp_smoothing(loud, smoothed, self.smoothing)
+        self.smoothed = smoothed
         self._upper = self.smoothed
         self._deferred = 0
         self.measured += 1
