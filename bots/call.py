@@ -57,6 +57,7 @@ from pipeline.flow_runtime import FlowRuntime, attach_flow
 from pipeline.lean_worker_observer import use_lean_observer
 from pipeline.min_duration_start_strategy import MinDurationUserTurnStartStrategy
 from pipeline.speculative_smart_turn import SpeculativeSmartTurnAnalyzer
+from pipeline.stale_audio_guard import StaleAudioGuard
 from pipeline.step_audio2_service import StepAudio2Service, StepAudio2Settings
 from pipeline.turn_metrics_observer import TurnMetricsObserver
 from pipeline.twilio_marks import TwilioMarkProcessor
@@ -140,6 +141,8 @@ class CallPipelineParts:
     observer_hub: FanOutObserver | None = None
     #: The running flow (set by :func:`conversation_starter` for a bot with a flow).
     flow: FlowRuntime | None = None
+    #: Keeps audio of an interrupted reply from playing after the barge-in (every transport).
+    stale_audio: StaleAudioGuard | None = None
 
 
 def build_call_pipeline(
@@ -234,6 +237,7 @@ def build_call(
     processors = [transport.input(), guard, user_agg, CallerAudioGate(), service]
     processors += extra_processors or []
     output = transport.output()
+    stale_audio = getattr(output, "stale_audio", None) or StaleAudioGuard().install(output)
     # the echo's clock: when the caller hears each chunk (a transport that sends ahead knows)
     clock = (lambda: output.playout_end) if hasattr(output, "playout_end") else None
     processors += [output, BotAudioTap(reference, play_clock=clock), assistant_agg]
@@ -244,6 +248,7 @@ def build_call(
         metrics=TurnMetricsObserver(call.call_id),
         vad=vad,
         aggregators=aggregators,
+        stale_audio=stale_audio,
     )
     return Pipeline(processors), parts
 

@@ -17,11 +17,12 @@ the caller's speech, where latency counts; the start of speech is seen at most 2
 other message (DTMF, a mark) sends the waiting frame first, so the order stays the order of
 arrival.
 
-On the way out, audio that was already on its way to the socket when the caller barged in is
-dropped once Twilio's ``clear`` has gone out: Pipecat lets the chunk being written finish, and a
-chunk whose write had not started yet (Pipecat wraps each write in ``wait_for``, i.e. a task that
-runs on a later loop turn) reached the caller after the ``clear``, 40 ms of the interrupted
-answer played after Twilio had flushed the rest. Uninterruptible audio still plays.
+On the way out, no chunk of an answer the caller barged in on goes out after Twilio's ``clear``
+(:class:`~pipeline.stale_audio_guard.StaleAudioGuard`): Pipecat's sender takes each chunk off
+its queue with ``wait_for``, i.e. a task that runs on a later loop turn, and a chunk taken just
+before the interruption otherwise reached the caller after the ``clear`` (40 ms of the
+interrupted answer after Twilio had flushed the rest), with a fresh "bot started speaking" in
+the middle of the caller's turn. Uninterruptible audio still plays.
 
 Pipecat paces a WebSocket's audio at exactly real time, so the caller's phone holds only its own
 small jitter buffer: any event-loop stall longer than that (a busy server) is a gap the caller
@@ -51,7 +52,8 @@ from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketParams,
     FastAPIWebsocketTransport,
 )
-from pipecat.utils.utils import obj_id
+
+from pipeline.stale_audio_guard import StaleAudioGuard
 
 
 class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
@@ -130,10 +132,8 @@ class ClearAwareOutputTransport(FastAPIWebsocketOutputTransport):
         if lead_secs < 0:
             raise ValueError(f"lead_secs must be >= 0, got {lead_secs}")
         self.lead_secs = lead_secs
-        #: Frames with a smaller id were made before the last interruption (ids only grow).
-        self._stale_below = 0
-        #: Chunks dropped because the caller had barged in before they were sent.
-        self.stale_chunks_dropped = 0
+        #: Sends no chunk of a reply the caller barged in on (and reports no speech for it).
+        self.stale_audio = StaleAudioGuard().install(self)
         self._playout_end = 0.0  # monotonic: the caller has heard everything sent by then
         self._chunk_secs = 0.0  # duration of the chunk being written
 
@@ -143,18 +143,13 @@ class ClearAwareOutputTransport(FastAPIWebsocketOutputTransport):
         return self._playout_end
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Pipecat's handling; an interruption makes everything queued before it stale."""
-        if isinstance(frame, InterruptionFrame):
-            self._stale_below = obj_id()
+        """Pipecat's handling; after an interruption nothing is queued at the caller's end."""
         await super().process_frame(frame, direction)
         if isinstance(frame, InterruptionFrame):
             self._playout_end = 0.0  # the clear flushed Twilio's buffer: nothing is queued
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
-        """Send one chunk, unless an interruption came after it was queued."""
-        if frame.interruptible and frame.id < self._stale_below:
-            self.stale_chunks_dropped += 1
-            return False
+        """Send one chunk and note how long it plays."""
         rate = frame.sample_rate or self.sample_rate
         self._chunk_secs = len(frame.audio) / (2 * frame.num_channels * rate) if rate else 0.0
         return await super().write_audio_frame(frame)

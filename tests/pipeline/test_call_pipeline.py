@@ -245,6 +245,10 @@ async def test_barge_in_stops_bot_and_truncates_history(demo_backend, demo_reply
     t_int = [t for t in tl.times("InterruptionFrame") if t > bot_start][0]
     t_stop = tl.times("BotStoppedSpeakingFrame")[0]
     assert t_int < t_stop < tl.times("BotStartedSpeakingFrame")[1]
+    # nothing of the interrupted reply played after the barge-in: the bot spoke again only to
+    # answer the caller's turn (StaleAudioGuard; without it ~1 run in 4 played one more chunk)
+    t_turn_end = [t for t in tl.times("UserStoppedSpeakingFrame") if t > t_int][0]
+    assert t_turn_end < tl.times("BotStartedSpeakingFrame")[1]
     # output audio stops at once ...
     assert t_stop - t_int < 0.3
     bargein = run.parts.metrics.turns[0]
