@@ -29,6 +29,9 @@ and whether it is still the same pause.
 
 from __future__ import annotations
 
+import math
+
+from pipecat.audio.utils import audioop
 from pipecat.audio.vad.silero import (
     _MODEL_RESET_INTERVAL_SECS,
     _MODEL_RESET_LOW_CONFIDENCE_WINDOWS,
@@ -54,6 +57,7 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
         self._energy: SpeechEnergyTracker | None = None
         self._volume: LazyVADVolume | None = None
         self._resumptions = 0
+        self._last_buffer: bytes | None = None
         # windows not given to Silero since its last (scheduled) reset
         self._skipped: list[bytes] = []
         self._reset_due = False
@@ -102,6 +106,28 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
             return False
         return self._energy.quiet_secs < STEADY_LOUD_SECS
 
+    def stays_quiet(self, sum_squares: float, samples: int) -> bool:
+        """True when any audio of ``samples`` samples whose sum of squares is at most
+        ``sum_squares``, appended to the stream, leaves the VAD quiet: too quiet for
+        ``min_volume`` in every window it completes (:meth:`LazyVADVolume.stays_below`), so
+        Silero's verdict cannot matter. The phone inputs may then hold such audio back and send
+        it later with what follows (:class:`pipeline.caller_audio_batcher.CallerAudioBatcher`):
+        no state change of the VAD is missed or moved, as its windows are cut from the byte
+        stream, however it is split into buffers. The caller must make sure the VAD has
+        analyzed all audio sent before (:meth:`has_analyzed_last`).
+
+        The windows' energy bounds, ``(rms + 1)² n`` each, sum to at most
+        ``(√(sum of squares) + √n)²`` over any split of the same audio (Cauchy-Schwarz).
+        """
+        if self._volume is None or not self.quiet:
+            return False
+        rest = self._vad_buffer  # the start of the next window, already taken
+        n_rest = len(rest) // 2
+        if n_rest:
+            sum_squares += (audioop.rms(rest, 2) + 1.0) ** 2 * n_rest
+        bound = (math.sqrt(sum_squares) + math.sqrt(samples + n_rest)) ** 2
+        return self._volume.stays_below(self._params.min_volume, bound)
+
     @property
     def pause_key(self) -> tuple[int, int]:
         """Identifies the current pause: changes when speech resumes, in Silero or in energy."""
@@ -114,8 +140,15 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
             return 0.0
         return self.energy.quiet_secs
 
+    def has_analyzed_last(self, buffer: bytes | None) -> bool:
+        """True when ``buffer`` (the very object) is the last audio analyzed (None: no audio
+        yet): the VAD is not behind its input (frames in the user aggregator's queue, or
+        dropped while the caller is muted)."""
+        return buffer is self._last_buffer
+
     def _run_analyzer(self, buffer: bytes) -> VADState:
         """Pipecat's state machine, with the stop decided by :meth:`_speech_ended`."""
+        self._last_buffer = buffer
         self.energy.update(buffer)
         self._vad_buffer += buffer
         need = self._vad_frames_num_bytes

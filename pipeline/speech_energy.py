@@ -8,7 +8,11 @@ sub-frames (8 ms) and remembers the end of the last one louder than an adaptive 
 silence from the acoustic end of speech (see :class:`pipeline.endpoint_vad.EndpointVADAnalyzer`).
 
 Levels are in dB of int16 RMS (``10 log10(rms² + 1)`` with audioop's integer RMS: 0 dB is digital
-silence, a loud voice is ~70–80 dB). Cheap: one C call per sub-frame, no NumPy.
+silence, a loud voice is ~70–80 dB). Each sub-frame is judged against the noise floor and
+peak as they stood after it, and again after the next one (the sub-frame where a sound ends is
+loud against the floor the silence shows), so the result is the same however the stream comes
+in buffers (a phone input's 20 ms frames, 40 ms pairs or a 200 ms quiet hold). Cheap: one C
+call per sub-frame, no NumPy.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ class SpeechEnergyTracker:
         self._margin_db = noise_margin_db
         self._peak_samples = int(peak_secs * sample_rate)
         self._rest = bytearray()
-        self._peaks: deque[tuple[int, float]] = deque()  # (end sample, loudest dB) per buffer
+        self._peaks: deque[tuple[int, float]] = deque()  # (end sample, dB) of falling levels
         self._noise_db: float | None = None
+        self._prev_db = 0.0  # the last sub-frame's level
         #: Samples measured so far (whole sub-frames).
         self.samples = 0
         #: Sample index just after the last sub-frame above the threshold.
@@ -84,23 +89,26 @@ class SpeechEnergyTracker:
             for i in range(0, k * size, size)
         ]
         del rest[: k * size]
-        end = self.samples + k * n
-        quietest = min(db)
-        if self._noise_db is None or quietest < self._noise_db:
-            self._noise_db = quietest
-        else:
-            rise = NOISE_RISE_DB_PER_SEC * k * n / self.sample_rate
-            self._noise_db = min(quietest, self._noise_db + rise)
-        # sliding maximum: the deque's levels decrease from its head, which is the peak
-        loudest = max(db)
-        while self._peaks and self._peaks[-1][1] <= loudest:
-            self._peaks.pop()
-        self._peaks.append((end, loudest))
-        while self._peaks[0][0] < end - self._peak_samples:
-            self._peaks.popleft()
-        threshold = self.threshold_db()
-        for i in range(k - 1, -1, -1):
-            if db[i] > threshold:
-                self.last_loud_end = self.samples + (i + 1) * n
-                break
+        # level by level, so the result is the same however the audio came in buffers
+        rise = NOISE_RISE_DB_PER_SEC * n / self.sample_rate
+        noise, peaks, margin, drop = self._noise_db, self._peaks, self._margin_db, self._drop_db
+        prev, end = self._prev_db, self.samples
+        for level in db:
+            end += n
+            noise = level if noise is None else min(level, noise + rise)
+            # sliding maximum: the deque's levels decrease from its head, which is the peak
+            while peaks and peaks[-1][1] <= level:
+                peaks.pop()
+            peaks.append((end, level))
+            while peaks[0][0] < end - self._peak_samples:
+                peaks.popleft()
+            threshold = max(noise + margin, peaks[0][1] - drop)
+            if level > threshold:
+                self.last_loud_end = end
+            elif prev > threshold and self.last_loud_end < end - n:
+                # judged again one sub-frame later: the one straddling the end of a sound is
+                # loud against the floor the silence after it shows
+                self.last_loud_end = end - n
+            prev = level
+        self._noise_db, self._prev_db = noise, prev
         self.samples = end

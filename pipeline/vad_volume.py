@@ -68,18 +68,36 @@ class LazyVADVolume:
             self._energy_sum -= self._energy.popleft()
         self._deferred += 1
 
+    def _loudness_bound(self, energy: float) -> float:
+        """Pipecat's normalised loudness of a 400 ms block whose plain sum of squares is at most
+        ``energy`` (an upper bound: K-weighting gains at most ``K_WEIGHTING_MAX_GAIN``)."""
+        mean_square = energy / (self._volume_bytes // 2) / _FULL_SCALE_SQ
+        if mean_square <= 0.0:
+            return 0.0
+        lufs = -0.691 + 10.0 * math.log10(K_WEIGHTING_MAX_GAIN * mean_square)
+        return normalize_value(lufs, *_LUFS_RANGE)
+
+    def stays_below(self, threshold: float, energy: float) -> bool:
+        """True when the smoothed volume stays under ``threshold`` after every window the stream
+        may complete next from audio whose windows' energy bounds (see :meth:`push`) sum to at
+        most ``energy``, whatever that audio is; nothing is pushed or measured here.
+
+        Each such window's 400 ms block is made of windows already pushed (their bounds sum to
+        at most the ones kept) and new ones, so its loudness is at most the bound of their sum;
+        exponential smoothing stays between its old value and that bound.
+        """
+        if self._seen_bytes < self._volume_bytes:
+            return False  # Pipecat's 0-until-400-ms start is not modelled here
+        loud = self._loudness_bound(self._energy_sum + energy)
+        return max(self._upper, loud) < threshold
+
     def certainly_below(self, threshold: float) -> bool:
         """True when the smoothed volume after the last pushed window is below ``threshold``
         whatever the measurement would say; the window then stays unmeasured (until
         :meth:`volume`). False when only measuring can tell (nothing is measured here)."""
         if self._seen_bytes < self._volume_bytes:
             return False  # Pipecat reads 0 until 400 ms have come: measuring is free
-        mean_square = self._energy_sum / (self._volume_bytes // 2) / _FULL_SCALE_SQ
-        if mean_square <= 0.0:
-            loud = 0.0
-        else:
-            lufs = -0.691 + 10.0 * math.log10(K_WEIGHTING_MAX_GAIN * mean_square)
-            loud = normalize_value(lufs, *_LUFS_RANGE)
+        loud = self._loudness_bound(self._energy_sum)
         upper = exp_smoothing(loud, self._upper, self.smoothing)
         if upper >= threshold:
             return False
