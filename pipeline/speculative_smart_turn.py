@@ -67,6 +67,7 @@ class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
     def append_audio(self, buffer: bytes, is_speech: bool) -> EndOfTurnState:
         """Pipecat's buffering; then start the early inference once a pause is old enough."""
         state = super().append_audio(buffer, is_speech)
+        self._restamp_last(buffer)
         if (
             state == EndOfTurnState.INCOMPLETE
             and self._speech_triggered
@@ -83,6 +84,23 @@ class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
                 self._early = (key, future)
                 self.early_runs += 1
         return state
+
+    def _restamp_last(self, buffer: bytes) -> None:
+        """Keep a long buffer (a phone input's quiet hold: up to 200 ms that waited) as 20 ms
+        pieces, each stamped when its audio ended. Pipecat stamps each buffer when it comes and
+        cuts the audio before speech by those stamps (``pre_speech_ms``), so a long buffer
+        would bring up to its whole length more of the quiet before the caller's words."""
+        piece = max(1, self.sample_rate // 50)
+        if not self._audio_buffer or len(buffer) <= 4 * piece:  # up to a 40 ms pair as it is
+            return
+        stamp, chunk = self._audio_buffer[-1]
+        if chunk.base is not buffer:
+            return  # the buffer was not kept (the turn ended on it)
+        n = chunk.size
+        self._audio_buffer[-1:] = [
+            (stamp - (n - min(i + piece, n)) / self.sample_rate, chunk[i : i + piece])
+            for i in range(0, n, piece)
+        ]
 
     async def analyze_end_of_turn(self) -> tuple[EndOfTurnState, MetricsData | None]:
         """The early verdict when it still applies and says COMPLETE; else Pipecat's inference."""

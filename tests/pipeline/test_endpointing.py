@@ -255,6 +255,59 @@ async def test_speech_after_the_early_inference_discards_it(speech):
     await analyzer.cleanup()
 
 
+def test_a_quiet_hold_brings_no_more_pre_speech_audio_to_smart_turn(speech, monkeypatch):
+    """A phone input's 200 ms quiet hold arrives as one buffer; Pipecat stamps buffers when they
+    come and keeps those stamped within ``pre_speech_ms`` of the speech, so the analyzer splits
+    it into 20 ms pieces stamped when their audio ended: the model sees the pre-speech audio it
+    would have seen in 20 ms frames (not up to 200 ms more)."""
+    from types import SimpleNamespace
+
+    from pipecat.audio.turn.smart_turn import base_smart_turn
+
+    clock = {"t": 100.0}
+    fake_time = SimpleNamespace(
+        monotonic=lambda: clock["t"], perf_counter=base_smart_turn.time.perf_counter
+    )
+    monkeypatch.setattr(base_smart_turn, "time", fake_time)
+    vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.2))
+    analyzer = SpeculativeSmartTurnAnalyzer(vad=vad)
+    vad.set_sample_rate(RATE)
+    analyzer.set_sample_rate(RATE)
+    pre_ms = analyzer.params.pre_speech_ms
+    hold = np.zeros(1600, np.int16).tobytes()  # 200 ms
+    for _ in range(5):
+        clock["t"] += 0.2
+        analyzer.append_audio(hold, False)
+    assert len(analyzer._audio_buffer) == 50  # 20 ms pieces
+    stamps = [t for t, _ in analyzer._audio_buffer[-10:]]
+    np.testing.assert_allclose(np.diff(stamps), 0.02)
+    assert stamps[-1] == clock["t"]  # the last piece ends when the buffer came
+    assert all(chunk.base is not None for _, chunk in analyzer._audio_buffer)  # views, no copy
+    clock["t"] += 0.02
+    pair = np.zeros(320, np.int16).tobytes()  # a 40 ms pair stays one entry
+    analyzer.append_audio(pair, False)
+    assert len(analyzer._audio_buffer) == 51 and analyzer._audio_buffer[-1][1].base is pair
+    words = trimmed(speech("Hello there."))
+    spoken = 0
+    for _, buf in chunks(words):
+        clock["t"] += 0.02
+        analyzer.append_audio(buf, True)
+        spoken += len(buf) // 2
+    seen: list[int] = []
+    real = analyzer._predict_endpoint
+
+    def spy(audio: np.ndarray):
+        seen.append(audio.size)
+        return real(audio)
+
+    monkeypatch.setattr(analyzer, "_predict_endpoint", spy)
+    analyzer._process_speech_segment(list(analyzer._audio_buffer))
+    before_speech = seen[0] - spoken
+    # the buffers stamped within pre_speech_ms of the first speech buffer's stamp: 20 ms frames
+    # would bring pre_speech_ms give or take one frame (the 200 ms buffers as they came: 640 ms)
+    assert abs(before_speech - pre_ms / 1000 * RATE) <= 160, before_speech
+
+
 async def test_incomplete_early_look_is_judged_again_after_vad_stop(speech, monkeypatch):
     utterance = speech("What is the weather like in Paris today?")
     pcm = np.concatenate([np.zeros(4000, np.int16), utterance, np.zeros(8000, np.int16)])
