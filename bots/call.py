@@ -49,6 +49,7 @@ from bots.tracing import call_span_attributes, tracing_enabled
 from bots.twilio.media_transport import TwilioMediaTransport
 from bots.twilio.serializer import PhoneSerializer
 from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
+from pipeline.caller_audio_batcher import QuietTest, quiet_hold
 from pipeline.caller_audio_gate import CallerAudioGate
 from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
 from pipeline.endpoint_vad import EndpointVADAnalyzer
@@ -143,6 +144,8 @@ class CallPipelineParts:
     flow: FlowRuntime | None = None
     #: Keeps audio of an interrupted reply from playing after the barge-in (every transport).
     stale_audio: StaleAudioGuard | None = None
+    #: When a phone input may hold quiet caller audio back (its ``coalesce_while(quiet=...)``).
+    quiet_hold: QuietTest | None = None
 
 
 def build_call_pipeline(
@@ -222,11 +225,12 @@ def build_call(
         )
     context = LLMContext(messages)
     vad = vad_analyzer(profile, sample_rate)
+    strategies = turn_strategies(profile, vad, call.call_id)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
             vad_analyzer=vad,
-            user_turn_strategies=turn_strategies(profile, vad, call.call_id),
+            user_turn_strategies=strategies,
             user_mute_strategies=mute_strategies(profile),
         ),
     )
@@ -234,7 +238,8 @@ def build_call(
     slow_speaking_heartbeat(user_agg)
     reference = EchoReference(sample_rate)
     guard = EchoGuard(EchoDetector(reference), call_id=call.call_id, enabled=echo_guard)
-    processors = [transport.input(), guard, user_agg, CallerAudioGate(), service]
+    gate = CallerAudioGate()
+    processors = [transport.input(), guard, user_agg, gate, service]
     processors += extra_processors or []
     output = transport.output()
     stale_audio = getattr(output, "stale_audio", None) or StaleAudioGuard().install(output)
@@ -249,8 +254,25 @@ def build_call(
         vad=vad,
         aggregators=aggregators,
         stale_audio=stale_audio,
+        quiet_hold=quiet_hold(vad, turn_idle(gate, strategies)),
     )
     return Pipeline(processors), parts
+
+
+def turn_idle(gate: CallerAudioGate, strategies: UserTurnStrategies) -> Callable[[], bool]:
+    """True while no user turn is open and no turn analyzer counts the caller's silence: Smart
+    Turn's fallback ends a turn after ``stop_secs`` of audio it was given, so audio held back
+    at the input would move that end."""
+    analyzers = [
+        analyzer
+        for strategy in strategies.stop
+        if (analyzer := getattr(strategy, "_turn_analyzer", None)) is not None
+    ]
+
+    def idle() -> bool:
+        return not gate.in_turn and not any(a.speech_triggered for a in analyzers)
+
+    return idle
 
 
 #: How often the user aggregator broadcasts ``UserSpeakingFrame`` while the caller talks.
@@ -400,11 +422,12 @@ async def run_twilio_call(
         extra_processors=[TwilioMarkProcessor(call.stream_sid)],
         call_control=call_control,
     )
-    # 40 ms caller frames while nobody speaks or the caller speaks steadily (never in the pause
-    # at the end of speech; see the transport and EndpointVADAnalyzer.steady)
+    # fewer, longer caller frames where that changes nothing: up to 200 ms of a provably quiet
+    # line while no turn is open, else 40 ms pairs while nobody speaks or the caller speaks
+    # steadily (never in the pause at the end of speech; pipeline.caller_audio_batcher)
     vad = parts.vad
     if vad is not None:
-        transport.input().coalesce_while(lambda: vad.steady)
+        transport.input().coalesce_while(lambda: vad.steady, quiet=parts.quiet_hold)
     worker = call_worker(
         pipeline,
         parts,
@@ -429,6 +452,6 @@ async def run_twilio_call(
     await runner.run()
     frames_in = transport.input()
     log.info(
-        f"call ended: {frames_in.audio_frames_pushed} caller audio frames in "
-        f"({frames_in.frames_coalesced} of them 20 ms pairs sent as one)"
+        f"call ended: {frames_in.audio_frames_pushed} caller audio pushes "
+        f"({frames_in.frames_coalesced} fewer than frames received, by batching)"
     )

@@ -3,7 +3,8 @@
 It stands where Twilio and the handset would be. ``input()`` is the caller's microphone: it plays
 a script of utterances (:class:`Say`, anchored to the call start or to the bot's first audio) into
 the pipeline as 20 ms ``CallerAudioFrame``s in real time, optionally with the bot's own audio
-fed back (a speakerphone echo at ``echo_gain`` after ``echo_delay``). ``output()`` is the earpiece:
+fed back (a speakerphone echo at ``echo_gain`` after ``echo_delay``) and line noise
+(``noise_dbfs``). ``output()`` is the earpiece:
 a real ``BaseOutputTransport`` that "plays" the bot's audio at real-time pace and remembers what
 it played and when.
 """
@@ -27,6 +28,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 
+from pipeline.caller_audio_batcher import HOLD_SECS, CallerAudioBatcher, QuietTest
 from pipeline.caller_audio_frame import CallerAudioFrame
 
 
@@ -104,38 +106,74 @@ class PhoneMicrophone(FrameProcessor):
     """The caller's microphone: 20 ms frames in real time of the script (+ speakerphone echo).
 
     Frames are :class:`CallerAudioFrame`s, as the Twilio input delivers; with
-    :meth:`coalesce_while`, pairs of them go down as one 40 ms frame while the call's VAD says so
-    (``EndpointVADAnalyzer.steady``), as the Twilio input does. The utterances anchored to the call start are mixed once,
-    when the call starts; those anchored to the bot's first audio and the echo are mixed as the
-    frames are made. ``own_cpu_secs``: the CPU time the microphone spent making its frames
-    (benchmarks leave it out of the bot's share).
+    :meth:`coalesce_while` they go down together by the Twilio input's rules
+    (:class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`: quiet holds, pairs). The
+    utterances anchored to the call start are mixed once, when the call starts; those anchored to
+    the bot's first audio, the echo and the line noise are mixed as the frames are made.
+    ``own_cpu_secs``: the CPU time the microphone spent making its frames (benchmarks leave it
+    out of the bot's share; what the batching costs is the bot's, as on the Twilio input).
     """
 
     def __init__(
-        self, speaker: PhoneSpeaker, script: list[Say], echo_gain: float, echo_delay: float
+        self,
+        speaker: PhoneSpeaker,
+        script: list[Say],
+        echo_gain: float,
+        echo_delay: float,
+        noise_dbfs: float | None = None,
     ) -> None:
         super().__init__()
         self.speaker = speaker
         self.script = script
         self.echo_gain = echo_gain
         self.echo_delay = echo_delay
+        #: The line's own noise (white, ``noise_dbfs`` RMS; None: digital silence between words).
+        self.noise_dbfs = noise_dbfs
+        self._noise: np.ndarray | None = None
         self._task: asyncio.Task | None = None
         self.started_at = 0.0
         self.rate = speaker.rate
         self.frame_samples = self.rate // 50  # 20 ms
-        self._steady: Callable[[], bool] | None = None
+        self._batcher: CallerAudioBatcher | None = None
         self._track = np.zeros(0, dtype=np.int16)
         self.own_cpu_secs = 0.0
-        #: Frames pushed / of them, pairs pushed as one.
+        #: Frames pushed (tests, benchmarks).
         self.frames_pushed = 0
-        self.frames_coalesced = 0
 
-    def coalesce_while(self, steady: Callable[[], bool] | None) -> None:
-        """Push pairs of 20 ms frames as one while ``steady()`` is true (None: never)."""
-        self._steady = steady
+    @property
+    def frames_coalesced(self) -> int:
+        """20 ms frames that went down inside another one's push (pushes saved)."""
+        return self._batcher.frames_coalesced if self._batcher is not None else 0
+
+    @property
+    def batcher(self) -> CallerAudioBatcher | None:
+        """The batching rules in use (:meth:`coalesce_while`), if any."""
+        return self._batcher
+
+    def coalesce_while(
+        self,
+        steady: Callable[[], bool] | None,
+        *,
+        quiet: QuietTest | None = None,
+        hold_secs: float = HOLD_SECS,
+    ) -> None:
+        """Send frames together as the Twilio input does: pairs while ``steady()`` is true,
+        quiet holds while ``quiet`` allows (both None: every frame on its own)."""
+        self._batcher = None
+        if steady is not None or quiet is not None:
+            self._batcher = CallerAudioBatcher(
+                self.rate, steady=steady, quiet=quiet, hold_secs=hold_secs
+            )
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
+        if isinstance(frame, EndFrame) and self._batcher is not None:
+            waiting = self._batcher.take()  # the audio waiting goes down before the end
+            if waiting is not None:
+                self.frames_pushed += 1
+                await self.push_frame(
+                    CallerAudioFrame(audio=waiting, sample_rate=self.rate, num_channels=1)
+                )
         await self.push_frame(frame, direction)
         if isinstance(frame, StartFrame):
             self._task = self.create_task(self._feed())
@@ -180,6 +218,10 @@ class PhoneMicrophone(FrameProcessor):
         n = self.frame_samples
         base = self._track[k * n : (k + 1) * n]
         live = self._live(t)
+        if self._noise is not None:
+            i = (k * n) % self._noise.size
+            noise = self._noise[i : i + n]
+            live = noise.copy() if live is None else live + noise
         if live is None:
             if base.size == n:
                 return base.tobytes()
@@ -192,8 +234,11 @@ class PhoneMicrophone(FrameProcessor):
         self.started_at = time.monotonic()
         cpu0 = time.thread_time()
         self._track = self._mix_call_track()
+        if self.noise_dbfs is not None:  # 10 s of seeded noise, looped (a whole number of frames)
+            rms = 32768.0 * 10.0 ** (self.noise_dbfs / 20.0)
+            rng = np.random.default_rng(7)
+            self._noise = (rms * rng.standard_normal(10 * self.rate)).astype(np.float32)
         self.own_cpu_secs += time.thread_time() - cpu0
-        held: bytes | None = None
         k = 0
         while True:
             k += 1
@@ -201,17 +246,15 @@ class PhoneMicrophone(FrameProcessor):
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             cpu0 = time.thread_time()
             pcm = self._frame_pcm(k - 1, due - self.frame_samples / self.rate)
-            if held is not None:
-                pcm, held = held + pcm, None
-                self.frames_coalesced += 1
-            elif self._steady is not None and self._steady():
-                held = pcm  # its partner is due in one frame time
-                self.own_cpu_secs += time.thread_time() - cpu0
-                continue
-            frame = CallerAudioFrame(audio=pcm, sample_rate=self.rate, num_channels=1)
-            self.frames_pushed += 1
             self.own_cpu_secs += time.thread_time() - cpu0
-            await self.push_frame(frame)
+            # what the input decides and pushes is the bot's work (the Twilio input does it)
+            if self._batcher is not None:
+                out = self._batcher.offer(pcm)
+                if out is None:
+                    continue
+                pcm = out
+            self.frames_pushed += 1
+            await self.push_frame(CallerAudioFrame(audio=pcm, sample_rate=self.rate, num_channels=1))
 
 
 @dataclass
@@ -221,12 +264,16 @@ class LoopbackPhone:
     script: list[Say] = field(default_factory=list)
     echo_gain: float = 0.0
     echo_delay: float = 0.12
+    #: The caller's line noise, dBFS RMS (None: digital silence between the words).
+    noise_dbfs: float | None = None
 
     sample_rate: int = 8000
 
     def __post_init__(self) -> None:
         self.speaker = PhoneSpeaker(self.sample_rate)
-        self.mic = PhoneMicrophone(self.speaker, self.script, self.echo_gain, self.echo_delay)
+        self.mic = PhoneMicrophone(
+            self.speaker, self.script, self.echo_gain, self.echo_delay, self.noise_dbfs
+        )
 
     def input(self) -> FrameProcessor:
         """The caller's microphone (first processor of the pipeline)."""

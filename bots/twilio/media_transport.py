@@ -9,13 +9,15 @@ call's other messages (DTMF, marks), exactly as the audio task would have: audio
 ``audio_in_passthrough`` are honoured, nothing is pushed before the transport is ready or while
 it is paused.
 
-While nobody speaks or the caller speaks steadily (``coalesce_while``: the call's
-``EndpointVADAnalyzer.steady``), two 20 ms frames go down as one 40 ms frame: every processor,
-the VAD's bookkeeping and the observers then handle half as many frames for most of a call. A
-frame waits at most one frame time (20 ms) for its partner, and never in the pause at the end of
-the caller's speech, where latency counts; the start of speech is seen at most 20 ms later. Any
-other message (DTMF, a mark) sends the waiting frame first, so the order stays the order of
-arrival.
+Caller frames go down together where that changes nothing (``coalesce_while``, the rules of
+:class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`): every processor, the VAD's
+bookkeeping and the observers then handle far fewer frames. While no user turn is open and the
+caller's line is provably too quiet for the VAD to hear speech, up to 200 ms of frames go down as
+one; the first frame that is not goes down at once with them. Otherwise, while nobody speaks or
+the caller speaks steadily (the call's ``EndpointVADAnalyzer.steady``), two 20 ms frames go down
+as one 40 ms frame: a frame waits at most one frame time for its partner, and never in the pause
+at the end of the caller's speech, where latency counts. Any other message (DTMF, a mark) sends
+the waiting audio first, so the order stays the order of arrival.
 
 On the way out, no chunk of an answer the caller barged in on goes out after Twilio's ``clear``
 (:class:`~pipeline.stale_audio_guard.StaleAudioGuard`): Pipecat's sender takes each chunk off
@@ -53,6 +55,7 @@ from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketTransport,
 )
 
+from pipeline.caller_audio_batcher import HOLD_SECS, CallerAudioBatcher, QuietTest
 from pipeline.stale_audio_guard import StaleAudioGuard
 
 
@@ -62,19 +65,40 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._audio_ready = False
-        self._steady: Callable[[], bool] | None = None
-        self._held: InputAudioRawFrame | None = None
-        self._max_held_bytes = 0
-        #: Audio frames pushed downstream / of them, pairs pushed as one (tests, diagnostics).
+        self._batcher: CallerAudioBatcher | None = None
+        self._held_format: tuple[int, int] = (0, 0)  # sample rate, channels of what waits
+        self._held_type: type[InputAudioRawFrame] = InputAudioRawFrame
+        #: Audio frames pushed downstream (tests, diagnostics).
         self.audio_frames_pushed = 0
-        self.frames_coalesced = 0
 
-    def coalesce_while(self, steady: Callable[[], bool] | None, frame_secs: float = 0.02) -> None:
+    @property
+    def frames_coalesced(self) -> int:
+        """Caller frames that went down inside another one's push (pushes saved)."""
+        return self._batcher.frames_coalesced if self._batcher is not None else 0
+
+    @property
+    def batcher(self) -> CallerAudioBatcher | None:
+        """The batching rules in use (:meth:`coalesce_while`), if any."""
+        return self._batcher
+
+    def coalesce_while(
+        self,
+        steady: Callable[[], bool] | None,
+        frame_secs: float = 0.02,
+        *,
+        quiet: QuietTest | None = None,
+        hold_secs: float = HOLD_SECS,
+    ) -> None:
         """Push pairs of caller frames (each at most ``frame_secs`` long) as one while
-        ``steady()`` is true; None: every frame on its own (the default)."""
-        self._steady = steady
-        rate = self._params.audio_in_sample_rate or 8000
-        self._max_held_bytes = int(frame_secs * rate) * 2 * self._params.audio_in_channels
+        ``steady()`` is true, and hold quiet frames up to ``hold_secs`` while ``quiet`` allows
+        (:class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`); both None: every frame
+        on its own (the default)."""
+        self._batcher = None
+        if steady is not None or quiet is not None:
+            rate = self._params.audio_in_sample_rate or 8000
+            self._batcher = CallerAudioBatcher(
+                rate, steady=steady, quiet=quiet, hold_secs=hold_secs, frame_secs=frame_secs
+            )
 
     def _create_audio_task(self) -> None:
         """No audio queue and task: :meth:`push_audio_frame` does their work inline."""
@@ -83,7 +107,8 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
     async def _cancel_audio_task(self) -> None:
         """Stop taking audio (end, cancel, pause) until the transport is ready again."""
         self._audio_ready = False
-        self._held = None
+        if self._batcher is not None:
+            self._batcher.drop()
 
     async def push_audio_frame(self, frame: InputAudioRawFrame) -> None:
         """Filter and push one caller frame downstream, from the receive task."""
@@ -95,31 +120,39 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
             return  # e.g. a filter still buffering
         if not self._params.audio_in_passthrough:
             return
-        if self._held is not None:
-            held, self._held = self._held, None
-            if held.sample_rate == frame.sample_rate and held.num_channels == frame.num_channels:
-                self.frames_coalesced += 1
-                frame = type(frame)(
-                    audio=held.audio + frame.audio,
-                    sample_rate=frame.sample_rate,
-                    num_channels=frame.num_channels,
-                )
-            else:
-                await self._push_audio(held)
-        elif self._steady is not None and len(frame.audio) <= self._max_held_bytes and self._steady():
-            self._held = frame  # its partner is due in one frame time
+        batcher = self._batcher
+        if batcher is None or frame.num_channels != 1:
+            await self._send_waiting()
+            await self._push_audio(frame)
             return
+        fmt = (frame.sample_rate, frame.num_channels)
+        if batcher.waiting and fmt != self._held_format:
+            await self._send_waiting()
+        self._held_format, self._held_type = fmt, type(frame)
+        audio = batcher.offer(frame.audio)
+        if audio is None:
+            return
+        if audio is not frame.audio:
+            frame = type(frame)(audio=audio, sample_rate=fmt[0], num_channels=fmt[1])
         await self._push_audio(frame)
+
+    async def _send_waiting(self) -> None:
+        """Push the audio that waits for a partner or in a quiet hold, if any."""
+        audio = self._batcher.take() if self._batcher is not None else None
+        if audio is not None:
+            rate, channels = self._held_format
+            await self._push_audio(
+                self._held_type(audio=audio, sample_rate=rate, num_channels=channels)
+            )
 
     async def _push_audio(self, frame: InputAudioRawFrame) -> None:
         self.audio_frames_pushed += 1
         await super().push_frame(frame)
 
     async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
-        """Pushes from the receive task (DTMF, marks, ...) send a waiting audio frame first."""
-        if self._held is not None and direction == FrameDirection.DOWNSTREAM:
-            held, self._held = self._held, None
-            await self._push_audio(held)
+        """Pushes from the receive task (DTMF, marks, ...) send the waiting audio first."""
+        if direction == FrameDirection.DOWNSTREAM:
+            await self._send_waiting()
         await super().push_frame(frame, direction)
 
 

@@ -226,6 +226,64 @@ async def test_full_turn_caller_asks_bot_answers(demo_backend, speech):
     assert "Thank you for calling" in said
 
 
+async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
+    demo_backend, speech
+):
+    """The Twilio call's batching (bots.call: quiet hold + pairs) on the loopback phone: quiet
+    audio goes down in fewer pushes outside turns, never while a turn is open, and the call
+    (turn, answer, barge-in) runs as it does frame by frame."""
+    app = create_app(demo_backend, token=None, max_sessions=2)
+    question = speech("What is the weather like in Paris today?")
+    talk = speech("Actually, I wanted to ask about the weather in London tomorrow morning, please.")
+    phone = LoopbackPhone([Say(question, 1.0), Say(talk, 1.0, anchor="bot")])
+    decisions: list[tuple[float, bool]] = []
+
+    def prepare(parts: CallPipelineParts) -> None:
+        test = parts.quiet_hold
+        assert test is not None and parts.vad is not None
+
+        def spy(sum_squares: float, samples: int, last: bytes | None) -> bool:
+            ok = test(sum_squares, samples, last)
+            decisions.append((time.monotonic(), ok))
+            return ok
+
+        vad = parts.vad
+        phone.mic.coalesce_while(lambda: vad.steady, quiet=spy)
+
+    async with serving(app) as url:
+        run = await place_call(
+            url,
+            profile(min_interrupt_secs=0.6),
+            phone,
+            app=app,
+            limit_secs=30.0,
+            prepare=prepare,
+            # the first answer, the barge-in on it, and the answer to that
+            until=lambda r: r.timeline.count("BotStartedSpeakingFrame") >= 2,
+        )
+    tl = run.timeline
+    batcher = phone.mic.batcher
+    assert batcher is not None
+    # the quiet line before the first question went down in 200 ms holds
+    assert batcher.quiet_frames >= 20 and batcher.frames_in - batcher.pushes >= 20
+    held = [t for t, ok in decisions if ok]
+    assert held and held[0] < tl.times("UserStartedSpeakingFrame")[0]
+    # never while a turn was open (a margin for the gate's flip after the observer saw it)
+    turns = zip(
+        tl.times("UserStartedSpeakingFrame"), tl.times("UserStoppedSpeakingFrame"), strict=True
+    )
+    for start, stop in turns:
+        assert not [t for t in held if start + 0.05 < t < stop - 0.05], (start, stop)
+    # the call itself: two turns, the barge-in stopped the first answer at once
+    assert tl.count("UserStartedSpeakingFrame") == 2
+    t_int = tl.times("InterruptionFrame")[-1]
+    assert tl.times("BotStoppedSpeakingFrame")[0] - t_int < 0.3
+    turn = run.parts.metrics.turns[0]
+    assert turn.response_ms is not None and 0 < turn.response_ms < 3000
+    msgs = conversation(run).messages
+    assert sum(isinstance(m, HumanMessage) for m in msgs) == 2
+
+
 async def test_barge_in_stops_bot_and_truncates_history(demo_backend, demo_reply_len, speech):
     app = create_app(demo_backend, token=None, max_sessions=2)
     talk = speech("Actually, I wanted to ask about the weather in London tomorrow morning, please.")

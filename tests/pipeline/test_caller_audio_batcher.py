@@ -246,3 +246,38 @@ def test_energy_tracker_is_the_same_however_the_stream_is_cut(speech):
     common = dict(whole_ends)
     matched = [(s, e) for s, e in cut_ends if s in common]
     assert len(matched) > 20 and all(common[s] == e for s, e in matched)
+
+
+async def test_turn_idle_is_false_while_a_turn_is_open_or_smart_turn_counts_silence(speech):
+    """The call's idle test (bots.call.turn_idle): the real gate and Smart Turn stop strategy."""
+    from pipecat.frames.frames import UserStartedSpeakingFrame, UserStoppedSpeakingFrame
+    from pipecat.processors.frame_processor import FrameDirection
+
+    from bots.call import turn_idle, turn_strategies
+    from bots.profile import BotProfile
+    from pipeline.caller_audio_gate import CallerAudioGate
+
+    vad = _vad()
+    strategies = turn_strategies(BotProfile(name="t", smart_turn=True), vad)
+    analyzer = strategies.stop[0]._turn_analyzer
+    analyzer.set_sample_rate(RATE)
+    gate = CallerAudioGate()
+
+    async def swallow(_frame, _direction=FrameDirection.DOWNSTREAM) -> None:
+        return None
+
+    gate.push_frame = swallow
+    idle = turn_idle(gate, strategies)
+    assert idle()
+    await gate.process_frame(UserStartedSpeakingFrame(), FrameDirection.DOWNSTREAM)
+    assert not idle()  # a turn is open
+    await gate.process_frame(UserStoppedSpeakingFrame(), FrameDirection.DOWNSTREAM)
+    assert idle()
+    # speech Smart Turn heard but no turn started (or one it still times): its stop_secs
+    # fallback counts the silence it is given, which a hold would move
+    analyzer.append_audio(speech("Yeah.")[:1600].tobytes(), True)
+    assert analyzer.speech_triggered and not idle()
+    await analyzer.cleanup()
+    # a bot without Smart Turn: only the gate counts
+    plain = turn_idle(gate, turn_strategies(BotProfile(name="t", smart_turn=False), vad))
+    assert plain()

@@ -77,7 +77,9 @@ def _dtmf(digit: str) -> str:
     return json.dumps({"event": "dtmf", "streamSid": SID, "dtmf": {"digit": digit}})
 
 
-async def _serve_call(probe: Probe, holder: dict, quiet=None, lead_secs: float = 0.1) -> FastAPI:
+async def _serve_call(
+    probe: Probe, holder: dict, quiet=None, lead_secs: float = 0.1, hold=None
+) -> FastAPI:
     app = FastAPI()
 
     @app.websocket("/ws")
@@ -99,8 +101,8 @@ async def _serve_call(probe: Probe, holder: dict, quiet=None, lead_secs: float =
             audio_lead_secs=lead_secs,
         )
         holder["transport"] = transport
-        if quiet is not None:
-            transport.input().coalesce_while(quiet)
+        if quiet is not None or hold is not None:
+            transport.input().coalesce_while(quiet, quiet=hold)
         worker = PipelineWorker(
             Pipeline([transport.input(), probe, transport.output()]),
             params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
@@ -199,6 +201,48 @@ async def test_caller_frames_go_in_pairs_while_quiet_and_alone_otherwise() -> No
     assert probe.seen == ["audio", "audio", "audio", "dtmf 5", "audio", "audio", "audio"]
     assert [len(a) for a in probe.audio_bytes] == [640, 640, 320, 320, 320, 320]
     assert holder["transport"].input().frames_coalesced == 2
+
+
+def _ulaw_media(code: int, samples: int = 160) -> str:
+    """One caller frame of a single mu-law code (0xFF: digital silence, 0x00: full scale)."""
+    payload = base64.b64encode(bytes([code]) * samples).decode()
+    return json.dumps({"event": "media", "streamSid": SID, "media": {"payload": payload}})
+
+
+async def test_quiet_caller_audio_waits_up_to_200_ms_and_goes_down_with_what_is_not_quiet() -> None:
+    probe, holder = Probe(), {}
+    offers: list[tuple[float, int]] = []
+
+    def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
+        """The quiet test of a line that holds digital silence only (rms 0 bounds to n)."""
+        offers.append((sum_squares, samples))
+        return sum_squares <= samples
+
+    app = await _serve_call(probe, holder, quiet=lambda: False, hold=silent_line)
+    async with serving(app) as url:
+        async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
+            for _ in range(10):  # 200 ms of silence: one push when the hold is full
+                await ws.send(_ulaw_media(0xFF))
+            for _ in range(3):  # held ...
+                await ws.send(_ulaw_media(0xFF))
+            await ws.send(_ulaw_media(0x00))  # ... and sent at once with the loud frame
+            await ws.send(_ulaw_media(0xFF))  # held again
+            await ws.send(_ulaw_media(0xFF))
+            await ws.send(_dtmf("5"))  # the waiting audio goes first
+            await asyncio.sleep(0.3)
+    assert probe.seen == ["audio", "audio", "audio", "dtmf 5"]
+    assert [len(a) for a in probe.audio_bytes] == [3200, 1280, 640]
+    assert probe.audio_bytes[0] == bytes(3200)
+    loud = probe.audio_bytes[1]
+    assert loud[:960] == bytes(960)
+    assert abs(int.from_bytes(loud[960:962], "little", signed=True)) > 30000  # the loud frame
+    assert probe.audio_bytes[2] == bytes(640)
+    transport_in = holder["transport"].input()
+    assert transport_in.frames_coalesced == 9 + 3 + 1
+    assert transport_in.batcher.quiet_frames == 15
+    # the test saw the waiting audio's bound grow frame by frame, never more than 200 ms
+    assert max(n for _, n in offers) == 1600
+    assert offers[:2] == [(160.0, 160), (320.0, 320)]
 
 
 async def _media_arrivals(lead_secs: float) -> tuple[list[float], float, TwilioMediaTransport]:
