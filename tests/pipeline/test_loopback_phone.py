@@ -75,3 +75,28 @@ async def test_script_arrives_sample_exact_in_pairs_while_the_predicate_holds() 
     assert phone.mic.frames_coalesced >= 5
     assert phone.mic.frames_pushed == len(ear.frames)
     assert phone.own_cpu_secs > 0.0
+
+
+async def test_line_noise_is_white_at_the_asked_level_and_quiet_holds_go_down_in_order() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.integers(-8000, 8000, int(0.2 * RATE)).astype(np.int16)
+    phone = LoopbackPhone([Say(a, 0.5)], noise_dbfs=-40.0)
+    offers: list[int] = []
+
+    def hold_quiet(sum_squares: float, samples: int, _last: bytes | None) -> bool:
+        offers.append(samples)
+        return sum_squares / samples < 400.0**2  # below the words, above the hiss
+
+    phone.mic.coalesce_while(None, quiet=hold_quiet)
+    ear = await _listen(phone, 1.0)
+    got = np.frombuffer(b"".join(f.audio for f in ear.frames), dtype=np.int16).astype(float)
+    hiss = got[: int(0.45 * RATE)]
+    level = 20 * np.log10(np.sqrt(np.mean(hiss**2)) / 32768.0)
+    assert abs(level + 40.0) < 1.0
+    assert abs(np.corrcoef(hiss[:-1], hiss[1:])[0, 1]) < 0.1  # white
+    # the hiss waited in 200 ms holds; the words went down with what waited, in order
+    sizes = [len(f.audio) // 2 for f in ear.frames]
+    assert sizes[:2] == [1600, 1600] and max(offers) == 1600
+    words = got[4000 : 4000 + a.size] - a
+    assert np.sqrt(np.mean(words**2)) < 2 * 32768 * 10 ** (-40 / 20)  # the words + the hiss
+    assert phone.mic.frames_pushed == len(ear.frames) < 50
