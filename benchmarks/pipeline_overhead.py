@@ -16,12 +16,16 @@ of the latency numbers.
 
 CPU: this process's CPU time over the calls' wall time, less what the simulated phone itself
 spent, timed in place (``LoopbackPhone.own_cpu_secs``: making the caller's frames, keeping the
-bot's). The phone delivers what the Twilio input does (20 ms ``CallerAudioFrame``s, pairs pushed
-as one while the VAD is quiet or the speech steady); its 50 Hz wake-ups stand for that input's socket reads and stay
-in the bot's share. The call runs as in the bot server: on uvloop (what uvicorn picks) with
-``pipeline.wait_for`` installed (``--stdlib-loop`` for asyncio's own loop).
+bot's). The phone delivers what the Twilio input does (20 ms ``CallerAudioFrame``s batched by
+``pipeline.caller_audio_batcher``: up to 200 ms of a provably quiet line held while no turn is
+open, pairs while the VAD is quiet or the speech steady; ``--no-quiet-hold`` for pairs only);
+its 50 Hz wake-ups stand for that input's socket reads and stay in the bot's share. The line is
+digital silence between the caller's words unless ``--noise-dbfs`` adds white noise. The call
+runs as in the bot server: on uvloop (what uvicorn picks) with ``pipeline.wait_for`` installed
+(``--stdlib-loop`` for asyncio's own loop).
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--turns 12] [--json out.json]
+        [--noise-dbfs -65] [--reply-secs 3] [--no-quiet-hold]
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ RATE = 8000
 UTTERANCE = "What is the weather like in Paris today?"
 PERIOD_SECS = 4.5  # one caller turn every PERIOD_SECS
 REPLY_SECS = 0.4
+#: The utterance's length in flite (2.3 s) with margin: a turn comes after the last answer.
+UTTERANCE_SECS_MAX = 2.5
 
 
 def _serve_canned(port_queue: Any, reply_secs: float) -> None:
@@ -98,8 +104,15 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-async def run_call(url: str, turns: int) -> dict[str, Any]:
-    """One call of ``turns`` caller turns."""
+async def run_call(
+    url: str,
+    turns: int,
+    *,
+    period: float = PERIOD_SECS,
+    noise_dbfs: float | None = None,
+    quiet_hold: bool = True,
+) -> dict[str, Any]:
+    """One call of ``turns`` caller turns, one every ``period`` seconds."""
     from pipecat.frames.frames import MetricsFrame, VADUserStoppedSpeakingFrame
     from pipecat.metrics.metrics import TurnMetricsData
     from pipecat.observers.base_observer import BaseObserver, FramePushed
@@ -113,13 +126,14 @@ async def run_call(url: str, turns: int) -> dict[str, Any]:
 
     speech = synthesize(UTTERANCE, RATE)
     end_in_utt = voiced_end(speech)
-    offsets = [1.0 + k * PERIOD_SECS for k in range(turns)]
-    phone = LoopbackPhone([Say(speech, off) for off in offsets])
+    offsets = [1.0 + k * period for k in range(turns)]
+    phone = LoopbackPhone([Say(speech, off) for off in offsets], noise_dbfs=noise_dbfs)
     prof = BotProfile(name="bench", vad_stop_secs=0.2, smart_turn=True)
     pipeline, parts = build_call(phone, prof, Settings(model_url=url), CallInfo("bench", "bench"))
     vad = parts.vad
     assert vad is not None
-    phone.mic.coalesce_while(lambda: vad.steady)  # as the Twilio call does (bots.call)
+    # as the Twilio call does (bots.call)
+    phone.mic.coalesce_while(lambda: vad.steady, quiet=parts.quiet_hold if quiet_hold else None)
 
     class TurnModel(BaseObserver):
         """Smart Turn verdicts and inference times, in order."""
@@ -155,7 +169,7 @@ async def run_call(url: str, turns: int) -> dict[str, Any]:
     await asyncio.sleep(0.5)  # let it start (not measured)
     cpu0, wall0, threads0 = time.process_time(), time.monotonic(), thread_cpu()
     phone0 = phone.own_cpu_secs
-    await asyncio.sleep(measured_secs(turns))
+    await asyncio.sleep(measured_secs(turns, period))
     cpu = time.process_time() - cpu0
     wall = time.monotonic() - wall0
     phone_cpu = phone.own_cpu_secs - phone0
@@ -163,6 +177,7 @@ async def run_call(url: str, turns: int) -> dict[str, Any]:
     await worker.cancel()
     await asyncio.wait_for(task, 10.0)
     turn_analyzer = smart_turn_analyzer(parts)
+    batcher = phone.mic.batcher
 
     writes = [t for t, _ in phone.speaker.chunks]
     overhead, turn_ms, incomplete = [], [], 0
@@ -202,6 +217,10 @@ async def run_call(url: str, turns: int) -> dict[str, Any]:
         "phone_cpu_percent_of_core": 100.0 * phone_cpu / wall,
         "caller_frames_pushed": phone.mic.frames_pushed,
         "caller_frames_coalesced": phone.mic.frames_coalesced,
+        "caller_frames_quiet_held": batcher.quiet_frames if batcher is not None else 0,
+        "period_secs": period,
+        "noise_dbfs": noise_dbfs,
+        "quiet_hold": quiet_hold,
         "echo_checks": parts.echo_guard.checks,
         "cpu_wall_secs": wall,
         "thread_cpu_percent_of_core": threads,
@@ -219,9 +238,9 @@ def smart_turn_analyzer(parts: Any) -> Any:
     return strategies.stop[0]._turn_analyzer
 
 
-def measured_secs(turns: int) -> float:
+def measured_secs(turns: int, period: float = PERIOD_SECS) -> float:
     """The call's CPU window: from 0.5 s after its start to the end of its last period."""
-    return 1.0 + (turns - 1) * PERIOD_SECS + PERIOD_SECS - 0.5
+    return 1.0 + (turns - 1) * period + period - 0.5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,9 +252,25 @@ def main(argv: list[str] | None = None) -> int:
         "--vad-runtime", choices=["numpy", "onnxruntime"], default="numpy",
         help="how Silero's network runs (pipeline.turn_models.configure_vad_runtime)",
     )
+    ap.add_argument(
+        "--reply-secs", type=float, default=REPLY_SECS,
+        help="length of the stand-in's answer (the caller's next turn waits for it to end)",
+    )
+    ap.add_argument(
+        "--noise-dbfs", type=float, default=None,
+        help="white line noise on the caller's audio, dBFS RMS (default: digital silence)",
+    )
+    ap.add_argument(
+        "--no-quiet-hold", action="store_true",
+        help="the phone input never holds quiet audio back (pairs only; for A/B runs)",
+    )
     args = ap.parse_args(argv)
     if args.turns < 1:
         ap.error("--turns must be >= 1")
+    if args.reply_secs <= 0:
+        ap.error("--reply-secs must be > 0")
+    # a caller turn every PERIOD_SECS, or later so each waits out a longer answer (plus 1 s)
+    period = max(PERIOD_SECS, UTTERANCE_SECS_MAX + 0.5 + args.reply_secs + 1.0)
 
     from loguru import logger
 
@@ -244,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    server = ctx.Process(target=_serve_canned, args=(q, REPLY_SECS), daemon=True)
+    server = ctx.Process(target=_serve_canned, args=(q, args.reply_secs), daemon=True)
     server.start()
     try:
         url = q.get(timeout=30)
@@ -259,7 +294,15 @@ def main(argv: list[str] | None = None) -> int:
             import uvloop
 
             run = uvloop.run
-        res = run(run_call(url, args.turns))
+        res = run(
+            run_call(
+                url,
+                args.turns,
+                period=period,
+                noise_dbfs=args.noise_dbfs,
+                quiet_hold=not args.no_quiet_hold,
+            )
+        )
         from benchmarks.load_test import calibration_us
 
         res["calibration_silero_window_us"] = round(calibration_us(), 1)
@@ -305,10 +348,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{loop_bot:.2f}% after the phone), Smart Turn pool {threads['smart_turn']:.2f}%, "
             f"other threads {threads['other']:.2f}%"
         )
-    pushed, paired = res["caller_frames_pushed"], res["caller_frames_coalesced"]
+    pushed, saved = res["caller_frames_pushed"], res["caller_frames_coalesced"]
+    noise = "digital silence" if args.noise_dbfs is None else f"{args.noise_dbfs:g} dBFS noise"
     print(
-        f"  caller frames pushed: {pushed} ({paired} of them 20 ms pairs sent as one); "
-        f"echo correlations: {res['echo_checks']}"
+        f"  caller audio pushes: {pushed} ({saved} fewer than 20 ms frames; "
+        f"{res['caller_frames_quiet_held']} frames held as quiet, quiet hold "
+        f"{'on' if res['quiet_hold'] else 'off'}); line: {noise}; a turn every {period:.1f} s, "
+        f"answers {args.reply_secs:g} s; echo correlations: {res['echo_checks']}"
     )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
