@@ -133,3 +133,38 @@ class CallerAudioBatcher:
         self._chunks.append(pcm)
         self._samples += n
         self._sum_squares += sum_squares
+
+
+class BatchingInput:
+    """What a phone input that batches caller frames shows: the rules in use and their count.
+
+    Mixed into the Twilio media input and the loopback phone's microphone, which push what
+    :meth:`CallerAudioBatcher.offer` hands back.
+    """
+
+    _batcher: CallerAudioBatcher | None = None
+
+    @property
+    def batcher(self) -> CallerAudioBatcher | None:
+        """The batching rules in use (``coalesce_while``), if any."""
+        return self._batcher
+
+    @property
+    def frames_coalesced(self) -> int:
+        """Caller frames that went down inside another one's push (pushes saved)."""
+        return self._batcher.frames_coalesced if self._batcher is not None else 0
+
+    def _use_batching(
+        self,
+        sample_rate: int,
+        steady: Callable[[], bool] | None,
+        quiet: QuietTest | None,
+        hold_secs: float,
+        frame_secs: float,
+    ) -> None:
+        """Batch per ``steady`` and ``quiet`` (both None: every frame on its own)."""
+        self._batcher = None
+        if steady is not None or quiet is not None:
+            self._batcher = CallerAudioBatcher(
+                sample_rate, steady=steady, quiet=quiet, hold_secs=hold_secs, frame_secs=frame_secs
+            )

@@ -28,7 +28,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 
-from pipeline.caller_audio_batcher import HOLD_SECS, CallerAudioBatcher, QuietTest
+from pipeline.caller_audio_batcher import HOLD_SECS, BatchingInput, CallerAudioBatcher, QuietTest
 from pipeline.caller_audio_frame import CallerAudioFrame
 
 
@@ -102,7 +102,7 @@ class PhoneSpeaker(BaseOutputTransport):
         return out
 
 
-class PhoneMicrophone(FrameProcessor):
+class PhoneMicrophone(BatchingInput, FrameProcessor):
     """The caller's microphone: 20 ms frames in real time of the script (+ speakerphone echo).
 
     Frames are :class:`CallerAudioFrame`s, as the Twilio input delivers; with
@@ -140,16 +140,6 @@ class PhoneMicrophone(FrameProcessor):
         #: Frames pushed (tests, benchmarks).
         self.frames_pushed = 0
 
-    @property
-    def frames_coalesced(self) -> int:
-        """20 ms frames that went down inside another one's push (pushes saved)."""
-        return self._batcher.frames_coalesced if self._batcher is not None else 0
-
-    @property
-    def batcher(self) -> CallerAudioBatcher | None:
-        """The batching rules in use (:meth:`coalesce_while`), if any."""
-        return self._batcher
-
     def coalesce_while(
         self,
         steady: Callable[[], bool] | None,
@@ -159,11 +149,7 @@ class PhoneMicrophone(FrameProcessor):
     ) -> None:
         """Send frames together as the Twilio input does: pairs while ``steady()`` is true,
         quiet holds while ``quiet`` allows (both None: every frame on its own)."""
-        self._batcher = None
-        if steady is not None or quiet is not None:
-            self._batcher = CallerAudioBatcher(
-                self.rate, steady=steady, quiet=quiet, hold_secs=hold_secs
-            )
+        self._use_batching(self.rate, steady, quiet, hold_secs, 0.02)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)

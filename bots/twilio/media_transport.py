@@ -55,11 +55,11 @@ from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketTransport,
 )
 
-from pipeline.caller_audio_batcher import HOLD_SECS, CallerAudioBatcher, QuietTest
+from pipeline.caller_audio_batcher import HOLD_SECS, BatchingInput, CallerAudioBatcher, QuietTest
 from pipeline.stale_audio_guard import StaleAudioGuard
 
 
-class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
+class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
     """WebSocket input whose receive task pushes caller audio downstream directly."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -70,16 +70,6 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
         self._held_type: type[InputAudioRawFrame] = InputAudioRawFrame
         #: Audio frames pushed downstream (tests, diagnostics).
         self.audio_frames_pushed = 0
-
-    @property
-    def frames_coalesced(self) -> int:
-        """Caller frames that went down inside another one's push (pushes saved)."""
-        return self._batcher.frames_coalesced if self._batcher is not None else 0
-
-    @property
-    def batcher(self) -> CallerAudioBatcher | None:
-        """The batching rules in use (:meth:`coalesce_while`), if any."""
-        return self._batcher
 
     def coalesce_while(
         self,
@@ -93,12 +83,8 @@ class DirectAudioInputTransport(FastAPIWebsocketInputTransport):
         ``steady()`` is true, and hold quiet frames up to ``hold_secs`` while ``quiet`` allows
         (:class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`); both None: every frame
         on its own (the default)."""
-        self._batcher = None
-        if steady is not None or quiet is not None:
-            rate = self._params.audio_in_sample_rate or 8000
-            self._batcher = CallerAudioBatcher(
-                rate, steady=steady, quiet=quiet, hold_secs=hold_secs, frame_secs=frame_secs
-            )
+        rate = self._params.audio_in_sample_rate or 8000
+        self._use_batching(rate, steady, quiet, hold_secs, frame_secs)
 
     def _create_audio_task(self) -> None:
         """No audio queue and task: :meth:`push_audio_frame` does their work inline."""
