@@ -169,7 +169,10 @@ async def run_call(
     await asyncio.sleep(0.5)  # let it start (not measured)
     cpu0, wall0, threads0 = time.process_time(), time.monotonic(), thread_cpu()
     phone0 = phone.own_cpu_secs
+    samples: list[tuple[float, float, float]] = []
+    sampler = asyncio.create_task(sample_loop_cpu(samples, phone))
     await asyncio.sleep(measured_secs(turns, period))
+    sampler.cancel()
     cpu = time.process_time() - cpu0
     wall = time.monotonic() - wall0
     phone_cpu = phone.own_cpu_secs - phone0
@@ -180,6 +183,11 @@ async def run_call(
     batcher = phone.mic.batcher
 
     writes = [t for t, _ in phone.speaker.chunks]
+    says = [
+        (phone.mic.started_at + off, phone.mic.started_at + off + speech.size / RATE)
+        for off in offsets
+    ]
+    heard = [(t, t + x.size / RATE) for t, x in phone.speaker.chunks]
     overhead, turn_ms, incomplete = [], [], 0
     vad_lag, turn_wait, after_turn = [], [], []
     for off in offsets:
@@ -228,6 +236,63 @@ async def run_call(
         "smart_turn_early_hits": turn_analyzer.early_hits,
         "smart_turn_late_runs": turn_analyzer.late_runs,
         "smart_turn_early_runs": turn_analyzer.early_runs,
+        "event_loop_by_phase": phase_cpu(samples, says, heard),
+    }
+
+
+#: How often the phase breakdown reads the event loop's CPU clock (a wake-up of ~10 us each).
+PHASE_SAMPLE_SECS = 0.1
+
+
+async def sample_loop_cpu(samples: list[tuple[float, float, float]], phone: Any) -> None:
+    """Every ``PHASE_SAMPLE_SECS``: (monotonic, this thread's CPU, the phone's own CPU)."""
+    while True:
+        samples.append((time.monotonic(), time.thread_time(), phone.own_cpu_secs))
+        await asyncio.sleep(PHASE_SAMPLE_SECS)
+
+
+def phase_cpu(
+    samples: list[tuple[float, float, float]],
+    says: list[tuple[float, float]],
+    bot_audio: list[tuple[float, float]],
+) -> dict[str, dict[str, float]]:
+    """The event loop's CPU (less the phone's own work) by what the call was doing.
+
+    ``says``: (start, end) of each caller utterance; ``bot_audio``: (start, end) of each chunk
+    the caller heard. Each sampling interval counts for the phase at its midpoint: the caller
+    speaking, the turn's end (from the end of an utterance to the bot's first audio after it),
+    the bot speaking, or quiet (neither). Returns per phase its share of the call's wall time,
+    its CPU in % of a core while in it, and its part of the call's average (% of a core).
+    """
+    ends = sorted(end for _, end in says)
+    starts = sorted(s for s, _ in bot_audio)
+
+    def phase(t: float) -> str:
+        if any(s <= t < e for s, e in says):
+            return "caller speaking"
+        if any(s <= t < e for s, e in bot_audio):
+            return "bot speaking"
+        before = [e for e in ends if e <= t]
+        if before:
+            answered = [s for s in starts if s >= before[-1]]
+            if not answered or t < answered[0]:
+                return "turn end"
+        return "quiet"
+
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for (t0, c0, p0), (t1, c1, p1) in zip(samples, samples[1:], strict=False):
+        k = phase((t0 + t1) / 2)
+        wall[k] = wall.get(k, 0.0) + (t1 - t0)
+        cpu[k] = cpu.get(k, 0.0) + max(0.0, (c1 - c0) - (p1 - p0))
+    total = sum(wall.values()) or 1.0
+    return {
+        k: {
+            "wall_share": wall[k] / total,
+            "cpu_percent_of_core": 100.0 * cpu[k] / wall[k] if wall[k] else 0.0,
+            "part_of_call_percent": 100.0 * cpu[k] / total,
+        }
+        for k in sorted(wall, key=lambda k: -cpu[k])
     }
 
 
@@ -347,6 +412,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  by thread: event loop {threads['event_loop']:.2f}% (the bot's share "
             f"{loop_bot:.2f}% after the phone), Smart Turn pool {threads['smart_turn']:.2f}%, "
             f"other threads {threads['other']:.2f}%"
+        )
+    print("  the event loop's CPU (less the phone's own work) by what the call was doing:")
+    for name, ph in res["event_loop_by_phase"].items():
+        print(
+            f"    {name:16s} {100 * ph['wall_share']:4.0f}% of the call, "
+            f"{ph['cpu_percent_of_core']:5.2f}% of a core while in it: "
+            f"{ph['part_of_call_percent']:.2f}% of the call's average"
         )
     pushed, saved = res["caller_frames_pushed"], res["caller_frames_coalesced"]
     noise = "digital silence" if args.noise_dbfs is None else f"{args.noise_dbfs:g} dBFS noise"
