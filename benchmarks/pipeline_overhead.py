@@ -19,13 +19,17 @@ spent, timed in place (``LoopbackPhone.own_cpu_secs``: making the caller's frame
 bot's). The phone delivers what the Twilio input does (20 ms ``CallerAudioFrame``s batched by
 ``pipeline.caller_audio_batcher``: up to 200 ms of a provably quiet line held while no turn is
 open, pairs while the VAD is quiet or the speech steady; ``--no-quiet-hold`` for pairs only);
-its 50 Hz wake-ups stand for that input's socket reads and stay in the bot's share. The line is
-digital silence between the caller's words unless ``--noise-dbfs`` adds white noise. The call
-runs as in the bot server: on uvloop (what uvicorn picks) with ``pipeline.wait_for`` installed
-(``--stdlib-loop`` for asyncio's own loop).
+its 50 Hz wake-ups stand for that input's socket reads and stay in the bot's share; while a
+quiet hold fills and the bot is idle it is not woken for the frames, as the Twilio input leaves
+its socket unread then, and takes them at once when the hold is full (``--no-read-pause``: woken
+for every frame). The line is digital silence between the caller's words unless
+``--noise-dbfs`` adds white noise. The call runs as in the bot server: on uvloop (what uvicorn
+picks) with ``pipeline.wait_for`` installed (``--stdlib-loop`` for asyncio's own loop). The event
+loop's CPU is also split by what the call was doing (``phase_cpu``: the loop's clock read every
+0.1 s; quiet, the caller speaking, the turn's end, the bot speaking).
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--turns 12] [--json out.json]
-        [--noise-dbfs -65] [--reply-secs 3] [--no-quiet-hold]
+        [--noise-dbfs -65] [--reply-secs 3] [--no-quiet-hold] [--no-read-pause]
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ async def run_call(
     period: float = PERIOD_SECS,
     noise_dbfs: float | None = None,
     quiet_hold: bool = True,
+    read_pause: bool = True,
 ) -> dict[str, Any]:
     """One call of ``turns`` caller turns, one every ``period`` seconds."""
     from pipecat.frames.frames import MetricsFrame, VADUserStoppedSpeakingFrame
@@ -133,7 +138,12 @@ async def run_call(
     vad = parts.vad
     assert vad is not None
     # as the Twilio call does (bots.call)
-    phone.mic.coalesce_while(lambda: vad.steady, quiet=parts.quiet_hold if quiet_hold else None)
+    service = parts.service
+    phone.mic.coalesce_while(
+        lambda: vad.steady,
+        quiet=parts.quiet_hold if quiet_hold else None,
+        pause_reading=(lambda: service.bot_idle) if read_pause else None,
+    )
 
     class TurnModel(BaseObserver):
         """Smart Turn verdicts and inference times, in order."""
@@ -229,6 +239,9 @@ async def run_call(
         "period_secs": period,
         "noise_dbfs": noise_dbfs,
         "quiet_hold": quiet_hold,
+        "read_pause": read_pause,
+        "read_pauses": phone.mic.read_pauses,
+        "read_paused_secs": phone.mic.read_paused_secs,
         "echo_checks": parts.echo_guard.checks,
         "cpu_wall_secs": wall,
         "thread_cpu_percent_of_core": threads,
@@ -326,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         help="white line noise on the caller's audio, dBFS RMS (default: digital silence)",
     )
     ap.add_argument(
+        "--no-read-pause", action="store_true",
+        help="the phone input is woken for every frame also during quiet holds (for A/B runs)",
+    )
+    ap.add_argument(
         "--no-quiet-hold", action="store_true",
         help="the phone input never holds quiet audio back (pairs only; for A/B runs)",
     )
@@ -366,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 period=period,
                 noise_dbfs=args.noise_dbfs,
                 quiet_hold=not args.no_quiet_hold,
+                read_pause=not args.no_read_pause,
             )
         )
         from benchmarks.load_test import calibration_us
@@ -427,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{res['caller_frames_quiet_held']} frames held as quiet, quiet hold "
         f"{'on' if res['quiet_hold'] else 'off'}); line: {noise}; a turn every {period:.1f} s, "
         f"answers {args.reply_secs:g} s; echo correlations: {res['echo_checks']}"
+    )
+    print(
+        f"  read pauses (the input left unread while a quiet hold filled and the bot was idle): "
+        f"{res['read_pauses']}, {res['read_paused_secs']:.1f} s in all"
+        + ("" if res["read_pause"] else " (off)")
     )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")

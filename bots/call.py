@@ -424,10 +424,16 @@ async def run_twilio_call(
     )
     # fewer, longer caller frames where that changes nothing: up to 200 ms of a provably quiet
     # line while no turn is open, else 40 ms pairs while nobody speaks or the caller speaks
-    # steadily (never in the pause at the end of speech; pipeline.caller_audio_batcher)
+    # steadily (never in the pause at the end of speech; pipeline.caller_audio_batcher); while
+    # the bot is idle, the WebSocket is read in bursts during those holds (fewer wake-ups)
     vad = parts.vad
     if vad is not None:
-        transport.input().coalesce_while(lambda: vad.steady, quiet=parts.quiet_hold)
+        service = parts.service
+        transport.input().coalesce_while(
+            lambda: vad.steady,
+            quiet=parts.quiet_hold,
+            pause_reading=lambda: service.bot_idle,
+        )
     worker = call_worker(
         pipeline,
         parts,

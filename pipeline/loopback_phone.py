@@ -146,10 +146,14 @@ class PhoneMicrophone(BatchingInput, FrameProcessor):
         *,
         quiet: QuietTest | None = None,
         hold_secs: float = HOLD_SECS,
+        pause_reading: Callable[[], bool] | None = None,
     ) -> None:
         """Send frames together as the Twilio input does: pairs while ``steady()`` is true,
-        quiet holds while ``quiet`` allows (both None: every frame on its own)."""
-        self._use_batching(self.rate, steady, quiet, hold_secs, 0.02)
+        quiet holds while ``quiet`` allows (both None: every frame on its own); while a quiet
+        hold fills and ``pause_reading()`` is true, the frames are taken as an unread socket
+        would hand them over: the phone is not woken for them, and takes them all at once when
+        the hold is full."""
+        self._use_batching(self.rate, steady, quiet, hold_secs, 0.02, pause_reading)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -237,6 +241,10 @@ class PhoneMicrophone(BatchingInput, FrameProcessor):
             if self._batcher is not None:
                 out = self._batcher.offer(pcm)
                 if out is None:
+                    pause = self.read_pause_secs()
+                    if pause > 0:  # the frames due meanwhile are then overdue: no wake-ups
+                        self._count_read_pause(pause)
+                        await asyncio.sleep(pause)
                     continue
                 pcm = out
             self.frames_pushed += 1

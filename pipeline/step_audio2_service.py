@@ -262,6 +262,12 @@ class StepAudio2Service(LLMService):
         """True from ``response.create`` until ``response.done``."""
         return self._response_requested
 
+    @property
+    def bot_idle(self) -> bool:
+        """True while no answer is under way and none is playing (a caller's voice now could
+        not be a barge-in): the phone input may then read its socket in bursts."""
+        return not (self._response_requested or self._bot_speaking)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property

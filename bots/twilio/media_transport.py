@@ -17,7 +17,12 @@ one; the first frame that is not goes down at once with them. Otherwise, while n
 the caller speaks steadily (the call's ``EndpointVADAnalyzer.steady``), two 20 ms frames go down
 as one 40 ms frame: a frame waits at most one frame time for its partner, and never in the pause
 at the end of the caller's speech, where latency counts. Any other message (DTMF, a mark) sends
-the waiting audio first, so the order stays the order of arrival.
+the waiting audio first, so the order stays the order of arrival. While a quiet hold fills and
+the bot is idle (``pause_reading``), the WebSocket is left unread until the hold is full
+(:func:`socket_transport`: uvicorn's transport under the ASGI connection): the kernel keeps
+Twilio's messages, the first read after the pause takes them all, and the process is woken
+about twice per hold instead of once per 20 ms message; a caller who starts talking while the
+bot is idle is heard up to the hold (200 ms) later.
 
 On the way out, no chunk of an answer the caller barged in on goes out after Twilio's ``clear``
 (:class:`~pipeline.stale_audio_guard.StaleAudioGuard`): Pipecat's sender takes each chunk off
@@ -78,13 +83,15 @@ class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
         *,
         quiet: QuietTest | None = None,
         hold_secs: float = HOLD_SECS,
+        pause_reading: Callable[[], bool] | None = None,
     ) -> None:
         """Push pairs of caller frames (each at most ``frame_secs`` long) as one while
         ``steady()`` is true, and hold quiet frames up to ``hold_secs`` while ``quiet`` allows
         (:class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`); both None: every frame
-        on its own (the default)."""
+        on its own (the default). While a quiet hold fills and ``pause_reading()`` is true (the
+        bot is idle), the WebSocket is left unread until the hold is full."""
         rate = self._params.audio_in_sample_rate or 8000
-        self._use_batching(rate, steady, quiet, hold_secs, frame_secs)
+        self._use_batching(rate, steady, quiet, hold_secs, frame_secs, pause_reading)
 
     def _create_audio_task(self) -> None:
         """No audio queue and task: :meth:`push_audio_frame` does their work inline."""
@@ -117,10 +124,28 @@ class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
         self._held_format, self._held_type = fmt, type(frame)
         audio = batcher.offer(frame.audio)
         if audio is None:
+            await self._pause_reading()
             return
         if audio is not frame.audio:
             frame = type(frame)(audio=audio, sample_rate=fmt[0], num_channels=fmt[1])
         await self._push_audio(frame)
+
+    async def _pause_reading(self) -> None:
+        """Leave the socket unread while the quiet hold fills (``read_pause_secs``): the kernel
+        keeps Twilio's messages, and the first read after the pause takes them all."""
+        secs = self.read_pause_secs()
+        if secs <= 0:
+            return
+        reader = socket_transport(self._client)
+        if reader is None or reader.is_closing() or not reader.is_reading():
+            return
+        reader.pause_reading()
+        self._count_read_pause(secs)
+        try:
+            await asyncio.sleep(secs)
+        finally:
+            if not reader.is_closing():
+                reader.resume_reading()
 
     async def _send_waiting(self) -> None:
         """Push the audio that waits for a partner or in a quiet hold, if any."""
@@ -140,6 +165,17 @@ class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
         if direction == FrameDirection.DOWNSTREAM:
             await self._send_waiting()
         await super().push_frame(frame, direction)
+
+
+def socket_transport(client: Any) -> asyncio.Transport | None:
+    """The asyncio transport under a Pipecat FastAPI WebSocket client, where the server shows
+    it (uvicorn: the protocol behind the ASGI ``receive``); None elsewhere."""
+    websocket = getattr(client, "_websocket", None)
+    protocol = getattr(getattr(websocket, "_receive", None), "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    if all(hasattr(transport, m) for m in ("pause_reading", "resume_reading", "is_reading")):
+        return transport
+    return None
 
 
 class ClearAwareOutputTransport(FastAPIWebsocketOutputTransport):

@@ -229,14 +229,16 @@ async def test_full_turn_caller_asks_bot_answers(demo_backend, speech):
 async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
     demo_backend, speech
 ):
-    """The Twilio call's batching (bots.call: quiet hold + pairs) on the loopback phone: quiet
-    audio goes down in fewer pushes outside turns, never while a turn is open, and the call
+    """The Twilio call's batching (bots.call: quiet hold + pairs + read pauses while the bot
+    is idle) on the loopback phone: quiet audio goes down in fewer pushes outside turns, never
+    while a turn is open, the input is left unread only while the bot is idle, and the call
     (turn, answer, barge-in) runs as it does frame by frame."""
     app = create_app(demo_backend, token=None, max_sessions=2)
     question = speech("What is the weather like in Paris today?")
     talk = speech("Actually, I wanted to ask about the weather in London tomorrow morning, please.")
     phone = LoopbackPhone([Say(question, 1.0), Say(talk, 1.0, anchor="bot")])
     decisions: list[tuple[float, bool]] = []
+    pauses: list[float] = []
 
     def prepare(parts: CallPipelineParts) -> None:
         test = parts.quiet_hold
@@ -247,8 +249,15 @@ async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
             decisions.append((time.monotonic(), ok))
             return ok
 
-        vad = parts.vad
-        phone.mic.coalesce_while(lambda: vad.steady, quiet=spy)
+        vad, service = parts.vad, parts.service
+
+        def bot_idle() -> bool:
+            if service.bot_idle:
+                pauses.append(time.monotonic())
+                return True
+            return False
+
+        phone.mic.coalesce_while(lambda: vad.steady, quiet=spy, pause_reading=bot_idle)
 
     async with serving(app) as url:
         run = await place_call(
@@ -274,6 +283,11 @@ async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
     )
     for start, stop in turns:
         assert not [t for t in held if start + 0.05 < t < stop - 0.05], (start, stop)
+    # the input was left unread before the first question, never while the bot answered
+    assert phone.mic.read_pauses == len(pauses) >= 3
+    assert pauses[0] < tl.times("UserStartedSpeakingFrame")[0]
+    answer = (tl.times("BotStartedSpeakingFrame")[0], tl.times("BotStoppedSpeakingFrame")[0])
+    assert not [t for t in pauses if answer[0] + 0.05 < t < answer[1] - 0.05], answer
     # the call itself: two turns, the barge-in stopped the first answer at once
     assert tl.count("UserStartedSpeakingFrame") == 2
     t_int = tl.times("InterruptionFrame")[-1]

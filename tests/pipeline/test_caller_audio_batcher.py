@@ -13,7 +13,13 @@ from pipecat.audio.utils import exp_smoothing
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 from pipecat.audio.volume import AudioVolumeTracker
 
-from pipeline.caller_audio_batcher import HOLD_SECS, CallerAudioBatcher, quiet_hold
+from pipeline.caller_audio_batcher import (
+    HOLD_SECS,
+    MIN_READ_PAUSE_SECS,
+    BatchingInput,
+    CallerAudioBatcher,
+    quiet_hold,
+)
 from pipeline.endpoint_vad import EndpointVADAnalyzer
 from pipeline.speech_energy import SpeechEnergyTracker
 
@@ -281,3 +287,55 @@ async def test_turn_idle_is_false_while_a_turn_is_open_or_smart_turn_counts_sile
     # a bot without Smart Turn: only the gate counts
     plain = turn_idle(gate, turn_strategies(BotProfile(name="t", smart_turn=False), vad))
     assert plain()
+
+
+def test_read_pauses_once_per_quiet_hold_while_allowed_until_it_is_full():
+    state = {"steady": True, "quiet": True, "idle": True}
+
+    class Input(BatchingInput):
+        pass
+
+    inp = Input()
+    inp._use_batching(
+        RATE,
+        lambda: state["steady"],
+        lambda ss, n, last: state["quiet"],
+        0.2,
+        0.02,
+        pause_reading=lambda: state["idle"],
+    )
+    batcher = inp.batcher
+    assert batcher is not None
+    frame = bytes(2 * FRAME)
+    assert inp.read_pause_secs() == 0.0  # nothing waits
+    assert batcher.offer(frame) is None
+    assert batcher.quiet_hold_left_secs() == pytest.approx(0.18)
+    assert inp.read_pause_secs() == pytest.approx(0.18)  # until the 200 ms hold is full
+    inp._count_read_pause(0.18)
+    assert batcher.offer(frame) is None
+    assert inp.read_pause_secs() == 0.0  # once per hold: the frames read after it fill it
+    for _ in range(7):
+        assert batcher.offer(frame) is None
+    assert batcher.offer(frame) == bytes(20 * FRAME)  # full: one push
+    assert batcher.offer(frame) is None  # the next hold may pause again
+    assert inp.read_pause_secs() == pytest.approx(0.18)
+    state["idle"] = False  # the bot answers or speaks: read every frame
+    assert inp.read_pause_secs() == 0.0
+    state["idle"] = True
+    for _ in range(8):
+        batcher.offer(frame)
+    assert batcher.quiet_hold_left_secs() == pytest.approx(0.02)
+    assert inp.read_pause_secs() == 0.0  # under MIN_READ_PAUSE_SECS: not worth a timer
+    batcher.take()
+    state["quiet"] = False
+    assert batcher.offer(frame) is None  # waits for its pair partner: not a quiet hold
+    assert batcher.quiet_hold_left_secs() == 0.0 and inp.read_pause_secs() == 0.0
+    assert (inp.read_pauses, inp.read_paused_secs) == (1, pytest.approx(0.18))
+    # a pair partner waiting, then quiet frames: not all of it waits as quiet
+    state["quiet"] = True
+    assert batcher.offer(frame) is None
+    assert batcher.quiet_hold_left_secs() == 0.0
+    # no quiet test, no pauses
+    inp._use_batching(RATE, lambda: True, None, 0.2, 0.02, pause_reading=lambda: True)
+    assert inp._may_pause_reading is None
+    assert MIN_READ_PAUSE_SECS > 0.02

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 from pipecat.frames.frames import InputAudioRawFrame
@@ -100,3 +101,49 @@ async def test_line_noise_is_white_at_the_asked_level_and_quiet_holds_go_down_in
     words = got[4000 : 4000 + a.size] - a
     assert np.sqrt(np.mean(words**2)) < 2 * 32768 * 10 ** (-40 / 20)  # the words + the hiss
     assert phone.mic.frames_pushed == len(ear.frames) < 50
+
+
+class TimedEar(Ear):
+    """Also notes when each frame arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    async def process_frame(self, frame, direction: FrameDirection) -> None:
+        if isinstance(frame, InputAudioRawFrame):
+            self.times.append(asyncio.get_running_loop().time())
+        await super().process_frame(frame, direction)
+
+
+async def test_read_pauses_hand_over_the_same_audio_at_most_a_hold_late() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.integers(-8000, 8000, int(0.2 * RATE)).astype(np.int16)
+    phone = LoopbackPhone([Say(a, 0.5)])
+    idle = {"bot": True}
+    phone.mic.coalesce_while(
+        None, quiet=lambda ss, n, _last: ss <= n, pause_reading=lambda: idle["bot"]
+    )
+    ear = TimedEar()
+    worker = PipelineWorker(
+        Pipeline([phone.input(), ear, phone.output()]),
+        params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
+        enable_rtvi=False,
+        idle_timeout_secs=None,
+    )
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(1.0)
+    await worker.cancel()
+    await asyncio.wait_for(task, 10.0)
+    got = np.frombuffer(b"".join(f.audio for f in ear.frames), dtype=np.int16)
+    expected = np.zeros(got.size, dtype=np.int16)
+    expected[4000 : 4000 + a.size] = a
+    np.testing.assert_array_equal(got, expected)  # every sample, in order
+    assert phone.mic.read_pauses >= 2
+    # the words' first frame was due at 0.5 s: it went down at most a hold (200 ms) later
+    t0 = phone.mic.started_at - time.monotonic() + asyncio.get_running_loop().time()
+    ends = np.cumsum([len(f.audio) // 2 for f in ear.frames])
+    first_loud = int(np.searchsorted(ends, 4000, side="right"))
+    assert ear.times[first_loud] - t0 <= 0.5 + 0.02 + 0.2 + 0.05

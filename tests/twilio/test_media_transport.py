@@ -29,7 +29,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
 from pipecat.workers.runner import WorkerRunner
 
-from bots.twilio.media_transport import TwilioMediaTransport
+from bots.twilio.media_transport import TwilioMediaTransport, socket_transport
 from bots.twilio.serializer import PhoneSerializer
 from model_service.server import serving
 
@@ -78,7 +78,7 @@ def _dtmf(digit: str) -> str:
 
 
 async def _serve_call(
-    probe: Probe, holder: dict, quiet=None, lead_secs: float = 0.1, hold=None
+    probe: Probe, holder: dict, quiet=None, lead_secs: float = 0.1, hold=None, pause=None
 ) -> FastAPI:
     app = FastAPI()
 
@@ -102,7 +102,7 @@ async def _serve_call(
         )
         holder["transport"] = transport
         if quiet is not None or hold is not None:
-            transport.input().coalesce_while(quiet, quiet=hold)
+            transport.input().coalesce_while(quiet, quiet=hold, pause_reading=pause)
         worker = PipelineWorker(
             Pipeline([transport.input(), probe, transport.output()]),
             params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
@@ -243,6 +243,67 @@ async def test_quiet_caller_audio_waits_up_to_200_ms_and_goes_down_with_what_is_
     # the test saw the waiting audio's bound grow frame by frame, never more than 200 ms
     assert max(n for _, n in offers) == 1600
     assert offers[:2] == [(160.0, 160), (320.0, 320)]
+
+
+async def test_the_socket_is_left_unread_while_a_quiet_hold_fills_and_nothing_is_lost() -> None:
+    probe, holder = Probe(), {}
+    idle = {"bot": True}
+
+    def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
+        return sum_squares <= samples
+
+    app = await _serve_call(
+        probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: idle["bot"]
+    )
+    reading: list[bool] = []
+    async with serving(app) as url:
+        async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
+            await asyncio.sleep(0.1)
+            reader = socket_transport(holder["transport"].input()._client)
+            assert reader is not None and reader.is_reading()
+
+            async def watch() -> None:
+                while True:
+                    reading.append(reader.is_reading())
+                    await asyncio.sleep(0.005)
+
+            watcher = asyncio.create_task(watch())
+            frames = [0xFF] * 10 + [0xFF] * 3 + [0x00] + [0xFF] * 2  # as Twilio paces them
+            sent_at: list[float] = []
+            for b in frames:
+                await ws.send(_ulaw_media(b))
+                sent_at.append(asyncio.get_running_loop().time())
+                await asyncio.sleep(0.02)
+            await ws.send(_dtmf("5"))
+            await asyncio.sleep(0.5)
+            watcher.cancel()
+    # the same pushes, in the same order, as when every frame is read on arrival
+    assert probe.seen == ["audio", "audio", "audio", "dtmf 5"]
+    assert [len(a) for a in probe.audio_bytes] == [3200, 1280, 640]
+    assert probe.audio_bytes[0] == bytes(3200) and probe.audio_bytes[2] == bytes(640)
+    assert abs(int.from_bytes(probe.audio_bytes[1][960:962], "little", signed=True)) > 30000
+    transport_in = holder["transport"].input()
+    assert transport_in.read_pauses >= 2
+    assert 0.15 * transport_in.read_pauses <= transport_in.read_paused_secs
+    assert False in reading and reading[-1] is True  # really unread, then read again
+
+
+async def test_no_read_pause_while_the_bot_is_not_idle() -> None:
+    probe, holder = Probe(), {}
+
+    def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
+        return sum_squares <= samples
+
+    app = await _serve_call(probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: False)
+    async with serving(app) as url:
+        async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
+            for _ in range(12):
+                await ws.send(_ulaw_media(0xFF))
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+    transport_in = holder["transport"].input()
+    assert transport_in.read_pauses == 0
+    assert [len(a) for a in probe.audio_bytes] == [3200]  # the quiet hold itself works as before
 
 
 async def _media_arrivals(lead_secs: float) -> tuple[list[float], float, TwilioMediaTransport]:
