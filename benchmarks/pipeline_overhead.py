@@ -22,7 +22,8 @@ open, pairs while the VAD is quiet or the speech steady; ``--no-quiet-hold`` for
 its 50 Hz wake-ups stand for that input's socket reads and stay in the bot's share; while a
 quiet hold fills and the bot is idle it is not woken for the frames, as the Twilio input leaves
 its socket unread then, and takes them at once when the hold is full (``--no-read-pause``: woken
-for every frame). The line is digital silence between the caller's words unless
+for every frame). The bot's audio is written in 100 ms chunks as on the Twilio call
+(``--out-10ms-chunks 4``: Pipecat's default 40 ms). The line is digital silence between the caller's words unless
 ``--noise-dbfs`` adds white noise. The call runs as in the bot server: on uvloop (what uvicorn
 picks) with ``pipeline.wait_for`` installed (``--stdlib-loop`` for asyncio's own loop). The event
 loop's CPU is also split by what the call was doing (``phase_cpu``: the loop's clock read every
@@ -116,6 +117,7 @@ async def run_call(
     noise_dbfs: float | None = None,
     quiet_hold: bool = True,
     read_pause: bool = True,
+    out_10ms_chunks: int = 10,
 ) -> dict[str, Any]:
     """One call of ``turns`` caller turns, one every ``period`` seconds."""
     from pipecat.frames.frames import MetricsFrame, VADUserStoppedSpeakingFrame
@@ -132,7 +134,11 @@ async def run_call(
     speech = synthesize(UTTERANCE, RATE)
     end_in_utt = voiced_end(speech)
     offsets = [1.0 + k * period for k in range(turns)]
-    phone = LoopbackPhone([Say(speech, off) for off in offsets], noise_dbfs=noise_dbfs)
+    phone = LoopbackPhone(
+        [Say(speech, off) for off in offsets],
+        noise_dbfs=noise_dbfs,
+        out_10ms_chunks=out_10ms_chunks,
+    )
     prof = BotProfile(name="bench", vad_stop_secs=0.2, smart_turn=True)
     pipeline, parts = build_call(phone, prof, Settings(model_url=url), CallInfo("bench", "bench"))
     vad = parts.vad
@@ -240,6 +246,7 @@ async def run_call(
         "noise_dbfs": noise_dbfs,
         "quiet_hold": quiet_hold,
         "read_pause": read_pause,
+        "out_10ms_chunks": out_10ms_chunks,
         "read_pauses": phone.mic.read_pauses,
         "read_paused_secs": phone.mic.read_paused_secs,
         "echo_checks": parts.echo_guard.checks,
@@ -339,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         help="white line noise on the caller's audio, dBFS RMS (default: digital silence)",
     )
     ap.add_argument(
+        "--out-10ms-chunks", type=int, default=None,
+        help="the bot's audio written in chunks of this many 10 ms (default: as the Twilio call, "
+        "bots.call.PHONE_AUDIO_OUT_10MS_CHUNKS; Pipecat's default is 4)",
+    )
+    ap.add_argument(
         "--no-read-pause", action="store_true",
         help="the phone input is woken for every frame also during quiet holds (for A/B runs)",
     )
@@ -351,11 +363,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--turns must be >= 1")
     if args.reply_secs <= 0:
         ap.error("--reply-secs must be > 0")
+    if args.out_10ms_chunks is not None and args.out_10ms_chunks < 1:
+        ap.error("--out-10ms-chunks must be >= 1")
     # a caller turn every PERIOD_SECS, or later so each waits out a longer answer (plus 1 s)
     period = max(PERIOD_SECS, UTTERANCE_SECS_MAX + 0.5 + args.reply_secs + 1.0)
 
     from loguru import logger
 
+    from bots.call import PHONE_AUDIO_OUT_10MS_CHUNKS
+
+    out_chunks = args.out_10ms_chunks or PHONE_AUDIO_OUT_10MS_CHUNKS
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
 
@@ -384,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 noise_dbfs=args.noise_dbfs,
                 quiet_hold=not args.no_quiet_hold,
                 read_pause=not args.no_read_pause,
+                out_10ms_chunks=out_chunks,
             )
         )
         from benchmarks.load_test import calibration_us
@@ -444,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  caller audio pushes: {pushed} ({saved} fewer than 20 ms frames; "
         f"{res['caller_frames_quiet_held']} frames held as quiet, quiet hold "
         f"{'on' if res['quiet_hold'] else 'off'}); line: {noise}; a turn every {period:.1f} s, "
-        f"answers {args.reply_secs:g} s; echo correlations: {res['echo_checks']}"
+        f"answers {args.reply_secs:g} s in {10 * out_chunks} ms chunks; "
+        f"echo correlations: {res['echo_checks']}"
     )
     print(
         f"  read pauses (the input left unread while a quiet hold filled and the bot was idle): "

@@ -45,12 +45,15 @@ class Say:
 class PhoneSpeaker(BaseOutputTransport):
     """The caller's earpiece: plays the bot's audio at real-time pace and remembers it."""
 
-    def __init__(self, sample_rate: int = 8000) -> None:
+    def __init__(self, sample_rate: int = 8000, out_10ms_chunks: int = 4) -> None:
+        """``out_10ms_chunks``: the bot's audio is written in chunks of this many 10 ms
+        (Pipecat's default 4; the Twilio call sends 10: ``bots.call.PHONE_AUDIO_OUT_10MS_CHUNKS``)."""
         super().__init__(
             TransportParams(
                 audio_out_enabled=True,
                 audio_out_sample_rate=sample_rate,
                 audio_out_end_silence_secs=0,
+                audio_out_10ms_chunks=out_10ms_chunks,
             )
         )
         self.rate = sample_rate
@@ -262,9 +265,11 @@ class LoopbackPhone:
     noise_dbfs: float | None = None
 
     sample_rate: int = 8000
+    #: The bot's audio is written in chunks of this many 10 ms (Pipecat's default: 4).
+    out_10ms_chunks: int = 4
 
     def __post_init__(self) -> None:
-        self.speaker = PhoneSpeaker(self.sample_rate)
+        self.speaker = PhoneSpeaker(self.sample_rate, self.out_10ms_chunks)
         self.mic = PhoneMicrophone(
             self.speaker, self.script, self.echo_gain, self.echo_delay, self.noise_dbfs
         )

@@ -6,7 +6,13 @@ import asyncio
 import time
 
 import numpy as np
-from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    StartFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -147,3 +153,35 @@ async def test_read_pauses_hand_over_the_same_audio_at_most_a_hold_late() -> Non
     ends = np.cumsum([len(f.audio) // 2 for f in ear.frames])
     first_loud = int(np.searchsorted(ends, 4000, side="right"))
     assert ear.times[first_loud] - t0 <= 0.5 + 0.02 + 0.2 + 0.05
+
+
+class Talker(FrameProcessor):
+    """Sends 0.8 s of bot audio once the pipeline has started."""
+
+    async def process_frame(self, frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self.push_frame(TTSStartedFrame())
+            await self.push_frame(TTSAudioRawFrame(b"\x01\x02" * int(0.8 * RATE), RATE, 1))
+            await self.push_frame(TTSStoppedFrame())
+
+
+async def test_the_earpiece_writes_the_bots_audio_in_the_chunks_asked_for() -> None:
+    for chunks, samples in ((4, 320), (10, 800)):
+        phone = LoopbackPhone(out_10ms_chunks=chunks)
+        worker = PipelineWorker(
+            Pipeline([phone.input(), Talker(), phone.output()]),
+            params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
+            enable_rtvi=False,
+            idle_timeout_secs=None,
+        )
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(worker)
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(1.2)
+        await worker.cancel()
+        await asyncio.wait_for(task, 10.0)
+        sizes = [x.size for _, x in phone.speaker.chunks]
+        assert sum(sizes) == int(0.8 * RATE)
+        assert set(sizes) == {samples}, (chunks, sizes)
