@@ -39,10 +39,17 @@ class Ear(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-async def _listen(phone: LoopbackPhone, secs: float) -> Ear:
-    ear = Ear()
+async def _listen(phone: LoopbackPhone, secs: float, ear: Ear | None = None) -> Ear:
+    """Run ``phone`` for ``secs`` with ``ear`` (or a new Ear) between its microphone and
+    earpiece."""
+    ear = ear if ear is not None else Ear()
+    await _run(phone, ear, secs)
+    return ear
+
+
+async def _run(phone: LoopbackPhone, middle: FrameProcessor, secs: float) -> None:
     worker = PipelineWorker(
-        Pipeline([phone.input(), ear, phone.output()]),
+        Pipeline([phone.input(), middle, phone.output()]),
         params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
         enable_rtvi=False,
         idle_timeout_secs=None,
@@ -53,7 +60,6 @@ async def _listen(phone: LoopbackPhone, secs: float) -> Ear:
     await asyncio.sleep(secs)
     await worker.cancel()
     await asyncio.wait_for(task, 10.0)
-    return ear
 
 
 async def test_script_arrives_sample_exact_in_pairs_while_the_predicate_holds() -> None:
@@ -126,23 +132,9 @@ async def test_read_pauses_hand_over_the_same_audio_at_most_a_hold_late() -> Non
     rng = np.random.default_rng(3)
     a = rng.integers(-8000, 8000, int(0.2 * RATE)).astype(np.int16)
     phone = LoopbackPhone([Say(a, 0.5)])
-    idle = {"bot": True}
-    phone.mic.coalesce_while(
-        None, quiet=lambda ss, n, _last: ss <= n, pause_reading=lambda: idle["bot"]
-    )
+    phone.mic.coalesce_while(None, quiet=lambda ss, n, _last: ss <= n, pause_reading=lambda: True)
     ear = TimedEar()
-    worker = PipelineWorker(
-        Pipeline([phone.input(), ear, phone.output()]),
-        params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
-        enable_rtvi=False,
-        idle_timeout_secs=None,
-    )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    task = asyncio.create_task(runner.run())
-    await asyncio.sleep(1.0)
-    await worker.cancel()
-    await asyncio.wait_for(task, 10.0)
+    await _listen(phone, 1.0, ear)
     got = np.frombuffer(b"".join(f.audio for f in ear.frames), dtype=np.int16)
     expected = np.zeros(got.size, dtype=np.int16)
     expected[4000 : 4000 + a.size] = a
@@ -170,18 +162,7 @@ class Talker(FrameProcessor):
 async def test_the_earpiece_writes_the_bots_audio_in_the_chunks_asked_for() -> None:
     for chunks, samples in ((4, 320), (10, 800)):
         phone = LoopbackPhone(out_10ms_chunks=chunks)
-        worker = PipelineWorker(
-            Pipeline([phone.input(), Talker(), phone.output()]),
-            params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
-            enable_rtvi=False,
-            idle_timeout_secs=None,
-        )
-        runner = WorkerRunner(handle_sigint=False)
-        await runner.add_workers(worker)
-        task = asyncio.create_task(runner.run())
-        await asyncio.sleep(1.2)
-        await worker.cancel()
-        await asyncio.wait_for(task, 10.0)
+        await _run(phone, Talker(), 1.2)
         sizes = [x.size for _, x in phone.speaker.chunks]
         assert sum(sizes) == int(0.8 * RATE)
         assert set(sizes) == {samples}, (chunks, sizes)
