@@ -9,11 +9,12 @@ Measured here, each for ``--secs`` seconds, as % of one core of this process (no
 
 - ``timer``: a bare asyncio loop woken every 20 ms (``asyncio.sleep`` to the next frame time, as
   the loopback phone does), no work;
-- ``twilio``: the bot server's stack (uvicorn + Starlette's WebSocket, under FastAPI's; uvloop) receiving a child
-  process's Twilio media messages (``connected``, ``start``, then ``media`` with 160 bytes of
-  mu-law, base64 in JSON), each parsed and decoded to PCM16 (``json.loads``, ``base64``,
-  ``audioop.ulaw2lin``), one message every 20 ms;
-- ``twilio --burst K``: the same messages, K of them sent together every K x 20 ms (what the
+- ``twilio``: the bot server's stack (uvicorn + Starlette's WebSocket, under FastAPI's;
+  uvloop; ``model_service.server.serving``) receiving a child process's Twilio media messages
+  (``connected``, ``start``, then ``media`` with 160 bytes of mu-law, base64 in JSON), each
+  parsed and decoded to PCM16 (``json.loads``, ``base64``, ``audioop.ulaw2lin``), one message
+  every 20 ms;
+- ``twilio``, K at a time: the same messages, K of them sent together every K x 20 ms (what the
   socket hands a reader that reads only every K frame times: the same bytes, K times fewer
   wake-ups).
 
@@ -27,7 +28,6 @@ import asyncio
 import base64
 import json
 import multiprocessing as mp
-import socket
 import sys
 import time
 from pathlib import Path
@@ -65,7 +65,7 @@ def twilio_messages(stream_sid: str = "MZbench") -> tuple[list[str], str]:
     return opening, media
 
 
-def _send_media(url: str, secs: float, burst: int, ready: Any) -> None:
+def _send_media(url: str, secs: float, burst: int) -> None:
     """Child process: Twilio's side, ``burst`` media messages every ``burst`` frame times."""
     import websockets.sync.client as ws_client
 
@@ -73,7 +73,6 @@ def _send_media(url: str, secs: float, burst: int, ready: Any) -> None:
     with ws_client.connect(url, compression=None) as ws:
         for m in opening:
             ws.send(m)
-        ready.set()
         start = time.monotonic()
         k = 0
         while time.monotonic() - start < secs + 1.0:
@@ -97,21 +96,16 @@ async def measure_timer(secs: float) -> float:
     return 100.0 * (time.process_time() - cpu0) / (time.monotonic() - start)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def measure_twilio(secs: float, burst: int) -> dict[str, float]:
     """% of a core of the bot server's stack taking a Media Stream, and the messages taken."""
-    import uvicorn
     from pipecat.audio.utils import audioop as ulaw
     from starlette.applications import Starlette
     from starlette.routing import WebSocketRoute
 
-    got: dict[str, Any] = {"media": 0, "bytes": 0, "window": None}
-    window = asyncio.Event()
+    from model_service.server import SESSION_PATH, serving
+
+    taken = {"media": 0}
+    first = asyncio.Event()
 
     async def media(ws: Any) -> None:
         await ws.accept()
@@ -123,34 +117,22 @@ async def measure_twilio(secs: float, burst: int) -> dict[str, float]:
             msg = json.loads(text)
             if msg.get("event") != "media":
                 continue
-            pcm = ulaw.ulaw2lin(base64.b64decode(msg["media"]["payload"]), 2)
-            got["media"] += 1
-            got["bytes"] += len(pcm)
-            if got["window"] is None:
-                window.set()
+            ulaw.ulaw2lin(base64.b64decode(msg["media"]["payload"]), 2)
+            taken["media"] += 1
+            first.set()
 
     app = Starlette(routes=[WebSocketRoute("/media", media)])  # what FastAPI's routes run on
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
-        await asyncio.sleep(0.01)
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    sender = ctx.Process(
-        target=_send_media, args=(f"ws://127.0.0.1:{port}/media", secs, burst, ready), daemon=True
-    )
-    sender.start()
-    await window.wait()
-    await asyncio.sleep(0.5)  # past the connection's start
-    n0, cpu0, t0 = got["media"], time.process_time(), time.monotonic()
-    await asyncio.sleep(secs)
-    cpu, wall, n = time.process_time() - cpu0, time.monotonic() - t0, got["media"] - n0
-    sender.join(5)
-    server.should_exit = True
-    await serving
+    async with serving(app) as url:
+        sender = mp.get_context("spawn").Process(
+            target=_send_media, args=(url.replace(SESSION_PATH, "/media"), secs, burst), daemon=True
+        )
+        sender.start()
+        await first.wait()
+        await asyncio.sleep(0.5)  # past the connection's start
+        n0, cpu0, t0 = taken["media"], time.process_time(), time.monotonic()
+        await asyncio.sleep(secs)
+        cpu, wall, n = time.process_time() - cpu0, time.monotonic() - t0, taken["media"] - n0
+        sender.join(5)
     return {"cpu_percent_of_core": 100.0 * cpu / wall, "media_per_sec": n / wall}
 
 

@@ -23,8 +23,8 @@ its 50 Hz wake-ups stand for that input's socket reads and stay in the bot's sha
 quiet hold fills and the bot is idle it is not woken for the frames, as the Twilio input leaves
 its socket unread then, and takes them at once when the hold is full (``--no-read-pause``: woken
 for every frame). The bot's audio is written in 100 ms chunks as on the Twilio call
-(``--out-10ms-chunks 4``: Pipecat's default 40 ms). The line is digital silence between the caller's words unless
-``--noise-dbfs`` adds white noise. The call runs as in the bot server: on uvloop (what uvicorn
+(``--out-10ms-chunks 4``: Pipecat's default 40 ms). The line is digital silence between the
+caller's words unless ``--noise-dbfs`` adds white noise. The call runs as in the bot server: on uvloop (what uvicorn
 picks) with ``pipeline.wait_for`` installed (``--stdlib-loop`` for asyncio's own loop). The event
 loop's CPU is also split by what the call was doing (``phase_cpu``: the loop's clock read every
 0.1 s; quiet, the caller speaking, the turn's end, the bot speaking).

@@ -47,7 +47,8 @@ class PhoneSpeaker(BaseOutputTransport):
 
     def __init__(self, sample_rate: int = 8000, out_10ms_chunks: int = 4) -> None:
         """``out_10ms_chunks``: the bot's audio is written in chunks of this many 10 ms
-        (Pipecat's default 4; the Twilio call sends 10: ``bots.call.PHONE_AUDIO_OUT_10MS_CHUNKS``)."""
+        (Pipecat's default 4; the Twilio call sends 10:
+        ``bots.call.PHONE_AUDIO_OUT_10MS_CHUNKS``)."""
         super().__init__(
             TransportParams(
                 audio_out_enabled=True,

@@ -294,7 +294,9 @@ async def test_no_read_pause_while_the_bot_is_not_idle() -> None:
     def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
         return sum_squares <= samples
 
-    app = await _serve_call(probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: False)
+    app = await _serve_call(
+        probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: False
+    )
     async with serving(app) as url:
         async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
             for _ in range(12):
