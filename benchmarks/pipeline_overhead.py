@@ -18,19 +18,22 @@ CPU: this process's CPU time over the calls' wall time, less what the simulated 
 spent, timed in place (``LoopbackPhone.own_cpu_secs``: making the caller's frames, keeping the
 bot's). The phone delivers what the Twilio input does (20 ms ``CallerAudioFrame``s batched by
 ``pipeline.caller_audio_batcher``: up to 200 ms of a provably quiet line held while no turn is
-open, pairs while the VAD is quiet or the speech steady; ``--no-quiet-hold`` for pairs only);
-its 50 Hz wake-ups stand for that input's socket reads and stay in the bot's share; while a
-quiet hold fills and the bot is idle it is not woken for the frames, as the Twilio input leaves
-its socket unread then, and takes them at once when the hold is full (``--no-read-pause``: woken
-for every frame). The bot's audio is written in 100 ms chunks as on the Twilio call
+open, ``--no-quiet-hold`` for none; ~80-100 ms of the caller's loud speech held in a turn while
+the bot is idle, ``--no-speech-hold`` for none; else pairs while the VAD is quiet or the speech
+steady). Its 50 Hz wake-ups stand for that input's socket reads and stay in the bot's share;
+while a hold fills and the bot is idle it is not woken for the frames, as the Twilio input
+leaves its socket unread then, and takes them at once when the pause ends (``--no-read-pause``:
+woken for every frame). The bot's audio is written in 100 ms chunks as on the Twilio call
 (``--out-10ms-chunks 4``: Pipecat's default 40 ms). The line is digital silence between the
-caller's words unless ``--noise-dbfs`` adds white noise. The call runs as in the bot server: on uvloop (what uvicorn
-picks) with ``pipeline.wait_for`` installed (``--stdlib-loop`` for asyncio's own loop). The event
-loop's CPU is also split by what the call was doing (``phase_cpu``: the loop's clock read every
-0.1 s; quiet, the caller speaking, the turn's end, the bot speaking).
+caller's words unless ``--noise-dbfs`` adds white noise. The call runs as in the bot server: on
+uvloop (what uvicorn picks) with ``pipeline.wait_for`` installed (``--stdlib-loop`` for
+asyncio's own loop). The event loop's CPU is also split by what the call was doing
+(``phase_cpu``: the loop's clock read every 0.1 s; quiet, the caller speaking, the turn's end,
+the bot speaking).
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--turns 12] [--json out.json]
         [--noise-dbfs -65] [--reply-secs 3] [--no-quiet-hold] [--no-read-pause]
+        [--no-speech-hold]
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ async def run_call(
     quiet_hold: bool = True,
     read_pause: bool = True,
     out_10ms_chunks: int = 10,
+    speech_hold: bool = True,
 ) -> dict[str, Any]:
     """One call of ``turns`` caller turns, one every ``period`` seconds."""
     from pipecat.frames.frames import MetricsFrame, VADUserStoppedSpeakingFrame
@@ -149,6 +153,7 @@ async def run_call(
         lambda: vad.steady,
         quiet=parts.quiet_hold if quiet_hold else None,
         pause_reading=(lambda: service.bot_idle) if read_pause else None,
+        speech=parts.speech_hold if speech_hold else None,
     )
 
     class TurnModel(BaseObserver):
@@ -242,9 +247,11 @@ async def run_call(
         "caller_frames_pushed": phone.mic.frames_pushed,
         "caller_frames_coalesced": phone.mic.frames_coalesced,
         "caller_frames_quiet_held": batcher.quiet_frames if batcher is not None else 0,
+        "caller_frames_speech_held": batcher.speech_frames if batcher is not None else 0,
         "period_secs": period,
         "noise_dbfs": noise_dbfs,
         "quiet_hold": quiet_hold,
+        "speech_hold": speech_hold,
         "read_pause": read_pause,
         "out_10ms_chunks": out_10ms_chunks,
         "read_pauses": phone.mic.read_pauses,
@@ -355,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the phone input is woken for every frame also during quiet holds (for A/B runs)",
     )
     ap.add_argument(
+        "--no-speech-hold", action="store_true",
+        help="the phone input never holds the caller's speech back in a turn (for A/B runs)",
+    )
+    ap.add_argument(
         "--no-quiet-hold", action="store_true",
         help="the phone input never holds quiet audio back (pairs only; for A/B runs)",
     )
@@ -402,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                 quiet_hold=not args.no_quiet_hold,
                 read_pause=not args.no_read_pause,
                 out_10ms_chunks=out_chunks,
+                speech_hold=not args.no_speech_hold,
             )
         )
         from benchmarks.load_test import calibration_us
@@ -461,12 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  caller audio pushes: {pushed} ({saved} fewer than 20 ms frames; "
         f"{res['caller_frames_quiet_held']} frames held as quiet, quiet hold "
-        f"{'on' if res['quiet_hold'] else 'off'}); line: {noise}; a turn every {period:.1f} s, "
+        f"{'on' if res['quiet_hold'] else 'off'}; {res['caller_frames_speech_held']} as speech, "
+        f"speech hold {'on' if res['speech_hold'] else 'off'}); line: {noise}; "
+        f"a turn every {period:.1f} s, "
         f"answers {args.reply_secs:g} s in {10 * out_chunks} ms chunks; "
         f"echo correlations: {res['echo_checks']}"
     )
     print(
-        f"  read pauses (the input left unread while a quiet hold filled and the bot was idle): "
+        f"  read pauses (the input left unread while a hold filled and the bot was idle): "
         f"{res['read_pauses']}, {res['read_paused_secs']:.1f} s in all"
         + ("" if res["read_pause"] else " (off)")
     )

@@ -49,7 +49,7 @@ from bots.tracing import call_span_attributes, tracing_enabled
 from bots.twilio.media_transport import TwilioMediaTransport
 from bots.twilio.serializer import PhoneSerializer
 from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
-from pipeline.caller_audio_batcher import QuietTest, quiet_hold
+from pipeline.caller_audio_batcher import QuietTest, SpeechHoldTest, quiet_hold, speech_hold
 from pipeline.caller_audio_gate import CallerAudioGate
 from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
 from pipeline.endpoint_vad import EndpointVADAnalyzer
@@ -146,6 +146,8 @@ class CallPipelineParts:
     stale_audio: StaleAudioGuard | None = None
     #: When a phone input may hold quiet caller audio back (its ``coalesce_while(quiet=...)``).
     quiet_hold: QuietTest | None = None
+    #: When a phone input may hold the caller's speech back (its ``coalesce_while(speech=...)``).
+    speech_hold: SpeechHoldTest | None = None
 
 
 def build_call_pipeline(
@@ -255,8 +257,28 @@ def build_call(
         aggregators=aggregators,
         stale_audio=stale_audio,
         quiet_hold=quiet_hold(vad, turn_idle(gate, strategies)),
+        speech_hold=speech_hold(
+            vad, lambda: gate.in_turn and service.bot_idle, pause_acted_on(vad, strategies)
+        ),
     )
     return Pipeline(processors), parts
+
+
+def pause_acted_on(vad: EndpointVADAnalyzer, strategies: UserTurnStrategies) -> Callable[[], float]:
+    """The shortest pause in the caller's speech that something acts on: Smart Turn's early
+    inference (``speculate_after_secs``), else VAD's ``stop_secs``."""
+    analyzers = [
+        analyzer
+        for strategy in strategies.stop
+        if isinstance(
+            analyzer := getattr(strategy, "_turn_analyzer", None), SpeculativeSmartTurnAnalyzer
+        )
+    ]
+
+    def secs() -> float:
+        return min([vad.params.stop_secs] + [a.speculate_after_secs for a in analyzers])
+
+    return secs
 
 
 def turn_idle(gate: CallerAudioGate, strategies: UserTurnStrategies) -> Callable[[], bool]:
@@ -423,9 +445,10 @@ async def run_twilio_call(
         call_control=call_control,
     )
     # fewer, longer caller frames where that changes nothing: up to 200 ms of a provably quiet
-    # line while no turn is open, else 40 ms pairs while nobody speaks or the caller speaks
-    # steadily (never in the pause at the end of speech; pipeline.caller_audio_batcher); while
-    # the bot is idle, the WebSocket is read in bursts during those holds (fewer wake-ups)
+    # line while no turn is open, ~80-100 ms of the caller's loud speech in a turn while the bot
+    # is idle, else 40 ms pairs while nobody speaks or the caller speaks steadily (never in the
+    # pause at the end of speech; pipeline.caller_audio_batcher); while the bot is idle, the
+    # WebSocket is read in bursts during those holds (fewer wake-ups)
     vad = parts.vad
     if vad is not None:
         service = parts.service
@@ -433,6 +456,7 @@ async def run_twilio_call(
             lambda: vad.steady,
             quiet=parts.quiet_hold,
             pause_reading=lambda: service.bot_idle,
+            speech=parts.speech_hold,
         )
     worker = call_worker(
         pipeline,

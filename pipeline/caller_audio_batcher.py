@@ -21,6 +21,15 @@ longer frames where that changes nothing anyone could notice:
   of a core on a 2-vCPU VM, ~0.4 % in bursts of ten). The price: a caller who starts speaking
   while the bot is idle is heard up to ``hold_secs`` later (never a barge-in, never the end
   of a turn, which the quiet test and the bot's idleness rule out).
+- **Speech holds.** While a user turn is open, the bot is idle and the caller speaks loudly
+  (``speech``: :func:`speech_hold`, :meth:`EndpointVADAnalyzer.speech_hold_secs`), frames wait
+  as long as no pause that anything acts on (the early Smart Turn inference, VAD's stop) could
+  have grown inside them: about 60-90 ms with Smart Turn's early look 0.1 s into a pause. The
+  frame that would make them longer goes down at once with them, so the VAD and the turn
+  analyzer act at the same frame as without the hold; the audio reaches the model service up
+  to that much later, and the end of the turn, which flushes it, not at all. Read pauses apply
+  to speech holds too (the caller's words are read about every 80-100 ms instead of 50 times a
+  second).
 - **Pairs.** Otherwise, while ``steady()`` (:attr:`EndpointVADAnalyzer.steady`: nobody speaks,
   or the caller speaks and was loud a moment ago), a frame waits one frame time for the next one.
 
@@ -47,6 +56,10 @@ MIN_READ_PAUSE_SECS = 0.03
 #: ``last_sent``? (see :func:`quiet_hold`)
 QuietTest = Callable[[float, int, "bytes | None"], bool]
 
+#: ``speech(last_sent)``: seconds of audio that may wait now in a speech hold (0: none), the last
+#: audio sent down being ``last_sent`` (see :func:`speech_hold`).
+SpeechHoldTest = Callable[["bytes | None"], float]
+
 
 def quiet_hold(vad: EndpointVADAnalyzer, idle: Callable[[], bool]) -> QuietTest:
     """The quiet-hold test of a call: no user turn open (``idle()``), the VAD has analyzed all
@@ -56,6 +69,24 @@ def quiet_hold(vad: EndpointVADAnalyzer, idle: Callable[[], bool]) -> QuietTest:
         return idle() and vad.has_analyzed_last(last_sent) and vad.stays_quiet(sum_squares, samples)
 
     return may_wait
+
+
+def speech_hold(
+    vad: EndpointVADAnalyzer,
+    allowed: Callable[[], bool],
+    act_after_secs: Callable[[], float],
+) -> SpeechHoldTest:
+    """The speech-hold test of a call: while ``allowed()`` (a user turn is open and the bot is
+    idle), the VAD has analyzed all audio sent down, and per
+    :meth:`EndpointVADAnalyzer.speech_hold_secs` with the pause ``act_after_secs()`` that acts
+    (Smart Turn's early inference; VAD's ``stop_secs`` without Smart Turn)."""
+
+    def may_wait_secs(last_sent: bytes | None) -> float:
+        if not (allowed() and vad.has_analyzed_last(last_sent)):
+            return 0.0
+        return vad.speech_hold_secs(act_after_secs())
+
+    return may_wait_secs
 
 
 class CallerAudioBatcher:
@@ -69,9 +100,12 @@ class CallerAudioBatcher:
         quiet: QuietTest | None = None,
         hold_secs: float = HOLD_SECS,
         frame_secs: float = 0.02,
+        speech: SpeechHoldTest | None = None,
     ) -> None:
         """``steady``: pair frames while it is true (None: never). ``quiet``: the quiet-hold
-        test (None: no quiet hold). Frames longer than ``frame_secs`` are never paired."""
+        test (None: no quiet hold). ``speech``: the speech-hold test (None: no speech hold;
+        a speech hold is at most ``hold_secs`` too). Frames longer than ``frame_secs`` are
+        never paired or held as speech."""
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
         if hold_secs < 0 or frame_secs <= 0:
@@ -79,18 +113,22 @@ class CallerAudioBatcher:
         self.sample_rate = sample_rate
         self._steady = steady
         self._quiet = quiet
+        self._speech = speech
         self._hold_samples = int(hold_secs * sample_rate)
         self._pair_bytes = int(frame_secs * sample_rate) * 2
         self._chunks: list[bytes] = []
         self._samples = 0
         self._sum_squares = 0.0  # an upper bound for the waiting audio
         self._all_quiet = False  # everything waiting waits in a quiet hold
+        self._speech_samples = 0  # > 0: what waits is a speech hold of at most this many samples
         #: Counts the batches handed back or dropped: which batch is filling now.
         self.batch_serial = 0
-        #: Frames offered / audio pushes handed back / frames that waited as quiet / dropped.
+        #: Frames offered / audio pushes handed back / frames that waited as quiet / as speech /
+        #: dropped.
         self.frames_in = 0
         self.pushes = 0
         self.quiet_frames = 0
+        self.speech_frames = 0
         self.frames_dropped = 0
         #: The last audio handed back (the very object the input pushes).
         self.last_sent: bytes | None = None
@@ -100,10 +138,15 @@ class CallerAudioBatcher:
         """True while audio waits for a later frame (or :meth:`take`)."""
         return bool(self._chunks)
 
-    def quiet_hold_left_secs(self) -> float:
-        """Seconds of audio the quiet hold waits for before it is full: > 0 only while all the
-        waiting audio waits in a quiet hold."""
-        if not (self._chunks and self._all_quiet):
+    def hold_left_secs(self) -> float:
+        """Seconds of audio the hold that fills now may still take: > 0 only while all the
+        waiting audio waits in a quiet hold (until it is full) or in a speech hold (until the
+        next frame would go down with it)."""
+        if not self._chunks:
+            return 0.0
+        if self._speech_samples:
+            return max(0, self._speech_samples - self._samples) / self.sample_rate
+        if not self._all_quiet:
             return 0.0
         return max(0, self._hold_samples - self._samples) / self.sample_rate
 
@@ -118,6 +161,12 @@ class CallerAudioBatcher:
         self.frames_in += 1
         n = len(pcm) // 2
         sum_squares = 0.0
+        if self._speech_samples:  # a speech hold fills: this frame waits, or goes with it
+            self._wait(pcm, n, sum_squares)
+            if self._samples > self._speech_samples:
+                return self.take()
+            self.speech_frames += 1
+            return None
         if self._quiet is not None:
             sum_squares = (audioop.rms(pcm, 2) + 1.0) ** 2 * n  # rms is rounded down
             if self._quiet(self._sum_squares + sum_squares, self._samples + n, self.last_sent):
@@ -128,6 +177,14 @@ class CallerAudioBatcher:
         if self._chunks:
             self._wait(pcm, n, sum_squares)
             return self.take()
+        if self._speech is not None and len(pcm) <= self._pair_bytes:
+            limit = min(int(self._speech(self.last_sent) * self.sample_rate), self._hold_samples)
+            if limit >= n:  # at least this frame may wait
+                self._speech_samples = limit
+                self._all_quiet = False
+                self._wait(pcm, n, sum_squares)
+                self.speech_frames += 1
+                return None
         if self._steady is not None and len(pcm) <= self._pair_bytes and self._steady():
             self._all_quiet = False
             self._wait(pcm, n, sum_squares)  # its partner is due in one frame time
@@ -143,6 +200,7 @@ class CallerAudioBatcher:
             return None
         chunks, self._chunks = self._chunks, []
         self._samples, self._sum_squares, self._all_quiet = 0, 0.0, False
+        self._speech_samples = 0
         self.batch_serial += 1
         self.pushes += 1
         self.last_sent = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -153,6 +211,7 @@ class CallerAudioBatcher:
         self.frames_dropped += len(self._chunks)
         self._chunks = []
         self._samples, self._sum_squares, self._all_quiet = 0, 0.0, False
+        self._speech_samples = 0
         self.batch_serial += 1
 
     def _wait(self, pcm: bytes, n: int, sum_squares: float) -> None:
@@ -187,13 +246,14 @@ class BatchingInput:
 
     def read_pause_secs(self) -> float:
         """How long the input may leave its socket unread now (0: read on): right after a frame
-        went into a quiet hold, while ``pause_reading()`` allows (the bot is idle), until the
-        hold is full; once per hold (the frames read after the pause fill it without another).
+        went into a quiet or speech hold, while ``pause_reading()`` allows (the bot is idle),
+        until the hold has what it may take; once per hold (the frames read after the pause fill
+        it without another).
         Pauses of less than ``MIN_READ_PAUSE_SECS`` are not worth a timer."""
         batcher, allowed = self._batcher, self._may_pause_reading
         if batcher is None or allowed is None or batcher.batch_serial == self._paused_batch:
             return 0.0
-        secs = batcher.quiet_hold_left_secs()
+        secs = batcher.hold_left_secs()
         if secs < MIN_READ_PAUSE_SECS or not allowed():
             return 0.0
         return secs
@@ -213,12 +273,20 @@ class BatchingInput:
         hold_secs: float,
         frame_secs: float,
         pause_reading: Callable[[], bool] | None = None,
+        speech: SpeechHoldTest | None = None,
     ) -> None:
-        """Batch per ``steady`` and ``quiet`` (both None: every frame on its own); leave the
-        socket unread during quiet holds while ``pause_reading()`` (None: never)."""
-        self._may_pause_reading = pause_reading if quiet is not None else None
+        """Batch per ``steady``, ``quiet`` and ``speech`` (all None: every frame on its own);
+        leave the socket unread during quiet and speech holds while ``pause_reading()`` (None:
+        never)."""
+        holds = quiet is not None or speech is not None
+        self._may_pause_reading = pause_reading if holds else None
         self._batcher = None
-        if steady is not None or quiet is not None:
+        if steady is not None or holds:
             self._batcher = CallerAudioBatcher(
-                sample_rate, steady=steady, quiet=quiet, hold_secs=hold_secs, frame_secs=frame_secs
+                sample_rate,
+                steady=steady,
+                quiet=quiet,
+                hold_secs=hold_secs,
+                frame_secs=frame_secs,
+                speech=speech,
             )

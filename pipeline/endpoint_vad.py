@@ -47,6 +47,9 @@ MIN_SILERO_QUIET_WINDOWS = 2
 #: Speech counts as steady (frames may be paired) while it was loud within this long: a couple of
 #: the energy tracker's 8 ms sub-frames, far under the 0.1 s pause that starts Smart Turn early.
 STEADY_LOUD_SECS = 0.03
+#: What a speech hold leaves under the pause that acts (``EndpointVADAnalyzer.speech_hold_secs``):
+#: two of the energy tracker's 8 ms sub-frames (audio analyzed, not yet measured; rounding).
+SPEECH_HOLD_MARGIN_SECS = 0.016
 
 
 class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
@@ -105,6 +108,31 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
         if state == VADState.STOPPING or self._energy is None:
             return False
         return self._energy.quiet_secs < STEADY_LOUD_SECS
+
+    def speech_hold_secs(self, act_after_secs: float) -> float:
+        """Seconds of the caller's next audio that may wait at the input while the caller speaks
+        (0: none), such that nothing that acts on a pause could have acted inside it.
+
+        Only while the VAD hears speech (SPEAKING, not starting or stopping) that was loud within
+        ``STEADY_LOUD_SECS``. Whatever that audio holds, the pause after the last loud sub-frame
+        cannot reach ``act_after_secs`` (when something acts on a pause: the early Smart Turn
+        inference) nor ``stop_secs`` inside it: with ``SPEECH_HOLD_MARGIN_SECS`` to spare, the
+        audio that waits is at most ``min(act_after_secs, stop_secs) - quiet so far - margin``.
+        Silero's own stop needs ``stop_secs`` of windows after SPEAKING turns to STOPPING. So
+        when the audio that waited goes down with the frame after it, at that frame's time, the
+        VAD and the turn analyzer act at the same frame as without the wait; the frames in
+        between only reach them later (by at most that many seconds), all in one buffer.
+        The caller must make sure the VAD has analyzed all audio sent before
+        (:meth:`has_analyzed_last`).
+        """
+        state = getattr(self, "_vad_state", VADState.QUIET)
+        if state != VADState.SPEAKING or self._energy is None:
+            return 0.0
+        quiet = self._energy.quiet_secs
+        if quiet >= STEADY_LOUD_SECS:
+            return 0.0
+        limit = min(act_after_secs, self._params.stop_secs)
+        return max(0.0, limit - quiet - SPEECH_HOLD_MARGIN_SECS)
 
     def stays_quiet(self, sum_squares: float, samples: int) -> bool:
         """True when any audio of ``samples`` samples whose sum of squares is at most

@@ -28,7 +28,13 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 
-from pipeline.caller_audio_batcher import HOLD_SECS, BatchingInput, CallerAudioBatcher, QuietTest
+from pipeline.caller_audio_batcher import (
+    HOLD_SECS,
+    BatchingInput,
+    CallerAudioBatcher,
+    QuietTest,
+    SpeechHoldTest,
+)
 from pipeline.caller_audio_frame import CallerAudioFrame
 
 
@@ -151,13 +157,14 @@ class PhoneMicrophone(BatchingInput, FrameProcessor):
         quiet: QuietTest | None = None,
         hold_secs: float = HOLD_SECS,
         pause_reading: Callable[[], bool] | None = None,
+        speech: SpeechHoldTest | None = None,
     ) -> None:
         """Send frames together as the Twilio input does: pairs while ``steady()`` is true,
-        quiet holds while ``quiet`` allows (both None: every frame on its own); while a quiet
-        hold fills and ``pause_reading()`` is true, the frames are taken as an unread socket
-        would hand them over: the phone is not woken for them, and takes them all at once when
-        the hold is full."""
-        self._use_batching(self.rate, steady, quiet, hold_secs, 0.02, pause_reading)
+        quiet holds while ``quiet`` allows, speech holds while ``speech`` allows (all None:
+        every frame on its own); while a hold fills and ``pause_reading()`` is true, the frames
+        are taken as an unread socket would hand them over: the phone is not woken for them,
+        and takes them all at once when the pause ends."""
+        self._use_batching(self.rate, steady, quiet, hold_secs, 0.02, pause_reading, speech)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)

@@ -59,7 +59,10 @@ class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
         #: Early inferences started (a pause the caller then spoke on wastes one).
         self.early_runs = 0
 
-    def _threshold(self) -> float:
+    @property
+    def speculate_after_secs(self) -> float:
+        """The pause (seconds after the caller's last loud audio) that starts the early
+        inference."""
         if self._speculate_after is not None:
             return self._speculate_after
         return max(0.0, self._vad.params.stop_secs - INFERENCE_LEAD_SECS)
@@ -72,7 +75,7 @@ class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
             state == EndOfTurnState.INCOMPLETE
             and self._speech_triggered
             and self._audio_buffer
-            and self._vad.pause_secs >= self._threshold()
+            and self._vad.pause_secs >= self.speculate_after_secs
         ):
             key = self._vad.pause_key
             if self._early is None or self._early[0] != key:

@@ -13,11 +13,13 @@ Caller frames go down together where that changes nothing (``coalesce_while``, t
 :class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`): every processor, the VAD's
 bookkeeping and the observers then handle far fewer frames. While no user turn is open and the
 caller's line is provably too quiet for the VAD to hear speech, up to 200 ms of frames go down as
-one; the first frame that is not goes down at once with them. Otherwise, while nobody speaks or
+one; the first frame that is not goes down at once with them. While a user turn is open, the bot
+is idle and the caller speaks loudly, frames wait as long as no pause anything acts on could grow
+inside them (~80-100 ms; a speech hold). Otherwise, while nobody speaks or
 the caller speaks steadily (the call's ``EndpointVADAnalyzer.steady``), two 20 ms frames go down
 as one 40 ms frame: a frame waits at most one frame time for its partner, and never in the pause
 at the end of the caller's speech, where latency counts. Any other message (DTMF, a mark) sends
-the waiting audio first, so the order stays the order of arrival. While a quiet hold fills and
+the waiting audio first, so the order stays the order of arrival. While a hold fills and
 the bot is idle (``pause_reading``), the WebSocket is left unread until the hold is full
 (:func:`socket_transport`: uvicorn's transport under the ASGI connection): the kernel keeps
 Twilio's messages, the first read after the pause takes them all, and the process is woken
@@ -60,7 +62,13 @@ from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketTransport,
 )
 
-from pipeline.caller_audio_batcher import HOLD_SECS, BatchingInput, CallerAudioBatcher, QuietTest
+from pipeline.caller_audio_batcher import (
+    HOLD_SECS,
+    BatchingInput,
+    CallerAudioBatcher,
+    QuietTest,
+    SpeechHoldTest,
+)
 from pipeline.stale_audio_guard import StaleAudioGuard
 
 
@@ -84,14 +92,16 @@ class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
         quiet: QuietTest | None = None,
         hold_secs: float = HOLD_SECS,
         pause_reading: Callable[[], bool] | None = None,
+        speech: SpeechHoldTest | None = None,
     ) -> None:
         """Push pairs of caller frames (each at most ``frame_secs`` long) as one while
-        ``steady()`` is true, and hold quiet frames up to ``hold_secs`` while ``quiet`` allows
-        (:class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`); both None: every frame
-        on its own (the default). While a quiet hold fills and ``pause_reading()`` is true (the
-        bot is idle), the WebSocket is left unread until the hold is full."""
+        ``steady()`` is true, hold quiet frames up to ``hold_secs`` while ``quiet`` allows and
+        the caller's speech while ``speech`` allows
+        (:class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`); all None: every frame
+        on its own (the default). While a hold fills and ``pause_reading()`` is true (the bot
+        is idle), the WebSocket is left unread until the hold has what it may take."""
         rate = self._params.audio_in_sample_rate or 8000
-        self._use_batching(rate, steady, quiet, hold_secs, frame_secs, pause_reading)
+        self._use_batching(rate, steady, quiet, hold_secs, frame_secs, pause_reading, speech)
 
     def _create_audio_task(self) -> None:
         """No audio queue and task: :meth:`push_audio_frame` does their work inline."""
@@ -131,7 +141,7 @@ class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
         await self._push_audio(frame)
 
     async def _pause_reading(self) -> None:
-        """Leave the socket unread while the quiet hold fills (``read_pause_secs``): the kernel
+        """Leave the socket unread while a hold fills (``read_pause_secs``): the kernel
         keeps Twilio's messages, and the first read after the pause takes them all."""
         secs = self.read_pause_secs()
         if secs <= 0:

@@ -229,20 +229,28 @@ async def test_full_turn_caller_asks_bot_answers(demo_backend, speech):
 async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
     demo_backend, speech
 ):
-    """The Twilio call's batching (bots.call: quiet hold + pairs + read pauses while the bot
-    is idle) on the loopback phone: quiet audio goes down in fewer pushes outside turns, never
-    while a turn is open, the input is left unread only while the bot is idle, and the call
-    (turn, answer, barge-in) runs as it does frame by frame."""
+    """The Twilio call's batching (bots.call: quiet hold, speech hold, pairs, read pauses while
+    the bot is idle) on the loopback phone: quiet audio goes down in fewer pushes outside turns,
+    never while a turn is open; the caller's speech is held only in a turn while the bot is
+    idle; the input is left unread only while the bot is idle, and the call (turn, answer from
+    Smart Turn's early look, barge-in) runs as it does frame by frame."""
     app = create_app(demo_backend, token=None, max_sessions=2)
     question = speech("What is the weather like in Paris today?")
     talk = speech("Actually, I wanted to ask about the weather in London tomorrow morning, please.")
     phone = LoopbackPhone([Say(question, 1.0), Say(talk, 1.0, anchor="bot")])
     decisions: list[tuple[float, bool]] = []
     pauses: list[float] = []
+    speech_holds: list[float] = []
 
     def prepare(parts: CallPipelineParts) -> None:
-        test = parts.quiet_hold
-        assert test is not None and parts.vad is not None
+        test, speech_test = parts.quiet_hold, parts.speech_hold
+        assert test is not None and speech_test is not None and parts.vad is not None
+
+        def speech_spy(last: bytes | None) -> float:
+            secs = speech_test(last)
+            if secs > 0:
+                speech_holds.append(time.monotonic())
+            return secs
 
         def spy(sum_squares: float, samples: int, last: bytes | None) -> bool:
             ok = test(sum_squares, samples, last)
@@ -257,7 +265,9 @@ async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
                 return True
             return False
 
-        phone.mic.coalesce_while(lambda: vad.steady, quiet=spy, pause_reading=bot_idle)
+        phone.mic.coalesce_while(
+            lambda: vad.steady, quiet=spy, pause_reading=bot_idle, speech=speech_spy
+        )
 
     async with serving(app) as url:
         run = await place_call(
@@ -283,6 +293,12 @@ async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
     )
     for start, stop in turns:
         assert not [t for t in held if start + 0.05 < t < stop - 0.05], (start, stop)
+    # the caller's speech was held in the turns, never while the bot answered or outside turns
+    starts, stops = tl.times("UserStartedSpeakingFrame"), tl.times("UserStoppedSpeakingFrame")
+    assert len([t for t in speech_holds if starts[0] < t < stops[0]]) >= 5
+    assert batcher.speech_frames >= 10
+    for t in speech_holds:
+        assert any(a - 0.05 < t < b + 0.05 for a, b in zip(starts, stops, strict=True)), t
     # the input was left unread before the first question, never while the bot answered
     assert phone.mic.read_pauses == len(pauses) >= 3
     assert pauses[0] < tl.times("UserStartedSpeakingFrame")[0]
@@ -296,6 +312,10 @@ async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
     assert turn.response_ms is not None and 0 < turn.response_ms < 3000
     msgs = conversation(run).messages
     assert sum(isinstance(m, HumanMessage) for m in msgs) == 2
+    # the first turn ended on Smart Turn's early look, as frame by frame
+    assert run.parts.aggregators is not None
+    stop = run.parts.aggregators.user()._params.user_turn_strategies.stop[0]
+    assert stop._turn_analyzer.early_hits >= 1
 
 
 async def test_barge_in_stops_bot_and_truncates_history(demo_backend, demo_reply_len, speech):

@@ -309,7 +309,7 @@ def test_read_pauses_once_per_quiet_hold_while_allowed_until_it_is_full():
     frame = bytes(2 * FRAME)
     assert inp.read_pause_secs() == 0.0  # nothing waits
     assert batcher.offer(frame) is None
-    assert batcher.quiet_hold_left_secs() == pytest.approx(0.18)
+    assert batcher.hold_left_secs() == pytest.approx(0.18)
     assert inp.read_pause_secs() == pytest.approx(0.18)  # until the 200 ms hold is full
     inp._count_read_pause(0.18)
     assert batcher.offer(frame) is None
@@ -324,17 +324,17 @@ def test_read_pauses_once_per_quiet_hold_while_allowed_until_it_is_full():
     state["idle"] = True
     for _ in range(8):
         batcher.offer(frame)
-    assert batcher.quiet_hold_left_secs() == pytest.approx(0.02)
+    assert batcher.hold_left_secs() == pytest.approx(0.02)
     assert inp.read_pause_secs() == 0.0  # under MIN_READ_PAUSE_SECS: not worth a timer
     batcher.take()
     state["quiet"] = False
     assert batcher.offer(frame) is None  # waits for its pair partner: not a quiet hold
-    assert batcher.quiet_hold_left_secs() == 0.0 and inp.read_pause_secs() == 0.0
+    assert batcher.hold_left_secs() == 0.0 and inp.read_pause_secs() == 0.0
     assert (inp.read_pauses, inp.read_paused_secs) == (1, pytest.approx(0.18))
     # a pair partner waiting, then quiet frames: not all of it waits as quiet
     state["quiet"] = True
     assert batcher.offer(frame) is None
-    assert batcher.quiet_hold_left_secs() == 0.0
+    assert batcher.hold_left_secs() == 0.0
     # no quiet test, no pauses
     inp._use_batching(RATE, lambda: True, None, 0.2, 0.02, pause_reading=lambda: True)
     assert inp._may_pause_reading is None

@@ -78,7 +78,13 @@ def _dtmf(digit: str) -> str:
 
 
 async def _serve_call(
-    probe: Probe, holder: dict, quiet=None, lead_secs: float = 0.1, hold=None, pause=None
+    probe: Probe,
+    holder: dict,
+    quiet=None,
+    lead_secs: float = 0.1,
+    hold=None,
+    pause=None,
+    speech=None,
 ) -> FastAPI:
     app = FastAPI()
 
@@ -101,8 +107,10 @@ async def _serve_call(
             audio_lead_secs=lead_secs,
         )
         holder["transport"] = transport
-        if quiet is not None or hold is not None:
-            transport.input().coalesce_while(quiet, quiet=hold, pause_reading=pause)
+        if quiet is not None or hold is not None or speech is not None:
+            transport.input().coalesce_while(
+                quiet, quiet=hold, pause_reading=pause, speech=speech
+            )
         worker = PipelineWorker(
             Pipeline([transport.input(), probe, transport.output()]),
             params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
@@ -285,6 +293,52 @@ async def test_the_socket_is_left_unread_while_a_quiet_hold_fills_and_nothing_is
     transport_in = holder["transport"].input()
     assert transport_in.read_pauses >= 2
     assert 0.15 * transport_in.read_pauses <= transport_in.read_paused_secs
+    assert False in reading and reading[-1] is True  # really unread, then read again
+
+
+async def test_the_socket_is_left_unread_while_a_speech_hold_fills_and_nothing_is_lost() -> None:
+    """A speech hold of 70 ms (the call's test says how long the caller's speech may wait):
+    frames go down four at a time, the socket is unread while the first three wait, every
+    sample arrives in order and a DTMF press comes after the audio that waited before it."""
+    probe, holder = Probe(), {}
+    asked: list[bytes | None] = []
+
+    def speaking(last: bytes | None) -> float:
+        asked.append(last)
+        return 0.07
+
+    app = await _serve_call(probe, holder, pause=lambda: True, speech=speaking)
+    reading: list[bool] = []
+    async with serving(app) as url:
+        async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
+            await asyncio.sleep(0.1)
+            reader = socket_transport(holder["transport"].input()._client)
+            assert reader is not None and reader.is_reading()
+
+            async def watch() -> None:
+                while True:
+                    reading.append(reader.is_reading())
+                    await asyncio.sleep(0.005)
+
+            watcher = asyncio.create_task(watch())
+            levels = [0x80 + k for k in range(10)]  # ten loud frames, each its own level
+            for b in levels:
+                await ws.send(_ulaw_media(b))
+                await asyncio.sleep(0.02)
+            await ws.send(_dtmf("7"))
+            await asyncio.sleep(0.4)
+            watcher.cancel()
+    assert probe.seen == ["audio", "audio", "audio", "dtmf 7"]
+    assert [len(a) for a in probe.audio_bytes] == [1280, 1280, 640]
+    got = b"".join(probe.audio_bytes)
+    firsts = [int.from_bytes(got[k * 320 : k * 320 + 2], "little", signed=True) for k in range(10)]
+    assert len(set(firsts)) == 10  # every frame once, in the order sent
+    assert firsts == sorted(firsts, reverse=firsts[0] > firsts[-1])
+    transport_in = holder["transport"].input()
+    assert transport_in.batcher.speech_frames == 3 + 3 + 2
+    assert len(asked) == 3 and asked[0] is None  # once per hold
+    assert transport_in.read_pauses == 3
+    assert transport_in.read_paused_secs == pytest.approx(3 * 0.05)
     assert False in reading and reading[-1] is True  # really unread, then read again
 
 
