@@ -253,16 +253,9 @@ async def test_quiet_caller_audio_waits_up_to_200_ms_and_goes_down_with_what_is_
     assert offers[:2] == [(160.0, 160), (320.0, 320)]
 
 
-async def test_the_socket_is_left_unread_while_a_quiet_hold_fills_and_nothing_is_lost() -> None:
-    probe, holder = Probe(), {}
-    idle = {"bot": True}
-
-    def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
-        return sum_squares <= samples
-
-    app = await _serve_call(
-        probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: idle["bot"]
-    )
+async def _send_paced(app: FastAPI, holder: dict, codes: list[int], digit: str) -> list[bool]:
+    """Send one mu-law frame per code, 20 ms apart as Twilio paces them, then DTMF ``digit``;
+    returns whether the server's socket was being read, sampled every 5 ms meanwhile."""
     reading: list[bool] = []
     async with serving(app) as url:
         async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
@@ -276,15 +269,27 @@ async def test_the_socket_is_left_unread_while_a_quiet_hold_fills_and_nothing_is
                     await asyncio.sleep(0.005)
 
             watcher = asyncio.create_task(watch())
-            frames = [0xFF] * 10 + [0xFF] * 3 + [0x00] + [0xFF] * 2  # as Twilio paces them
-            sent_at: list[float] = []
-            for b in frames:
+            for b in codes:
                 await ws.send(_ulaw_media(b))
-                sent_at.append(asyncio.get_running_loop().time())
                 await asyncio.sleep(0.02)
-            await ws.send(_dtmf("5"))
+            await ws.send(_dtmf(digit))
             await asyncio.sleep(0.5)
             watcher.cancel()
+    return reading
+
+
+async def test_the_socket_is_left_unread_while_a_quiet_hold_fills_and_nothing_is_lost() -> None:
+    probe, holder = Probe(), {}
+    idle = {"bot": True}
+
+    def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
+        return sum_squares <= samples
+
+    app = await _serve_call(
+        probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: idle["bot"]
+    )
+    frames = [0xFF] * 10 + [0xFF] * 3 + [0x00] + [0xFF] * 2
+    reading = await _send_paced(app, holder, frames, "5")
     # the same pushes, in the same order, as when every frame is read on arrival
     assert probe.seen == ["audio", "audio", "audio", "dtmf 5"]
     assert [len(a) for a in probe.audio_bytes] == [3200, 1280, 640]
@@ -308,26 +313,8 @@ async def test_the_socket_is_left_unread_while_a_speech_hold_fills_and_nothing_i
         return 0.07
 
     app = await _serve_call(probe, holder, pause=lambda: True, speech=speaking)
-    reading: list[bool] = []
-    async with serving(app) as url:
-        async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
-            await asyncio.sleep(0.1)
-            reader = socket_transport(holder["transport"].input()._client)
-            assert reader is not None and reader.is_reading()
-
-            async def watch() -> None:
-                while True:
-                    reading.append(reader.is_reading())
-                    await asyncio.sleep(0.005)
-
-            watcher = asyncio.create_task(watch())
-            levels = [0x80 + k for k in range(10)]  # ten loud frames, each its own level
-            for b in levels:
-                await ws.send(_ulaw_media(b))
-                await asyncio.sleep(0.02)
-            await ws.send(_dtmf("7"))
-            await asyncio.sleep(0.4)
-            watcher.cancel()
+    levels = [0x80 + k for k in range(10)]  # ten loud frames, each its own level
+    reading = await _send_paced(app, holder, levels, "7")
     assert probe.seen == ["audio", "audio", "audio", "dtmf 7"]
     assert [len(a) for a in probe.audio_bytes] == [1280, 1280, 640]
     got = b"".join(probe.audio_bytes)
