@@ -264,15 +264,20 @@ def build_call(
     return Pipeline(processors), parts
 
 
+def turn_analyzers(strategies: UserTurnStrategies) -> list[Any]:
+    """The turn analyzers (Smart Turn) of a bot's stop strategies."""
+    return [
+        analyzer
+        for strategy in strategies.stop
+        if (analyzer := getattr(strategy, "_turn_analyzer", None)) is not None
+    ]
+
+
 def pause_acted_on(vad: EndpointVADAnalyzer, strategies: UserTurnStrategies) -> Callable[[], float]:
     """The shortest pause in the caller's speech that something acts on: Smart Turn's early
     inference (``speculate_after_secs``), else VAD's ``stop_secs``."""
     analyzers = [
-        analyzer
-        for strategy in strategies.stop
-        if isinstance(
-            analyzer := getattr(strategy, "_turn_analyzer", None), SpeculativeSmartTurnAnalyzer
-        )
+        a for a in turn_analyzers(strategies) if isinstance(a, SpeculativeSmartTurnAnalyzer)
     ]
 
     def secs() -> float:
@@ -285,11 +290,7 @@ def turn_idle(gate: CallerAudioGate, strategies: UserTurnStrategies) -> Callable
     """True while no user turn is open and no turn analyzer counts the caller's silence: Smart
     Turn's fallback ends a turn after ``stop_secs`` of audio it was given, so audio held back
     at the input would move that end."""
-    analyzers = [
-        analyzer
-        for strategy in strategies.stop
-        if (analyzer := getattr(strategy, "_turn_analyzer", None)) is not None
-    ]
+    analyzers = turn_analyzers(strategies)
 
     def idle() -> bool:
         return not gate.in_turn and not any(a.speech_triggered for a in analyzers)

@@ -181,12 +181,10 @@ class CallerAudioBatcher:
             limit = min(int(self._speech(self.last_sent) * self.sample_rate), self._hold_samples)
             if limit >= n:  # at least this frame may wait
                 self._speech_samples = limit
-                self._all_quiet = False
                 self._wait(pcm, n, sum_squares)
                 self.speech_frames += 1
                 return None
         if self._steady is not None and len(pcm) <= self._pair_bytes and self._steady():
-            self._all_quiet = False
             self._wait(pcm, n, sum_squares)  # its partner is due in one frame time
             return None
         self.pushes += 1
