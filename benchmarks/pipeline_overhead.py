@@ -59,16 +59,29 @@ REPLY_SECS = 0.4
 UTTERANCE_SECS_MAX = 2.5
 
 
-def _serve_canned(port_queue: Any, reply_secs: float) -> None:
-    """Child process: the instant model-service stand-in."""
+def _serve_canned(
+    port_queue: Any, reply_secs: float, turn_model: bool, done: Any, stats_queue: Any
+) -> None:
+    """Child process: the instant model-service stand-in, with the model service's turn model
+    (``model_service.turn_model``, Smart Turn on this child's CPU) unless ``turn_model`` is
+    False. Once ``done`` is set it puts its turn checks and their inferences' CPU seconds on
+    ``stats_queue``."""
+    from model_service.turn_model import TurnModel
     from pipeline.canned_model_service import CannedModelService
 
     t = np.arange(int(reply_secs * RATE)) / RATE
     pcm = (3000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16).tobytes()
+    model = TurnModel(1) if turn_model else None
+    if model is not None:
+        model.warm_up()
 
     async def main() -> None:
-        async with CannedModelService(pcm).serving() as url:
+        async with CannedModelService(pcm, turn_model=model).serving() as url:
             port_queue.put(url)
+            await asyncio.to_thread(done.wait)
+            stats_queue.put(
+                (model.checks, model.inference_cpu_secs) if model is not None else (0, 0.0)
+            )
             await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -122,6 +135,7 @@ async def run_call(
     read_pause: bool = True,
     out_10ms_chunks: int = 10,
     speech_hold: bool = True,
+    turn_model_at: str = "service",
 ) -> dict[str, Any]:
     """One call of ``turns`` caller turns, one every ``period`` seconds."""
     from pipecat.frames.frames import MetricsFrame, VADUserStoppedSpeakingFrame
@@ -144,7 +158,8 @@ async def run_call(
         out_10ms_chunks=out_10ms_chunks,
     )
     prof = BotProfile(name="bench", vad_stop_secs=0.2, smart_turn=True)
-    pipeline, parts = build_call(phone, prof, Settings(model_url=url), CallInfo("bench", "bench"))
+    settings = Settings(model_url=url, turn_model_at=turn_model_at)
+    pipeline, parts = build_call(phone, prof, settings, CallInfo("bench", "bench"))
     vad = parts.vad
     assert vad is not None
     # as the Twilio call does (bots.call)
@@ -263,6 +278,9 @@ async def run_call(
         "smart_turn_early_hits": turn_analyzer.early_hits,
         "smart_turn_late_runs": turn_analyzer.late_runs,
         "smart_turn_early_runs": turn_analyzer.early_runs,
+        "smart_turn_judged_by_service": turn_analyzer.judged,
+        "smart_turn_run_in_bot": turn_analyzer.local_runs,
+        "turn_model_at": turn_model_at,
         "event_loop_by_phase": phase_cpu(samples, says, heard),
     }
 
@@ -369,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-quiet-hold", action="store_true",
         help="the phone input never holds quiet audio back (pairs only; for A/B runs)",
     )
+    ap.add_argument(
+        "--turn-model-at", choices=["service", "bot"], default="service",
+        help="where Smart Turn runs: the stand-in's turn model (turn.check, as the model "
+        "service does; default) or the bot's own pool (STEPCALL_TURN_MODEL_AT=bot)",
+    )
     args = ap.parse_args(argv)
     if args.turns < 1:
         ap.error("--turns must be >= 1")
@@ -388,8 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     logger.add(sys.stderr, level="WARNING")
 
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    server = ctx.Process(target=_serve_canned, args=(q, args.reply_secs), daemon=True)
+    q, stats_q, done = ctx.Queue(), ctx.Queue(), ctx.Event()
+    server = ctx.Process(
+        target=_serve_canned,
+        args=(q, args.reply_secs, args.turn_model_at == "service", done, stats_q),
+        daemon=True,
+    )
     server.start()
     try:
         url = q.get(timeout=30)
@@ -414,8 +441,14 @@ def main(argv: list[str] | None = None) -> int:
                 read_pause=not args.no_read_pause,
                 out_10ms_chunks=out_chunks,
                 speech_hold=not args.no_speech_hold,
+                turn_model_at=args.turn_model_at,
             )
         )
+        done.set()
+        checks, check_cpu = stats_q.get(timeout=10)
+        res["service_turn_checks"] = checks
+        res["service_turn_model_cpu_percent_of_core"] = 100.0 * check_cpu / res["cpu_wall_secs"]
+        res["service_turn_model_cpu_ms_per_check"] = 1000.0 * check_cpu / checks if checks else 0
         from benchmarks.load_test import calibration_us
 
         res["calibration_silero_window_us"] = round(calibration_us(), 1)
@@ -445,6 +478,12 @@ def main(argv: list[str] | None = None) -> int:
         f"from an inference after VAD's stop: {res['smart_turn_late_runs']}; "
         f"early inferences started: {res['smart_turn_early_runs']}"
     )
+    print(
+        f"  Smart Turn inferences judged by the model service's turn model: "
+        f"{res['smart_turn_judged_by_service']}, run in the bot: {res['smart_turn_run_in_bot']} "
+        f"(turn model at: {res['turn_model_at']}; the inference times above are the bot's wait, "
+        f"round trip included)"
+    )
     bot_cpu = res["cpu_percent_of_core"] - res["phone_cpu_percent_of_core"]
     res["bot_cpu_percent_of_core"] = bot_cpu
     print(
@@ -453,6 +492,13 @@ def main(argv: list[str] | None = None) -> int:
         f"the simulated phone's own work {res['phone_cpu_percent_of_core']:.2f}%: "
         f"bot pipeline {bot_cpu:.2f}%"
     )
+    if res["service_turn_checks"]:
+        print(
+            f"  not in that figure: the stand-in's turn model, {res['service_turn_checks']} "
+            f"checks at {res['service_turn_model_cpu_ms_per_check']:.1f} ms of CPU each, "
+            f"{res['service_turn_model_cpu_percent_of_core']:.2f}% of a core on the model "
+            f"service's host"
+        )
     threads = res["thread_cpu_percent_of_core"]
     if threads:  # /proc counts in clock ticks (10 ms): read these to ~0.1 %
         loop_bot = threads["event_loop"] - res["phone_cpu_percent_of_core"]

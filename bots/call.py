@@ -57,7 +57,7 @@ from pipeline.fan_out_observer import FanOutObserver
 from pipeline.flow_runtime import FlowRuntime, attach_flow
 from pipeline.lean_worker_observer import use_lean_observer
 from pipeline.min_duration_start_strategy import MinDurationUserTurnStartStrategy
-from pipeline.speculative_smart_turn import SpeculativeSmartTurnAnalyzer
+from pipeline.speculative_smart_turn import Judge, SpeculativeSmartTurnAnalyzer
 from pipeline.stale_audio_guard import StaleAudioGuard
 from pipeline.step_audio2_service import StepAudio2Service, StepAudio2Settings
 from pipeline.turn_metrics_observer import TurnMetricsObserver
@@ -101,18 +101,22 @@ def vad_analyzer(profile: BotProfile, sample_rate: int = PHONE_RATE) -> Endpoint
 
 
 def turn_strategies(
-    profile: BotProfile, vad: EndpointVADAnalyzer, call_id: str = ""
+    profile: BotProfile,
+    vad: EndpointVADAnalyzer,
+    call_id: str = "",
+    judge: Judge | None = None,
 ) -> UserTurnStrategies:
     """Turn strategies of a bot.
 
     Start: VAD, but while the bot speaks only after ``min_interrupt_secs`` of speech (so
     backchannels do not cut the bot off). Stop: Smart Turn v3 (default; its inference starts
-    during the pause, before ``vad`` ends speech) or a speech timeout.
+    during the pause, before ``vad`` ends speech; run by ``judge``, the model service's turn
+    model, when given and it answers) or a speech timeout.
     """
     start = [MinDurationUserTurnStartStrategy(min_secs=profile.min_interrupt_secs, call_id=call_id)]
     if profile.smart_turn:
         params = SmartTurnParams(stop_secs=SMART_TURN_STOP_SECS)
-        analyzer = SpeculativeSmartTurnAnalyzer(vad=vad, params=params)
+        analyzer = SpeculativeSmartTurnAnalyzer(vad=vad, params=params, judge=judge)
         # a realtime service: the turn ends on the analyzer's verdict, not on a transcript
         # (set here, Pipecat would otherwise flip it and log a warning on every call)
         stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer, wait_for_transcript=False)]
@@ -227,7 +231,8 @@ def build_call(
         )
     context = LLMContext(messages)
     vad = vad_analyzer(profile, sample_rate)
-    strategies = turn_strategies(profile, vad, call.call_id)
+    judge = service.check_turn if settings.turn_model_at == "service" else None
+    strategies = turn_strategies(profile, vad, call.call_id, judge)
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(

@@ -29,6 +29,9 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_VAD_STOP_SECS | 0.2 | Silero VAD stop time |
 | STEPCALL_TURN_MODEL_THREADS | 0 (half the cores, at least 1) | bot server threads running Smart Turn for all calls |
 | STEPCALL_TURN_MODEL_NICE | 10 | how much lower those threads' scheduling priority is (0-19): call audio comes first |
+| STEPCALL_TURN_MODEL_AT | service | where a call's Smart Turn runs: service (the model service's, when it offers one; else the bot's) or bot |
+| STEPCALL_MODEL_TURN_MODEL | smart-turn | model service: the turn model it runs for ``turn.check`` (smart-turn or none) |
+| STEPCALL_MODEL_TURN_THREADS | 0 (half the cores, at least 1) | model service threads running that turn model for all sessions |
 | STEPCALL_VAD_RUNTIME | numpy | how Silero VAD's network runs: numpy (pipeline/silero_numpy.py, less CPU per call) or onnxruntime |
 | STEPCALL_TWILIO_AUDIO_LEAD_MS | 300 | bot audio kept queued at Twilio ahead of the caller's playout (covers server stalls; 100 = Pipecat's pacing) |
 | STEPCALL_LOG_LEVEL | INFO | log level |
@@ -111,6 +114,10 @@ def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 #: STEPCALL_VAD_RUNTIME values (pipeline.turn_models.VAD_RUNTIMES).
 VAD_RUNTIMES = ("numpy", "onnxruntime")
+#: STEPCALL_TURN_MODEL_AT values.
+TURN_MODEL_PLACES = ("service", "bot")
+#: STEPCALL_MODEL_TURN_MODEL values (model_service.turn_model.TURN_MODELS).
+MODEL_TURN_MODELS = ("smart-turn", "none")
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,9 @@ class Settings:
     vad_stop_secs: float = 0.2
     turn_model_threads: int = 0
     turn_model_nice: int = 10
+    turn_model_at: str = "service"
+    model_turn_model: str = "smart-turn"
+    model_turn_threads: int = 0
     vad_runtime: str = "numpy"
     twilio_audio_lead_ms: float = 300.0
     log_level: str = "INFO"
@@ -188,6 +198,13 @@ class Settings:
             vad_stop_secs=_env_float("STEPCALL_VAD_STOP_SECS", cls.vad_stop_secs),
             turn_model_threads=_env_int("STEPCALL_TURN_MODEL_THREADS", cls.turn_model_threads),
             turn_model_nice=_env_int("STEPCALL_TURN_MODEL_NICE", cls.turn_model_nice),
+            turn_model_at=_env_choice(
+                "STEPCALL_TURN_MODEL_AT", cls.turn_model_at, TURN_MODEL_PLACES
+            ),
+            model_turn_model=_env_choice(
+                "STEPCALL_MODEL_TURN_MODEL", cls.model_turn_model, MODEL_TURN_MODELS
+            ),
+            model_turn_threads=_env_int("STEPCALL_MODEL_TURN_THREADS", cls.model_turn_threads),
             vad_runtime=_env_choice("STEPCALL_VAD_RUNTIME", cls.vad_runtime, VAD_RUNTIMES),
             twilio_audio_lead_ms=_env_float(
                 "STEPCALL_TWILIO_AUDIO_LEAD_MS", cls.twilio_audio_lead_ms, minimum=0.0

@@ -219,6 +219,13 @@ class ServiceMetrics:
         self.errors_total = r(
             Counter("stepcall_model_errors_total", "Error events sent to clients", ["code"])
         )
+        self.turn_checks = r(
+            Counter(
+                "stepcall_model_turn_checks_total",
+                "turn.check verdicts sent, by result (complete, incomplete, error)",
+                ["result"],
+            )
+        )
         self.time_to_first_audio = r(
             Histogram(
                 "stepcall_model_time_to_first_audio_seconds",

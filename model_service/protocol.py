@@ -15,6 +15,8 @@ known fields are ``bad_message``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -23,6 +25,10 @@ from typing import Any, ClassVar
 PROTOCOL_VERSION = 1
 SAMPLE_RATES = (8000, 16000, 24000, 48000)
 MAX_TEXT_BYTES = 64 * 1024  # a text message larger than this is refused with ``too_large``
+#: ``turn.check`` carries its audio (base64 PCM16, up to MAX_TURN_CHECK_SECS at 48 kHz): the one
+#: message allowed past MAX_TEXT_BYTES, up to this size.
+MAX_TURN_CHECK_BYTES = 1536 * 1024
+MAX_TURN_CHECK_SECS = 8.0  # the turn model reads the last 8 s of a turn
 MAX_AUDIO_SECONDS = 1.0  # a binary message longer than this (at the input rate) is ``too_large``
 TEXT_ROLES = ("human", "system")
 RESPONSE_STATUSES = ("completed", "cancelled", "tool_call", "error")
@@ -177,6 +183,28 @@ class SessionEnd:
     type: ClassVar[str] = "session.end"
 
 
+@dataclass
+class TurnCheck:
+    """``turn.check``: judge whether the caller's turn is complete from its audio (the turn
+    model, Smart Turn v3, on the service); answered by a ``turn.verdict`` with the same
+    ``check_id``. ``audio`` is base64 PCM16 mono at ``sample_rate``, at most
+    ``MAX_TURN_CHECK_SECS``."""
+
+    type: ClassVar[str] = "turn.check"
+    check_id: int = 0
+    sample_rate: int = 16000
+    audio: str = ""
+
+    @classmethod
+    def of(cls, check_id: int, pcm16: bytes, sample_rate: int) -> TurnCheck:
+        """A check of ``pcm16`` (bytes of PCM16 mono at ``sample_rate``)."""
+        return cls(check_id, sample_rate, base64.b64encode(pcm16).decode("ascii"))
+
+    def pcm16(self) -> bytes:
+        """The audio's PCM16 bytes."""
+        return base64.b64decode(self.audio)
+
+
 ClientMessage = (
     SessionStart
     | InputAudioCommit
@@ -187,6 +215,7 @@ ClientMessage = (
     | ToolResult
     | SessionUpdate
     | SessionEnd
+    | TurnCheck
 )
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +234,8 @@ class SessionStarted:
     model: str = ""
     input_sample_rate: int = 16000
     output_sample_rate: int = 24000
+    #: The turn model the service runs for ``turn.check`` (None: it answers none).
+    turn_model: str | None = None
 
 
 @dataclass
@@ -284,8 +315,23 @@ class InputAudioTranscript:
     text: str
 
 
+@dataclass
+class TurnVerdict:
+    """``turn.verdict``: the answer to the ``turn.check`` with ``check_id``: ``probability``
+    that the turn is complete (``complete`` when over 0.5) and the service's ``inference_ms``;
+    or ``error`` (no turn model, bad audio, a failed inference) and no probability."""
+
+    type: ClassVar[str] = "turn.verdict"
+    check_id: int
+    probability: float | None = None
+    complete: bool = False
+    inference_ms: float = 0.0
+    error: str | None = None
+
+
 ServerEvent = (
     SessionStarted
+    | TurnVerdict
     | InputAudioTranscript
     | ResponseStarted
     | TextDelta
@@ -333,22 +379,37 @@ def _bad(message: str) -> ProtocolError:
     return ProtocolError(BAD_MESSAGE, message)
 
 
+def _too_large(size: int) -> ProtocolError:
+    return ProtocolError(TOO_LARGE, f"text message of {size} bytes, over {MAX_TEXT_BYTES} bytes")
+
+
 def _load_object(text: str | bytes) -> dict[str, Any]:
+    """One JSON object with a string ``type``; at most ``MAX_TEXT_BYTES`` (UTF-8), a
+    ``turn.check`` at most ``MAX_TURN_CHECK_BYTES``."""
     if isinstance(text, bytes):
-        if len(text) > MAX_TEXT_BYTES:
-            raise ProtocolError(
-                TOO_LARGE, f"text message of {len(text)} bytes (max {MAX_TEXT_BYTES})"
-            )
+        size = len(text)
+        if size > MAX_TURN_CHECK_BYTES:
+            raise _too_large(size)
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise _bad(f"message is not UTF-8: {e}") from e
-    elif len(text) > MAX_TEXT_BYTES or len(text.encode("utf-8")) > MAX_TEXT_BYTES:
-        raise ProtocolError(TOO_LARGE, f"text message over {MAX_TEXT_BYTES} bytes")
+    else:
+        # a str's UTF-8 size is at least its length: encode only when that could pass
+        if len(text) > MAX_TURN_CHECK_BYTES:
+            raise _too_large(len(text))
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        if size > MAX_TURN_CHECK_BYTES:
+            raise _too_large(size)
+    too_large = _too_large(size)
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
+        if size > MAX_TEXT_BYTES:
+            raise too_large from e
         raise _bad(f"message is not valid JSON: {e}") from e
+    if size > MAX_TEXT_BYTES and not (isinstance(data, dict) and data.get("type") == "turn.check"):
+        raise too_large
     if not isinstance(data, dict):
         raise _bad(f"message must be a JSON object, got {type(data).__name__}")
     if "type" not in data:
@@ -530,6 +591,29 @@ def _parse_update(d: dict) -> SessionUpdate:
     )
 
 
+def _parse_turn_check(d: dict) -> TurnCheck:
+    t = TurnCheck.type
+    check_id = _int(d, "check_id", t, required=True)
+    if check_id < 0:
+        raise _bad(f"{t}: 'check_id' must be >= 0, got {check_id}")
+    rate = _rate(d, "sample_rate", t)
+    audio = _str(d, "audio", t, required=True)
+    try:
+        pcm = base64.b64decode(audio, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _bad(f"{t}: 'audio' is not base64: {e}") from e
+    if len(pcm) % 2:
+        raise _bad(f"{t}: odd byte count {len(pcm)} (PCM16 needs pairs)")
+    if not pcm:
+        raise _bad(f"{t}: no audio")
+    limit = int(MAX_TURN_CHECK_SECS * rate) * 2
+    if len(pcm) > limit:
+        raise ProtocolError(
+            TOO_LARGE, f"{t}: {len(pcm)} bytes of audio (at most {MAX_TURN_CHECK_SECS:g} s)"
+        )
+    return TurnCheck(check_id=check_id, sample_rate=rate, audio=audio)
+
+
 _CLIENT_PARSERS = {
     SessionStart.type: _parse_session_start,
     InputAudioCommit.type: lambda d: InputAudioCommit(),
@@ -542,6 +626,7 @@ _CLIENT_PARSERS = {
     ToolResult.type: _parse_tool_result,
     SessionUpdate.type: _parse_update,
     SessionEnd.type: lambda d: SessionEnd(),
+    TurnCheck.type: _parse_turn_check,
 }
 
 
@@ -596,6 +681,17 @@ def _parse_tool_call(d: dict) -> ToolCall:
     )
 
 
+def _parse_verdict(d: dict) -> TurnVerdict:
+    t = TurnVerdict.type
+    return TurnVerdict(
+        check_id=_int(d, "check_id", t, required=True),
+        probability=_num(d, "probability", t),
+        complete=bool(d.get("complete", False)),
+        inference_ms=_num(d, "inference_ms", t, default=0.0),
+        error=_str(d, "error", t),
+    )
+
+
 _SERVER_PARSERS = {
     SessionStarted.type: lambda d: SessionStarted(
         session_id=_str(d, "session_id", "session.started", required=True),
@@ -604,7 +700,9 @@ _SERVER_PARSERS = {
         model=_str(d, "model", "session.started", default=""),
         input_sample_rate=_int(d, "input_sample_rate", "session.started", default=16000),
         output_sample_rate=_int(d, "output_sample_rate", "session.started", default=24000),
+        turn_model=_str(d, "turn_model", "session.started"),
     ),
+    TurnVerdict.type: _parse_verdict,
     ResponseStarted.type: lambda d: ResponseStarted(
         session_id=_str(d, "session_id", "response.started", default=""),
         response_id=_str(d, "response_id", "response.started", required=True),

@@ -31,6 +31,7 @@ from model_service.backends.base import Backend
 from model_service.heap import freeze_startup_heap
 from model_service.metrics import CONTENT_TYPE, ServiceMetrics
 from model_service.sessions import CallSession, ServiceState
+from model_service.turn_model import TurnModel
 
 if TYPE_CHECKING:
     from bots.settings import Settings
@@ -124,6 +125,7 @@ def create_app(
     metrics: ServiceMetrics | None = None,
     start_timeout_s: float = 30.0,
     idle_timeout_s: float | None = IDLE_TIMEOUT_S,
+    turn_model: TurnModel | None = None,
 ) -> FastAPI:
     """The model-service app; ``app.state.service`` is its :class:`ServiceState`.
 
@@ -132,7 +134,11 @@ def create_app(
     so is a session idle (no message, no response running) for ``idle_timeout_s`` (None: never).
     """
     service = ServiceState(
-        backend, max_sessions=max_sessions, metrics=metrics, backend_reason=backend_reason
+        backend,
+        max_sessions=max_sessions,
+        metrics=metrics,
+        backend_reason=backend_reason,
+        turn_model=turn_model,
     )
 
     install_log_redaction()
@@ -360,12 +366,18 @@ def run_model_service(
         from model_service.cpu_models import resolve_cpu_models
 
         resolve_cpu_models()  # a missing model fails now, with the pip packages to install
+    turn_model = (
+        TurnModel(settings.model_turn_threads or None)
+        if settings.model_turn_model != "none"
+        else None
+    )
     app = create_app(
         None,
         token=settings.model_token,
         max_sessions=settings.max_sessions,
         backend_reason=choice.reason,
         idle_timeout_s=settings.model_idle_secs or None,
+        turn_model=turn_model,
     )
     service: ServiceState = app.state.service
     config = uvicorn.Config(
@@ -382,6 +394,8 @@ def run_model_service(
 
     async def load_then_ready() -> None:
         try:
+            if turn_model is not None:
+                await asyncio.to_thread(turn_model.warm_up)
             backend = await asyncio.to_thread(load_backend, choice, model_path, device, dtype)
         except BaseException as e:
             failure.append(e)
@@ -402,6 +416,8 @@ def run_model_service(
             if service.backend is not None:
                 with contextlib.suppress(Exception):
                     await service.backend.close()
+            if turn_model is not None:
+                turn_model.close()
         if failure:
             raise RuntimeError(f"model backend failed to load: {failure[0]}") from failure[0]
 

@@ -29,6 +29,7 @@ from loguru import logger
 from model_service import protocol as p
 from model_service.backends import base
 from model_service.metrics import ServiceMetrics
+from model_service.turn_model import TurnModel, answer_turn_check
 
 CANCEL_GRACE_S = 2.0  # after response.cancel, the backend has this long to end the response
 CLOSE_GRACE_S = 2.0  # on disconnect, a running response has this long to stop
@@ -149,6 +150,7 @@ class ServiceState:
         max_sessions: int,
         metrics: ServiceMetrics | None = None,
         backend_reason: str = "",
+        turn_model: TurnModel | None = None,
     ) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
@@ -158,6 +160,8 @@ class ServiceState:
         self.backend_reason = backend_reason
         self.active_sessions = 0
         self.sessions: dict[str, CallSession] = {}  # started sessions by session_id
+        #: What answers the sessions' ``turn.check`` (None: an error verdict each).
+        self.turn_model = turn_model
         if backend is not None:
             self.set_backend(backend)
 
@@ -248,6 +252,7 @@ class CallSession:
         self._committed_turns = 0  # user turns committed so far
         self._transcribed_turns = 0  # of which input_audio.transcript was sent
         self._transcribing: asyncio.Task | None = None
+        self._turn_checks: set[asyncio.Task] = set()  # turn.check inferences under way
         self._in_resampler: StreamResampler | None = None
         self._out_resampler: StreamResampler | None = None
         self._log = logger.bind(call_id="-", session_id=self.session_id)
@@ -402,6 +407,10 @@ class CallSession:
                 await bs.add_tool_result(m.call_id, m.output)
         elif isinstance(m, p.SessionUpdate):
             await self._update(m)
+        elif isinstance(m, p.TurnCheck):
+            task = asyncio.create_task(self._turn_check(m))
+            self._turn_checks.add(task)
+            task.add_done_callback(self._turn_checks.discard)
         elif isinstance(m, p.SessionEnd):
             self.info("session.end")
             await self.close("session.end")
@@ -469,6 +478,7 @@ class CallSession:
                 model=backend.model_name,
                 input_sample_rate=m.input_sample_rate,
                 output_sample_rate=m.output_sample_rate,
+                turn_model=self.service.turn_model.name if self.service.turn_model else None,
             )
         )
         return True
@@ -728,11 +738,22 @@ class CallSession:
 
     # -- teardown -------------------------------------------------------------------------------
 
+    async def _turn_check(self, m: p.TurnCheck) -> None:
+        """Answer one ``turn.check`` (off the message loop: audio keeps flowing meanwhile)."""
+        verdict = await answer_turn_check(self.service.turn_model, m)
+        if verdict.error is not None:
+            self.warning(f"turn.check {m.check_id}: {verdict.error}")
+        result = "error" if verdict.error else ("complete" if verdict.complete else "incomplete")
+        self.service.metrics.turn_checks.inc(result=result)
+        await self._send_event(verdict)
+
     async def close(self, reason: str) -> None:
         """Stop the running response, close the backend session, free the slot (idempotent)."""
         if self.closed:
             return
         self.closed = True
+        for task in list(self._turn_checks):
+            task.cancel()
         resp = self._response
         bs = self.backend_session
         if resp is not None and resp.task is not None and not resp.task.done():

@@ -5,6 +5,10 @@ It sits where the GPU would be: every ``response.create`` is answered at once wi
 ``response.done``. Used to measure the bot-side pipeline overhead with zero model time
 (``benchmarks/pipeline_overhead.py``) and to make the bot speak real speech in tests that need
 it (echo tests). Not for production.
+
+Given a ``turn_model`` (``model_service.turn_model.TurnModel``, the real one) it answers
+``turn.check`` as the model service does; without one it offers none (as a service with
+``STEPCALL_MODEL_TURN_MODEL=none``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from model_service import protocol as p
+from model_service.turn_model import TurnModel, answer_turn_check
 
 
 class CannedModelService:
@@ -30,10 +35,12 @@ class CannedModelService:
         *,
         hang: bool = False,
         heard: str | None = None,
+        turn_model: TurnModel | None = None,
     ) -> None:
         """``hang``: accept ``response.create`` but never answer (a hung model service).
         ``heard``: the canned "transcript" of every committed caller turn, sent after the next
-        response when the session asked for ``input_transcription``."""
+        response when the session asked for ``input_transcription``. ``turn_model``: what
+        answers ``turn.check`` (None: the service offers no turn model)."""
         self.pcm = pcm
         self.hang = hang
         self.text = text
@@ -42,7 +49,11 @@ class CannedModelService:
         self.sessions = 0
         self.cancels: list[float | None] = []
         self.audio_bytes_in = 0
+        self.turn_model = turn_model
+        #: Turn verdicts sent.
+        self.turn_checks = 0
         self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task] = set()
 
     async def _handle(self, ws: ServerConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -64,6 +75,7 @@ class CannedModelService:
                     model="canned",
                     input_sample_rate=start.input_sample_rate,
                     output_sample_rate=rate,
+                    turn_model=self.turn_model.name if self.turn_model else None,
                 )
             )
         )
@@ -90,6 +102,10 @@ class CannedModelService:
                     transcribed += 1
                     event = p.InputAudioTranscript(session_id, transcribed, self.heard)
                     await ws.send(p.event_to_json(event))
+            elif isinstance(msg, p.TurnCheck):
+                task = asyncio.create_task(self._turn_check(ws, msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             elif isinstance(msg, p.InputAudioCommit):
                 commits += 1
             elif isinstance(msg, p.ResponseCancel):
@@ -98,10 +114,17 @@ class CannedModelService:
                 await ws.send(p.event_to_json(p.SessionEnded(session_id)))
                 break
 
+    async def _turn_check(self, ws: ServerConnection, check: p.TurnCheck) -> None:
+        verdict = await answer_turn_check(self.turn_model, check)
+        self.turn_checks += 1
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(p.event_to_json(verdict))
+
     @contextlib.asynccontextmanager
     async def serving(self, host: str = "127.0.0.1") -> AsyncIterator[str]:
         """Serve on a free loopback port; yields the session URL."""
-        async with serve(self._handle, host, 0, compression=None) as server:
+        # frames up to 4 MiB as the model service takes them (a turn.check is up to 1.5 MiB)
+        async with serve(self._handle, host, 0, compression=None, max_size=4 << 20) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             yield f"ws://{host}:{port}/v1/session"
             server.close()

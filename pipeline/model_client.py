@@ -41,6 +41,7 @@ from model_service.protocol import (
     SessionStarted,
     TextDelta,
     ToolCall,
+    TurnVerdict,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "SessionStarted",
     "TextDelta",
     "ToolCall",
+    "TurnVerdict",
 ]
 
 
@@ -129,6 +131,8 @@ class ModelServiceClient:
         self._response_id: str | None = None
         self._closed = False
         self._warned_closed = False
+        self._check_ids = 0
+        self._checks: dict[int, asyncio.Future[TurnVerdict | None]] = {}
 
     def __repr__(self) -> str:  # never show the token
         return f"ModelServiceClient({self.url!r})"
@@ -277,6 +281,44 @@ class ModelServiceClient:
             p.SessionUpdate(system_prompt=system_prompt, voice=voice, style=style, tools=tools)
         )
 
+    @property
+    def turn_model(self) -> str | None:
+        """The turn model the service runs for :meth:`check_turn` (None: none)."""
+        return self.session.turn_model if self.session is not None else None
+
+    async def check_turn(self, pcm16: bytes, sample_rate: int) -> TurnVerdict | None:
+        """Ask the service's turn model whether the turn in ``pcm16`` (PCM16 mono at
+        ``sample_rate``, at most 8 s) is complete.
+
+        The verdict comes through :meth:`events` (which must be running); None when the
+        service runs no turn model or the connection closes first. A task that stops waiting
+        (cancelled, timed out) forgets the check: its late verdict is dropped.
+        """
+        if self.turn_model is None or not self.connected:
+            return None
+        self._check_ids += 1
+        check_id = self._check_ids
+        future: asyncio.Future[TurnVerdict | None] = asyncio.get_running_loop().create_future()
+        self._checks[check_id] = future
+        try:
+            await self._send_message(p.TurnCheck.of(check_id, pcm16, sample_rate))
+            if not self.connected:
+                return None
+            return await future
+        finally:
+            self._checks.pop(check_id, None)
+
+    def _verdict(self, event: TurnVerdict) -> None:
+        future = self._checks.pop(event.check_id, None)
+        if future is not None and not future.done():
+            future.set_result(event)
+
+    def _drop_checks(self) -> None:
+        checks, self._checks = self._checks, {}
+        for future in checks.values():
+            if not future.done():
+                future.set_result(None)
+
     # -- receiving ------------------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[ClientEvent]:
@@ -298,6 +340,9 @@ class ModelServiceClient:
                 except p.ProtocolError as e:
                     logger.warning(f"ignoring a malformed model-service event: {e}")
                     continue
+                if isinstance(event, TurnVerdict):
+                    self._verdict(event)  # answered to check_turn, not an event of the call
+                    continue
                 if isinstance(event, ResponseStarted):
                     self._response_id = event.response_id
                 elif isinstance(event, ResponseDone) and event.response_id == self._response_id:
@@ -305,6 +350,8 @@ class ModelServiceClient:
                 yield event
         except websockets.ConnectionClosed:
             pass
+        finally:
+            self._drop_checks()
         self._closed = True
         code = ws.close_code
         reason = ws.close_reason or ("closed" if code == 1000 else "connection lost")

@@ -10,17 +10,25 @@ inference time), on the audio so far, on the analyzer's own thread. When VAD the
 - otherwise (speech resumed, or the early look said INCOMPLETE): Pipecat's usual inference on the
   whole buffer, as before, so a pause that only looked unfinished early is judged again with the
   full silence.
+
+With a ``judge`` (``StepAudio2Service.check_turn``: the model service's turn model, the same
+inference on the same audio), each inference is asked of the model service instead of run on
+this process's Smart Turn pool: the segment Pipecat's analyzer would feed its model, sent as
+PCM16; its probability comes back. Where the judge has no answer (a service without a turn
+model, the connection lost, too slow) the inference runs here as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
+import numpy as np
 from loguru import logger
 from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
-from pipecat.metrics.metrics import MetricsData
+from pipecat.metrics.metrics import MetricsData, TurnMetricsData
 
 from pipeline.endpoint_vad import EndpointVADAnalyzer
 from pipeline.turn_models import SharedSmartTurnAnalyzerV3
@@ -29,6 +37,9 @@ from pipeline.turn_models import SharedSmartTurnAnalyzerV3
 INFERENCE_LEAD_SECS = 0.1
 
 Verdict = tuple[EndOfTurnState, MetricsData | None]
+#: Asks someone else to judge a turn: (PCM16 bytes, sample rate) -> probability it is
+#: complete, or None (then the analyzer runs the model itself).
+Judge = Callable[[bytes, int], Awaitable[float | None]]
 
 
 class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
@@ -39,6 +50,7 @@ class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
         *,
         vad: EndpointVADAnalyzer,
         speculate_after_secs: float | None = None,
+        judge: Judge | None = None,
         **kwargs: Any,
     ) -> None:
         """Create the analyzer.
@@ -47,10 +59,16 @@ class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
             vad: The call's VAD analyzer, whose pauses trigger the early inference.
             speculate_after_secs: Pause length that starts it (default: VAD's ``stop_secs``
                 minus ``INFERENCE_LEAD_SECS``, at least 0).
+            judge: Who runs the inferences (the model service's turn model); None: this
+                process's Smart Turn pool.
             **kwargs: Passed to Pipecat's Smart Turn analyzer (``params``, ``sample_rate``).
         """
         super().__init__(**kwargs)
         self._vad = vad
+        self._judge = judge
+        #: Inferences answered by the judge / run on this process's pool.
+        self.judged = 0
+        self.local_runs = 0
         self._speculate_after = speculate_after_secs
         self._early: tuple[Hashable, asyncio.Future[Verdict]] | None = None
         #: Ends of turn answered by the early inference / by an inference after VAD's stop.
@@ -80,10 +98,7 @@ class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
             key = self._vad.pause_key
             if self._early is None or self._early[0] != key:
                 self._drop_early()
-                loop = asyncio.get_running_loop()
-                future = loop.run_in_executor(
-                    self._model_executor, self._process_speech_segment, list(self._audio_buffer)
-                )
+                future = asyncio.ensure_future(self._infer(list(self._audio_buffer)))
                 self._early = (key, future)
                 self.early_runs += 1
         return state
@@ -121,7 +136,48 @@ class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
         elif early is not None:
             _discard(early[1])
         self.late_runs += 1
-        return await super().analyze_end_of_turn()
+        state, result = await self._infer(self._audio_buffer)
+        if state == EndOfTurnState.COMPLETE:
+            self._clear(state)
+        return state, result
+
+    async def _infer(self, buffer: list[tuple[float, np.ndarray]]) -> Verdict:
+        """One inference on ``buffer`` (Pipecat's ``(time, int16 chunk)`` list): the judge's
+        when it answers, else Pipecat's on this process's pool."""
+        if self._judge is not None:
+            segment = self.segment(buffer)
+            if segment.size == 0:
+                return EndOfTurnState.INCOMPLETE, None  # as Pipecat: nothing to judge
+            t0 = time.perf_counter()
+            probability = await self._judge(segment.tobytes(), self.sample_rate)
+            if probability is not None:
+                self.judged += 1
+                complete = probability > 0.5
+                state = EndOfTurnState.COMPLETE if complete else EndOfTurnState.INCOMPLETE
+                return state, TurnMetricsData(
+                    processor="BaseSmartTurn",
+                    is_complete=complete,
+                    probability=probability,
+                    e2e_processing_time_ms=(time.perf_counter() - t0) * 1000.0,
+                )
+        self.local_runs += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._model_executor, self._process_speech_segment, buffer
+        )
+
+    def segment(self, buffer: list[tuple[float, np.ndarray]]) -> np.ndarray:
+        """The int16 audio of ``buffer`` that Pipecat's ``_process_speech_segment`` gives its
+        model (as float32 / 32768): from ``pre_speech_ms`` plus VAD's start time before the
+        speech began, the last ``max_duration_secs`` of it."""
+        if not buffer:
+            return np.zeros(0, dtype=np.int16)
+        pre_speech_secs = self._params.pre_speech_ms / 1000 + self._vad_start_secs
+        start_time = self._speech_start_time - pre_speech_secs
+        start = next((i for i, (t, _) in enumerate(buffer) if t >= start_time), 0)
+        audio = np.concatenate([chunk for _, chunk in buffer[start:]])
+        max_samples = int(self._params.max_duration_secs * self.sample_rate)
+        return audio[-max_samples:] if audio.size > max_samples else audio
 
     def _clear(self, turn_state: EndOfTurnState) -> None:
         super()._clear(turn_state)

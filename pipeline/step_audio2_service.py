@@ -71,6 +71,9 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 from pipeline import model_client as mc
 from pipeline.apology import DEFAULT_APOLOGY, apology_pcm
 
+#: How long :meth:`StepAudio2Service.check_turn` waits for the service's turn verdict.
+TURN_CHECK_TIMEOUT_SECS = 0.5
+
 
 @dataclass
 class StepAudio2Settings(LLMSettings):
@@ -267,6 +270,27 @@ class StepAudio2Service(LLMService):
         """True while no answer is under way and none is playing (a caller's voice now could
         not be a barge-in): the phone input may then read its socket in bursts."""
         return not (self._response_requested or self._bot_speaking)
+
+    async def check_turn(self, pcm16: bytes, sample_rate: int) -> float | None:
+        """The model service's turn model on a turn's audio: the probability that the turn is
+        complete, or None (no session, a service without a turn model, the connection lost, or
+        no verdict within ``TURN_CHECK_TIMEOUT_SECS``): the caller then judges it itself."""
+        client = self._client
+        if client is None or client.turn_model is None:
+            return None
+        try:
+            verdict = await asyncio.wait_for(
+                client.check_turn(pcm16, sample_rate), TURN_CHECK_TIMEOUT_SECS
+            )
+        except TimeoutError:
+            self._log.warning(f"no turn.verdict within {TURN_CHECK_TIMEOUT_SECS:g} s")
+            return None
+        if verdict is None:
+            return None
+        if verdict.error is not None or verdict.probability is None:
+            self._log.warning(f"turn.check failed on the model service: {verdict.error}")
+            return None
+        return verdict.probability
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import soxr
 import threadpoolctl
 from loguru import logger
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
@@ -252,6 +253,31 @@ def configure_inference(threads: int | None = None, nice: int = 10) -> TurnInfer
     return _pool
 
 
+def smart_turn_model_name() -> str:
+    """The bundled Smart Turn model's name (its file name without ``.onnx``)."""
+    return SMART_TURN_MODEL[1].removesuffix(".onnx")
+
+
+def smart_turn_probability(
+    audio: np.ndarray, sample_rate: int, session: ort.InferenceSession | None = None
+) -> float:
+    """Smart Turn v3's probability that a turn is complete, as Pipecat's analyzer computes it.
+
+    ``audio``: the turn's segment as float32 (PCM16 / 32768) at ``sample_rate``, what Pipecat's
+    analyzer passes its model (the end of the turn, at most 8 s). Resampled to 16 kHz as Pipecat
+    does (soxr, HQ), the features of :func:`log_mel_features` (Pipecat's numbers, the padding's
+    identical frames computed once), the process-wide session unless ``session`` is given.
+    Used by the bot's analyzer and by the model service's ``turn.check``
+    (``model_service/turn_model.py``), so both give the same probability for the same audio.
+    """
+    if sample_rate != FEATURES_RATE:
+        audio = soxr.resample(audio, sample_rate, FEATURES_RATE, quality="HQ")
+    features = log_mel_features(audio)
+    session = session or shared_session(SMART_TURN_MODEL)
+    outputs = session.run(None, {"input_features": features[np.newaxis]})
+    return float(outputs[0][0].item())
+
+
 class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
     """Smart Turn v3 with the process-wide model session and inference pool (per-call state
     only)."""
@@ -268,11 +294,9 @@ class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
         return inference_pool().executor
 
     def _predict_endpoint(self, audio_array: np.ndarray) -> dict[str, Any]:
-        """Pipecat's prediction, with the features from :func:`log_mel_features` (the same
-        numbers; the padding's identical frames computed once)."""
-        features = log_mel_features(self._resample_to_model_rate(audio_array))
-        outputs = self._session.run(None, {"input_features": features[np.newaxis]})
-        probability = float(outputs[0][0].item())
+        """Pipecat's prediction (:func:`smart_turn_probability`)."""
+        rate = self._sample_rate or FEATURES_RATE
+        probability = smart_turn_probability(audio_array, rate, self._session)
         prediction = 1 if probability > 0.5 else 0
         if self._log_data:
             suffix = "_complete" if prediction == 1 else "_incomplete"

@@ -366,3 +366,48 @@ async def test_connect_errors_are_model_service_errors() -> None:
         await mc.ModelServiceClient("ws://x").commit()
     with pytest.raises(ValueError, match="even byte count"):
         await client.send_audio(b"\x00")
+
+
+async def test_check_turn_is_none_without_a_turn_model_or_once_the_connection_is_gone() -> None:
+    """A service that offers no turn model is never asked; a check pending when the connection
+    drops (a service that fell over mid-inference) ends with None, not a hang."""
+    from websockets.asyncio.server import serve
+
+    checks: list[dict] = []
+
+    async def handler(ws) -> None:
+        start = json.loads(await ws.recv())
+        offer = start["call_id"] == "offer"
+        started = {"type": "session.started", "session_id": "s1", "input_sample_rate": 8000,
+                   "output_sample_rate": 8000}
+        if offer:
+            started["turn_model"] = "smart-turn-v3.2-cpu"
+        await ws.send(json.dumps(started))
+        async for raw in ws:
+            message = json.loads(raw)
+            if message["type"] == "turn.check":
+                checks.append(message)
+                await ws.close()  # fell over before answering
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}/v1/session"
+        plain = mc.ModelServiceClient(url)
+        await plain.connect(start(call_id="plain"))
+        assert plain.turn_model is None
+        assert await plain.check_turn(b"\0\0" * 80, 8000) is None and checks == []
+        await plain.close()
+
+        client = mc.ModelServiceClient(url)
+        await client.connect(start(call_id="offer"))
+        assert client.turn_model == "smart-turn-v3.2-cpu"
+
+        async def read() -> list:
+            return [e async for e in client.events()]
+
+        reader = asyncio.create_task(read())
+        verdict = await asyncio.wait_for(client.check_turn(b"\1\0" * 80, 8000), 5)
+        closed = await asyncio.wait_for(reader, 5)
+        assert verdict is None and isinstance(closed[-1], mc.Closed)
+        assert checks[0]["type"] == "turn.check" and checks[0]["check_id"] == 1
+        assert await client.check_turn(b"\0\0" * 80, 8000) is None  # closed: not sent
+        assert len(checks) == 1

@@ -639,3 +639,118 @@ async def test_interleaved_sessions_keep_their_own_responses(service, backend) -
         await peer.send({"type": "session.end"})
         await peer.until("session.ended")
     await wait_for(lambda: app.state.service.active_sessions == 0)
+
+
+# --------------------------------------------------------------------------------------------
+# turn.check: the turn model (Smart Turn v3) on the service
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def turn_service(backend: ScriptedBackend):
+    from model_service.turn_model import TurnModel
+
+    model = TurnModel(1)
+    app = create_app(backend, token=TOKEN, max_sessions=2, turn_model=model)
+    async with serving(app) as url:
+        yield app, url
+    model.close()
+
+
+def _turn_audio(text: str, rate: int, keep: float = 1.0) -> np.ndarray:
+    from bots.caller.speech import synthesize
+
+    words = synthesize(text, rate)
+    words = words[: int(words.size * keep)]
+    return np.concatenate([np.zeros(rate // 2, np.int16), words, np.zeros(rate // 5, np.int16)])
+
+
+def _check(check_id: int, pcm: np.ndarray, rate: int) -> str:
+    return p.message_to_json(p.TurnCheck.of(check_id, pcm.tobytes(), rate))
+
+
+async def test_turn_check_gives_the_bots_own_probability(turn_service) -> None:
+    """The service's verdict is Smart Turn's on that audio, the number the bot's analyzer
+    computes (``smart_turn_probability``), at 8 and 16 kHz; the session's audio goes on
+    flowing while an inference runs, and the verdicts are counted on /metrics."""
+    from pipeline.turn_models import smart_turn_probability
+
+    app, url = turn_service
+    for rate in (8000, 16000):
+        peer = await open_peer(url)
+        await peer.send(start_msg(input_sample_rate=rate))
+        started = await peer.next_event()
+        assert started["turn_model"] == "smart-turn-v3.2-cpu"
+        complete = _turn_audio("Could you check my order status?", rate)
+        cut = _turn_audio("So I was wondering if", rate)
+        await peer.send(_check(1, complete, rate))
+        await peer.send(_check(2, cut, rate))
+        await peer.send(np.zeros(rate // 50, np.int16).tobytes())  # audio meanwhile: fine
+        verdicts = {}
+        while len(verdicts) < 2:
+            ev = await peer.next_event(within=20)
+            assert ev["type"] == "turn.verdict", ev
+            verdicts[ev["check_id"]] = ev
+        for check_id, pcm in ((1, complete), (2, cut)):
+            expected = smart_turn_probability(pcm.astype(np.float32) / 32768.0, rate)
+            v = verdicts[check_id]
+            assert v["probability"] == expected and v["complete"] == (expected > 0.5)
+            assert v["inference_ms"] > 0 and "error" not in v
+        assert verdicts[1]["complete"] and not verdicts[2]["complete"]
+        await peer.ws.close()
+    metrics = app.state.service.metrics
+    assert metrics.turn_checks.value(result="complete") == 2
+    assert metrics.turn_checks.value(result="incomplete") == 2
+    _, text = await asyncio.to_thread(http_get, http_base(url) + "/metrics")
+    assert 'stepcall_model_turn_checks_total{result="complete"} 2' in text
+
+
+async def test_turn_check_without_a_turn_model_is_an_error_verdict(service) -> None:
+    _, url = service
+    peer = await open_peer(url)
+    await peer.send(start_msg())
+    started = await peer.next_event()
+    assert "turn_model" not in started
+    await peer.send(_check(7, np.zeros(800, np.int16), 8000))
+    verdict = await peer.next_event()
+    assert verdict["type"] == "turn.verdict" and verdict["check_id"] == 7
+    assert "probability" not in verdict and "no turn model" in verdict["error"]
+
+
+@pytest.mark.parametrize(
+    ("check", "code"),
+    [
+        ({"check_id": 1, "sample_rate": 8000, "audio": "AAE"}, "bad_message"),  # not base64
+        ({"check_id": 1, "sample_rate": 8000, "audio": "AAAA"}, "bad_message"),  # 3 bytes
+        ({"check_id": 1, "sample_rate": 8000, "audio": ""}, "bad_message"),
+        ({"check_id": -1, "sample_rate": 8000, "audio": "AAA="}, "bad_message"),
+        ({"check_id": 1, "sample_rate": 11025, "audio": "AAA="}, "bad_message"),
+        ({"check_id": 1, "sample_rate": 8000}, "bad_message"),
+    ],
+)
+async def test_bad_turn_checks_are_refused_and_the_session_goes_on(turn_service, check, code):
+    _, url = turn_service
+    peer = await open_peer(url, start_msg())
+    await peer.send({"type": "turn.check", **check})
+    ev = await peer.next_event()
+    assert ev["type"] == "error" and ev["code"] == code and not ev["fatal"]
+    await peer.send(_check(2, np.zeros(800, np.int16), 8000))
+    ev = await peer.next_event(within=20)
+    assert ev["type"] == "turn.verdict" and ev["check_id"] == 2
+
+
+async def test_turn_check_audio_size_limits(turn_service) -> None:
+    """Up to 8 s of audio at 48 kHz passes (the one text message past 64 KiB); more is
+    ``too_large``, and a message of another type past 64 KiB still is."""
+    _, url = turn_service
+    peer = await open_peer(url, start_msg(input_sample_rate=48000))
+    long = np.zeros(8 * 48000, np.int16)
+    await peer.send(_check(1, long, 48000))
+    ev = await peer.next_event(within=20)
+    assert ev["type"] == "turn.verdict" and ev["check_id"] == 1 and "error" not in ev
+    await peer.send(_check(2, np.zeros(8 * 48000 + 1, np.int16), 48000))
+    ev = await peer.next_event()
+    assert ev["type"] == "error" and ev["code"] == "too_large"
+    await peer.send({"type": "input_text.append", "text": "x" * (70 * 1024)})
+    ev = await peer.next_event()
+    assert ev["type"] == "error" and ev["code"] == "too_large"

@@ -116,9 +116,10 @@ async def place_call(
     echo_guard: bool = True,
     wait_end: bool = False,
     service_options: dict[str, Any] | None = None,
+    turn_model_at: str = "service",
 ) -> CallRun:
     """Run one call until ``until(run)`` holds (then cancel it) or it ends by itself."""
-    settings = Settings(model_url=url)
+    settings = Settings(model_url=url, turn_model_at=turn_model_at)
     service_options = service_options or {}
     pipeline, parts = build_call(
         phone, prof, settings, CallInfo("CA-test", "MZ-test"), tools=tools, echo_guard=echo_guard
@@ -378,6 +379,45 @@ async def test_backchannel_does_not_interrupt(demo_backend, speech):
     assert tl.count("UserStartedSpeakingFrame") == 0
     assert phone.speaker.bytes_written >= 0.95 * 3.2 * RATE * 2
     assert run.parts.metrics.turns[0].bargein_stop_ms is None
+
+
+
+@pytest.mark.parametrize("turn_model_at", ["service", "bot"])
+async def test_the_model_service_judges_the_callers_turns(demo_backend, speech, turn_model_at):
+    """A model service with a turn model (``turn.check``) judges the caller's turns: the bot's
+    Smart Turn pool runs no inference, the turn still ends on the early look during the pause
+    and the bot answers. ``STEPCALL_TURN_MODEL_AT=bot`` keeps the inferences in the bot."""
+    from model_service.turn_model import TurnModel
+
+    model = TurnModel(1)
+    app = create_app(demo_backend, token=None, max_sessions=2, turn_model=model)
+    phone = LoopbackPhone([Say(speech("What is the weather like in Paris today?"), 1.0)])
+    try:
+        async with serving(app) as url:
+            run = await place_call(
+                url,
+                profile(),
+                phone,
+                app=app,
+                turn_model_at=turn_model_at,
+                until=lambda r: bool(r.parts.metrics.turns)
+                and r.parts.metrics.turns[0].response_ms is not None,
+            )
+    finally:
+        model.close()
+    assert run.parts.aggregators is not None
+    stop = run.parts.aggregators.user()._params.user_turn_strategies.stop[0]
+    analyzer = stop._turn_analyzer
+    assert analyzer.early_hits == 1 and analyzer.late_runs == 0
+    turn = run.parts.metrics.turns[0]
+    assert turn.response_ms is not None and 0 < turn.response_ms < 3000
+    checks = app.state.service.metrics.turn_checks
+    if turn_model_at == "service":
+        assert (analyzer.judged, analyzer.local_runs) == (analyzer.early_runs, 0)
+        assert checks.value(result="complete") == 1 and model.checks == analyzer.judged
+    else:
+        assert (analyzer.judged, model.checks) == (0, 0)
+        assert analyzer.local_runs == analyzer.early_runs >= 1
 
 
 @pytest.fixture(scope="module")

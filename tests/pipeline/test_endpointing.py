@@ -7,6 +7,8 @@ own Silero rule on the same audio. The Smart Turn tests run the real Smart Turn 
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
@@ -351,3 +353,121 @@ def test_silero_is_not_run_on_windows_too_quiet_for_speech(speech, text, line_no
     windows = ours.scored_windows + ours.skipped_windows
     assert ours.skipped_windows > 0.6 * windows  # the 6 s of hiss, less the volume window's tail
     assert abs(starts["ours"] - starts["pipecat"]) <= 0.02  # same onset as Pipecat's VAD
+
+
+# ---------------------------------------------------------------- Smart Turn on the model service
+def test_segment_is_the_audio_pipecat_gives_its_model(speech, monkeypatch):
+    """What the analyzer sends the model service's turn model is exactly what Pipecat's
+    ``_process_speech_segment`` passes its own model (as int16), long turns cut to 8 s."""
+    vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.2))
+    analyzer = SpeculativeSmartTurnAnalyzer(vad=vad)
+    vad.set_sample_rate(RATE)  # never run: no pause, so no early inference either
+    analyzer.set_sample_rate(RATE)
+    analyzer.update_vad_start_secs(0.2)
+    words = trimmed(speech("What is the weather like in Paris today?"))
+    seen: list[np.ndarray] = []
+    verdict = {"prediction": 0, "probability": 0.0}
+    monkeypatch.setattr(analyzer, "_predict_endpoint", lambda a: seen.append(a) or verdict)
+    quiet = np.zeros(8000, np.int16)
+    for pcm, turns in ((np.concatenate([quiet, words]), 1), (np.tile(words, 5), 2)):
+        for _, buf in chunks(pcm):
+            analyzer.append_audio(buf, bool(np.abs(np.frombuffer(buf, np.int16)).max() > 300))
+        buffer = list(analyzer._audio_buffer)
+        analyzer._process_speech_segment(buffer)
+        segment = analyzer.segment(buffer)
+        assert len(seen) == turns and segment.dtype == np.int16
+        np.testing.assert_array_equal(segment.astype(np.float32) / 32768.0, seen[-1])
+    assert segment.size == 8 * RATE  # the long turn: its last 8 s
+    assert analyzer.segment([]).size == 0
+
+
+async def _turn_service_client(turn_model):
+    """A model-service stand-in running ``turn_model`` and a connected client reading events."""
+    from pipeline.canned_model_service import CannedModelService
+    from pipeline.model_client import ModelServiceClient, SessionStart
+
+    service = CannedModelService(b"\0\0" * 80, turn_model=turn_model)
+    serving = service.serving()
+    url = await serving.__aenter__()
+    client = ModelServiceClient(url)
+    await client.connect(SessionStart(input_sample_rate=RATE, output_sample_rate=RATE))
+
+    async def read() -> None:
+        async for _ in client.events():
+            pass
+
+    reader = asyncio.create_task(read())
+
+    async def close() -> None:
+        await client.close()
+        await reader
+        await serving.__aexit__(None, None, None)
+
+    return service, client, close
+
+
+async def test_the_model_services_turn_model_judges_the_turn(speech):
+    """With a judge (the model service's ``turn.check``), the early inference is the service's:
+    the bot runs none, and the verdict and probability are the ones it would have computed."""
+    from model_service.turn_model import TurnModel
+
+    utterance = speech("What is the weather like in Paris today?")
+    pcm = np.concatenate([np.zeros(4000, np.int16), utterance, np.zeros(8000, np.int16)])
+    model = TurnModel(1)
+    service, client, close = await _turn_service_client(model)
+    sent: list[tuple[bytes, int]] = []
+
+    async def judge(audio: bytes, rate: int) -> float | None:
+        sent.append((audio, rate))
+        verdict = await client.check_turn(audio, rate)
+        return None if verdict is None else verdict.probability
+
+    try:
+        assert client.turn_model == model.name == "smart-turn-v3.2-cpu"
+        vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.2))
+        remote = SpeculativeSmartTurnAnalyzer(vad=vad, judge=judge)
+        state, result = await feed_turn(vad, remote, pcm)
+        assert state == EndOfTurnState.COMPLETE and result.is_complete
+        assert (remote.early_runs, remote.early_hits, remote.late_runs) == (1, 1, 0)
+        assert (remote.judged, remote.local_runs, service.turn_checks, model.checks) == (1, 0, 1, 1)
+        # the same turn judged in the bot: the same probability
+        vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.2))
+        local = SpeculativeSmartTurnAnalyzer(vad=vad)
+        seen: list[np.ndarray] = []
+        real = local._predict_endpoint
+        local._predict_endpoint = lambda a: seen.append(a) or real(a)
+        _, local_result = await feed_turn(vad, local, pcm)
+        assert local.local_runs == 1 and local.judged == 0
+        assert result.probability == local_result.probability
+        audio, rate = sent[0]
+        assert rate == RATE
+        np.testing.assert_array_equal(np.frombuffer(audio, np.int16) / 32768.0, seen[0])
+        assert not remote.speech_triggered  # cleared for the next turn
+    finally:
+        await close()
+        model.close()
+
+
+async def test_without_the_services_verdict_the_bot_judges_the_turn_itself(speech):
+    """A service with no turn model (or one that cannot answer): the inference runs here."""
+    utterance = speech("What is the weather like in Paris today?")
+    pcm = np.concatenate([np.zeros(4000, np.int16), utterance, np.zeros(8000, np.int16)])
+    service, client, close = await _turn_service_client(None)
+    asked: list[float | None] = []
+
+    async def judge(audio: bytes, rate: int) -> float | None:
+        verdict = await client.check_turn(audio, rate)
+        asked.append(verdict)
+        return None if verdict is None else verdict.probability
+
+    try:
+        assert client.turn_model is None
+        vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.2))
+        analyzer = SpeculativeSmartTurnAnalyzer(vad=vad, judge=judge)
+        state, result = await feed_turn(vad, analyzer, pcm)
+        assert state == EndOfTurnState.COMPLETE and result.is_complete
+        assert asked == [None] and service.turn_checks == 0  # nothing was sent
+        assert (analyzer.judged, analyzer.local_runs, analyzer.early_hits) == (0, 1, 1)
+    finally:
+        await close()
+        await analyzer.cleanup()
