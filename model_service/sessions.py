@@ -40,6 +40,11 @@ CLOSE_GRACE_S = 2.0  # on disconnect, a running response has this long to stop
 # --------------------------------------------------------------------------------------------
 
 
+#: ``turn.check`` inferences one session may have under way (a bot has one per pause); more
+#: get an error verdict at once, so one client cannot queue the turn model for everyone.
+MAX_PENDING_TURN_CHECKS = 4
+
+
 def pcm16_to_float(data: bytes) -> np.ndarray:
     """Little-endian PCM16 mono bytes → float32 in [-1, 1)."""
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
@@ -408,6 +413,11 @@ class CallSession:
         elif isinstance(m, p.SessionUpdate):
             await self._update(m)
         elif isinstance(m, p.TurnCheck):
+            if len(self._turn_checks) >= MAX_PENDING_TURN_CHECKS:
+                error = f"more than {MAX_PENDING_TURN_CHECKS} turn checks pending"
+                self.service.metrics.turn_checks.inc(result="error")
+                await self._send_event(p.TurnVerdict(m.check_id, error=error))
+                return True
             task = asyncio.create_task(self._turn_check(m))
             self._turn_checks.add(task)
             task.add_done_callback(self._turn_checks.discard)

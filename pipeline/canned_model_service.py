@@ -36,11 +36,13 @@ class CannedModelService:
         hang: bool = False,
         heard: str | None = None,
         turn_model: TurnModel | None = None,
+        ignore_turn_checks: bool = False,
     ) -> None:
         """``hang``: accept ``response.create`` but never answer (a hung model service).
         ``heard``: the canned "transcript" of every committed caller turn, sent after the next
         response when the session asked for ``input_transcription``. ``turn_model``: what
-        answers ``turn.check`` (None: the service offers no turn model)."""
+        answers ``turn.check`` (None: the service offers no turn model).
+        ``ignore_turn_checks``: offer the turn model but never answer a check (a stuck one)."""
         self.pcm = pcm
         self.hang = hang
         self.text = text
@@ -50,6 +52,7 @@ class CannedModelService:
         self.cancels: list[float | None] = []
         self.audio_bytes_in = 0
         self.turn_model = turn_model
+        self.ignore_turn_checks = ignore_turn_checks
         #: Turn verdicts sent.
         self.turn_checks = 0
         self._ids = itertools.count(1)
@@ -103,6 +106,8 @@ class CannedModelService:
                     event = p.InputAudioTranscript(session_id, transcribed, self.heard)
                     await ws.send(p.event_to_json(event))
             elif isinstance(msg, p.TurnCheck):
+                if self.ignore_turn_checks:
+                    continue
                 task = asyncio.create_task(self._turn_check(ws, msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

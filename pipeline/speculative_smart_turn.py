@@ -149,7 +149,11 @@ class SpeculativeSmartTurnAnalyzer(SharedSmartTurnAnalyzerV3):
             if segment.size == 0:
                 return EndOfTurnState.INCOMPLETE, None  # as Pipecat: nothing to judge
             t0 = time.perf_counter()
-            probability = await self._judge(segment.tobytes(), self.sample_rate)
+            try:
+                probability = await self._judge(segment.tobytes(), self.sample_rate)
+            except Exception as e:  # never lose a turn to the judge: judge it here instead
+                logger.warning(f"{self}: the turn model's judge failed: {e!r}")
+                probability = None
             if probability is not None:
                 self.judged += 1
                 complete = probability > 0.5

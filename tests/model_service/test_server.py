@@ -754,3 +754,28 @@ async def test_turn_check_audio_size_limits(turn_service) -> None:
     await peer.send({"type": "input_text.append", "text": "x" * (70 * 1024)})
     ev = await peer.next_event()
     assert ev["type"] == "error" and ev["code"] == "too_large"
+
+
+async def test_a_session_cannot_queue_more_than_four_turn_checks(turn_service) -> None:
+    """Six checks sent at once: four are judged, the two beyond the cap get an error verdict
+    at once; the session goes on (a later check is judged)."""
+    from model_service.sessions import MAX_PENDING_TURN_CHECKS
+
+    app, url = turn_service
+    peer = await open_peer(url, start_msg())
+    pcm = _turn_audio("Could you check my order status?", 8000)
+    for check_id in range(1, 7):
+        await peer.send(_check(check_id, pcm, 8000))
+    verdicts = {}
+    while len(verdicts) < 6:
+        ev = await peer.next_event(within=20)
+        assert ev["type"] == "turn.verdict", ev
+        verdicts[ev["check_id"]] = ev
+    judged = [i for i, v in verdicts.items() if "error" not in v]
+    refused = [i for i, v in verdicts.items() if "error" in v]
+    assert judged == [1, 2, 3, 4] == list(range(1, MAX_PENDING_TURN_CHECKS + 1))
+    assert refused == [5, 6] and "pending" in verdicts[5]["error"]
+    assert app.state.service.metrics.turn_checks.value(result="error") == 2
+    await peer.send(_check(7, pcm, 8000))
+    ev = await peer.next_event(within=20)
+    assert ev["check_id"] == 7 and ev["complete"]

@@ -420,6 +420,35 @@ async def test_the_model_service_judges_the_callers_turns(demo_backend, speech, 
         assert analyzer.local_runs == analyzer.early_runs >= 1
 
 
+async def test_a_stuck_turn_model_on_the_service_costs_half_a_second_not_the_turn(
+    speech, bot_voice
+):
+    """The service offers a turn model but never answers: after
+    ``TURN_CHECK_TIMEOUT_SECS`` the bot judges the pause itself and answers."""
+    from model_service.turn_model import TurnModel
+    from pipeline.step_audio2_service import TURN_CHECK_TIMEOUT_SECS
+
+    model = TurnModel(1)
+    canned = CannedModelService(bot_voice.tobytes(), turn_model=model, ignore_turn_checks=True)
+    phone = LoopbackPhone([Say(speech("What is the weather like in Paris today?"), 1.0)])
+    async with canned.serving() as url:
+        run = await place_call(
+            url,
+            profile(),
+            phone,
+            until=lambda r: bool(r.parts.metrics.turns)
+            and r.parts.metrics.turns[0].response_ms is not None,
+        )
+    model.close()
+    stop = run.parts.aggregators.user()._params.user_turn_strategies.stop[0]
+    analyzer = stop._turn_analyzer
+    assert (analyzer.judged, model.checks, canned.turn_checks) == (0, 0, 0)
+    assert analyzer.local_runs >= 1 and analyzer.early_hits == 1
+    turn = run.parts.metrics.turns[0]
+    # the early look waited out the timeout, then ran here (VAD's stop came 0.1 s into it)
+    assert TURN_CHECK_TIMEOUT_SECS - 0.1 < turn.response_ms / 1000 < 3.0
+
+
 @pytest.fixture(scope="module")
 def bot_voice(speech) -> np.ndarray:
     """Real speech for the bot to say (the tiny checkpoint's audio is not speech to Silero)."""

@@ -471,3 +471,20 @@ async def test_without_the_services_verdict_the_bot_judges_the_turn_itself(speec
     finally:
         await close()
         await analyzer.cleanup()
+
+
+async def test_a_failing_judge_never_loses_the_turn(speech):
+    """A judge that raises (a model-service client bug, a dropped socket mid-send): the
+    analyzer logs it and judges the turn itself, early look and all."""
+    utterance = speech("What is the weather like in Paris today?")
+    pcm = np.concatenate([np.zeros(4000, np.int16), utterance, np.zeros(8000, np.int16)])
+
+    async def judge(audio: bytes, rate: int) -> float | None:
+        raise ConnectionError("socket gone")
+
+    vad = EndpointVADAnalyzer(sample_rate=RATE, params=VADParams(stop_secs=0.2))
+    analyzer = SpeculativeSmartTurnAnalyzer(vad=vad, judge=judge)
+    state, result = await feed_turn(vad, analyzer, pcm)
+    assert state == EndOfTurnState.COMPLETE and result.is_complete
+    assert (analyzer.judged, analyzer.local_runs, analyzer.early_hits) == (0, 1, 1)
+    await analyzer.cleanup()
