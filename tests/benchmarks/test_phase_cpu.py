@@ -57,3 +57,32 @@ def test_after_the_answer_the_line_is_quiet_again():
     out = phase_cpu(samples, [(0.0, 1.0)], [(1.5, 2.0)])
     assert out["turn end"]["wall_share"] == pytest.approx(0.5 / 3)
     assert out["quiet"]["wall_share"] == pytest.approx(1.0 / 3)
+
+
+def test_the_sampler_thread_reads_the_loop_threads_cpu_not_its_own():
+    """``LoopCpuSampler`` samples the CPU clock of the thread that created it (the event loop's)
+    from its own thread: busy work there shows in the samples, the sleep after it does not,
+    and the sampler's own CPU is returned apart."""
+    import time
+
+    from benchmarks.pipeline_overhead import PHASE_SAMPLE_SECS, LoopCpuSampler
+
+    class Phone:
+        own_cpu_secs = 0.25
+
+    sampler = LoopCpuSampler(Phone())
+    cpu0 = time.thread_time()
+    sampler.start()
+    end = time.monotonic() + 0.4
+    while time.monotonic() < end:  # burn 0.4 s of this thread's CPU
+        pass
+    burnt = time.thread_time() - cpu0
+    time.sleep(0.4)
+    samples, own = sampler.finish()
+    assert 6 <= len(samples) <= 10  # one every PHASE_SAMPLE_SECS over ~0.8 s
+    gaps = [b[0] - a[0] for a, b in zip(samples, samples[1:], strict=False)]
+    assert all(g == pytest.approx(PHASE_SAMPLE_SECS, abs=0.08) for g in gaps)
+    seen = samples[-1][1] - samples[0][1]
+    assert seen == pytest.approx(burnt, abs=0.12)  # this thread's work, the sleep adds nothing
+    assert all(p == 0.25 for _, _, p in samples)
+    assert 0.0 <= own < 0.1
