@@ -8,7 +8,7 @@ Turn v3, the flow runtime, call records in SQLite) and this process, the load ge
 server's CPU and RSS come from /proc.
 
     .venv/bin/python benchmarks/load_test.py [--calls 50] [--ramp 10] \
-        [--plot benchmarks/load_test.png] [--json out.json]
+        [--plot benchmarks/load_test.png] [--json out.json] [--turn-model-at service]
 
 Prints p50/p95/p99 voice-to-voice latency, underruns, failed calls, CPU and memory per call.
 """
@@ -34,15 +34,20 @@ sys.path.insert(0, str(ROOT))
 REPLY = "We are open from nine to six, Monday to Friday."
 
 
-def _serve_canned(queue: Any) -> None:
-    """Child: the model-service stand-in speaking REPLY at 8 kHz."""
+def _serve_canned(queue: Any, turn_model: bool = False) -> None:
+    """Child: the model-service stand-in speaking REPLY at 8 kHz; with ``turn_model`` it also
+    answers ``turn.check`` with the model service's turn model (Smart Turn, one thread)."""
     from bots.caller.speech import synthesize
+    from model_service.turn_model import TurnModel
     from pipeline.canned_model_service import CannedModelService
 
     pcm = synthesize(REPLY, 8000).tobytes()
+    model = TurnModel(1) if turn_model else None
+    if model is not None:
+        model.warm_up()
 
     async def main() -> None:
-        async with CannedModelService(pcm, REPLY).serving() as url:
+        async with CannedModelService(pcm, REPLY, turn_model=model).serving() as url:
             queue.put(url)
             await asyncio.Event().wait()
 
@@ -133,6 +138,9 @@ def main() -> int:
                     "100 is Pipecat's own pacing)")
     ap.add_argument("--vad-runtime", choices=["numpy", "onnxruntime"], default="numpy",
                     help="how the server runs Silero (pipeline.turn_models.configure_vad_runtime)")
+    ap.add_argument("--turn-model-at", choices=["bot", "service"], default="bot",
+                    help="where the calls' Smart Turn runs: the bot server's pool (default, "
+                    "as the earlier runs) or the stand-in's turn model (turn.check)")
     args = ap.parse_args()
 
     from bots.loadtest import LoadOptions, format_report, run_load, write_plot
@@ -140,7 +148,9 @@ def main() -> int:
     speed = calibration_us()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    canned = ctx.Process(target=_serve_canned, args=(queue,), daemon=True)
+    canned = ctx.Process(
+        target=_serve_canned, args=(queue, args.turn_model_at == "service"), daemon=True
+    )
     canned.start()
     model_url = queue.get(timeout=60)
     tmp = Path(tempfile.mkdtemp(prefix="stepcall-load-"))
@@ -176,14 +186,15 @@ def main() -> int:
         f"machine: {os.cpu_count()} CPUs, Silero window {speed:.0f} us (calibration); "
         f"bot: {Path(args.flow).name}; model: canned stand-in; Twilio audio lead "
         f"{'default' if args.audio_lead_ms is None else f'{args.audio_lead_ms:g} ms'}; "
-        f"Silero on {args.vad_runtime}"
+        f"Silero on {args.vad_runtime}; Smart Turn on the {args.turn_model_at}"
     )
     print(format_report(report))
     if args.plot:
         print(f"plot: {write_plot(report, args.plot)}")
     if args.json:
         out = {**report.to_dict(), "calibration_silero_window_us": round(speed, 1),
-               "audio_lead_ms": args.audio_lead_ms, "vad_runtime": args.vad_runtime}
+               "audio_lead_ms": args.audio_lead_ms, "vad_runtime": args.vad_runtime,
+               "turn_model_at": args.turn_model_at}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0 if report.failed_calls == 0 and report.underruns == 0 else 1
 
