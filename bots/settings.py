@@ -116,7 +116,7 @@ def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 VAD_RUNTIMES = ("numpy", "onnxruntime")
 #: STEPCALL_TURN_MODEL_AT values.
 TURN_MODEL_PLACES = ("service", "bot")
-#: STEPCALL_MODEL_TURN_MODEL values (model_service.turn_model.TURN_MODELS).
+#: STEPCALL_MODEL_TURN_MODEL values: the bundled Smart Turn model, or none (no ``turn.check``).
 MODEL_TURN_MODELS = ("smart-turn", "none")
 
 

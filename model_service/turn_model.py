@@ -16,39 +16,28 @@ sums their CPU time (the benchmarks report it).
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from model_service import protocol as p
 
-#: STEPCALL_MODEL_TURN_MODEL values: the bundled Smart Turn model, or none (no ``turn.check``).
-TURN_MODELS = ("smart-turn", "none")
-
-
-def default_threads() -> int:
-    """Half the cores, at least one (the rest stay for the event loop and the backend)."""
-    return max(1, (os.cpu_count() or 1) // 2)
-
 
 class TurnModel:
-    """Smart Turn v3 for ``turn.check`` messages, on a pool of ``threads``."""
+    """Smart Turn v3 for ``turn.check`` messages, on a pool of ``threads`` (default: half the
+    cores, at least one: ``pipeline.turn_models.default_inference_threads``)."""
 
     def __init__(self, threads: int | None = None) -> None:
-        from pipeline.turn_models import smart_turn_model_name
+        from pipeline.turn_models import TurnInferencePool, smart_turn_model_name
 
-        threads = default_threads() if not threads else threads
-        if threads < 1:
-            raise ValueError(f"turn model threads must be >= 1, got {threads}")
-        self.threads = threads
+        # the bot's pool class, at the process's own priority (nothing here to give way to)
+        self._pool = TurnInferencePool(threads or None, nice=0)
+        self.threads = self._pool.threads
         self.name = smart_turn_model_name()
         #: Checks answered with a probability, and their inferences' CPU seconds.
         self.checks = 0
         self.inference_cpu_secs = 0.0
-        self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def warm_up(self) -> None:
@@ -56,15 +45,6 @@ class TurnModel:
         from pipeline.turn_models import SMART_TURN_MODEL, shared_session
 
         shared_session(SMART_TURN_MODEL)
-
-    @property
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self.threads, thread_name_prefix="turn-model"
-                )
-            return self._executor
 
     def _infer(self, pcm16: bytes, sample_rate: int) -> float:
         from pipeline.turn_models import smart_turn_probability
@@ -84,7 +64,7 @@ class TurnModel:
         loop = asyncio.get_running_loop()
         try:
             probability = await loop.run_in_executor(
-                self._pool, self._infer, check.pcm16(), check.sample_rate
+                self._pool.executor, self._infer, check.pcm16(), check.sample_rate
             )
         except Exception as e:
             return p.TurnVerdict(check.check_id, error=f"inference failed: {type(e).__name__}: {e}")
@@ -97,10 +77,7 @@ class TurnModel:
 
     def close(self) -> None:
         """Stop the pool's threads (running inferences finish first)."""
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
+        self._pool.shutdown()
 
 
 async def answer_turn_check(turn_model: TurnModel | None, check: p.TurnCheck) -> p.TurnVerdict:
