@@ -13,6 +13,7 @@ no interrupted audio sent after a ``clear``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +153,9 @@ class CallPipelineParts:
     quiet_hold: QuietTest | None = None
     #: When a phone input may hold the caller's speech back (its ``coalesce_while(speech=...)``).
     speech_hold: SpeechHoldTest | None = None
+    #: How long a phone input may leave its socket unread while a hold fills
+    #: (its ``coalesce_while(pause_reading=...)``; see :func:`read_pause`).
+    read_pause: Callable[[], float] | None = None
 
 
 def build_call_pipeline(
@@ -265,8 +269,40 @@ def build_call(
         speech_hold=speech_hold(
             vad, lambda: gate.in_turn and service.bot_idle, pause_acted_on(vad, strategies)
         ),
+        read_pause=read_pause(vad, service),
     )
     return Pipeline(processors), parts
+
+
+def batch_caller_audio(phone_input: Any, parts: CallPipelineParts) -> None:
+    """A phone input's batching on a call (the Twilio input, the loopback phone): fewer, longer
+    caller frames where that changes nothing. Up to 200 ms of a provably quiet line while no
+    turn is open, ~80-100 ms of the caller's loud speech in a turn while the bot is idle, else
+    40 ms pairs while nobody speaks or the caller speaks steadily (never in the pause at the end
+    of speech; :mod:`pipeline.caller_audio_batcher`); the socket is read in bursts during those
+    holds (fewer wake-ups; :func:`read_pause` says how long)."""
+    vad = parts.vad
+    if vad is None:
+        return
+    phone_input.coalesce_while(
+        lambda: vad.steady,
+        quiet=parts.quiet_hold,
+        pause_reading=parts.read_pause,
+        speech=parts.speech_hold,
+    )
+
+
+def read_pause(vad: EndpointVADAnalyzer, service: StepAudio2Service) -> Callable[[], float]:
+    """The longest a phone input may leave its socket unread while a hold fills: the whole
+    hold while the bot is idle (a caller who starts talking is heard up to 200 ms later, never
+    the end of a turn); while it answers, less than the VAD needs to start speech
+    (:attr:`EndpointVADAnalyzer.start_lead_secs`), so a barge-in is decided on audio read live,
+    on the frame it would have been frame by frame."""
+
+    def secs() -> float:
+        return math.inf if service.bot_idle else vad.start_lead_secs
+
+    return secs
 
 
 def turn_analyzers(strategies: UserTurnStrategies) -> list[Any]:
@@ -450,20 +486,7 @@ async def run_twilio_call(
         extra_processors=[TwilioMarkProcessor(call.stream_sid)],
         call_control=call_control,
     )
-    # fewer, longer caller frames where that changes nothing: up to 200 ms of a provably quiet
-    # line while no turn is open, ~80-100 ms of the caller's loud speech in a turn while the bot
-    # is idle, else 40 ms pairs while nobody speaks or the caller speaks steadily (never in the
-    # pause at the end of speech; pipeline.caller_audio_batcher); while the bot is idle, the
-    # WebSocket is read in bursts during those holds (fewer wake-ups)
-    vad = parts.vad
-    if vad is not None:
-        service = parts.service
-        transport.input().coalesce_while(
-            lambda: vad.steady,
-            quiet=parts.quiet_hold,
-            pause_reading=lambda: service.bot_idle,
-            speech=parts.speech_hold,
-        )
+    batch_caller_audio(transport.input(), parts)
     worker = call_worker(
         pipeline,
         parts,

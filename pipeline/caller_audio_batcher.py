@@ -12,15 +12,20 @@ longer frames where that changes nothing anyone could notice:
   frame. A frame that fails the test goes down at once, with the frames waiting before it: the
   VAD sees it exactly when it would have, so a start of speech (a barge-in) is not delayed at
   all, and the VAD's windows and states are the same, cut from the same byte stream.
-- **Read pauses.** While audio waits in a quiet hold and the bot is idle (no answer under way,
-  none playing: ``pause_reading`` of the input's ``coalesce_while``), the input may leave its
-  socket unread until the hold is full (:meth:`BatchingInput.read_pause_secs`): the kernel
-  keeps the frames that arrive meanwhile and one read takes them all. The frames and their
-  order are the same; the process is woken about twice per hold instead of once per frame
+- **Read pauses.** While audio waits in a quiet hold, the input may leave its socket unread
+  until the hold is full, or for as long as ``pause_reading()`` of the input's
+  ``coalesce_while`` allows if that is less (:meth:`BatchingInput.read_pause_secs`): the
+  kernel keeps the frames that arrive meanwhile and one read takes them all. The frames, their
+  order and their arrival stamps (:class:`pipeline.caller_audio_frame.CallerAudioFrame`) are
+  the same; the process is woken about twice per hold instead of once per frame
   (``benchmarks/input_wakeups.py``: taking a Media Stream's 50 messages a second costs ~1.6 %
-  of a core on a 2-vCPU VM, ~0.4 % in bursts of ten). The price: a caller who starts speaking
-  while the bot is idle is heard up to ``hold_secs`` later (never a barge-in, never the end
-  of a turn, which the quiet test and the bot's idleness rule out).
+  of a core on a 2-vCPU VM, ~0.4 % in bursts of ten). On a call (``bots.call.read_pause``)
+  the whole hold while the bot is idle (no answer under way, none playing): a caller who
+  starts speaking then is heard up to ``hold_secs`` later, never a barge-in nor the end of a
+  turn, which the quiet test and the bot's idleness rule out. While the bot answers, at most
+  the VAD's :attr:`~pipeline.endpoint_vad.EndpointVADAnalyzer.start_lead_secs` (0.16 s): the
+  VAD cannot start speech on less new audio, so a barge-in is decided on a frame read live,
+  when it would have been frame by frame.
 - **Speech holds.** While a user turn is open, the bot is idle and the caller speaks loudly
   (``speech``: :func:`speech_hold`, :meth:`EndpointVADAnalyzer.speech_hold_secs`), frames wait
   as long as no pause that anything acts on (the early Smart Turn inference, VAD's stop) could
@@ -226,7 +231,7 @@ class BatchingInput:
     """
 
     _batcher: CallerAudioBatcher | None = None
-    _may_pause_reading: Callable[[], bool] | None = None
+    _may_pause_reading: Callable[[], float] | None = None
     #: Times the input left its socket unread, and for how long in all (seconds).
     read_pauses = 0
     read_paused_secs = 0.0
@@ -244,17 +249,18 @@ class BatchingInput:
 
     def read_pause_secs(self) -> float:
         """How long the input may leave its socket unread now (0: read on): right after a frame
-        went into a quiet or speech hold, while ``pause_reading()`` allows (the bot is idle),
-        until the hold has what it may take; once per hold (the frames read after the pause fill
-        it without another).
+        went into a quiet or speech hold, until the hold has what it may take, but at most
+        ``pause_reading()`` seconds (the longest pause allowed now); once per hold (the frames
+        read after the pause fill it without another).
         Pauses of less than ``MIN_READ_PAUSE_SECS`` are not worth a timer."""
         batcher, allowed = self._batcher, self._may_pause_reading
         if batcher is None or allowed is None or batcher.batch_serial == self._paused_batch:
             return 0.0
         secs = batcher.hold_left_secs()
-        if secs < MIN_READ_PAUSE_SECS or not allowed():
+        if secs < MIN_READ_PAUSE_SECS:
             return 0.0
-        return secs
+        secs = min(secs, allowed())
+        return secs if secs >= MIN_READ_PAUSE_SECS else 0.0
 
     def _count_read_pause(self, secs: float) -> None:
         """Note a pause of ``secs`` for the hold filling now."""
@@ -270,12 +276,12 @@ class BatchingInput:
         quiet: QuietTest | None,
         hold_secs: float,
         frame_secs: float,
-        pause_reading: Callable[[], bool] | None = None,
+        pause_reading: Callable[[], float] | None = None,
         speech: SpeechHoldTest | None = None,
     ) -> None:
         """Batch per ``steady``, ``quiet`` and ``speech`` (all None: every frame on its own);
-        leave the socket unread during quiet and speech holds while ``pause_reading()`` (None:
-        never)."""
+        leave the socket unread during quiet and speech holds for at most ``pause_reading()``
+        seconds (``math.inf``: until the hold is full; None: never)."""
         holds = quiet is not None or speech is not None
         self._may_pause_reading = pause_reading if holds else None
         self._batcher = None

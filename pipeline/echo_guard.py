@@ -6,8 +6,9 @@ Three pieces share one :class:`EchoReference`:
   frame downstream once it has written it, so the tap sees the bot's audio at play time and
   records it on a sample clock.
 - :class:`EchoGuard` sits right after the input transport (before VAD). While the bot has been
-  heard in the last ``max_delay_secs``, it compares each caller frame's recent window with the
-  played audio delayed by 0..``max_delay_secs`` (normalized cross-correlation, via FFT). A
+  heard in the last ``max_delay_secs``, it compares each caller frame's recent window, ending
+  when the frame came (``CallerAudioFrame.captured_at``), with the played audio delayed by
+  0..``max_delay_secs`` (normalized cross-correlation, via FFT). A
   window that is mostly the bot's echo (NCC >= ``threshold``) reaches VAD and the model as
   silence. A caller really talking over the bot adds energy the bot's audio does not explain, so
   the correlation drops and the frame passes: barge-in still works on a speakerphone. An echo is
@@ -27,6 +28,8 @@ from loguru import logger
 from pipecat.audio.utils import audioop
 from pipecat.frames.frames import Frame, InputAudioRawFrame, OutputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from pipeline.caller_audio_frame import captured_at
 
 
 class EchoReference:
@@ -276,7 +279,8 @@ class EchoGuard(FrameProcessor):
         self._hist += frame.audio  # raw PCM16: converted only when a correlation is due
         if len(self._hist) > 2 * self._keep:
             del self._hist[: len(self._hist) - 2 * self._keep]
-        now = time.monotonic()
+        # when the caller's audio came, not when it is seen (a read pause hands it over late)
+        now = captured_at(frame)
         if not self.detector.bot_recently_heard(now) or len(self._hist) < 2 * self._keep:
             self._set_echo(False, None)
             self._last = None

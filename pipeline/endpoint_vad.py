@@ -109,6 +109,19 @@ class EndpointVADAnalyzer(SharedSileroVADAnalyzer):
             return False
         return self._energy.quiet_secs < STEADY_LOUD_SECS
 
+    @property
+    def start_lead_secs(self) -> float:
+        """The least audio after a quiet stretch that can bring the VAD to a start of speech:
+        Pipecat's start needs ``start_secs`` worth of consecutive speech windows, the first of
+        which ends inside the new audio, so at least ``start windows - 1`` whole windows of it
+        (0.16 s at 8 kHz with the default 0.2 s: 6 windows of 32 ms). Audio that waits less
+        than this after the VAD last judged the line quiet cannot hold back its start (a
+        barge-in), however loud it is."""
+        window = getattr(self, "_vad_frames", 0)  # set with the sample rate
+        if window <= 0 or not self.sample_rate:
+            return 0.0
+        return max(0, self._vad_start_frames - 1) * window / self.sample_rate
+
     def speech_hold_secs(self, act_after_secs: float) -> float:
         """Seconds of the caller's next audio that may wait at the input while the caller speaks
         (0: none), such that nothing that acts on a pause could have acted inside it.

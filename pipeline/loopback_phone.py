@@ -156,14 +156,15 @@ class PhoneMicrophone(BatchingInput, FrameProcessor):
         *,
         quiet: QuietTest | None = None,
         hold_secs: float = HOLD_SECS,
-        pause_reading: Callable[[], bool] | None = None,
+        pause_reading: Callable[[], float] | None = None,
         speech: SpeechHoldTest | None = None,
     ) -> None:
         """Send frames together as the Twilio input does: pairs while ``steady()`` is true,
         quiet holds while ``quiet`` allows, speech holds while ``speech`` allows (all None:
-        every frame on its own); while a hold fills and ``pause_reading()`` is true, the frames
-        are taken as an unread socket would hand them over: the phone is not woken for them,
-        and takes them all at once when the pause ends."""
+        every frame on its own); while a hold fills, for at most ``pause_reading()`` seconds,
+        the frames are taken as an unread socket would hand them over: the phone is not woken
+        for them, and takes them all at once when the pause ends (each stamped with the time
+        it was due, as the Twilio input stamps them with the time they came)."""
         self._use_batching(self.rate, steady, quiet, hold_secs, 0.02, pause_reading, speech)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -259,7 +260,11 @@ class PhoneMicrophone(BatchingInput, FrameProcessor):
                     continue
                 pcm = out
             self.frames_pushed += 1
-            await self.push_frame(CallerAudioFrame(audio=pcm, sample_rate=self.rate, num_channels=1))
+            # overdue after a read pause: the frame came at ``due``, not now
+            frame = CallerAudioFrame(
+                audio=pcm, sample_rate=self.rate, num_channels=1, captured_at=due
+            )
+            await self.push_frame(frame)
 
 
 @dataclass

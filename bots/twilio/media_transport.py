@@ -19,12 +19,13 @@ inside them (~80-100 ms; a speech hold). Otherwise, while nobody speaks or
 the caller speaks steadily (the call's ``EndpointVADAnalyzer.steady``), two 20 ms frames go down
 as one 40 ms frame: a frame waits at most one frame time for its partner, and never in the pause
 at the end of the caller's speech, where latency counts. Any other message (DTMF, a mark) sends
-the waiting audio first, so the order stays the order of arrival. While a hold fills and
-the bot is idle (``pause_reading``), the WebSocket is left unread until the hold is full
-(:func:`socket_transport`: uvicorn's transport under the ASGI connection): the kernel keeps
-Twilio's messages, the first read after the pause takes them all, and the process is woken
-about twice per hold instead of once per 20 ms message; a caller who starts talking while the
-bot is idle is heard up to the hold (200 ms) later.
+the waiting audio first, so the order stays the order of arrival. While a hold fills, the
+WebSocket is left unread (:func:`socket_transport`: uvicorn's transport under the ASGI
+connection) until the hold is full or for what ``pause_reading`` allows (on a call: the whole
+hold while the bot is idle, less than the VAD needs to start speech while it answers): the
+kernel keeps Twilio's messages, the first read after the pause takes them all, and the process
+is woken about twice per hold instead of once per 20 ms message. Each frame keeps the time it
+came (:class:`~bots.twilio.stream_clock.StreamClock`), for the echo guard.
 
 On the way out, no chunk of an answer the caller barged in on goes out after Twilio's ``clear``
 (:class:`~pipeline.stale_audio_guard.StaleAudioGuard`): Pipecat's sender takes each chunk off
@@ -49,6 +50,7 @@ so up to the lead before the caller has heard it (Twilio's ``mark`` says when it
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,8 +81,9 @@ class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
         super().__init__(*args, **kwargs)
         self._audio_ready = False
         self._batcher: CallerAudioBatcher | None = None
-        self._held_format: tuple[int, int] = (0, 0)  # sample rate, channels of what waits
-        self._held_type: type[InputAudioRawFrame] = InputAudioRawFrame
+        #: The last frame offered to the batcher: the format, type and stamp of what waits
+        #: (a joined frame ends with it, so it carries its ``captured_at``).
+        self._held: InputAudioRawFrame | None = None
         #: Audio frames pushed downstream (tests, diagnostics).
         self.audio_frames_pushed = 0
 
@@ -91,15 +94,15 @@ class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
         *,
         quiet: QuietTest | None = None,
         hold_secs: float = HOLD_SECS,
-        pause_reading: Callable[[], bool] | None = None,
+        pause_reading: Callable[[], float] | None = None,
         speech: SpeechHoldTest | None = None,
     ) -> None:
         """Push pairs of caller frames (each at most ``frame_secs`` long) as one while
         ``steady()`` is true, hold quiet frames up to ``hold_secs`` while ``quiet`` allows and
         the caller's speech while ``speech`` allows
         (:class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`); all None: every frame
-        on its own (the default). While a hold fills and ``pause_reading()`` is true (the bot
-        is idle), the WebSocket is left unread until the hold has what it may take."""
+        on its own (the default). While a hold fills, the WebSocket is left unread until the
+        hold has what it may take, for at most ``pause_reading()`` seconds (None: never)."""
         rate = self._params.audio_in_sample_rate or 8000
         self._use_batching(rate, steady, quiet, hold_secs, frame_secs, pause_reading, speech)
 
@@ -128,16 +131,16 @@ class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
             await self._send_waiting()
             await self._push_audio(frame)
             return
-        fmt = (frame.sample_rate, frame.num_channels)
-        if batcher.waiting and fmt != self._held_format:
+        held = self._held
+        if batcher.waiting and held is not None and held.sample_rate != frame.sample_rate:
             await self._send_waiting()
-        self._held_format, self._held_type = fmt, type(frame)
+        self._held = frame
         audio = batcher.offer(frame.audio)
         if audio is None:
             await self._pause_reading()
             return
         if audio is not frame.audio:
-            frame = type(frame)(audio=audio, sample_rate=fmt[0], num_channels=fmt[1])
+            frame = dataclasses.replace(frame, audio=audio)
         await self._push_audio(frame)
 
     async def _pause_reading(self) -> None:
@@ -160,11 +163,8 @@ class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
     async def _send_waiting(self) -> None:
         """Push the audio that waits for a partner or in a quiet hold, if any."""
         audio = self._batcher.take() if self._batcher is not None else None
-        if audio is not None:
-            rate, channels = self._held_format
-            await self._push_audio(
-                self._held_type(audio=audio, sample_rate=rate, num_channels=channels)
-            )
+        if audio is not None and self._held is not None:
+            await self._push_audio(dataclasses.replace(self._held, audio=audio))
 
     async def _push_audio(self, frame: InputAudioRawFrame) -> None:
         self.audio_frames_pushed += 1

@@ -6,8 +6,10 @@ processors, for a trace log line that is off (``logger.trace(f"Pushing {frame} .
 frame's ``__str__`` (name, pts, size, sample count, rate) ran three or four times per 20 ms of
 every call. Here caller audio arrives as :class:`CallerAudioFrame`, an ``InputAudioRawFrame``
 whose string is its name, decoded in one pass when the pipeline runs at Twilio's own 8 kHz (no
-resampler: mu-law to PCM only). Everything else (other rates, DTMF, marks, the bot's audio out)
-is Pipecat's.
+resampler: mu-law to PCM only), stamped with when it reached this host
+(:class:`~bots.twilio.stream_clock.StreamClock`, from the message's stream timestamp: a frame that
+waited in an unread socket keeps the time it came). Everything else (other rates, DTMF, marks,
+the bot's audio out) is Pipecat's.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import time
 
 from pipecat.audio.utils import audioop  # the stdlib's, or audioop-lts on Python 3.13+
 from pipecat.frames.frames import Frame
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
+from bots.twilio.stream_clock import StreamClock
 from pipeline.caller_audio_frame import CallerAudioFrame
 
 __all__ = ["CallerAudioFrame", "PhoneSerializer"]
@@ -32,6 +37,7 @@ class PhoneSerializer(TwilioFrameSerializer):
         super().__init__(*args, **kwargs)
         #: Caller frames decoded on the short path (tests, diagnostics).
         self.fast_frames = 0
+        self.clock = StreamClock()
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         """A ``media`` message at the pipeline's own rate in one pass; the rest as Pipecat."""
@@ -55,4 +61,12 @@ class PhoneSerializer(TwilioFrameSerializer):
         if not pcm:
             return None
         self.fast_frames += 1
-        return CallerAudioFrame(audio=pcm, sample_rate=self._sample_rate, num_channels=1)
+        try:
+            stream_ms = float(media.get("timestamp"))
+        except (TypeError, ValueError):
+            stream_ms = math.nan
+        # no usable stamp: the frame counts as fresh
+        came = self.clock.arrival(stream_ms, time.monotonic()) if math.isfinite(stream_ms) else None
+        return CallerAudioFrame(
+            audio=pcm, sample_rate=self._sample_rate, num_channels=1, captured_at=came
+        )

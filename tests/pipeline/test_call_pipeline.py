@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.services.llm_service import FunctionCallParams
 from pipecat.workers.runner import WorkerRunner
 
-from bots.call import CallInfo, CallPipelineParts, build_call
+from bots.call import CallInfo, CallPipelineParts, batch_caller_audio, build_call
 from bots.profile import BotProfile
 from bots.settings import Settings
 from model_service.server import create_app, serving
@@ -230,17 +231,18 @@ async def test_full_turn_caller_asks_bot_answers(demo_backend, speech):
 async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
     demo_backend, speech
 ):
-    """The Twilio call's batching (bots.call: quiet hold, speech hold, pairs, read pauses while
-    the bot is idle) on the loopback phone: quiet audio goes down in fewer pushes outside turns,
-    never while a turn is open; the caller's speech is held only in a turn while the bot is
-    idle; the input is left unread only while the bot is idle, and the call (turn, answer from
-    Smart Turn's early look, barge-in) runs as it does frame by frame."""
+    """The Twilio call's batching (bots.call: quiet hold, speech hold, pairs, read pauses) on
+    the loopback phone: quiet audio goes down in fewer pushes outside turns, never while a turn
+    is open; the caller's speech is held only in a turn while the bot is idle; the input is left
+    unread for a whole hold while the bot is idle and for less than the VAD needs to start
+    speech while it answers, and the call (turn, answer from Smart Turn's early look, barge-in
+    on the answer) runs as it does frame by frame."""
     app = create_app(demo_backend, token=None, max_sessions=2)
     question = speech("What is the weather like in Paris today?")
     talk = speech("Actually, I wanted to ask about the weather in London tomorrow morning, please.")
     phone = LoopbackPhone([Say(question, 1.0), Say(talk, 1.0, anchor="bot")])
     decisions: list[tuple[float, bool]] = []
-    pauses: list[float] = []
+    pauses: list[tuple[float, float]] = []  # (when, the longest pause allowed)
     speech_holds: list[float] = []
 
     def prepare(parts: CallPipelineParts) -> None:
@@ -258,16 +260,16 @@ async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
             decisions.append((time.monotonic(), ok))
             return ok
 
-        vad, service = parts.vad, parts.service
+        vad, limit = parts.vad, parts.read_pause
+        assert limit is not None
 
-        def bot_idle() -> bool:
-            if service.bot_idle:
-                pauses.append(time.monotonic())
-                return True
-            return False
+        def pause_spy() -> float:
+            secs = limit()
+            pauses.append((time.monotonic(), secs))
+            return secs
 
         phone.mic.coalesce_while(
-            lambda: vad.steady, quiet=spy, pause_reading=bot_idle, speech=speech_spy
+            lambda: vad.steady, quiet=spy, pause_reading=pause_spy, speech=speech_spy
         )
 
     async with serving(app) as url:
@@ -300,11 +302,15 @@ async def test_quiet_hold_on_a_phone_line_changes_nothing_but_the_frame_count(
     assert batcher.speech_frames >= 10
     for t in speech_holds:
         assert any(a - 0.05 < t < b + 0.05 for a, b in zip(starts, stops, strict=True)), t
-    # the input was left unread before the first question, never while the bot answered
+    # the input was left unread for whole holds before the first question, and while the bot
+    # answered (up to the barge-in) for at most the VAD's start lead
     assert phone.mic.read_pauses == len(pauses) >= 3
-    assert pauses[0] < tl.times("UserStartedSpeakingFrame")[0]
+    assert pauses[0][0] < tl.times("UserStartedSpeakingFrame")[0] and pauses[0][1] == math.inf
     answer = (tl.times("BotStartedSpeakingFrame")[0], tl.times("BotStoppedSpeakingFrame")[0])
-    assert not [t for t in pauses if answer[0] + 0.05 < t < answer[1] - 0.05], answer
+    during = [secs for t, secs in pauses if answer[0] + 0.05 < t < answer[1] - 0.05]
+    assert run.parts.vad is not None
+    lead = run.parts.vad.start_lead_secs
+    assert len(during) >= 3 and set(during) == {lead}, (answer, pauses)
     # the call itself: two turns, the barge-in stopped the first answer at once
     assert tl.count("UserStartedSpeakingFrame") == 2
     t_int = tl.times("InterruptionFrame")[-1]
@@ -455,7 +461,22 @@ def bot_voice(speech) -> np.ndarray:
     return speech("Thank you for calling the weather line. Tomorrow will be sunny and warm.")
 
 
-async def _echo_call(bot_voice: np.ndarray, script: list[Say], *, guard: bool, until):
+#: Where the bot pauses for a second in :func:`_echo_call` with ``batching``.
+ECHO_GAP_AT_SECS = 2.0
+
+
+async def _echo_call(
+    bot_voice: np.ndarray, script: list[Say], *, guard: bool, until, batching: bool = False
+):
+    """A speakerphone call: the bot's audio comes back at -10 dB after 120 ms; any start of
+    speech may barge in (``min_interrupt_secs=0``). ``batching``: the phone input batches as
+    the Twilio call's does (``bots.call.batch_caller_audio``: holds, pairs, read pauses), and
+    the bot pauses for a second ``ECHO_GAP_AT_SECS`` into its answer: the line goes quiet, the
+    input is left unread in holds while the bot is still answering, and the echo that comes
+    back when it speaks again is read late, in bursts."""
+    if batching:
+        cut = int(ECHO_GAP_AT_SECS * RATE)
+        bot_voice = np.concatenate([bot_voice[:cut], np.zeros(RATE, np.int16), bot_voice[cut:]])
     canned = CannedModelService(bot_voice.tobytes())
     phone = LoopbackPhone(script, echo_gain=10 ** (-10 / 20), echo_delay=0.12)
     async with canned.serving() as url:
@@ -465,18 +486,29 @@ async def _echo_call(bot_voice: np.ndarray, script: list[Say], *, guard: bool, u
             phone,
             echo_guard=guard,
             until=until,
+            prepare=(lambda parts: batch_caller_audio(phone.mic, parts)) if batching else None,
         )
     return run, canned
 
 
-async def test_speakerphone_echo_does_not_interrupt(bot_voice):
+@pytest.mark.parametrize("batching", [False, True], ids=["frame-by-frame", "batched"])
+async def test_speakerphone_echo_does_not_interrupt(bot_voice, batching):
+    """Batched as on a Twilio call, the input is also left unread in the bot's quiet gaps while
+    it speaks; the echo read late after those pauses is still told by when it came."""
     run, canned = await _echo_call(
-        bot_voice, [], guard=True, until=lambda r: r.timeline.count("BotStoppedSpeakingFrame") >= 1
+        bot_voice,
+        [],
+        guard=True,
+        until=lambda r: r.timeline.count("BotStoppedSpeakingFrame") >= 1,
+        batching=batching,
     )
     assert run.timeline.count("InterruptionFrame") == 0
     assert canned.cancels == []
     assert run.phone.speaker.bytes_written >= 0.95 * bot_voice.size * 2
-    assert run.parts.echo_guard.frames_silenced > 20
+    assert run.parts.echo_guard.frames_silenced > (5 if batching else 20)
+    if batching:  # left unread in the bot's pause, with the bot's answer under way
+        assert run.phone.mic.read_pauses >= 2
+        assert run.phone.mic.read_paused_secs <= run.phone.mic.read_pauses * 0.16 + 1e-9
 
 
 async def test_speakerphone_echo_without_guard_interrupts(bot_voice):
@@ -487,17 +519,24 @@ async def test_speakerphone_echo_without_guard_interrupts(bot_voice):
     assert run.timeline.count("InterruptionFrame") >= 1
 
 
-async def test_speakerphone_caller_can_still_barge_in(bot_voice, speech):
+@pytest.mark.parametrize("batching", [False, True], ids=["frame-by-frame", "batched"])
+async def test_speakerphone_caller_can_still_barge_in(bot_voice, speech, batching):
+    """Batched, the caller starts talking in the bot's pause, where the input is left unread
+    in holds: the barge-in still comes, on the caller's own words."""
     talk = speech("Actually, I wanted to ask about the weather in London tomorrow morning, please.")
+    talk_at = ECHO_GAP_AT_SECS + 0.45 if batching else 1.2
     run, canned = await _echo_call(
         bot_voice,
-        [Say(talk, 1.2, anchor="bot")],
+        [Say(talk, talk_at, anchor="bot")],
         guard=True,
         until=lambda r: r.timeline.count("InterruptionFrame") >= 1,
+        batching=batching,
     )
     bot_start = run.timeline.times("BotStartedSpeakingFrame")[0]
     t_int = run.timeline.times("InterruptionFrame")[0]
-    assert t_int - bot_start >= 1.2  # not the echo: the caller's own speech
+    assert t_int - bot_start >= talk_at  # not the echo: the caller's own speech
+    if batching:
+        assert run.phone.mic.read_pauses >= 1
     assert canned.cancels, "the model response was not cancelled"
 
 

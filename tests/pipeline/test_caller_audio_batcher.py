@@ -7,6 +7,8 @@ with and without noise.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from pipecat.audio.utils import exp_smoothing
@@ -290,7 +292,7 @@ async def test_turn_idle_is_false_while_a_turn_is_open_or_smart_turn_counts_sile
 
 
 def test_read_pauses_once_per_quiet_hold_while_allowed_until_it_is_full():
-    state = {"steady": True, "quiet": True, "idle": True}
+    state = {"steady": True, "quiet": True, "limit": math.inf}
 
     class Input(BatchingInput):
         pass
@@ -302,7 +304,7 @@ def test_read_pauses_once_per_quiet_hold_while_allowed_until_it_is_full():
         lambda ss, n, last: state["quiet"],
         0.2,
         0.02,
-        pause_reading=lambda: state["idle"],
+        pause_reading=lambda: state["limit"],
     )
     batcher = inp.batcher
     assert batcher is not None
@@ -319,9 +321,13 @@ def test_read_pauses_once_per_quiet_hold_while_allowed_until_it_is_full():
     assert batcher.offer(frame) == bytes(20 * FRAME)  # full: one push
     assert batcher.offer(frame) is None  # the next hold may pause again
     assert inp.read_pause_secs() == pytest.approx(0.18)
-    state["idle"] = False  # the bot answers or speaks: read every frame
+    state["limit"] = 0.0  # no pause allowed now: read every frame
     assert inp.read_pause_secs() == 0.0
-    state["idle"] = True
+    state["limit"] = 0.16  # a shorter pause allowed (the bot answers: the VAD's start lead)
+    assert inp.read_pause_secs() == pytest.approx(0.16)
+    state["limit"] = 0.02  # allowed, but under MIN_READ_PAUSE_SECS: not worth a timer
+    assert inp.read_pause_secs() == 0.0
+    state["limit"] = math.inf
     for _ in range(8):
         batcher.offer(frame)
     assert batcher.hold_left_secs() == pytest.approx(0.02)
@@ -336,6 +342,67 @@ def test_read_pauses_once_per_quiet_hold_while_allowed_until_it_is_full():
     assert batcher.offer(frame) is None
     assert batcher.hold_left_secs() == 0.0
     # no quiet test, no pauses
-    inp._use_batching(RATE, lambda: True, None, 0.2, 0.02, pause_reading=lambda: True)
+    inp._use_batching(RATE, lambda: True, None, 0.2, 0.02, pause_reading=lambda: math.inf)
     assert inp._may_pause_reading is None
     assert MIN_READ_PAUSE_SECS > 0.02
+
+
+def _start_time(pcm: np.ndarray, onset: int, *, pause: float | None, hold_secs: float = HOLD_SECS):
+    """Frame ``k`` of ``pcm`` can be read at ``(k + 1) * 20 ms``; an input with quiet holds reads
+    each frame as it comes, except that after a read pause it takes all that came meanwhile at
+    the pause's end (``pause``: the longest pause allowed; None: no pauses). Returns (when the
+    VAD started speech, whether the frame holding sample ``onset`` was read late, the input)."""
+    vad = _vad()
+
+    class Input(BatchingInput):
+        pass
+
+    inp = Input()
+    limit = None if pause is None else (lambda: pause)
+    inp._use_batching(RATE, None, quiet_hold(vad, lambda: True), hold_secs, 0.02, limit)
+    batcher = inp.batcher
+    assert batcher is not None
+    resume, onset_late = 0.0, None
+    for k, frame in enumerate(_frames(pcm)):
+        came = (k + 1) * FRAME / RATE
+        read_at = max(came, resume)
+        if k == onset // FRAME:
+            onset_late = read_at > came
+        out = batcher.offer(frame)
+        if out is None:
+            secs = inp.read_pause_secs()
+            if secs > 0:
+                inp._count_read_pause(secs)
+                resume = read_at + secs
+            continue
+        if vad._run_analyzer(out) == VADState.SPEAKING:
+            return read_at, onset_late, inp
+    raise AssertionError("the VAD never started speech")
+
+
+def test_a_read_pause_up_to_the_vads_start_lead_never_moves_a_start_of_speech(speech):
+    """While the bot answers, the call lets a quiet hold leave the input unread for the VAD's
+    ``start_lead_secs`` (0.16 s at 8 kHz) at most. Whenever the caller starts speaking, even
+    inside such a pause, the VAD starts speech at the same moment as reading every frame as it
+    comes: the barge-in is decided on a frame read live (the VAD needs ~0.3 s of these words).
+    The control: a pause of 1.98 s (a 2 s hold) that the words start in does delay the start,
+    so the comparison can see a delay."""
+    vad = _vad()
+    lead = vad.start_lead_secs
+    assert lead == pytest.approx(5 * 0.032)
+    rng = np.random.default_rng(11)
+    words = speech("Stop, I have a question about my order.")
+    late_onsets, delayed = 0, 0
+    for offset_ms in range(0, 200, 9):  # speech starting anywhere in a hold's cycle
+        lead_in = rng.normal(0, 12.0, int((1.2 + offset_ms / 1000) * RATE))
+        pcm = np.concatenate([lead_in, words, np.zeros(RATE // 2)]).astype(np.int16)
+        onset = lead_in.size + int(np.flatnonzero(np.abs(words) > 100)[0])
+        live, _, _ = _start_time(pcm, onset, pause=None)
+        paused, onset_late, inp = _start_time(pcm, onset, pause=lead)
+        assert paused == pytest.approx(live, abs=1e-9), offset_ms
+        assert inp.read_pauses >= 4 and inp.read_paused_secs <= inp.read_pauses * lead + 1e-9
+        late_onsets += bool(onset_late)
+        long, _, _ = _start_time(pcm, onset, pause=math.inf, hold_secs=2.0)
+        delayed += long > live + 1e-9
+    assert late_onsets >= 5  # the caller's first words often came inside a pause
+    assert delayed >= 10

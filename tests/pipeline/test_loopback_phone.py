@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import numpy as np
@@ -132,7 +133,9 @@ async def test_read_pauses_hand_over_the_same_audio_at_most_a_hold_late() -> Non
     rng = np.random.default_rng(3)
     a = rng.integers(-8000, 8000, int(0.2 * RATE)).astype(np.int16)
     phone = LoopbackPhone([Say(a, 0.5)])
-    phone.mic.coalesce_while(None, quiet=lambda ss, n, _last: ss <= n, pause_reading=lambda: True)
+    phone.mic.coalesce_while(
+        None, quiet=lambda ss, n, _last: ss <= n, pause_reading=lambda: math.inf
+    )
     ear = TimedEar()
     await _listen(phone, 1.0, ear)
     got = np.frombuffer(b"".join(f.audio for f in ear.frames), dtype=np.int16)

@@ -6,6 +6,8 @@ way the user aggregator gets it; the audio is the caller simulator's real voice 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
@@ -190,7 +192,7 @@ def test_batcher_speech_hold_rules_and_read_pauses():
 
     inp = Input()
     inp._use_batching(
-        RATE, lambda: True, quiet, HOLD_SECS, 0.02, pause_reading=lambda: True, speech=speech
+        RATE, lambda: True, quiet, HOLD_SECS, 0.02, pause_reading=lambda: math.inf, speech=speech
     )
     batcher = inp.batcher
     assert batcher is not None
@@ -232,7 +234,9 @@ def test_batcher_speech_hold_rules_and_read_pauses():
     assert batcher.offer(b) is None and len(quiet_asked) == n_quiet
     assert batcher.quiet_frames == 1
     # speech holds alone also allow read pauses
-    inp._use_batching(RATE, None, None, HOLD_SECS, 0.02, pause_reading=lambda: True, speech=speech)
+    inp._use_batching(
+        RATE, None, None, HOLD_SECS, 0.02, pause_reading=lambda: math.inf, speech=speech
+    )
     assert inp._may_pause_reading is not None
     with pytest.raises(ValueError):
         CallerAudioBatcher(RATE, hold_secs=-1, speech=speech)

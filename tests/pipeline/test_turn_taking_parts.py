@@ -256,6 +256,32 @@ def test_echo_guard_correlates_every_other_frame_and_silences_the_echo(voices):
     assert guard.frames_silenced == sum(silenced)
 
 
+def test_echo_guard_lines_a_late_read_frame_up_by_when_it_came(voices):
+    """A read pause hands the caller's audio over late: the guard compares it with what the bot
+    played before it came (``CallerAudioFrame.captured_at``), not before it was read. An echo
+    400 ms behind the bot, read 200 ms late, is silenced; the same frame without its stamp
+    would be compared 600 ms back, past ``max_delay_secs``, and pass (the control)."""
+    import time as _time
+
+    from pipeline.caller_audio_frame import CallerAudioFrame
+    from pipeline.echo_guard import EchoGuard
+
+    bot, _ = voices
+    came = _time.monotonic() - 0.2  # the frame came 200 ms ago; the bot played until then
+    n = bot.size // 320 * 320
+    delay = int(0.4 * RATE)
+    echo = (10 ** (-10 / 20) * bot[n - delay - 1600 : n - delay]).astype(np.int16).tobytes()
+    stamped = EchoGuard(EchoDetector(played_reference(bot, came)))
+    frame = CallerAudioFrame(audio=echo, sample_rate=RATE, num_channels=1, captured_at=came)
+    out = stamped._filter(frame)
+    assert not any(out.audio) and stamped.frames_silenced == 1
+    assert stamped._last is not None and abs(stamped._last.delay_ms - 400) < 5
+    unstamped = EchoGuard(EchoDetector(played_reference(bot, came)))
+    out = unstamped._filter(InputAudioRawFrame(echo, RATE, 1))
+    assert out.audio == echo and unstamped.frames_silenced == 0
+    assert unstamped.detector.max_delay_secs < 0.6
+
+
 def test_echo_guard_leaves_a_quiet_caller_to_the_bytes_alone(voices):
     """A caller listening in silence (or under the detector's min_rms) costs no correlation,
     and the frames pass as they came; at min_rms the detector looks again."""

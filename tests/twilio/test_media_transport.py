@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
+import time
 
 import pytest
 import websockets
@@ -44,6 +46,8 @@ class Probe(FrameProcessor):
         super().__init__()
         self.seen: list[str] = []
         self.audio_bytes: list[bytes] = []
+        #: (the frame's ``captured_at``, when the probe saw it) per audio frame
+        self.stamps: list[tuple[float | None, float]] = []
         self.old_chunks: list[TTSAudioRawFrame] = []
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -51,6 +55,7 @@ class Probe(FrameProcessor):
         if isinstance(frame, InputAudioRawFrame):
             self.seen.append("audio")
             self.audio_bytes.append(frame.audio)
+            self.stamps.append((getattr(frame, "captured_at", None), time.monotonic()))
             return
         if isinstance(frame, InputDTMFFrame):
             self.seen.append(f"dtmf {frame.button.value}")
@@ -211,10 +216,13 @@ async def test_caller_frames_go_in_pairs_while_quiet_and_alone_otherwise() -> No
     assert holder["transport"].input().frames_coalesced == 2
 
 
-def _ulaw_media(code: int, samples: int = 160) -> str:
-    """One caller frame of a single mu-law code (0xFF: digital silence, 0x00: full scale)."""
-    payload = base64.b64encode(bytes([code]) * samples).decode()
-    return json.dumps({"event": "media", "streamSid": SID, "media": {"payload": payload}})
+def _ulaw_media(code: int, samples: int = 160, stamp_ms: int | None = None) -> str:
+    """One caller frame of a single mu-law code (0xFF: digital silence, 0x00: full scale),
+    with Twilio's stream timestamp when ``stamp_ms`` is given."""
+    media = {"payload": base64.b64encode(bytes([code]) * samples).decode()}
+    if stamp_ms is not None:
+        media["timestamp"] = str(stamp_ms)
+    return json.dumps({"event": "media", "streamSid": SID, "media": media})
 
 
 async def test_quiet_caller_audio_waits_up_to_200_ms_and_goes_down_with_what_is_not_quiet() -> None:
@@ -286,7 +294,11 @@ async def test_the_socket_is_left_unread_while_a_quiet_hold_fills_and_nothing_is
         return sum_squares <= samples
 
     app = await _serve_call(
-        probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: idle["bot"]
+        probe,
+        holder,
+        quiet=lambda: False,
+        hold=silent_line,
+        pause=lambda: math.inf if idle["bot"] else 0.0,
     )
     frames = [0xFF] * 10 + [0xFF] * 3 + [0x00] + [0xFF] * 2
     reading = await _send_paced(app, holder, frames, "5")
@@ -312,7 +324,7 @@ async def test_the_socket_is_left_unread_while_a_speech_hold_fills_and_nothing_i
         asked.append(last)
         return 0.07
 
-    app = await _serve_call(probe, holder, pause=lambda: True, speech=speaking)
+    app = await _serve_call(probe, holder, pause=lambda: math.inf, speech=speaking)
     levels = [0x80 + k for k in range(10)]  # ten loud frames, each its own level
     reading = await _send_paced(app, holder, levels, "7")
     assert probe.seen == ["audio", "audio", "audio", "dtmf 7"]
@@ -329,15 +341,13 @@ async def test_the_socket_is_left_unread_while_a_speech_hold_fills_and_nothing_i
     assert False in reading and reading[-1] is True  # really unread, then read again
 
 
-async def test_no_read_pause_while_the_bot_is_not_idle() -> None:
+async def test_no_read_pause_when_none_is_allowed() -> None:
     probe, holder = Probe(), {}
 
     def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
         return sum_squares <= samples
 
-    app = await _serve_call(
-        probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: False
-    )
+    app = await _serve_call(probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: 0.0)
     async with serving(app) as url:
         async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
             for _ in range(12):
@@ -347,6 +357,41 @@ async def test_no_read_pause_while_the_bot_is_not_idle() -> None:
     transport_in = holder["transport"].input()
     assert transport_in.read_pauses == 0
     assert [len(a) for a in probe.audio_bytes] == [3200]  # the quiet hold itself works as before
+
+
+async def test_a_shorter_read_pause_is_kept_and_late_frames_keep_the_time_they_came() -> None:
+    """While the bot answers the call allows a shorter pause than the hold (the VAD's start
+    lead): the socket is unread for that long only. A loud frame that came during the pause is
+    read late with the ones before it, goes down at once with them, and the joined frame
+    carries when it came (Twilio's stream timestamp on this host's clock), not when it was read:
+    what the echo guard lines up with the bot's audio."""
+    probe, holder = Probe(), {}
+
+    def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
+        return sum_squares <= samples
+
+    app = await _serve_call(probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: 0.1)
+    sent: list[float] = []
+    async with serving(app) as url:
+        async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
+            await asyncio.sleep(0.1)
+            start = time.monotonic()
+            for k in range(14):  # a hold read with a pause, then one ended by a loud frame
+                code = 0x00 if k == 13 else 0xFF  # the last one loud, during the pause
+                sent.append(time.monotonic())  # stamped as Twilio does: its place in the stream
+                await ws.send(_ulaw_media(code, stamp_ms=round(1000 * (sent[-1] - start))))
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+    transport_in = holder["transport"].input()
+    assert transport_in.read_pauses == 2  # one per hold
+    assert transport_in.read_paused_secs == pytest.approx(0.2)  # not the holds' 180 ms each
+    assert [len(a) for a in probe.audio_bytes] == [3200, 1280]
+    (first, first_seen), (late, late_seen) = probe.stamps
+    assert first is not None and late is not None
+    assert abs(first - sent[9]) < 0.015  # read as it came: stamped when it came
+    # the loud frame came ~60 ms into the pause and was read when it ended
+    assert abs(late - sent[13]) < 0.015
+    assert late_seen - late > 0.02
 
 
 async def _media_arrivals(lead_secs: float) -> tuple[list[float], float, TwilioMediaTransport]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import numpy as np
+import pytest
 from pipecat.frames.frames import InputAudioRawFrame, InputDTMFFrame, StartFrame
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
@@ -50,3 +53,28 @@ async def test_other_messages_and_rates_are_pipecats() -> None:
     assert frames and all(type(f) is InputAudioRawFrame for f in frames)  # the resampler buffers
     assert {f.sample_rate for f in frames} == {16000}
     assert wide.fast_frames == 0 and ours.fast_frames == 0
+
+
+async def test_caller_frames_are_stamped_with_when_they_came() -> None:
+    """The stream timestamp maps to this host's clock (``StreamClock``): frames read as they
+    come are stamped about when they were read; a message without a usable timestamp gives a
+    frame without a stamp (the echo guard then takes it as fresh)."""
+    ours, _ = await _pair(8000)
+    b = TwilioMessageBuilder(StreamIdentity())
+    silence = pcm16_to_ulaw(np.zeros(160, np.int16))
+    first_at = time.monotonic()
+    first = await ours.deserialize(json.dumps(b.media(1, 0, silence)))
+    assert first.captured_at == pytest.approx(first_at, abs=0.005)
+    # the next frame read 150 ms after the first (it waited unread): it came 20 ms after it
+    await asyncio.sleep(0.15)
+    late = await ours.deserialize(json.dumps(b.media(2, 20, silence)))
+    assert late.captured_at == pytest.approx(first.captured_at + 0.02, abs=0.001)
+    assert time.monotonic() - late.captured_at > 0.12
+    for stamp in (None, "soon", "nan", "inf", ["5"]):
+        message = b.media(3, 40, silence)
+        if stamp is None:
+            del message["media"]["timestamp"]
+        else:
+            message["media"]["timestamp"] = stamp
+        frame = await ours.deserialize(json.dumps(message))
+        assert isinstance(frame, CallerAudioFrame) and frame.captured_at is None, stamp
