@@ -21,8 +21,10 @@ bot's). The phone delivers what the Twilio input does (20 ms ``CallerAudioFrame`
 open, ``--no-quiet-hold`` for none; ~80-100 ms of the caller's loud speech held in a turn while
 the bot is idle, ``--no-speech-hold`` for none; else pairs while the VAD is quiet or the speech
 steady). Its 50 Hz wake-ups stand for that input's socket reads and stay in the bot's share;
-while a hold fills and the bot is idle it is not woken for the frames, as the Twilio input
-leaves its socket unread then, and takes them at once when the pause ends (``--no-read-pause``:
+while a hold fills it is not woken for the frames, as the Twilio input leaves its socket unread
+then (``bots.call.read_pause``: the whole hold while the bot is idle, up to the VAD's
+``start_lead_secs`` while it answers), and takes them at once when the pause ends
+(``--read-pause-idle-only``: only while the bot is idle, the rule before; ``--no-read-pause``:
 woken for every frame). The bot's audio is written in 100 ms chunks as on the Twilio call
 (``--out-10ms-chunks 4``: Pipecat's default 40 ms). The line is digital silence between the
 caller's words unless ``--noise-dbfs`` adds white noise. The call runs as in the bot server: on
@@ -35,7 +37,7 @@ bot speaking). Smart Turn runs on the stand-in's turn model as on the model serv
 
     .venv/bin/python benchmarks/pipeline_overhead.py [--turns 12] [--json out.json]
         [--noise-dbfs -65] [--reply-secs 3] [--no-quiet-hold] [--no-read-pause]
-        [--no-speech-hold]
+        [--read-pause-idle-only] [--no-speech-hold]
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import sys
 import threading
@@ -135,13 +138,14 @@ async def run_call(
     period: float = PERIOD_SECS,
     noise_dbfs: float | None = None,
     quiet_hold: bool = True,
-    read_pause: bool = True,
+    read_pause: str = "call",
     out_10ms_chunks: int = 10,
     speech_hold: bool = True,
     turn_model_at: str = "service",
     sample_in_loop: bool = False,
 ) -> dict[str, Any]:
-    """One call of ``turns`` caller turns, one every ``period`` seconds."""
+    """One call of ``turns`` caller turns, one every ``period`` seconds. ``read_pause``: "call"
+    (``bots.call.read_pause``), "idle" (only while the bot is idle), "off"."""
     from pipecat.frames.frames import MetricsFrame, VADUserStoppedSpeakingFrame
     from pipecat.metrics.metrics import TurnMetricsData
     from pipecat.observers.base_observer import BaseObserver, FramePushed
@@ -167,11 +171,25 @@ async def run_call(
     vad = parts.vad
     assert vad is not None
     # as the Twilio call does (bots.call)
-    service = parts.service
+    service, call_pause = parts.service, parts.read_pause
+    assert call_pause is not None
+    busy_pauses = 0
+
+    def pause_limit() -> float:
+        """The call's rule (or the one before: the bot idle only), counting the pauses it
+        allows while the bot answers (asked only for a hold with room for a pause, which the
+        VAD's start lead always leaves)."""
+        nonlocal busy_pauses
+        if read_pause == "idle":
+            return math.inf if service.bot_idle else 0.0
+        secs = call_pause()
+        busy_pauses += secs < math.inf
+        return secs
+
     phone.mic.coalesce_while(
         lambda: vad.steady,
         quiet=parts.quiet_hold if quiet_hold else None,
-        pause_reading=(lambda: service.bot_idle) if read_pause else None,
+        pause_reading=pause_limit if read_pause != "off" else None,
         speech=parts.speech_hold if speech_hold else None,
     )
 
@@ -210,7 +228,7 @@ async def run_call(
     cpu0, wall0, threads0 = time.process_time(), time.monotonic(), thread_cpu()
     phone0 = phone.own_cpu_secs
     if sample_in_loop:
-        samples: list[tuple[float, float, float]] = []
+        samples: list[tuple[float, float, float, float]] = []
         in_loop = asyncio.create_task(sample_loop_cpu(samples, phone))
     else:
         sampler = LoopCpuSampler(phone)
@@ -284,6 +302,7 @@ async def run_call(
         "read_pause": read_pause,
         "out_10ms_chunks": out_10ms_chunks,
         "read_pauses": phone.mic.read_pauses,
+        "read_pauses_while_bot_busy": busy_pauses,
         "read_paused_secs": phone.mic.read_paused_secs,
         "echo_checks": parts.echo_guard.checks,
         "cpu_wall_secs": wall,
@@ -305,6 +324,20 @@ async def run_call(
 PHASE_SAMPLE_SECS = 0.1
 
 
+def thread_sleeps(native_id: int) -> float:
+    """How many times the thread ``native_id`` of this process has gone to sleep so far (its
+    voluntary context switches, Linux /proc; NaN elsewhere): for an event loop, its wake-ups,
+    which on a VM cost far more than the work they bring (``benchmarks/input_wakeups.py``)."""
+    try:
+        with open(f"/proc/self/task/{native_id}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return math.nan
+
+
 class LoopCpuSampler(threading.Thread):
     """Reads the event loop thread's CPU clock every ``PHASE_SAMPLE_SECS`` from a thread of its
     own, so the measurement does not wake the loop (on this VM a wake-up after an idle gap costs
@@ -315,47 +348,58 @@ class LoopCpuSampler(threading.Thread):
     def __init__(self, phone: Any) -> None:
         super().__init__(name="phase-sampler", daemon=True)
         self._clock = time.pthread_getcpuclockid(threading.get_ident())
+        self._loop_tid = threading.get_native_id()
         self._phone = phone
         self._done = threading.Event()
-        self.samples: list[tuple[float, float, float]] = []
+        self.samples: list[tuple[float, float, float, float]] = []
         self.own_cpu_secs = 0.0
 
     def run(self) -> None:
         while True:
             self.samples.append(
-                (time.monotonic(), time.clock_gettime(self._clock), self._phone.own_cpu_secs)
+                (
+                    time.monotonic(),
+                    time.clock_gettime(self._clock),
+                    self._phone.own_cpu_secs,
+                    thread_sleeps(self._loop_tid),
+                )
             )
             if self._done.wait(PHASE_SAMPLE_SECS):
                 break
         self.own_cpu_secs = time.thread_time()
 
-    def finish(self) -> tuple[list[tuple[float, float, float]], float]:
+    def finish(self) -> tuple[list[tuple[float, float, float, float]], float]:
         """Stop sampling: (the samples, the sampler thread's CPU seconds)."""
         self._done.set()
         self.join()
         return self.samples, self.own_cpu_secs
 
 
-async def sample_loop_cpu(samples: list[tuple[float, float, float]], phone: Any) -> None:
-    """Every ``PHASE_SAMPLE_SECS``: (monotonic, this thread's CPU, the phone's own CPU), read
-    on the event loop itself (``--sample-in-loop``: the way before :class:`LoopCpuSampler`)."""
+async def sample_loop_cpu(samples: list[tuple[float, float, float, float]], phone: Any) -> None:
+    """Every ``PHASE_SAMPLE_SECS``: (monotonic, this thread's CPU, the phone's own CPU, its
+    sleeps so far), read on the event loop itself (``--sample-in-loop``: the way before
+    :class:`LoopCpuSampler`)."""
+    tid = threading.get_native_id()
     while True:
-        samples.append((time.monotonic(), time.thread_time(), phone.own_cpu_secs))
+        samples.append((time.monotonic(), time.thread_time(), phone.own_cpu_secs, thread_sleeps(tid)))
         await asyncio.sleep(PHASE_SAMPLE_SECS)
 
 
 def phase_cpu(
-    samples: list[tuple[float, float, float]],
+    samples: list[tuple[float, ...]],
     says: list[tuple[float, float]],
     bot_audio: list[tuple[float, float]],
 ) -> dict[str, dict[str, float]]:
     """The event loop's CPU (less the phone's own work) by what the call was doing.
 
+    ``samples``: (monotonic, the loop's CPU, the phone's own CPU[, the loop's sleeps so far]).
     ``says``: (start, end) of each caller utterance; ``bot_audio``: (start, end) of each chunk
     the caller heard. Each sampling interval counts for the phase at its midpoint: the caller
     speaking, the turn's end (from the end of an utterance to the bot's first audio after it),
     the bot speaking, or quiet (neither). Returns per phase its share of the call's wall time,
-    its CPU in % of a core while in it, and its part of the call's average (% of a core).
+    its CPU in % of a core while in it, its part of the call's average (% of a core), and, when
+    the samples count the loop's sleeps, its wake-ups a second while in it (the phone's
+    included: they stand for the input's socket reads).
     """
     ends = sorted(end for _, end in says)
     starts = sorted(s for s, _ in bot_audio)
@@ -374,19 +418,24 @@ def phase_cpu(
 
     wall: dict[str, float] = {}
     cpu: dict[str, float] = {}
-    for (t0, c0, p0), (t1, c1, p1) in zip(samples, samples[1:], strict=False):
-        k = phase((t0 + t1) / 2)
-        wall[k] = wall.get(k, 0.0) + (t1 - t0)
-        cpu[k] = cpu.get(k, 0.0) + max(0.0, (c1 - c0) - (p1 - p0))
+    sleeps: dict[str, float] = {}
+    for a, b in zip(samples, samples[1:], strict=False):
+        k = phase((a[0] + b[0]) / 2)
+        wall[k] = wall.get(k, 0.0) + (b[0] - a[0])
+        cpu[k] = cpu.get(k, 0.0) + max(0.0, (b[1] - a[1]) - (b[2] - a[2]))
+        if len(a) > 3:
+            sleeps[k] = sleeps.get(k, 0.0) + (b[3] - a[3])
     total = sum(wall.values()) or 1.0
-    return {
-        k: {
+    out: dict[str, dict[str, float]] = {}
+    for k in sorted(wall, key=lambda k: -cpu[k]):
+        out[k] = {
             "wall_share": wall[k] / total,
             "cpu_percent_of_core": 100.0 * cpu[k] / wall[k] if wall[k] else 0.0,
             "part_of_call_percent": 100.0 * cpu[k] / total,
         }
-        for k in sorted(wall, key=lambda k: -cpu[k])
-    }
+        if k in sleeps and math.isfinite(sleeps[k]) and wall[k]:
+            out[k]["wakeups_per_sec"] = sleeps[k] / wall[k]
+    return out
 
 
 def smart_turn_analyzer(parts: Any) -> Any:
@@ -426,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-read-pause", action="store_true",
         help="the phone input is woken for every frame also during quiet holds (for A/B runs)",
+    )
+    ap.add_argument(
+        "--read-pause-idle-only", action="store_true",
+        help="read pauses only while the bot is idle, none while it answers (the rule before "
+        "bots.call.read_pause; for A/B runs)",
     )
     ap.add_argument(
         "--no-speech-hold", action="store_true",
@@ -491,7 +545,10 @@ def main(argv: list[str] | None = None) -> int:
                 period=period,
                 noise_dbfs=args.noise_dbfs,
                 quiet_hold=not args.no_quiet_hold,
-                read_pause=not args.no_read_pause,
+                read_pause=(
+                    "off" if args.no_read_pause
+                    else "idle" if args.read_pause_idle_only else "call"
+                ),
                 out_10ms_chunks=out_chunks,
                 speech_hold=not args.no_speech_hold,
                 turn_model_at=args.turn_model_at,
@@ -567,10 +624,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{res['phase_sampler_cpu_percent_of_core']:.2f}% of a core left out):"
     )
     for name, ph in res["event_loop_by_phase"].items():
+        wakeups = ph.get("wakeups_per_sec")
         print(
             f"    {name:16s} {100 * ph['wall_share']:4.0f}% of the call, "
             f"{ph['cpu_percent_of_core']:5.2f}% of a core while in it: "
             f"{ph['part_of_call_percent']:.2f}% of the call's average"
+            + (f"; {wakeups:.0f} wake-ups a second" if wakeups is not None else "")
         )
     pushed, saved = res["caller_frames_pushed"], res["caller_frames_coalesced"]
     noise = "digital silence" if args.noise_dbfs is None else f"{args.noise_dbfs:g} dBFS noise"
@@ -583,10 +642,11 @@ def main(argv: list[str] | None = None) -> int:
         f"answers {args.reply_secs:g} s in {10 * out_chunks} ms chunks; "
         f"echo correlations: {res['echo_checks']}"
     )
+    rule = {"call": "", "idle": " (only while the bot is idle)", "off": " (off)"}
     print(
-        f"  read pauses (the input left unread while a hold filled and the bot was idle): "
-        f"{res['read_pauses']}, {res['read_paused_secs']:.1f} s in all"
-        + ("" if res["read_pause"] else " (off)")
+        f"  read pauses (the input left unread while a hold filled): {res['read_pauses']}, "
+        f"{res['read_pauses_while_bot_busy']} of them while the bot answered, "
+        f"{res['read_paused_secs']:.1f} s in all" + rule[res["read_pause"]]
     )
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")

@@ -84,5 +84,27 @@ def test_the_sampler_thread_reads_the_loop_threads_cpu_not_its_own():
     assert all(g == pytest.approx(PHASE_SAMPLE_SECS, abs=0.08) for g in gaps)
     seen = samples[-1][1] - samples[0][1]
     assert seen == pytest.approx(burnt, abs=0.12)  # this thread's work, the sleep adds nothing
-    assert all(p == 0.25 for _, _, p in samples)
+    assert all(p == 0.25 for _, _, p, _ in samples)
     assert 0.0 <= own < 0.1
+    # the loop thread's sleeps: at least the one above (``time.sleep``: a voluntary switch)
+    assert samples[-1][3] - samples[0][3] >= 1
+
+
+def test_wake_ups_a_second_by_phase_from_the_loops_sleeps():
+    """With the loop thread's sleeps counted in the samples (``thread_sleeps``), each phase
+    gets its wake-ups a second: 50 a second while the caller speaks, 10 while quiet."""
+    import threading
+
+    from benchmarks.pipeline_overhead import thread_sleeps
+
+    samples, sleeps = [], 0.0
+    for k in range(31):
+        t = k * 0.1
+        samples.append((t, 0.001 * k, 0.0, sleeps))
+        sleeps += 5 if 1.0 <= t + 0.05 < 2.0 else 1
+    out = phase_cpu(samples, [(1.0, 2.0)], [(2.0, 2.05)])
+    assert out["caller speaking"]["wakeups_per_sec"] == pytest.approx(50.0)
+    assert out["quiet"]["wakeups_per_sec"] == pytest.approx(10.0)
+    assert "wakeups_per_sec" not in phase_cpu([s[:3] for s in samples], [(1.0, 2.0)], [])["quiet"]
+    assert thread_sleeps(threading.get_native_id()) >= 0
+    assert thread_sleeps(-1) != thread_sleeps(-1)  # no such thread: NaN
