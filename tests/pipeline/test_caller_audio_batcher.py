@@ -294,10 +294,7 @@ async def test_turn_idle_is_false_while_a_turn_is_open_or_smart_turn_counts_sile
 def test_read_pauses_once_per_quiet_hold_while_allowed_until_it_is_full():
     state = {"steady": True, "quiet": True, "limit": math.inf}
 
-    class Input(BatchingInput):
-        pass
-
-    inp = Input()
+    inp = BatchingInput()  # the phone inputs' mixin on its own
     inp._use_batching(
         RATE,
         lambda: state["steady"],
@@ -354,10 +351,7 @@ def _start_time(pcm: np.ndarray, onset: int, *, pause: float | None, hold_secs: 
     VAD started speech, whether the frame holding sample ``onset`` was read late, the input)."""
     vad = _vad()
 
-    class Input(BatchingInput):
-        pass
-
-    inp = Input()
+    inp = BatchingInput()  # the phone inputs' mixin on its own
     limit = None if pause is None else (lambda: pause)
     inp._use_batching(RATE, None, quiet_hold(vad, lambda: True), hold_secs, 0.02, limit)
     batcher = inp.batcher
