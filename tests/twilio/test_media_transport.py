@@ -261,6 +261,11 @@ async def test_quiet_caller_audio_waits_up_to_200_ms_and_goes_down_with_what_is_
     assert offers[:2] == [(160.0, 160), (320.0, 320)]
 
 
+def _silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
+    """The quiet test of a line that holds digital silence only (rms 0 bounds to n)."""
+    return sum_squares <= samples
+
+
 async def _send_paced(app: FastAPI, holder: dict, codes: list[int], digit: str) -> list[bool]:
     """Send one mu-law frame per code, 20 ms apart as Twilio paces them, then DTMF ``digit``;
     returns whether the server's socket was being read, sampled every 5 ms meanwhile."""
@@ -290,14 +295,11 @@ async def test_the_socket_is_left_unread_while_a_quiet_hold_fills_and_nothing_is
     probe, holder = Probe(), {}
     idle = {"bot": True}
 
-    def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
-        return sum_squares <= samples
-
     app = await _serve_call(
         probe,
         holder,
         quiet=lambda: False,
-        hold=silent_line,
+        hold=_silent_line,
         pause=lambda: math.inf if idle["bot"] else 0.0,
     )
     frames = [0xFF] * 10 + [0xFF] * 3 + [0x00] + [0xFF] * 2
@@ -344,10 +346,9 @@ async def test_the_socket_is_left_unread_while_a_speech_hold_fills_and_nothing_i
 async def test_no_read_pause_when_none_is_allowed() -> None:
     probe, holder = Probe(), {}
 
-    def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
-        return sum_squares <= samples
-
-    app = await _serve_call(probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: 0.0)
+    app = await _serve_call(
+        probe, holder, quiet=lambda: False, hold=_silent_line, pause=lambda: 0.0
+    )
     async with serving(app) as url:
         async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
             for _ in range(12):
@@ -367,10 +368,9 @@ async def test_a_shorter_read_pause_is_kept_and_late_frames_keep_the_time_they_c
     what the echo guard lines up with the bot's audio."""
     probe, holder = Probe(), {}
 
-    def silent_line(sum_squares: float, samples: int, _last: bytes | None) -> bool:
-        return sum_squares <= samples
-
-    app = await _serve_call(probe, holder, quiet=lambda: False, hold=silent_line, pause=lambda: 0.1)
+    app = await _serve_call(
+        probe, holder, quiet=lambda: False, hold=_silent_line, pause=lambda: 0.1
+    )
     sent: list[float] = []
     async with serving(app) as url:
         async with websockets.connect(url.replace("/v1/session", "/ws")) as ws:
