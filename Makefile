@@ -45,7 +45,8 @@ test: install system-deps
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check bots pipeline model_service tests benchmarks
+	$(BIN)/ruff check stepcall model_service pipeline bots harness tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -1,10 +1,10 @@
 """Load test: N concurrent simulated phone calls against one bot server, on loopback.
 
-Three processes: the instant model-service stand-in (``pipeline.canned_model_service``:
+Three processes: the instant model-service stand-in (``harness.canned_model_service``:
 protocol v1, answers every response at once with ~2 s of flite speech), the bot server
 (``bots.server.create_app`` under uvicorn, serving ``flows/front_desk.yaml``: Silero VAD, Smart
 Turn v3, the flow runtime, call records in SQLite) and this process, the load generator
-(``bots.loadtest.run_load``: the caller simulator, Twilio Media Streams in real time). The
+(``harness.loadtest.run_load``: the caller simulator, Twilio Media Streams in real time). The
 server's CPU and RSS come from /proc.
 
     .venv/bin/python benchmarks/load_test.py [--calls 50] [--ramp 10] \
@@ -37,9 +37,9 @@ REPLY = "We are open from nine to six, Monday to Friday."
 def _serve_canned(queue: Any, turn_model: bool = False) -> None:
     """Child: the model-service stand-in speaking REPLY at 8 kHz; with ``turn_model`` it also
     answers ``turn.check`` with the model service's turn model (Smart Turn, one thread)."""
-    from bots.caller.speech import synthesize
-    from model_service.turn_model import TurnModel
-    from pipeline.canned_model_service import CannedModelService
+    from harness.canned_model_service import CannedModelService
+    from model_service.turn_checks import TurnModel
+    from stepcall.audio.speech import synthesize
 
     pcm = synthesize(REPLY, 8000).tobytes()
     model = TurnModel(1) if turn_model else None
@@ -73,12 +73,12 @@ def _serve_bot(
     import uvicorn
     from loguru import logger
 
-    from pipeline.turn_models import configure_vad_runtime
+    from stepcall.audio.inference import configure_vad_runtime
 
     configure_vad_runtime(vad_runtime)
 
     from bots.server import create_app
-    from bots.settings import Settings
+    from stepcall.settings import Settings
 
     logger.remove()
     logger.add(sys.stderr, level=log_level)
@@ -99,7 +99,7 @@ def calibration_us(runs: int = 300) -> float:
     read against it."""
     import numpy as np
 
-    from pipeline.turn_models import SILERO_MODEL, shared_session
+    from stepcall.audio.inference import SILERO_MODEL, shared_session
 
     session = shared_session(SILERO_MODEL)
     feed = {
@@ -137,13 +137,13 @@ def main() -> int:
                     help="the server's STEPCALL_TWILIO_AUDIO_LEAD_MS (default: its default; "
                     "100 is Pipecat's own pacing)")
     ap.add_argument("--vad-runtime", choices=["numpy", "onnxruntime"], default="numpy",
-                    help="how the server runs Silero (pipeline.turn_models.configure_vad_runtime)")
+                    help="how the server runs Silero (stepcall.audio.inference.configure_vad_runtime)")
     ap.add_argument("--turn-model-at", choices=["bot", "service"], default="bot",
                     help="where the calls' Smart Turn runs: the bot server's pool (default, "
                     "as the earlier runs) or the stand-in's turn model (turn.check)")
     args = ap.parse_args()
 
-    from bots.loadtest import LoadOptions, format_report, run_load, write_plot
+    from harness.loadtest import LoadOptions, format_report, run_load, write_plot
 
     speed = calibration_us()
     ctx = mp.get_context("spawn")

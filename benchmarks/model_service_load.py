@@ -1,6 +1,6 @@
 """Load test of the model service: N concurrent simulated calls, time to first audio, real time.
 
-Each simulated call is one ``pipeline.model_client.ModelServiceClient`` session at 8 kHz (as a
+Each simulated call is one ``pipeline.step_audio2.client.ModelServiceClient`` session at 8 kHz (as a
 phone call): per turn it sends synthetic speech-like audio (paced in real time in 20 ms frames,
 or in one burst), commits, asks for a response and measures
 
@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.model_client import (  # noqa: E402
+from pipeline.step_audio2.client import (  # noqa: E402
     AudioChunk,
     Closed,
     ErrorEvent,
@@ -212,11 +212,11 @@ async def run_level(url: str, token: str | None, n: int, args: argparse.Namespac
 @contextlib.asynccontextmanager
 async def in_process_service(max_sessions: int) -> AsyncIterator[str]:
     """A model service on the tiny shaped CPU checkpoint (reference backend)."""
+    from harness.checkpoints.tiny_checkpoint import build_tiny_checkpoint, default_script
+    from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
     from model_service.backends.reference import load_reference_backend
     from model_service.server import create_app, serving
     from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-    from model_service.testing.tiny_checkpoint import build_tiny_checkpoint, default_script
-    from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_tokenizer(Path(tmp) / "tok")

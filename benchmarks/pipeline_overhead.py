@@ -2,7 +2,7 @@
 
 The call pipeline is the production one (``bots.call.build_call``: echo guard, Silero VAD, the
 minimum-duration start strategy, Smart Turn v3, StepAudio2Service, output transport, ...). The
-model service is a stand-in that answers instantly (``pipeline.canned_model_service``: protocol v1
+model service is a stand-in that answers instantly (``harness.canned_model_service``: protocol v1
 over a real loopback WebSocket, canned PCM), run in a child process so its CPU is not counted.
 The caller is a loopback phone playing flite speech in real time.
 
@@ -17,7 +17,7 @@ of the latency numbers.
 CPU: this process's CPU time over the calls' wall time, less what the simulated phone itself
 spent, timed in place (``LoopbackPhone.own_cpu_secs``: making the caller's frames, keeping the
 bot's). The phone delivers what the Twilio input does (20 ms ``CallerAudioFrame``s batched by
-``pipeline.caller_audio_batcher``: up to 200 ms of a provably quiet line held while no turn is
+``pipeline.call_audio.batcher``: up to 200 ms of a provably quiet line held while no turn is
 open, ``--no-quiet-hold`` for none; ~80-100 ms of the caller's loud speech held in a turn while
 the bot is idle, ``--no-speech-hold`` for none; else pairs while the VAD is quiet or the speech
 steady). Its 50 Hz wake-ups stand for that input's socket reads and stay in the bot's share;
@@ -28,7 +28,7 @@ then (``bots.call.read_pause``: the whole hold while the bot is idle, up to the 
 woken for every frame). The bot's audio is written in 100 ms chunks as on the Twilio call
 (``--out-10ms-chunks 4``: Pipecat's default 40 ms). The line is digital silence between the
 caller's words unless ``--noise-dbfs`` adds white noise. The call runs as in the bot server: on
-uvloop (what uvicorn picks) with ``pipeline.wait_for`` installed (``--stdlib-loop`` for
+uvloop (what uvicorn picks) with ``stepcall.runtime.realtime`` installed (``--stdlib-loop`` for
 asyncio's own loop). The event loop's CPU is also split by what the call was doing
 (``phase_cpu``: the loop's clock read every 0.1 s by a thread of its own, whose CPU is left
 out, so the measurement does not wake the loop; quiet, the caller speaking, the turn's end, the
@@ -69,11 +69,11 @@ def _serve_canned(
     port_queue: Any, reply_secs: float, turn_model: bool, done: Any, stats_queue: Any
 ) -> None:
     """Child process: the instant model-service stand-in, with the model service's turn model
-    (``model_service.turn_model``, Smart Turn on this child's CPU) unless ``turn_model`` is
+    (``model_service.turn_checks``, Smart Turn on this child's CPU) unless ``turn_model`` is
     False. Once ``done`` is set it puts its turn checks and their inferences' CPU seconds on
     ``stats_queue``."""
-    from model_service.turn_model import TurnModel
-    from pipeline.canned_model_service import CannedModelService
+    from harness.canned_model_service import CannedModelService
+    from model_service.turn_checks import TurnModel
 
     t = np.arange(int(reply_secs * RATE)) / RATE
     pcm = (3000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16).tobytes()
@@ -98,7 +98,7 @@ def thread_cpu() -> dict[str, float]:
     loop (main thread), the Smart Turn pool, every other thread."""
     import os
 
-    from pipeline.turn_models import inference_pool
+    from stepcall.audio.inference import inference_pool
 
     tick = os.sysconf("SC_CLK_TCK")
     out = {"event_loop": 0.0, "smart_turn": 0.0, "other": 0.0}
@@ -152,10 +152,10 @@ async def run_call(
     from pipecat.workers.runner import WorkerRunner
 
     from bots.call import CallInfo, build_call, call_worker
-    from bots.caller.speech import synthesize
     from bots.profile import BotProfile
-    from bots.settings import Settings
-    from pipeline.loopback_phone import LoopbackPhone, Say
+    from harness.loopback_phone import LoopbackPhone, Say
+    from stepcall.audio.speech import synthesize
+    from stepcall.settings import Settings
 
     speech = synthesize(UTTERANCE, RATE)
     end_in_utt = voiced_end(speech)
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stdlib-loop", action="store_true", help="asyncio's loop, not uvloop")
     ap.add_argument(
         "--vad-runtime", choices=["numpy", "onnxruntime"], default="numpy",
-        help="how Silero's network runs (pipeline.turn_models.configure_vad_runtime)",
+        help="how Silero's network runs (stepcall.audio.inference.configure_vad_runtime)",
     )
     ap.add_argument(
         "--reply-secs", type=float, default=REPLY_SECS,
@@ -527,10 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     try:
         url = q.get(timeout=30)
-        from pipeline.wait_for import install
+        from stepcall.runtime.realtime import install_wait_for
 
-        install()  # as create_app does in the bot server
-        from pipeline.turn_models import configure_vad_runtime
+        install_wait_for()  # as create_app does in the bot server
+        from stepcall.audio.inference import configure_vad_runtime
 
         configure_vad_runtime(args.vad_runtime)
         run = asyncio.run

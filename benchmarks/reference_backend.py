@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model_service.stepaudio2.generate import GenerationStats, Generator, Sampling  # noqa: E402
+from model_service.sampling import greedy as Sampling  # noqa: E402
+from model_service.stepaudio2.generate import GenerationStats, Generator  # noqa: E402
 from model_service.stepaudio2.loader import load_model  # noqa: E402
 from model_service.stepaudio2.mel import audio_token_count, log_mel_spectrogram  # noqa: E402
 
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         path = Path(args.model)
     else:
+        from harness.checkpoints.tiny_checkpoint import build_tiny_checkpoint, default_script
+        from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
         from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-        from model_service.testing.tiny_checkpoint import build_tiny_checkpoint, default_script
-        from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
 
         tmp = tempfile.TemporaryDirectory(prefix="sa2-bench-")
         build_tiny_tokenizer(Path(tmp.name) / "tok")

@@ -1,4 +1,4 @@
-"""Silero VAD per window: NumPy (pipeline.silero_numpy) against ONNX Runtime (Pipecat's model).
+"""Silero VAD per window: NumPy (stepcall.audio.silero) against ONNX Runtime (Pipecat's model).
 
 Two cadences: windows back to back, and one window after each pause of ``--pause-ms`` (a call's
 cadence: a window every 32 ms, other work in between; on a shared VM a window after a pause runs
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from loguru import logger
     from pipecat.audio.vad.silero import SileroOnnxModel
 
-    from pipeline.silero_numpy import SileroNumpyModel
-    from pipeline.turn_models import SILERO_MODEL, _model_path, limit_blas_threads
+    from stepcall.audio.inference import SILERO_MODEL, _model_path, limit_blas_threads
+    from stepcall.audio.silero import SileroNumpyModel
 
     limit_blas_threads()  # as in a bot process
     logger.remove()

@@ -1,11 +1,11 @@
 """Soak test: continuous simulated phone calls against one bot server; does it leak?
 
 The bot server (``bots.server.create_app``: media streams, call records in SQLite, the widget
-routes) runs in a child process, with the canned model service (``pipeline.canned_model_service``:
+routes) runs in a child process, with the canned model service (``harness.canned_model_service``:
 protocol v1 over loopback, answers at once with a tone) in the same child. This process keeps
 ``--concurrency`` calls going for ``--minutes`` (loopback only, bounded), rotating through:
 
-- ``normal``: the Twilio caller simulator (``bots.caller.run_call``): greeting, one spoken
+- ``normal``: the Twilio caller simulator (``harness.callers.run_call``): greeting, one spoken
   question (flite; greeting only without a speech engine), hang-up with ``stop``;
 - ``garbage``: a call that sends malformed frames (bad JSON, bad base64, huge frames) between
   good ones, then hangs up;
@@ -76,8 +76,8 @@ async def _serve(port: int, db_url: str) -> None:
     from bots.profile import BotProfile
     from bots.registry import BotRegistry
     from bots.server import create_app
-    from bots.settings import Settings
-    from pipeline.canned_model_service import CannedModelService
+    from harness.canned_model_service import CannedModelService
+    from stepcall.settings import Settings
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
@@ -147,7 +147,7 @@ async def _raw_call(stream: str, kind: str) -> None:
     """A misbehaving call: garbage frames, or a dropped connection."""
     from websockets.asyncio.client import connect
 
-    from bots.caller.twilio_messages import StreamIdentity, TwilioMessageBuilder
+    from harness.callers.twilio_messages import StreamIdentity, TwilioMessageBuilder
 
     b = TwilioMessageBuilder(StreamIdentity())
     ws = await connect(stream, compression=None, max_size=None)
@@ -176,7 +176,7 @@ async def _raw_call(stream: str, kind: str) -> None:
 
 
 async def _normal_call(stream: str, question: np.ndarray | None) -> None:
-    from bots.caller import CallerTurn, CallOptions, run_call
+    from harness.callers import CallerTurn, CallOptions, run_call
 
     turns = [CallerTurn(audio=question)] if question is not None else []
     result = await run_call(
@@ -221,7 +221,7 @@ def _free_port() -> int:
 
 def _question() -> np.ndarray | None:
     try:
-        from bots.caller.speech import synthesize
+        from stepcall.audio.speech import synthesize
 
         return synthesize(QUESTION, RATE)
     except Exception as e:  # no speech engine: greeting-only normal calls

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model_service.testing.tiny_token2wav import build_tiny_token2wav  # noqa: E402
+from harness.checkpoints.tiny_token2wav import build_tiny_token2wav  # noqa: E402
 from model_service.token2wav import ChunkSchedule, Token2Wav, Token2WavConfig, Voice  # noqa: E402
 from model_service.token2wav.flow import CausalMaskedDiffWithXvec  # noqa: E402
 from model_service.token2wav.hift import HiFTGenerator  # noqa: E402

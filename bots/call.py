@@ -30,7 +30,6 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
 from pipecat.turns.user_mute.mute_until_first_bot_complete_user_mute_strategy import (
     MuteUntilFirstBotCompleteUserMuteStrategy,
 )
@@ -41,28 +40,24 @@ from pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy import (
     TurnAnalyzerUserTurnStopStrategy,
 )
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
-from pipecat.workers.runner import WorkerRunner
 
-from bots.call_control import CallControl
 from bots.profile import BotProfile
-from bots.settings import Settings
-from bots.tracing import call_span_attributes, tracing_enabled
-from bots.twilio.media_transport import TwilioMediaTransport
-from bots.twilio.serializer import PhoneSerializer
-from pipeline.apology import DEFAULT_APOLOGY, FailurePolicy
-from pipeline.caller_audio_batcher import QuietTest, SpeechHoldTest, quiet_hold, speech_hold
-from pipeline.caller_audio_gate import CallerAudioGate
-from pipeline.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
-from pipeline.endpoint_vad import EndpointVADAnalyzer
-from pipeline.fan_out_observer import FanOutObserver
-from pipeline.flow_runtime import FlowRuntime, attach_flow
-from pipeline.lean_worker_observer import use_lean_observer
-from pipeline.min_duration_start_strategy import MinDurationUserTurnStartStrategy
-from pipeline.speculative_smart_turn import Judge, SpeculativeSmartTurnAnalyzer
-from pipeline.stale_audio_guard import StaleAudioGuard
-from pipeline.step_audio2_service import StepAudio2Service, StepAudio2Settings
-from pipeline.turn_metrics_observer import TurnMetricsObserver
-from pipeline.twilio_marks import TwilioMarkProcessor
+from bots.tracing import tracing_enabled
+from pipeline.call_audio.batcher import QuietTest, SpeechHoldTest, quiet_hold, speech_hold
+from pipeline.call_audio.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
+from pipeline.call_audio.gate import CallerAudioGate
+from pipeline.call_audio.stale_audio_guard import StaleAudioGuard
+from pipeline.flows.call_control import CallControl
+from pipeline.flows.runtime import FlowRuntime, attach_flow
+from pipeline.observers.fan_out import FanOutObserver
+from pipeline.observers.turn_metrics import TurnMetricsObserver
+from pipeline.observers.worker_proxy import use_lean_observer
+from pipeline.step_audio2.apology import DEFAULT_APOLOGY, FailurePolicy
+from pipeline.step_audio2.service import StepAudio2Service, StepAudio2Settings
+from pipeline.turn_taking.endpoint_vad import EndpointVADAnalyzer
+from pipeline.turn_taking.min_duration_start import MinDurationUserTurnStartStrategy
+from pipeline.turn_taking.speculative_smart_turn import Judge, SpeculativeSmartTurnAnalyzer
+from stepcall.settings import Settings
 
 PHONE_RATE = 8000
 #: Bot audio goes to Twilio in 100 ms media messages (Pipecat's default is 40 ms), paced in real
@@ -279,7 +274,7 @@ def batch_caller_audio(phone_input: Any, parts: CallPipelineParts) -> None:
     caller frames where that changes nothing. Up to 200 ms of a provably quiet line while no
     turn is open, ~80-100 ms of the caller's loud speech in a turn while the bot is idle, else
     40 ms pairs while nobody speaks or the caller speaks steadily (never in the pause at the end
-    of speech; :mod:`pipeline.caller_audio_batcher`); the socket is read in bursts during those
+    of speech; :mod:`pipeline.call_audio.batcher`); the socket is read in bursts during those
     holds (fewer wake-ups; :func:`read_pause` says how long)."""
     vad = parts.vad
     if vad is None:
@@ -402,7 +397,7 @@ def call_worker(
     """The worker a call runs in: metrics on, the turn-metrics observer attached, no RTVI
     (a phone caller has no RTVI client; its processor and observer would see every frame), and
     an observer proxy that queues only what the call's observers look at
-    (:class:`pipeline.lean_worker_observer.LeanWorkerObserver`).
+    (:class:`pipeline.observers.worker_proxy.LeanWorkerObserver`).
 
     OpenTelemetry spans (a conversation span per call, a span per turn) are on when
     ``bots.tracing.setup_tracing`` ran in this process (``STEPCALL_OTEL_EXPORTER``).
@@ -428,89 +423,3 @@ def call_worker(
     return use_lean_observer(worker)
 
 
-def twilio_serializer(
-    call: CallInfo,
-    profile: BotProfile,
-    settings: Settings,
-    call_control: CallControl | None = None,
-) -> PhoneSerializer:
-    """The Twilio Media Streams serializer of one call.
-
-    It hangs the call up through Twilio's REST API when the pipeline ends (credentials needed),
-    unless a flow runtime does it through ``call_control`` (with its reason) once the goodbye
-    has played: one hang-up per call, never two.
-    """
-    hang_up = bool(settings.twilio_account_sid and settings.twilio_auth_token)
-    if profile.flow is not None and call_control is not None:
-        hang_up = False
-    return PhoneSerializer(
-        stream_sid=call.stream_sid,
-        call_sid=call.call_id,
-        account_sid=settings.twilio_account_sid,
-        auth_token=settings.twilio_auth_token,
-        params=PhoneSerializer.InputParams(auto_hang_up=hang_up),
-    )
-
-
-async def run_twilio_call(
-    websocket: Any,
-    call: CallInfo,
-    profile: BotProfile,
-    settings: Settings,
-    *,
-    observers: list[BaseObserver] | None = None,
-    call_control: CallControl | None = None,
-) -> None:
-    """Run one Twilio Media Streams call on an accepted WebSocket until it ends."""
-    log = logger.bind(call_id=call.call_id)
-    serializer = twilio_serializer(call, profile, settings, call_control)
-    transport = TwilioMediaTransport(
-        websocket=websocket,
-        params=FastAPIWebsocketParams(
-            audio_in_enabled=True,
-            audio_out_enabled=True,
-            audio_in_sample_rate=PHONE_RATE,
-            audio_out_sample_rate=PHONE_RATE,
-            audio_out_10ms_chunks=PHONE_AUDIO_OUT_10MS_CHUNKS,
-            add_wav_header=False,
-            serializer=serializer,
-            allowed_origins=[],  # Twilio's media socket is server-to-server: no Origin header
-        ),
-        audio_lead_secs=settings.twilio_audio_lead_ms / 1000.0,
-    )
-    pipeline, parts = build_call(
-        transport,
-        profile,
-        settings,
-        call,
-        extra_processors=[TwilioMarkProcessor(call.stream_sid)],
-        call_control=call_control,
-    )
-    batch_caller_audio(transport.input(), parts)
-    worker = call_worker(
-        pipeline,
-        parts,
-        call.call_id,
-        observers=observers,
-        span_attributes=call_span_attributes(call, profile.name),
-    )
-    start_conversation = conversation_starter(worker, parts, profile, call_control)
-
-    @transport.event_handler("on_client_connected")
-    async def _on_connected(_transport: Any, _ws: Any) -> None:
-        log.info(f"call connected: bot {profile.name}, stream {call.stream_sid}")
-        await start_conversation()
-
-    @transport.event_handler("on_client_disconnected")
-    async def _on_disconnected(_transport: Any, _ws: Any) -> None:
-        log.info("caller hung up")
-        await worker.cancel()
-
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await runner.run()
-    frames_in = transport.input()
-    log.info(
-        f"call ended: {frames_in.audio_frames_pushed} caller audio pushes "
-        f"({frames_in.frames_coalesced} fewer than frames received, by batching)"
-    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bots.settings import Settings
+from stepcall.settings import Settings
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="run the bot web server (Twilio webhook + media streams)",
         description="Run the bot web server. Every option also has a STEPCALL_* env var "
-        "(see bots/settings.py).",
+        "(see stepcall/settings.py).",
     )
     p.add_argument("--host", help="bind address (STEPCALL_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (STEPCALL_PORT, default 8080)")
@@ -28,7 +28,7 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
         "model",
         help="run the model service (Step-Audio 2 speech-to-speech)",
         description="Run the model service: one WebSocket session per call (protocol v1, "
-        "model_service/PROTOCOL.md).",
+        "stepcall/PROTOCOL.md).",
     )
     p.add_argument("--model", dest="model_path", help="checkpoint dir or hub id (STEPCALL_MODEL_PATH)")
     p.add_argument(
@@ -103,7 +103,7 @@ def _add_widget_token(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_widget_token(args: argparse.Namespace) -> int:
-    from bots.widget_tokens import widget_token_command
+    from bots.webrtc.tokens import widget_token_command
 
     settings = Settings.from_env()
     return widget_token_command(
@@ -147,7 +147,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
     if args.tiny_checkpoint:
         from pathlib import Path
 
-        from model_service.testing.demo_checkpoint import build_demo_checkpoint
+        from harness.checkpoints.demo_checkpoint import build_demo_checkpoint
 
         target = Path(args.tiny_checkpoint)
         if not (target / "config.json").exists():
@@ -160,7 +160,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
-    from bots.caller.cli import main as call_main
+    from harness.callers.cli import main as call_main
 
     return call_main(args.args)
 
@@ -172,7 +172,7 @@ def _cmd_dial(args: argparse.Namespace) -> int:
 
 
 def _cmd_flows_validate(args: argparse.Namespace) -> int:
-    from pipeline.flowspec import validate_command
+    from pipeline.flows.format import validate_command
 
     return validate_command(args.path)
 
@@ -201,15 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `stepcall call ...` hands every argument (including --help) to the caller's own parser.
     if argv[:1] == ["call"]:
-        from bots.caller.cli import main as call_main
+        from harness.callers.cli import main as call_main
 
         return call_main(argv[1:])
     if argv[:1] == ["eval"]:
-        from bots.evals.cli import main as eval_main
+        from harness.evals.cli import main as eval_main
 
         return eval_main(argv[1:])
     if argv[:1] == ["load"]:
-        from bots.loadtest import main as load_main
+        from harness.loadtest import main as load_main
 
         return load_main(argv[1:])
     parser = build_parser()

@@ -1,8 +1,8 @@
 """Bot-server metrics for Prometheus (``GET /metrics``, text exposition format 0.0.4).
 
-Uses the small self-contained metric types of ``model_service/metrics.py`` (no
+Uses the small self-contained metric types of ``stepcall/runtime/metrics.py`` (no
 ``prometheus_client`` dependency). :class:`BotMetrics` holds what the bot server exports; the
-per-call :class:`~pipeline.call_record_observer.CallRecordObserver` updates it. One instance per
+per-call :class:`~bots.records.observer.CallRecordObserver` updates it. One instance per
 app, so tests never share state.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from model_service.metrics import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
+from stepcall.runtime.metrics import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
 
 #: Voice-to-voice latency buckets (seconds).
 LATENCY_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)

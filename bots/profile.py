@@ -1,6 +1,6 @@
 """BotProfile: what one call's pipeline needs to know about its bot.
 
-A profile is built from a YAML flow (``pipeline.flowspec``) or directly in code; the call pipeline
+A profile is built from a YAML flow (``pipeline.flows.format``) or directly in code; the call pipeline
 (``bots/call.py``) reads nothing else.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.flowspec import FlowSpec
+    from pipeline.flows.format import FlowSpec
 
 DEFAULT_PERSONA = (
     "You are a friendly, concise voice assistant answering a phone line. "

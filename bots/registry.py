@@ -11,7 +11,7 @@ from pathlib import Path
 from loguru import logger
 
 from bots.profile import BotProfile, profile_from_flow
-from bots.settings import Settings
+from stepcall.settings import Settings
 
 
 class BotRegistry:
@@ -37,7 +37,7 @@ class BotRegistry:
         if not folder.is_dir():
             logger.warning(f"flows folder {folder} not found: serving one default bot")
             return cls.single(BotProfile(name="default"))
-        from pipeline.flowspec import load_flows
+        from pipeline.flows.format import load_flows
 
         specs = load_flows(folder)  # raises FlowValidationError listing file:line problems
         profiles: dict[str, BotProfile] = {}

@@ -11,7 +11,7 @@ Routes:
 - ``POST /calls/outbound`` (bearer ``STEPCALL_API_TOKEN``): start an outbound call;
   ``GET /calls/{sid}``: its status callbacks.
 - ``GET /healthz``, ``GET /``: liveness and a landing page with the URLs to configure.
-- ``/call``, ``/widget/*``, ``/webrtc/*``: the browser widget (``bots/webrtc.py``).
+- ``/call``, ``/widget/*``, ``/webrtc/*``: the browser widget (``bots/webrtc/routes.py``).
 - ``/dashboard``, ``/metrics``: call records and Prometheus metrics (``bots/records``), when
   ``STEPCALL_DATABASE_URL`` is not ``none``; the dashboard needs ``STEPCALL_DASHBOARD_TOKEN``.
 
@@ -20,7 +20,6 @@ Every Twilio webhook must carry a valid ``X-Twilio-Signature`` when TWILIO_AUTH_
 
 from __future__ import annotations
 
-import hmac
 import html
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,11 +32,11 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, Hangup, Say, Stream, VoiceResponse
 
-from bots.call import CallInfo, run_twilio_call
+from bots.call import CallInfo
 from bots.http_limits import BodySizeLimit
 from bots.records.service import CallRecords, recorded_call
 from bots.registry import BotRegistry
-from bots.settings import Settings
+from bots.twilio.call import run_twilio_call
 from bots.twilio.call_control import TwilioCallControl, whisper_twiml
 from bots.twilio.config import TwilioConfig
 from bots.twilio.media_stream import MediaStreamError, MediaStreamGuard, StreamLimits, read_start
@@ -46,15 +45,15 @@ from bots.twilio.rest import close_rest_client, rest_client
 from bots.twilio.status import CallStatusEvent, CallStatusStore, InMemoryCallStatusStore
 from bots.twilio.stream_auth import AUTH_PARAM, StreamAuth
 from bots.twilio.webhooks import WebhookValidator
-from model_service.heap import freeze_startup_heap
-from model_service.server import install_log_redaction
-from pipeline.turn_models import (
-    configure_inference,
-    configure_vad_runtime,
+from stepcall.audio.inference import configure_inference, configure_vad_runtime, warm_up
+from stepcall.runtime.logs import install_log_redaction
+from stepcall.runtime.realtime import (
+    freeze_startup_heap,
+    install_wait_for,
     shorten_gil_switch_interval,
-    warm_up,
 )
-from pipeline.wait_for import install as install_wait_for
+from stepcall.runtime.tokens import bearer_token, secrets_equal
+from stepcall.settings import Settings
 
 
 class CallCounter:
@@ -192,7 +191,7 @@ def create_app(
     configure_inference(settings.turn_model_threads, settings.turn_model_nice)
     configure_vad_runtime(settings.vad_runtime)  # STEPCALL_VAD_RUNTIME: Silero on NumPy or ORT
     shorten_gil_switch_interval()  # the Smart Turn pool gets the GIL within 1 ms of asking
-    install_wait_for()  # Python 3.12's asyncio.wait_for: no task per wait (pipeline/wait_for.py)
+    install_wait_for()  # Python 3.12's asyncio.wait_for: no task per wait (stepcall/runtime/wait_for.py)
     calls = CallCounter(settings.max_calls)
     store = status_store or InMemoryCallStatusStore()
     rest = TwilioRestHolder(config)
@@ -238,11 +237,8 @@ def create_app(
     def api_auth_error(request: Request) -> JSONResponse | None:
         if not config.api_token:
             return _error(503, "the calls API is disabled: set STEPCALL_API_TOKEN")
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), config.api_token.encode()
-        ):
+        presented = bearer_token(request.headers.get("Authorization"))
+        if presented is None or not secrets_equal(presented, config.api_token):
             return JSONResponse(
                 {"error": "missing or wrong bearer token"},
                 status_code=401,
@@ -430,7 +426,9 @@ def create_app(
     async def _unknown_bot(_request: Request, exc: KeyError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=404)
 
-    from bots.webrtc import add_webrtc_routes  # browser widget: /call, /widget/*, /webrtc/*
+    from bots.webrtc.routes import (  # browser widget: /call, /widget/*, /webrtc/*
+        add_webrtc_routes,
+    )
 
     add_webrtc_routes(app, settings, registry)
     return app

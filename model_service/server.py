@@ -3,7 +3,7 @@
 ``create_app(backend, token=..., max_sessions=...)`` builds the FastAPI app around a loaded
 backend (or ``None`` while it loads: ``/readyz`` answers 503 until ``ServiceState.set_backend``).
 Each WebSocket connection is one :class:`~model_service.sessions.CallSession`; the protocol is
-specified in ``model_service/PROTOCOL.md``. ``run_model_service(settings, ...)`` picks and loads a
+specified in ``stepcall/PROTOCOL.md``. ``run_model_service(settings, ...)`` picks and loads a
 backend and serves the app with uvicorn (the ``stepcall model`` command).
 """
 
@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import importlib.util
-import logging
 import os
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +23,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from loguru import logger
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from model_service import protocol as p
 from model_service.backends.base import Backend
-from model_service.heap import freeze_startup_heap
-from model_service.metrics import CONTENT_TYPE, ServiceMetrics
+from model_service.metrics import ServiceMetrics
 from model_service.sessions import CallSession, ServiceState
-from model_service.turn_model import TurnModel
+from model_service.turn_checks import TurnModel
+from stepcall import protocol as p
+from stepcall.runtime.logs import install_log_redaction
+from stepcall.runtime.metrics import CONTENT_TYPE
+from stepcall.runtime.realtime import freeze_startup_heap
+from stepcall.runtime.tokens import bearer_token, token_matches
 
 if TYPE_CHECKING:
-    from bots.settings import Settings
+    from stepcall.settings import Settings
 
 SESSION_PATH = "/v1/session"
 #: Largest WebSocket frame uvicorn accepts (bigger: connection closed with 1009). One second of
@@ -63,57 +63,7 @@ class _StarletteTransport:
 
 def _presented_token(ws: WebSocket) -> str | None:
     """The bearer token of a connection: ``Authorization: Bearer X`` header or ``?token=X``."""
-    header = ws.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    return ws.query_params.get("token") or None
-
-
-def token_matches(expected: str | None, presented: str | None) -> bool:
-    """Constant-time token check; no token configured means open access."""
-    if not expected:
-        return True
-    if presented is None:
-        return False
-    return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8"))
-
-
-_TOKEN_IN_QUERY = re.compile(r"(?i)(token=)[^&\s\"']+")
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"']+")
-
-
-def _redact(text: str) -> str:
-    lowered = text.lower()
-    if "token=" in lowered:
-        text = _TOKEN_IN_QUERY.sub(r"\1***", text)
-    if "bearer" in lowered:
-        text = _BEARER.sub(r"\1***", text)
-    return text
-
-
-class RedactTokenFilter(logging.Filter):
-    """Masks ``token=...`` and ``Bearer ...`` in log records: uvicorn logs WebSocket paths with
-    their query, websockets (at DEBUG) the handshake headers with ``Authorization``."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = _redact(record.msg)
-        if record.args:
-            args = record.args if isinstance(record.args, tuple) else (record.args,)
-            if any(isinstance(a, str) for a in args):
-                record.args = tuple(_redact(a) if isinstance(a, str) else a for a in args)
-        return True
-
-
-def install_log_redaction() -> None:
-    """Attach :class:`RedactTokenFilter` to uvicorn's and websockets' loggers (once)."""
-    for name in ("uvicorn.error", "uvicorn.access", "uvicorn", "websockets",
-                 "websockets.client", "websockets.server"):
-        log = logging.getLogger(name)
-        if not any(isinstance(f, RedactTokenFilter) for f in log.filters):
-            log.addFilter(RedactTokenFilter())
+    return bearer_token(ws.headers.get("authorization")) or ws.query_params.get("token") or None
 
 
 def create_app(
@@ -363,7 +313,7 @@ def run_model_service(
     choice = choose_backend(backend_name, model_path, device)
     logger.info(f"model service backend: {choice.name} ({choice.reason})")
     if choice.name == "cpu":
-        from model_service.cpu_models import resolve_cpu_models
+        from model_service.backends.cpu.model_files import resolve_cpu_models
 
         resolve_cpu_models()  # a missing model fails now, with the pip packages to install
     turn_model = (

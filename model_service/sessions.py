@@ -1,22 +1,20 @@
 """One model-service call session: the protocol state machine behind ``WS /v1/session``.
 
 :class:`CallSession` receives the client's messages (already split into text and binary by the
-server), validates them with :mod:`model_service.protocol`, drives a backend
+server), validates them with :mod:`stepcall.protocol`, drives a backend
 :class:`~model_service.backends.base.BackendSession`, runs each response in its own task and
 streams its events back. It never lets bad input end the session: problems become ``error``
 events (fatal only for a wrong protocol version or when the service is busy / not ready).
 
 :class:`ServiceState` is what all sessions of one app share: the backend, admission control
-(``max_sessions``) and the metrics. :class:`StreamResampler` converts audio rates with a short
-polyphase FIR (a few ms of delay, constant output per input chunk, proper anti-aliasing — soxr's
-streaming "QQ" aliases and its "LQ" emits in bursts).
+(``max_sessions``) and the metrics. Audio rates are converted with the kernel's
+:class:`~stepcall.audio.resample.StreamResampler`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,10 +24,13 @@ from typing import Any, Protocol
 import numpy as np
 from loguru import logger
 
-from model_service import protocol as p
 from model_service.backends import base
 from model_service.metrics import ServiceMetrics
-from model_service.turn_model import TurnModel, answer_turn_check
+from model_service.sampling import resolve as resolve_sampling
+from model_service.turn_checks import TurnModel, answer_turn_check
+from stepcall import protocol as p
+from stepcall.audio.pcm import float_to_pcm16, pcm16_to_float
+from stepcall.audio.resample import StreamResampler
 
 CANCEL_GRACE_S = 2.0  # after response.cancel, the backend has this long to end the response
 CLOSE_GRACE_S = 2.0  # on disconnect, a running response has this long to stop
@@ -43,101 +44,6 @@ CLOSE_GRACE_S = 2.0  # on disconnect, a running response has this long to stop
 #: ``turn.check`` inferences one session may have under way (a bot has one per pause); more
 #: get an error verdict at once, so one client cannot queue the turn model for everyone.
 MAX_PENDING_TURN_CHECKS = 4
-
-
-def pcm16_to_float(data: bytes) -> np.ndarray:
-    """Little-endian PCM16 mono bytes → float32 in [-1, 1)."""
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-
-
-def float_to_pcm16(audio: np.ndarray) -> bytes:
-    """Float audio → little-endian PCM16 bytes (clipped)."""
-    scaled = np.clip(np.asarray(audio, dtype=np.float32) * 32768.0, -32768.0, 32767.0)
-    return np.round(scaled).astype("<i2").tobytes()
-
-
-class StreamResampler:
-    """Streaming rational resampler (polyphase windowed-sinc FIR) for speech.
-
-    Every call to :meth:`process` returns the output that its input makes available (about
-    ``len(x) * out_rate / in_rate`` samples, no buffering bursts). The filter's delay
-    (``delay_ms``, 1–2 ms) is trimmed from the start of the stream, so the output is aligned with
-    the input and, after :meth:`flush` (which returns the tail and resets), exactly
-    ``n * out_rate / in_rate`` samples long.
-    """
-
-    def __init__(self, in_rate: int, out_rate: int, *, span: int = 32, beta: float = 8.0) -> None:
-        if in_rate <= 0 or out_rate <= 0:
-            raise ValueError(f"sample rates must be positive, got {in_rate} → {out_rate}")
-        self.in_rate = in_rate
-        self.out_rate = out_rate
-        g = math.gcd(in_rate, out_rate)
-        self._up = out_rate // g
-        self._down = in_rate // g
-        self.passthrough = in_rate == out_rate
-        # Taps per phase = filter span in input samples; scaled so the transition band is a fixed
-        # fraction of the lower rate.
-        self._taps = max(4, math.ceil(span * in_rate / min(in_rate, out_rate)))
-        n = self._taps * self._up
-        fs_up = in_rate * self._up
-        cutoff = 0.85 * 0.5 * min(in_rate, out_rate) / fs_up  # cycles per upsampled sample
-        # Centre the filter on a whole number of output samples so the trimmed delay is exact.
-        self._delay_out = max(1, int(round((n - 1) / 2.0 / self._down)))  # in output samples
-        center = min(self._delay_out * self._down, n - 1)
-        t = np.arange(n) - center
-        half = max(center, n - 1 - center)
-        window = np.i0(beta * np.sqrt(np.clip(1.0 - (t / half) ** 2, 0.0, 1.0))) / np.i0(beta)
-        h = 2 * cutoff * np.sinc(2 * cutoff * t) * window
-        h = h / h.sum() * self._up
-        # phase-major taps: _poly[phase, j] multiplies input sample p0 - j
-        self._poly = h.reshape(self._taps, self._up).T.astype(np.float64)
-        self.delay_ms = center / fs_up * 1000.0
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget all state (a new stream starts from silence)."""
-        self._hist = np.zeros(self._taps - 1, dtype=np.float64)
-        self._n_in = 0
-        self._k_next = 0
-        self._skip = self._delay_out
-        self._n_out = 0
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        """Resample the next chunk (float32 mono); returns float32."""
-        x = np.asarray(x, dtype=np.float32).reshape(-1)
-        if self.passthrough or x.size == 0:
-            return x.copy() if self.passthrough else np.zeros(0, dtype=np.float32)
-        base_index = self._n_in - (self._taps - 1)  # input index of buf[0]
-        buf = np.concatenate([self._hist, x.astype(np.float64)])
-        n_in = self._n_in + x.size
-        k_end = (n_in * self._up - 1) // self._down + 1
-        ks = np.arange(self._k_next, k_end, dtype=np.int64)
-        if ks.size:
-            pos = ks * self._down
-            p0 = pos // self._up
-            phase = pos % self._up
-            idx = (p0 - base_index)[:, None] - np.arange(self._taps)[None, :]
-            y = np.einsum("kt,kt->k", buf[idx], self._poly[phase])
-        else:
-            y = np.zeros(0)
-        self._hist = buf[buf.size - (self._taps - 1) :] if self._taps > 1 else buf[:0]
-        self._n_in = n_in
-        self._k_next = int(k_end)
-        if self._skip:
-            dropped = min(self._skip, y.size)
-            y = y[dropped:]
-            self._skip -= dropped
-        self._n_out += y.size
-        return y.astype(np.float32)
-
-    def flush(self) -> np.ndarray:
-        """Emit the tail still inside the filter, then reset."""
-        if self.passthrough:
-            return np.zeros(0, dtype=np.float32)
-        wanted = self._n_in * self._up // self._down - self._n_out
-        tail = self.process(np.zeros(self._taps // 2 + 2, dtype=np.float32))[: max(0, wanted)]
-        self.reset()
-        return tail
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,12 +355,7 @@ class CallSession:
             await self.close_transport(p.CLOSE_BUSY, "busy")
             return False
         self.admitted = True
-        sampling = base.SamplingParams()
-        if m.sampling is not None:
-            changes = {k: v for k, v in vars(m.sampling).items() if v is not None}
-            sampling = replace(sampling, **changes)
-        if m.max_response_tokens is not None:
-            sampling.max_tokens = m.max_response_tokens
+        sampling = resolve_sampling(m.sampling, m.max_response_tokens)
         self.config = base.SessionConfig(
             call_id=m.call_id,
             system_prompt=m.system_prompt,

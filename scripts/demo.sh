@@ -10,7 +10,7 @@ if [[ -n "${STEPCALL_MODEL_PATH:-}" && -e "${STEPCALL_MODEL_PATH}" ]]; then
   echo "model: Step-Audio 2 weights at ${STEPCALL_MODEL_PATH}"
   MODEL_ARGS=(--model "${STEPCALL_MODEL_PATH}")
 elif [[ "${STEPCALL_DEMO_BACKEND:-cpu}" == "cpu" ]] && cpu_why=$("$BIN/python" -c \
-    "from model_service.cpu_models import resolve_cpu_models; resolve_cpu_models()" 2>&1); then
+    "from model_service.backends.cpu.model_files import resolve_cpu_models; resolve_cpu_models()" 2>&1); then
   echo "model: no Step-Audio 2 weights found (set STEPCALL_MODEL_PATH to a downloaded"
   echo "       stepfun-ai/Step-Audio-2-mini folder). Serving the OFFLINE CPU backend instead:"
   echo "       Whisper tiny.en -> Qwen2.5-1.5B (llama.cpp) -> Piper; not Step-Audio 2."

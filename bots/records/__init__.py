@@ -1,8 +1,8 @@
 """Call records: models, the SQL store (SQLite/PostgreSQL) with migrations, the background writer.
 
 Wiring (bot server): ``store = CallStore.open(url)`` once per process; per call, a
-``pipeline.call_record_observer.CallRecordObserver(store, call_id, ...)`` on the worker; the
-dashboard (``bots/dashboard.py``) reads the same store; ``store.close()`` at shutdown.
+``bots.records.observer.CallRecordObserver(store, call_id, ...)`` on the worker; the
+dashboard (``bots/records/dashboard.py``) reads the same store; ``store.close()`` at shutdown.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Per call (``twilio_stream`` around ``run_twilio_call``)::
     finally:
         await observer.finish()
 
-Settings read (``bots/settings.py``): ``database_url`` (``STEPCALL_DATABASE_URL``, default
+Settings read (``stepcall/settings.py``): ``database_url`` (``STEPCALL_DATABASE_URL``, default
 ``sqlite:///var/calls.db`` from the environment; unset in code or ``none`` turns records off),
 ``dashboard_token`` (``STEPCALL_DASHBOARD_TOKEN``; no token = dashboard off),
 ``recordings_dir`` (``STEPCALL_RECORDINGS_DIR``, default ``var/recordings``).
@@ -76,18 +76,18 @@ class CallRecords:
 
     def mount(self, app: FastAPI, *, dashboard_token: str | None = None) -> None:
         """Add ``/metrics`` and the dashboard routes to ``app``."""
-        from bots.dashboard import add_dashboard_routes
+        from bots.records.dashboard import add_dashboard_routes
 
         add_metrics_route(app, self.metrics)
         add_dashboard_routes(app, self.settings, self.store, token=dashboard_token)
 
     def observer(self, call: Any, profile: Any, *, call_control: Any = None, **kwargs: Any) -> Any:
-        """A :class:`~pipeline.call_record_observer.CallRecordObserver` for one call.
+        """A :class:`~bots.records.observer.CallRecordObserver` for one call.
 
         ``call`` is a ``bots.call.CallInfo`` (``call_id``, ``stream_sid``, numbers); ``profile``
         a ``BotProfile`` (name, source flow, recording policy).
         """
-        from pipeline.call_record_observer import CallRecordObserver
+        from bots.records.observer import CallRecordObserver
 
         return CallRecordObserver(
             self.store,

@@ -18,9 +18,9 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.twiml.voice_response import Dial, Hangup, Say, VoiceResponse
 
-from bots.call_control import CallControl, TransferResult
 from bots.twilio.config import TwilioConfig
 from bots.twilio.numbers import is_e164, is_sip_uri
+from pipeline.flows.call_control import CallControl, TransferResult
 
 RING_TIMEOUT_SECS = 30
 DEFAULT_WHISPER = "Incoming transfer from the voice assistant."

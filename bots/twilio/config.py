@@ -1,6 +1,6 @@
 """TwilioConfig: the Twilio-related settings the bot server, ``stepcall dial`` and call control use.
 
-Built from :class:`bots.settings.Settings` (which reads the environment) by
+Built from :class:`stepcall.settings.Settings` (which reads the environment) by
 :meth:`TwilioConfig.from_settings`. The env vars behind it:
 
 | env var | default | meaning |

@@ -14,17 +14,17 @@ from pathlib import Path
 
 from twilio.base.exceptions import TwilioRestException
 
-from bots.settings import Settings
 from bots.twilio.config import TwilioConfig
 from bots.twilio.outbound import OutboundCall, OutboundCallRequest, place_outbound_call
 from bots.twilio.rest import TwilioNotConfiguredError, open_rest_client
+from stepcall.settings import Settings
 
 
 def resolve_flow(flow: str) -> tuple[str, tuple[str, ...]]:
     """(bot name, the flow's phone numbers) for a flow YAML path, or (name, ()) for a bot name."""
     path = Path(flow)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        from pipeline.flowspec import load_flow
+        from pipeline.flows.format import load_flow
 
         spec = load_flow(path)  # FlowValidationError lists file:line problems
         return spec.bot.name, tuple(spec.phone_numbers)

@@ -10,7 +10,7 @@ call's other messages (DTMF, marks), exactly as the audio task would have: audio
 it is paused.
 
 Caller frames go down together where that changes nothing (``coalesce_while``, the rules of
-:class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`): every processor, the VAD's
+:class:`~pipeline.call_audio.batcher.CallerAudioBatcher`): every processor, the VAD's
 bookkeeping and the observers then handle far fewer frames. While no user turn is open and the
 caller's line is provably too quiet for the VAD to hear speech, up to 200 ms of frames go down as
 one; the first frame that is not goes down at once with them. While a user turn is open, the bot
@@ -28,7 +28,7 @@ is woken about twice per hold instead of once per 20 ms message. Each frame keep
 came (:class:`~bots.twilio.stream_clock.StreamClock`), for the echo guard.
 
 On the way out, no chunk of an answer the caller barged in on goes out after Twilio's ``clear``
-(:class:`~pipeline.stale_audio_guard.StaleAudioGuard`): Pipecat's sender takes each chunk off
+(:class:`~pipeline.call_audio.stale_audio_guard.StaleAudioGuard`): Pipecat's sender takes each chunk off
 its queue with ``wait_for``, i.e. a task that runs on a later loop turn, and a chunk taken just
 before the interruption otherwise reached the caller after the ``clear`` (40 ms of the
 interrupted answer after Twilio had flushed the rest), with a fresh "bot started speaking" in
@@ -64,14 +64,14 @@ from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketTransport,
 )
 
-from pipeline.caller_audio_batcher import (
+from pipeline.call_audio.batcher import (
     HOLD_SECS,
     BatchingInput,
     CallerAudioBatcher,
     QuietTest,
     SpeechHoldTest,
 )
-from pipeline.stale_audio_guard import StaleAudioGuard
+from pipeline.call_audio.stale_audio_guard import StaleAudioGuard
 
 
 class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
@@ -100,7 +100,7 @@ class DirectAudioInputTransport(BatchingInput, FastAPIWebsocketInputTransport):
         """Push pairs of caller frames (each at most ``frame_secs`` long) as one while
         ``steady()`` is true, hold quiet frames up to ``hold_secs`` while ``quiet`` allows and
         the caller's speech while ``speech`` allows
-        (:class:`~pipeline.caller_audio_batcher.CallerAudioBatcher`); all None: every frame
+        (:class:`~pipeline.call_audio.batcher.CallerAudioBatcher`); all None: every frame
         on its own (the default). While a hold fills, the WebSocket is left unread until the
         hold has what it may take, for at most ``pause_reading()`` seconds (None: never)."""
         rate = self._params.audio_in_sample_rate or 8000

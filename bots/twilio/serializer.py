@@ -25,7 +25,7 @@ from pipecat.frames.frames import Frame
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
 from bots.twilio.stream_clock import StreamClock
-from pipeline.caller_audio_frame import CallerAudioFrame
+from pipeline.call_audio.caller_frame import CallerAudioFrame
 
 __all__ = ["CallerAudioFrame", "PhoneSerializer"]
 

@@ -9,11 +9,10 @@ secret (development) every stream is accepted and a warning is logged.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import time
 from dataclasses import dataclass
+
+from stepcall.runtime.tokens import secrets_equal, sign
 
 AUTH_PARAM = "auth"
 DEFAULT_MAX_AGE_SECS = 600.0  # outbound calls fetch their TwiML when answered; streams start at once
@@ -29,9 +28,7 @@ class StreamAuthResult:
 
 
 def _mac(secret: str, call_sid: str, bot: str, issued: int) -> str:
-    message = f"stepcall-stream-v1|{call_sid}|{bot}|{issued}".encode()
-    digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return sign(secret, "stepcall-stream-v1", call_sid, bot, issued)
 
 
 class StreamAuth:
@@ -68,7 +65,7 @@ class StreamAuth:
         if not sep or not issued_text.isdigit():
             return StreamAuthResult(False, "malformed stream token")
         issued = int(issued_text)
-        if not hmac.compare_digest(mac, _mac(self.secret, call_sid, bot, issued)):
+        if not secrets_equal(mac, _mac(self.secret, call_sid, bot, issued)):
             return StreamAuthResult(False, "stream token does not match this call and bot")
         age = (time.time() if now is None else now) - issued
         if age > self.max_age_secs or age < -60:

@@ -15,20 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from model_service.sampling import SamplingParams
+
 INPUT_RATE = 16000  # user audio rate a backend receives
 OUTPUT_RATE = 24000  # bot audio rate a backend produces
-
-
-@dataclass
-class SamplingParams:
-    """Decoding settings; temperature 0 means greedy."""
-
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 0
-    repetition_penalty: float = 1.05
-    seed: int | None = None
-    max_tokens: int = 2048
 
 
 @dataclass

@@ -49,8 +49,9 @@ from model_service.backends.base import (
     ToolCallEvent,
 )
 from model_service.backends.conversation import Conversation, PendingToolCall, UserAudioBuffer
+from model_service.sampling import GREEDY
 from model_service.stepaudio2 import parser as ta4
-from model_service.stepaudio2.generate import GenerationStats, Generator, KVSession, Sampling
+from model_service.stepaudio2.generate import GenerationStats, Generator, KVSession
 from model_service.stepaudio2.prompt import (
     SUMMARY_SUFFIX_EN,
     AudioPart,
@@ -415,7 +416,7 @@ class ReferenceSession(BackendSession):
             generator.stream(
                 prompt.ids,
                 audio=[slot.mel for slot in prompt.audios],
-                sampling=Sampling(temperature=0.0),
+                sampling=GREEDY,
                 max_tokens=ASR_MAX_TOKENS,
                 session=KVSession(),
                 audio_kind="mel",

@@ -19,33 +19,16 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
+
+from model_service.sampling import GREEDY, SamplingParams
 
 from .mel import N_MELS, audio_token_count
 from .modeling import StepAudio2ForCausalLM
 
 AUDIO_PATCH_ID = 151690
-
-
-class SamplingLike(Protocol):
-    temperature: float
-    top_p: float
-    top_k: int
-    repetition_penalty: float
-    seed: int | None
-
-
-@dataclass
-class Sampling:
-    """Decoding settings (same fields as ``backends.base.SamplingParams``); temperature 0 = greedy."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
 
 
 @dataclass
@@ -160,7 +143,7 @@ class Generator:
         self,
         prompt_ids: Sequence[int],
         audio: Sequence[torch.Tensor] | None = None,
-        sampling: SamplingLike | None = None,
+        sampling: SamplingParams | None = None,
         cancel: threading.Event | None = None,
         max_tokens: int = 2048,
         session: KVSession | None = None,
@@ -183,7 +166,7 @@ class Generator:
             raise ValueError("empty prompt")
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        sampling = sampling or Sampling()
+        sampling = sampling or GREEDY
         stats = stats if stats is not None else GenerationStats()
         stats.prompt_tokens = len(ids)
         self.last_stats = stats
@@ -204,7 +187,7 @@ class Generator:
         self,
         ids: list[int],
         audio: list[torch.Tensor],
-        sampling: SamplingLike,
+        sampling: SamplingParams,
         cancel: threading.Event | None,
         max_tokens: int,
         session: KVSession,
@@ -297,7 +280,7 @@ class Generator:
 
     @staticmethod
     def _pick(
-        logits: torch.Tensor, sampling: SamplingLike, seen: set[int], gen: torch.Generator
+        logits: torch.Tensor, sampling: SamplingParams, seen: set[int], gen: torch.Generator
     ) -> int:
         logits = logits.float()
         rp = float(getattr(sampling, "repetition_penalty", 1.0) or 1.0)

@@ -1,7 +1,7 @@
 """Step-Audio 2 tokenizer wrapper: special ids by name, safe text encoding, decoding.
 
 ``StepAudio2Tokenizer`` wraps a Hugging Face tokenizer (the real Step-Audio 2 mini one, or the
-tiny test one from ``model_service.testing.tiny_tokenizer``). Every special id is looked up by its
+tiny test one from ``harness.checkpoints.tiny_tokenizer``). Every special id is looked up by its
 string, never hard-coded, and ``encode`` never turns user text such as ``"<|EOT|>"`` into a
 special token.
 """

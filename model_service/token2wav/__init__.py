@@ -1,8 +1,8 @@
 """token2wav: Step-Audio 2 / CosyVoice-2 speech codes (25 Hz, 6561) -> 24 kHz speech.
 
 Public API: ``Token2Wav`` (load, prepare_voice, synthesize, new_stream/push/push_many/flush,
-stream_step), ``Token2WavBatcher`` (async, batches concurrent sessions), ``ChunkSchedule``, ``StreamState``, ``Voice``/``save_voice_npz``, and
-``StreamResampler`` / ``Resampler24k`` for the output rate.
+stream_step), ``Token2WavBatcher`` (async, batches concurrent sessions), ``ChunkSchedule``, ``StreamState``, ``Voice``/``save_voice_npz``
+(its 24 kHz output goes to a call's rate through :mod:`stepcall.audio.resample`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from .batcher import Token2WavBatcher
 from .config import N_CODES, SAMPLE_RATE, FlowConfig, HiFTConfig, Token2WavConfig
 from .engine import ChunkSchedule, StreamState, Token2Wav, Token2WavFileError
-from .resample import Resampler24k, StreamResampler
 from .voice import Voice, load_voice_npz, save_voice_npz
 from .weights import WeightsError
 
@@ -20,8 +19,6 @@ __all__ = [
     "ChunkSchedule",
     "FlowConfig",
     "HiFTConfig",
-    "Resampler24k",
-    "StreamResampler",
     "StreamState",
     "Token2Wav",
     "Token2WavBatcher",

@@ -1,7 +1,7 @@
 """The bot server runs a bot's YAML flow on a real Twilio-protocol call and keeps its record.
 
 In-process: the model service (reference backend, demo checkpoint) and ``bots.server.create_app``
-both served by uvicorn on loopback; the caller is ``bots.caller.run_call`` speaking the Twilio
+both served by uvicorn on loopback; the caller is ``harness.callers.run_call`` speaking the Twilio
 Media Streams protocol. Nothing of ours is replaced.
 """
 
@@ -12,14 +12,14 @@ import asyncio
 import httpx
 import pytest
 
-from bots.caller import CallerTurn, CallOptions, run_call
 from bots.profile import profile_from_flow
 from bots.records.service import CallRecords
 from bots.server import create_app
-from bots.settings import Settings
+from harness.callers import CallerTurn, CallOptions, run_call
 from model_service.server import create_app as create_model_app
 from model_service.server import serving
-from pipeline.flowspec import load_flow
+from pipeline.flows.format import load_flow
+from stepcall.settings import Settings
 
 FLOW = """\
 bot:
@@ -56,7 +56,7 @@ def test_profile_from_flow_carries_turn_taking_recording_and_the_flow(tmp_path) 
 
 @pytest.fixture(scope="module")
 def caller_speech():
-    from bots.caller.speech import SpeechUnavailableError, synthesize
+    from stepcall.audio.speech import SpeechUnavailableError, synthesize
 
     def make(text: str):
         try:
@@ -69,8 +69,8 @@ def caller_speech():
 
 @pytest.fixture
 async def model_url(tmp_path_factory):
+    from harness.checkpoints.demo_checkpoint import build_demo_checkpoint
     from model_service.backends.reference import load_reference_backend
-    from model_service.testing.demo_checkpoint import build_demo_checkpoint
 
     ckpt = build_demo_checkpoint(tmp_path_factory.mktemp("wiring-demo"))
     backend = load_reference_backend(ckpt, "cpu", "float32")

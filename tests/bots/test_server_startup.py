@@ -9,14 +9,15 @@ import sys
 import pytest
 
 from bots.server import create_app
-from bots.settings import Settings
-from model_service.heap import freeze_startup_heap
 from model_service.server import serving
-from pipeline import turn_models
+from stepcall.audio import inference as turn_models
+from stepcall.runtime import realtime
+from stepcall.runtime.realtime import freeze_startup_heap
+from stepcall.settings import Settings
 
 
 async def test_serving_freezes_the_start_up_heap_and_loads_the_turn_models(monkeypatch) -> None:
-    import model_service.heap as heap
+    import stepcall.runtime.realtime as heap
 
     gc.unfreeze()
     monkeypatch.setattr(heap, "_frozen", False)  # as in a fresh server process
@@ -32,7 +33,7 @@ async def test_serving_freezes_the_start_up_heap_and_loads_the_turn_models(monke
 
 
 def test_freeze_startup_heap_freezes_once_per_process(monkeypatch) -> None:
-    import model_service.heap as heap
+    import stepcall.runtime.realtime as heap
 
     gc.unfreeze()
     monkeypatch.setattr(heap, "_frozen", False)
@@ -60,7 +61,7 @@ def test_create_app_sets_the_turn_model_pool_from_settings() -> None:
 def test_create_app_sets_the_vad_runtime_from_settings() -> None:
     from pipecat.audio.vad.silero import SileroOnnxModel
 
-    from pipeline.silero_numpy import SileroNumpyModel
+    from stepcall.audio.silero import SileroNumpyModel
 
     try:
         create_app(Settings(vad_runtime="onnxruntime"))
@@ -78,7 +79,7 @@ def test_create_app_shortens_the_gil_switch_interval() -> None:
     try:
         sys.setswitchinterval(0.005)
         create_app(Settings())
-        assert sys.getswitchinterval() == pytest.approx(turn_models.GIL_SWITCH_SECS)
+        assert sys.getswitchinterval() == pytest.approx(realtime.GIL_SWITCH_SECS)
         sys.setswitchinterval(0.0005)  # already shorter: left alone
         create_app(Settings())
         assert sys.getswitchinterval() == pytest.approx(0.0005)
@@ -91,7 +92,7 @@ def test_the_first_call_imports_no_llm_adapter_package() -> None:
     checked in a fresh interpreter, where nothing imported it before."""
     code = (
         "import sys\n"
-        "import pipeline.step_audio2_service as m\n"
+        "import pipeline.step_audio2.service as m\n"
         "before = set(sys.modules)\n"
         "m.StepAudio2Service(url='ws://127.0.0.1:1/v1/session', call_id='c1')\n"
         "print(sorted(n for n in set(sys.modules) - before if n.split('.')[0] == 'openai'))\n"

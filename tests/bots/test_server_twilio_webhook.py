@@ -6,7 +6,7 @@ from twilio.request_validator import RequestValidator
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
+from stepcall.settings import Settings
 
 FORM = {"CallSid": "CA" + "1" * 32, "From": "+15550001111", "To": "+15550002222"}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bots.settings import Settings
+from stepcall.settings import Settings
 
 
 def test_defaults_and_env(monkeypatch):
@@ -57,8 +57,8 @@ def test_twilio_audio_lead_setting(monkeypatch):
 
 
 def test_vad_runtime_setting(monkeypatch):
-    from bots.settings import VAD_RUNTIMES as SETTING_CHOICES
-    from pipeline.turn_models import VAD_RUNTIMES
+    from stepcall.audio.inference import VAD_RUNTIMES
+    from stepcall.settings import VAD_RUNTIMES as SETTING_CHOICES
 
     assert SETTING_CHOICES == VAD_RUNTIMES
     assert Settings().vad_runtime == "numpy"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from bots.caller.mulaw import pcm16_to_ulaw, ulaw_to_pcm16
+from stepcall.audio.mulaw import pcm16_to_ulaw, ulaw_to_pcm16
 
 RATE = 8000
 FRAME = 160

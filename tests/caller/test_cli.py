@@ -8,8 +8,8 @@ import wave
 
 import pytest
 
-from bots.caller.cli import main
-from bots.caller.speech import available_engines
+from harness.callers.cli import main
+from stepcall.audio.speech import available_engines
 
 
 @pytest.mark.skipif(not available_engines(), reason="no TTS engine (CI: apt-get install -y flite)")

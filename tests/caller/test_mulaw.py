@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from bots.caller.mulaw import ULAW_SILENCE, float_to_pcm16, pcm16_to_ulaw, ulaw_to_pcm16
+from stepcall.audio.mulaw import ULAW_SILENCE, pcm16_to_ulaw, ulaw_to_pcm16
+from stepcall.audio.pcm import float_to_int16 as float_to_pcm16
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -9,8 +9,8 @@ from pipecat.frames.frames import InputAudioRawFrame, InputDTMFFrame
 from pipecat.runner.utils import parse_telephony_websocket
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
-from bots.caller.mulaw import pcm16_to_ulaw
-from bots.caller.twilio_messages import StreamIdentity, TwilioMessageBuilder
+from harness.callers.twilio_messages import StreamIdentity, TwilioMessageBuilder
+from stepcall.audio.mulaw import pcm16_to_ulaw
 
 
 class _TextSocket:

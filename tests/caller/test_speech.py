@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bots.caller import speech
-from bots.caller.speech import SpeechUnavailableError, available_engines, pick_engine, synthesize
+from stepcall.audio import speech
+from stepcall.audio.speech import (
+    SpeechUnavailableError,
+    available_engines,
+    pick_engine,
+    synthesize,
+)
 
 needs_engine = pytest.mark.skipif(
     not available_engines(),

@@ -9,8 +9,8 @@ import wave
 
 import numpy as np
 
-from bots.caller import CallerTurn, CallOptions, StreamIdentity, run_call
-from bots.caller.twilio_messages import new_sid
+from harness.callers import CallerTurn, CallOptions, StreamIdentity, run_call
+from harness.callers.twilio_messages import new_sid
 
 
 def tone(secs: float, freq: float, amp: float = 0.3) -> np.ndarray:

@@ -21,18 +21,18 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from bots.caller.cli import main
-from bots.caller.report import format_table
-from bots.caller.speech import available_engines
-from bots.caller.twilio_client import CallerTurn
-from bots.caller.webrtc_client import (
+from bots.webrtc.tokens import WidgetTokens
+from harness.callers.cli import main
+from harness.callers.report import format_table
+from harness.callers.twilio_client import CallerTurn
+from harness.callers.webrtc_client import (
     HANGUP_MESSAGE,
     WebRTCCallOptions,
     run_webrtc_call,
     webrtc_endpoints,
 )
-from bots.widget_tokens import WidgetTokens
-from model_service.testing.demo_checkpoint import DEMO_REPLY
+from harness.checkpoints.demo_checkpoint import DEMO_REPLY
+from stepcall.audio.speech import available_engines
 
 needs_speech = pytest.mark.skipif(
     not available_engines(), reason="no TTS engine (CI: apt-get install -y flite)"
@@ -45,8 +45,8 @@ FAST = dict(greeting_wait_secs=0.0, pause_secs=0.2, wait_secs=30.0, hangup_delay
 @pytest.fixture(scope="module")
 def demo_backend(tmp_path_factory):
     """Reference backend on the demo checkpoint: every reply speaks DEMO_REPLY."""
+    from harness.checkpoints.demo_checkpoint import build_demo_checkpoint
     from model_service.backends.reference import load_reference_backend
-    from model_service.testing.demo_checkpoint import build_demo_checkpoint
 
     ckpt = build_demo_checkpoint(tmp_path_factory.mktemp("webrtc-caller-demo"))
     return load_reference_backend(ckpt, "cpu", "float32")
@@ -65,10 +65,11 @@ def bot_server(demo_backend):
     from bots.profile import BotProfile
     from bots.registry import BotRegistry
     from bots.server import create_app as create_bot_app
-    from bots.settings import Settings
-    from bots.webrtc import WebRTCConfig, add_webrtc_routes
+    from bots.webrtc.config import WebRTCConfig
+    from bots.webrtc.routes import add_webrtc_routes
     from model_service.server import create_app as create_model_app
     from model_service.server import serving
+    from stepcall.settings import Settings
 
     @contextlib.asynccontextmanager
     async def make(config: WebRTCConfig | None = None, profile: BotProfile | None = None,
@@ -116,7 +117,7 @@ async def test_call_gets_reply_latency_transcript_and_stereo_recording(bot_serve
         )
         # the widget's hang-up message ends the call on the server and frees its slot
         assert await _until(lambda: server.app.state.calls.active == 0, 5)
-    from bots.webrtc import HANGUP_MESSAGE as SERVER_HANGUP
+    from bots.webrtc.call import HANGUP_MESSAGE as SERVER_HANGUP
 
     assert HANGUP_MESSAGE == SERVER_HANGUP
     assert result.ok, result.errors
@@ -182,7 +183,7 @@ async def test_greeting_barge_in_and_silent_turn(bot_server):
 
 @needs_speech
 async def test_cli_webrtc_json_summary_with_widget_token(bot_server, capsys):
-    from bots.webrtc import WebRTCConfig
+    from bots.webrtc.config import WebRTCConfig
 
     token = WidgetTokens(SECRET).issue("front")
     async with bot_server(config=WebRTCConfig(widget_secret=SECRET)) as server:
@@ -203,7 +204,7 @@ async def test_cli_webrtc_json_summary_with_widget_token(bot_server, capsys):
 
 @needs_speech
 async def test_refused_offers_and_bad_urls_are_reported(bot_server, capsys):
-    from bots.webrtc import WebRTCConfig
+    from bots.webrtc.config import WebRTCConfig
 
     token = WidgetTokens(SECRET).issue("front")
     turns = [CallerTurn(text="hi", audio=np.zeros(1600, np.int16))]  # no speech engine needed
@@ -262,6 +263,6 @@ def test_endpoints_and_usage_errors(capsys, monkeypatch):
     assert main(["ws://127.0.0.1:9/twilio/stream", "--say", "hi", "--bot", "front"]) == 2
     assert "--bot only apply with --webrtc" in capsys.readouterr().err
     # no speech engine installed: a clear message, before any connection
-    monkeypatch.setattr("bots.caller.speech.available_engines", lambda: [])
+    monkeypatch.setattr("stepcall.audio.speech.available_engines", lambda: [])
     assert main(["--webrtc", "http://127.0.0.1:9", "--say", "hi"]) == 2
     assert "no speech synthesis engine" in capsys.readouterr().err

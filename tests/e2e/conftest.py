@@ -89,7 +89,7 @@ class Stack:
 @pytest.fixture(scope="session")
 def shaped_checkpoint(tmp_path_factory) -> Path:
     """The tiny Step-Audio 2 checkpoint, shaped to speak a scripted TA4 reply."""
-    from model_service.testing.demo_checkpoint import build_demo_checkpoint
+    from harness.checkpoints.demo_checkpoint import build_demo_checkpoint
 
     return build_demo_checkpoint(tmp_path_factory.mktemp("tiny-step-audio2"))
 

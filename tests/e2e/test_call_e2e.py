@@ -16,9 +16,9 @@ import wave
 import numpy as np
 import pytest
 
-from bots.caller import CallerTurn, CallOptions, run_call
-from bots.caller.mulaw import ulaw_to_pcm16
-from bots.caller.speech import SpeechUnavailableError, synthesize
+from harness.callers import CallerTurn, CallOptions, run_call
+from stepcall.audio.mulaw import ulaw_to_pcm16
+from stepcall.audio.speech import SpeechUnavailableError, synthesize
 
 pytestmark = pytest.mark.slow
 

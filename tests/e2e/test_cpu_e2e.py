@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from bots.caller import CallerTurn, CallOptions, run_call
-from bots.caller.mulaw import ulaw_to_pcm16
-from bots.caller.speech import SpeechUnavailableError, synthesize
-from model_service import cpu_models
+from harness.callers import CallerTurn, CallOptions, run_call
+from model_service.backends.cpu import model_files as cpu_models
+from stepcall.audio.mulaw import ulaw_to_pcm16
+from stepcall.audio.speech import SpeechUnavailableError, synthesize
 
 from .conftest import Proc, _start, _stop, _wait_http, free_port
 

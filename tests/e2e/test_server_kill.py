@@ -15,9 +15,9 @@ import signal
 import numpy as np
 import pytest
 
-from bots.caller import CallerTurn, CallOptions, run_call
-from bots.caller.speech import SpeechUnavailableError, synthesize
 from bots.records.store import CallStore
+from harness.callers import CallerTurn, CallOptions, run_call
+from stepcall.audio.speech import SpeechUnavailableError, synthesize
 
 from .conftest import _start, _stop, _wait_http, free_port
 

@@ -4,7 +4,7 @@ failing expectation fails the run, and bad eval files are reported with file:lin
 Everything is real: the CLI in a subprocess, the model service (reference backend on tiny
 checkpoints, or the canned stand-in speaking flite speech), the bot server, the caller
 simulator over Twilio Media Streams, Whisper tiny.en on the bot's audio. Only Twilio's REST API
-is a loopback stand-in (``bots/evals/twilio_standin.py``).
+is a loopback stand-in (``harness/evals/twilio_standin.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bots.evals.spec import EvalSpecError, load_evals, parse_eval
+from harness.evals.spec import EvalSpecError, load_evals, parse_eval
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@
 relay that stalls.
 
 The faults are real: a stopped database server, a delayed relay. Only the model is a stand-in
-(``pipeline/canned_model_service.py``).
+(``harness/canned_model_service.py``).
 """
 
 from __future__ import annotations

@@ -11,20 +11,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bots.caller import CallerTurn, CallOptions, run_call
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
+from harness.callers import CallerTurn, CallOptions, run_call
+from harness.canned_model_service import CannedModelService
 from model_service.server import serving
-from pipeline.canned_model_service import CannedModelService
+from stepcall.settings import Settings
 
 STALL_SECS = 2.0
 
 
 @pytest.fixture(scope="module")
 def question() -> np.ndarray:
-    from bots.caller.speech import SpeechUnavailableError, synthesize
+    from stepcall.audio.speech import SpeechUnavailableError, synthesize
 
     try:
         return synthesize("Hello, what time do you open tomorrow?", 8000)

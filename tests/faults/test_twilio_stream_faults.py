@@ -18,15 +18,15 @@ import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
-from bots.caller.twilio_messages import StreamIdentity, TwilioMessageBuilder
 from bots.profile import BotProfile
 from bots.records.service import CallRecords
 from bots.records.store import CallStore
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
+from harness.callers.twilio_messages import StreamIdentity, TwilioMessageBuilder
+from harness.canned_model_service import CannedModelService
 from model_service.server import serving
-from pipeline.canned_model_service import CannedModelService
+from stepcall.settings import Settings
 
 
 def tone_pcm(secs: float = 1.0, rate: int = 8000, hz: float = 440.0) -> bytes:

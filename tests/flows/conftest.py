@@ -43,11 +43,11 @@ from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
-from bots.call_control import CallControl, TransferResult
 from model_service.server import create_app, serving
-from pipeline.flow_runtime import FlowRuntime, attach_flow
-from pipeline.flowspec import load_flow
-from pipeline.step_audio2_service import StepAudio2Service
+from pipeline.flows.call_control import CallControl, TransferResult
+from pipeline.flows.format import load_flow
+from pipeline.flows.runtime import FlowRuntime, attach_flow
+from pipeline.step_audio2.service import StepAudio2Service
 
 TOKEN = "flow-runtime-token"
 RATE = 8000

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from bots.registry import BotRegistry
-from bots.settings import Settings
+from harness.checkpoints.tiny_checkpoint import build_tiny_checkpoint, default_script
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
 from model_service.backends.reference import load_reference_backend
 from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_checkpoint import build_tiny_checkpoint, default_script
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
-from pipeline.flowspec import FlowSpec, load_flow, load_flows, validate_command
+from pipeline.flows.format import FlowSpec, load_flow, load_flows, validate_command
+from stepcall.settings import Settings
 
 from .conftest import (
     EXAMPLE_FLOWS,

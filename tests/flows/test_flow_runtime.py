@@ -28,15 +28,15 @@ from pipecat.frames.frames import (
     TTSAudioRawFrame,
 )
 
-from model_service.backends.reference import load_reference_backend
-from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_checkpoint import (
+from harness.checkpoints.tiny_checkpoint import (
     after_tool_script,
     build_tiny_checkpoint,
     tool_call_script,
 )
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
-from pipeline.flow_runtime import SILENCE_TRANSFER
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
+from model_service.backends.reference import load_reference_backend
+from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
+from pipeline.flows.runtime import SILENCE_TRANSFER
 
 from .conftest import RATE, Call, model_session, system_messages, tool_names
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.flowspec import FlowIssue, FlowValidationError, load_flow, load_flows
+from pipeline.flows.format import FlowIssue, FlowValidationError, load_flow, load_flows
 
 MINIMAL = """\
 bot:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.flowspec import FlowValidationError, load_flow, validate_command
+from pipeline.flows.format import FlowValidationError, load_flow, validate_command
 
 MALFORMED = Path(__file__).resolve().parent / "malformed"
 FILES = sorted(MALFORMED.glob("*.yaml"))

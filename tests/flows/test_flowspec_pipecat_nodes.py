@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pipecat.flows import ContextStrategy
 
-from pipeline.flowspec import load_flow
-from pipeline.flowspec.pipecat_nodes import (
+from pipeline.flows.format import load_flow
+from pipeline.flows.format.pipecat_nodes import (
     STYLE_ACTION,
     TRANSFER_ACTION,
     import_handler,

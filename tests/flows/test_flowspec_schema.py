@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.flowspec import load_flow, load_flows, model, schema, validate_command, vocab
-from pipeline.flowspec.schema import MISSING, Obj
+from pipeline.flows.format import load_flow, load_flows, model, schema, validate_command, vocab
+from pipeline.flows.format.schema import MISSING, Obj
 
 REPO = Path(__file__).resolve().parents[2]
 FLOWS = REPO / "flows"
@@ -131,7 +131,7 @@ def _keywords(s: Any) -> set[str]:
 def test_committed_json_schema_is_generated_from_the_declared_format() -> None:
     stored = schema.JSON_SCHEMA_PATH.read_text(encoding="utf-8")
     assert stored == schema.json_schema_text(), (
-        "flow.schema.json is stale: run `python -m pipeline.flowspec schema`"
+        "flow.schema.json is stale: run `python -m pipeline.flows.format schema`"
     )
     assert _keywords(json.loads(stored)) <= KNOWN_KEYWORDS
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.flowspec import FlowValidationError, load_flow
+from pipeline.flows.format import FlowValidationError, load_flow
 
 
 def write(tmp_path: Path, tools: str) -> Path:

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import pytest
 
-from model_service.backends.reference import load_reference_backend
-from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_checkpoint import (
+from harness.checkpoints.tiny_checkpoint import (
     after_tool_script,
     build_tiny_checkpoint,
     tool_call_script,
 )
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
-from pipeline.step_audio2_service import StepAudio2Service
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
+from model_service.backends.reference import load_reference_backend
+from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
+from pipeline.step_audio2.service import StepAudio2Service
 
 from .conftest import CALL_ID, Call, example_flow, model_session, tool_names
 

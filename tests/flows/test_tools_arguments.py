@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.tools.arguments import ToolArgumentError, argument_problems, validate_arguments
+from pipeline.flows.tools.arguments import (
+    ToolArgumentError,
+    argument_problems,
+    validate_arguments,
+)
 
 PIZZA = {
     "type": "object",

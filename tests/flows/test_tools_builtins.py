@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from bots.call_control import CallControl, TransferResult
-from pipeline.flowspec import load_flow
-from pipeline.flowspec.voices import voice_descriptions
-from pipeline.tools import DTMFCollector, ToolBox, ToolContext
-from pipeline.tools.builtins import pick_voice
-from pipeline.tools.embeddings import embedding_model_available
-from pipeline.tools.knowledge import KnowledgeBase, split_passages
-from pipeline.tools.registry import SAVE_VARIABLES
+from pipeline.flows.call_control import CallControl, TransferResult
+from pipeline.flows.format import load_flow
+from pipeline.flows.format.voices import voice_descriptions
+from pipeline.flows.tools import DTMFCollector, ToolBox, ToolContext
+from pipeline.flows.tools.builtins import pick_voice
+from pipeline.flows.tools.embeddings import embedding_model_available
+from pipeline.flows.tools.knowledge import KnowledgeBase, split_passages
+from pipeline.flows.tools.registry import SAVE_VARIABLES
 
 FLOWS = Path(__file__).resolve().parents[2] / "flows"
 DOCS = Path(__file__).resolve().parent / "knowledge_docs"
@@ -299,8 +299,8 @@ async def test_switch_voice_picks_by_description_and_updates_settings(tmp_path) 
 
 def test_pick_voice_without_embeddings_matches_word_stems(monkeypatch, tmp_path) -> None:
     """Without the embedding model, voice search falls back to content-word/stem overlap."""
-    from pipeline.tools import builtins
-    from pipeline.tools.embeddings import EmbeddingModelMissing
+    from pipeline.flows.tools import builtins
+    from pipeline.flows.tools.embeddings import EmbeddingModelMissing
 
     def missing():
         raise EmbeddingModelMissing("not installed")

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from pipeline.flowspec.model import ToolSpec
-from pipeline.tools.webhook import WebhookTool, expand_env, webhook_deadline
+from pipeline.flows.format.model import ToolSpec
+from pipeline.flows.tools.webhook import WebhookTool, expand_env, webhook_deadline
 
 
 class Endpoint:

@@ -1,4 +1,4 @@
-"""Fuzzing the model-service protocol parsers (``model_service/protocol.py``) with hypothesis.
+"""Fuzzing the model-service protocol parsers (``stepcall/protocol.py``) with hypothesis.
 
 Property: whatever text a peer sends, ``parse_client_message`` (server side) and
 ``parse_server_event`` (client side) either return a message or raise ``ProtocolError`` with a
@@ -14,7 +14,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model_service import protocol as p
+from stepcall import protocol as p
 
 FUZZ = settings(
     max_examples=300,

@@ -23,12 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
-from bots.call import CallInfo, twilio_serializer
-from bots.caller.twilio_messages import StreamIdentity, TwilioMessageBuilder
+from bots.call import CallInfo
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
+from bots.twilio.call import twilio_serializer
 from bots.twilio.media_stream import (
     MediaStreamError,
     StreamLimits,
@@ -36,8 +35,10 @@ from bots.twilio.media_stream import (
     check_media_message,
     read_start,
 )
+from harness.callers.twilio_messages import StreamIdentity, TwilioMessageBuilder
+from harness.canned_model_service import CannedModelService
 from model_service.server import serving
-from pipeline.canned_model_service import CannedModelService
+from stepcall.settings import Settings
 
 _scalar = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=12),

@@ -1,7 +1,7 @@
 """``stepcall load``: concurrent simulated calls against a real bot server, measured.
 
 The bot server (``bots.server.create_app``) and the instant model-service stand-in
-(``pipeline.canned_model_service``, speaking flite speech) run in this process on loopback; the
+(``harness.canned_model_service``, speaking flite speech) run in this process on loopback; the
 load generator places real Twilio Media Streams calls. The underrun detector is also checked on
 hand-made arrival timelines, where the right answer is known.
 """
@@ -13,14 +13,14 @@ import os
 import numpy as np
 import pytest
 
-from bots.caller import CallResult
-from bots.caller.stream_gaps import find_underruns
-from bots.loadtest import LoadOptions, check_loopback, format_report, run_load, write_plot
+from harness.callers import CallResult
+from harness.callers.stream_gaps import find_underruns
+from harness.loadtest import LoadOptions, check_loopback, format_report, run_load, write_plot
 
 
 @pytest.fixture(scope="module")
 def reply_pcm() -> bytes:
-    from bots.caller.speech import SpeechUnavailableError, synthesize
+    from stepcall.audio.speech import SpeechUnavailableError, synthesize
 
     try:
         return synthesize("We are open from nine to six.", 8000).tobytes()
@@ -32,9 +32,9 @@ async def test_five_concurrent_calls_are_measured(reply_pcm, tmp_path) -> None:
     from bots.profile import BotProfile
     from bots.registry import BotRegistry
     from bots.server import create_app
-    from bots.settings import Settings
+    from harness.canned_model_service import CannedModelService
     from model_service.server import serving
-    from pipeline.canned_model_service import CannedModelService
+    from stepcall.settings import Settings
 
     canned = CannedModelService(reply_pcm, "We are open from nine to six.")
     async with canned.serving() as model_url:
@@ -111,7 +111,7 @@ def test_underruns_are_gaps_beyond_the_playout_buffer() -> None:
 
 
 def test_the_report_lists_each_underrun_with_where_it_fell() -> None:
-    from bots.loadtest import LoadReport, tally_streams
+    from harness.loadtest import LoadReport, tally_streams
 
     steady = [(1000.0 + 40 * k, 320) for k in range(50)]
     stalled = [(t + (200.0 if k > 10 else 0.0), n) for k, (t, n) in enumerate(steady)]

@@ -10,23 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from model_service.stepaudio2.generate import (
-    GenerationStats,
-    Generator,
-    KVSession,
-    Sampling,
-    no_cache_greedy,
-)
-from model_service.stepaudio2.loader import LoadedModel, load_model
-from model_service.stepaudio2.mel import audio_token_count, log_mel_spectrogram
-from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_checkpoint import (
+from harness.checkpoints.tiny_checkpoint import (
     after_tool_script,
     build_tiny_checkpoint,
     default_script,
     tool_call_script,
 )
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
+from model_service.sampling import greedy as Sampling
+from model_service.stepaudio2.generate import (
+    GenerationStats,
+    Generator,
+    KVSession,
+    no_cache_greedy,
+)
+from model_service.stepaudio2.loader import LoadedModel, load_model
+from model_service.stepaudio2.mel import audio_token_count, log_mel_spectrogram
+from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
 
 
 @pytest.fixture(scope="module")

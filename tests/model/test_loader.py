@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from harness.checkpoints.tiny_checkpoint import build_tiny_checkpoint
 from model_service.stepaudio2 import loader as loader_mod
 from model_service.stepaudio2.loader import CheckpointError, load_model
 from model_service.stepaudio2.modeling import StepAudio2ForCausalLM
-from model_service.testing.tiny_checkpoint import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

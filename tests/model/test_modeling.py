@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from harness.checkpoints.tiny_checkpoint import TINY_CONFIG
 from model_service.stepaudio2.config import ConfigError, StepAudio2Config
 from model_service.stepaudio2.mel import AudioInputError, audio_token_count, log_mel_spectrogram
 from model_service.stepaudio2.modeling import StepAudio2ForCausalLM
-from model_service.testing.tiny_checkpoint import TINY_CONFIG
 
 PATCH = 151690
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
 from model_service.stepaudio2.parser import (
     AudioCodes,
     EndOfTurn,
@@ -16,7 +17,6 @@ from model_service.stepaudio2.parser import (
     parse_tool_call_body,
 )
 from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
 from model_service.stepaudio2 import mel
 from model_service.stepaudio2.prompt import (
     STEPFUN_SUMMARY_SUFFIX,
@@ -25,7 +26,6 @@ from model_service.stepaudio2.prompt import (
     truncate_assistant_ids,
 )
 from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
 
 SR = 16000
 TOOLS = [{"type": "function", "function": {

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
 from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer, TokenizerError
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
 
 TEXTS = [
     "Hello, world! How are you today?",

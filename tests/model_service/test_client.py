@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from model_service import protocol as p
-from model_service.backends.reference import ReferenceBackend, load_reference_backend
-from model_service.server import create_app, serving
-from model_service.sessions import float_to_pcm16
-from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_checkpoint import (
+from harness.checkpoints.tiny_checkpoint import (
     after_tool_script,
     build_tiny_checkpoint,
     tool_call_script,
 )
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
-from pipeline import model_client as mc
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
+from model_service.backends.reference import ReferenceBackend, load_reference_backend
+from model_service.server import create_app, serving
+from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
+from pipeline.step_audio2 import client as mc
+from stepcall import protocol as p
+from stepcall.audio.pcm import float_to_pcm16
 
 TOKEN = "client-test-token"
 TOOLS = [

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_service import cpu_models
 from model_service.backends.base import (
     AudioChunk,
     ResponseDone,
@@ -28,6 +27,7 @@ from model_service.backends.base import (
     TextDelta,
     ToolCallEvent,
 )
+from model_service.backends.cpu import model_files as cpu_models
 from model_service.backends.cpu.chat import ChatHistory, ChatTurn, SpokenSentence, render_chatml
 from model_service.backends.cpu.llm import CompletionStats
 from model_service.backends.cpu.text import (

@@ -1,4 +1,4 @@
-"""Protocol v1 parsing, validation and encoding (model_service/protocol.py)."""
+"""Protocol v1 parsing, validation and encoding (stepcall/protocol.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from model_service import protocol as p
+from stepcall import protocol as p
 
 START = {
     "type": "session.start",

@@ -15,6 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.checkpoints.tiny_checkpoint import (
+    after_tool_script,
+    build_tiny_checkpoint,
+    default_script,
+    tool_call_script,
+)
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
 from model_service.backends.base import (
     AudioChunk,
     ResponseDone,
@@ -34,13 +41,6 @@ from model_service.stepaudio2 import mel as mel_mod
 from model_service.stepaudio2 import parser as ta4
 from model_service.stepaudio2.prompt import AssistantMessage, HumanMessage, InputMessage
 from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_checkpoint import (
-    after_tool_script,
-    build_tiny_checkpoint,
-    default_script,
-    tool_call_script,
-)
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
 
 TOOLS = [
     {

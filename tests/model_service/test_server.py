@@ -18,10 +18,12 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from model_service import protocol as p
 from model_service.backends import base
-from model_service.server import choose_backend, create_app, serving, token_matches
-from model_service.sessions import StreamResampler, float_to_pcm16, pcm16_to_float
+from model_service.server import choose_backend, create_app, serving
+from stepcall import protocol as p
+from stepcall.audio.pcm import float_to_pcm16, pcm16_to_float
+from stepcall.audio.resample import StreamResampler
+from stepcall.runtime.tokens import token_matches
 
 TOKEN = "s3cret-token"
 
@@ -648,7 +650,7 @@ async def test_interleaved_sessions_keep_their_own_responses(service, backend) -
 
 @pytest.fixture
 async def turn_service(backend: ScriptedBackend):
-    from model_service.turn_model import TurnModel
+    from model_service.turn_checks import TurnModel
 
     model = TurnModel(1)
     app = create_app(backend, token=TOKEN, max_sessions=2, turn_model=model)
@@ -658,7 +660,7 @@ async def turn_service(backend: ScriptedBackend):
 
 
 def _turn_audio(text: str, rate: int, keep: float = 1.0) -> np.ndarray:
-    from bots.caller.speech import synthesize
+    from stepcall.audio.speech import synthesize
 
     words = synthesize(text, rate)
     words = words[: int(words.size * keep)]
@@ -673,7 +675,7 @@ async def test_turn_check_gives_the_bots_own_probability(turn_service) -> None:
     """The service's verdict is Smart Turn's on that audio, the number the bot's analyzer
     computes (``smart_turn_probability``), at 8 and 16 kHz; the session's audio goes on
     flowing while an inference runs, and the verdicts are counted on /metrics."""
-    from pipeline.turn_models import smart_turn_probability
+    from stepcall.audio.inference import smart_turn_probability
 
     app, url = turn_service
     for rate in (8000, 16000):

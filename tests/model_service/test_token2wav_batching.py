@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.checkpoints.tiny_checkpoint import build_tiny_checkpoint, default_script
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
 from model_service.backends.base import AudioChunk, ResponseDone, SamplingParams, SessionConfig
 from model_service.backends.reference import ReferenceBackend, load_reference_backend
 from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_checkpoint import build_tiny_checkpoint, default_script
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
 
 GREEDY = SamplingParams(temperature=0.0, repetition_penalty=1.0, max_tokens=400)
 

@@ -23,6 +23,13 @@ import numpy as np
 import pytest
 import torch
 
+from harness.checkpoints.tiny_checkpoint import (
+    TINY_CONFIG,
+    after_tool_script,
+    build_tiny_checkpoint,
+    default_script,
+    tool_call_script,
+)
 from model_service.backends.base import (
     AudioChunk,
     ResponseDone,
@@ -38,20 +45,14 @@ from model_service.backends.vllm import (
     sampling_kwargs,
     token_delta,
 )
+from model_service.sampling import greedy as Sampling
 from model_service.stepaudio2 import mel as mel_mod
 from model_service.stepaudio2.config import StepAudio2Config
-from model_service.stepaudio2.generate import Generator, KVSession, Sampling
+from model_service.stepaudio2.generate import Generator, KVSession
 from model_service.stepaudio2.loader import checkpoint_tensor_files
 from model_service.stepaudio2.mel import AudioInputError
 from model_service.stepaudio2.prompt import AudioPart, HumanMessage, PromptBuilder, SystemMessage
 from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_checkpoint import (
-    TINY_CONFIG,
-    after_tool_script,
-    build_tiny_checkpoint,
-    default_script,
-    tool_call_script,
-)
 from model_service.vllm_plugin.audio_inputs import (
     MELS_FIELD,
     audio_mm_data,
@@ -190,7 +191,7 @@ def _output(rid: str, ids: list[int], finish: str | None) -> SimpleNamespace:
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def speech_ckpt(tmp_path_factory) -> Path:
-    from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
+    from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
 
     d = tmp_path_factory.mktemp("tok")
     build_tiny_tokenizer(d)
@@ -433,7 +434,7 @@ async def test_vllm_transcripts_equal_the_reference_asr_pass(reference, tok):
 
 
 async def test_tool_call_round_trip(tmp_path):
-    from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
+    from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
 
     build_tiny_tokenizer(tmp_path / "tok")
     tok = StepAudio2Tokenizer.from_pretrained(tmp_path / "tok")

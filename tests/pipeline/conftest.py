@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_service.backends.reference import ReferenceBackend, load_reference_backend
-from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.demo_checkpoint import DEMO_REPLY, build_demo_checkpoint
-from model_service.testing.tiny_checkpoint import (
+from harness.checkpoints.demo_checkpoint import DEMO_REPLY, build_demo_checkpoint
+from harness.checkpoints.tiny_checkpoint import (
     after_tool_script,
     build_tiny_checkpoint,
     default_script,
     tool_call_script,
 )
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
+from model_service.backends.reference import ReferenceBackend, load_reference_backend
+from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
 
 TOOL_FILLER = "One moment, let me check."
 TOOL_ANSWER = "Sunny with 18 degrees today."
@@ -56,7 +56,7 @@ def tool_backend(tmp_path_factory) -> ReferenceBackend:
 @pytest.fixture(scope="session")
 def speech():
     """``speech(text) -> int16 PCM at 8 kHz`` (flite), cached per text."""
-    from bots.caller.speech import SpeechUnavailableError, synthesize
+    from stepcall.audio.speech import SpeechUnavailableError, synthesize
 
     cache: dict[str, np.ndarray] = {}
 

@@ -40,12 +40,12 @@ from pipecat.workers.runner import WorkerRunner
 
 from bots.call import CallInfo, CallPipelineParts, batch_caller_audio, build_call
 from bots.profile import BotProfile
-from bots.settings import Settings
+from harness.canned_model_service import CannedModelService
+from harness.loopback_phone import LoopbackPhone, Say
 from model_service.server import create_app, serving
 from model_service.stepaudio2.prompt import AssistantMessage, HumanMessage, InputMessage
-from pipeline.apology import apology_pcm
-from pipeline.canned_model_service import CannedModelService
-from pipeline.loopback_phone import LoopbackPhone, Say
+from pipeline.step_audio2.apology import apology_pcm
+from stepcall.settings import Settings
 
 RATE = 8000
 FRAME = 160  # 20 ms at 8 kHz
@@ -397,7 +397,7 @@ async def test_the_model_service_judges_the_callers_turns(demo_backend, speech, 
     """A model service with a turn model (``turn.check``) judges the caller's turns: the bot's
     Smart Turn pool runs no inference, the turn still ends on the early look during the pause
     and the bot answers. ``STEPCALL_TURN_MODEL_AT=bot`` keeps the inferences in the bot."""
-    from model_service.turn_model import TurnModel
+    from model_service.turn_checks import TurnModel
 
     model = TurnModel(1)
     app = create_app(demo_backend, token=None, max_sessions=2, turn_model=model)
@@ -435,8 +435,8 @@ async def test_a_stuck_turn_model_on_the_service_costs_half_a_second_not_the_tur
 ):
     """The service offers a turn model but never answers: after
     ``TURN_CHECK_TIMEOUT_SECS`` the bot judges the pause itself and answers."""
-    from model_service.turn_model import TurnModel
-    from pipeline.step_audio2_service import TURN_CHECK_TIMEOUT_SECS
+    from model_service.turn_checks import TurnModel
+    from pipeline.step_audio2.service import TURN_CHECK_TIMEOUT_SECS
 
     model = TurnModel(1)
     canned = CannedModelService(bot_voice.tobytes(), turn_model=model, ignore_turn_checks=True)

@@ -15,15 +15,15 @@ from pipecat.audio.utils import exp_smoothing
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 from pipecat.audio.volume import AudioVolumeTracker
 
-from pipeline.caller_audio_batcher import (
+from pipeline.call_audio.batcher import (
     HOLD_SECS,
     MIN_READ_PAUSE_SECS,
     BatchingInput,
     CallerAudioBatcher,
     quiet_hold,
 )
-from pipeline.endpoint_vad import EndpointVADAnalyzer
-from pipeline.speech_energy import SpeechEnergyTracker
+from pipeline.turn_taking.endpoint_vad import EndpointVADAnalyzer
+from pipeline.turn_taking.speech_energy import SpeechEnergyTracker
 
 RATE = 8000
 FRAME = 160  # 20 ms
@@ -263,7 +263,7 @@ async def test_turn_idle_is_false_while_a_turn_is_open_or_smart_turn_counts_sile
 
     from bots.call import turn_idle, turn_strategies
     from bots.profile import BotProfile
-    from pipeline.caller_audio_gate import CallerAudioGate
+    from pipeline.call_audio.gate import CallerAudioGate
 
     vad = _vad()
     strategies = turn_strategies(BotProfile(name="t", smart_turn=True), vad)

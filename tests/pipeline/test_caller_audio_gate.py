@@ -13,7 +13,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 
-from pipeline.caller_audio_gate import CallerAudioGate
+from pipeline.call_audio.gate import CallerAudioGate
 
 RATE = 8000
 DOWN, UP = FrameDirection.DOWNSTREAM, FrameDirection.UPSTREAM

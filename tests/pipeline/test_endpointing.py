@@ -14,10 +14,10 @@ import pytest
 from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 
-from pipeline.endpoint_vad import EndpointVADAnalyzer
-from pipeline.speculative_smart_turn import SpeculativeSmartTurnAnalyzer
-from pipeline.speech_energy import SpeechEnergyTracker
-from pipeline.turn_models import SharedSileroVADAnalyzer
+from pipeline.turn_taking.endpoint_vad import EndpointVADAnalyzer
+from pipeline.turn_taking.shared_analyzers import SharedSileroVADAnalyzer
+from pipeline.turn_taking.speculative_smart_turn import SpeculativeSmartTurnAnalyzer
+from pipeline.turn_taking.speech_energy import SpeechEnergyTracker
 
 RATE = 8000
 CHUNK = 160  # 20 ms, a Twilio media message
@@ -383,8 +383,8 @@ def test_segment_is_the_audio_pipecat_gives_its_model(speech, monkeypatch):
 
 async def _turn_service_client(turn_model):
     """A model-service stand-in running ``turn_model`` and a connected client reading events."""
-    from pipeline.canned_model_service import CannedModelService
-    from pipeline.model_client import ModelServiceClient, SessionStart
+    from harness.canned_model_service import CannedModelService
+    from pipeline.step_audio2.client import ModelServiceClient, SessionStart
 
     service = CannedModelService(b"\0\0" * 80, turn_model=turn_model)
     serving = service.serving()
@@ -409,7 +409,7 @@ async def _turn_service_client(turn_model):
 async def test_the_model_services_turn_model_judges_the_turn(speech):
     """With a judge (the model service's ``turn.check``), the early inference is the service's:
     the bot runs none, and the verdict and probability are the ones it would have computed."""
-    from model_service.turn_model import TurnModel
+    from model_service.turn_checks import TurnModel
 
     utterance = speech("What is the weather like in Paris today?")
     pcm = np.concatenate([np.zeros(4000, np.int16), utterance, np.zeros(8000, np.int16)])

@@ -11,8 +11,8 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from pipeline.fan_out_observer import FanOutObserver
-from pipeline.lean_worker_observer import LeanWorkerObserver, use_lean_observer
+from pipeline.observers.fan_out import FanOutObserver
+from pipeline.observers.worker_proxy import LeanWorkerObserver, use_lean_observer
 
 
 class Relay(FrameProcessor):

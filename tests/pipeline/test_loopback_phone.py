@@ -19,8 +19,8 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from pipeline.caller_audio_frame import CallerAudioFrame
-from pipeline.loopback_phone import LoopbackPhone, Say
+from harness.loopback_phone import LoopbackPhone, Say
+from pipeline.call_audio.caller_frame import CallerAudioFrame
 
 RATE = 8000
 

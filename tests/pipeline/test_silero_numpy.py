@@ -15,10 +15,15 @@ from onnx import TensorProto, helper
 from pipecat.audio.vad.silero import SileroOnnxModel
 from pipecat.audio.vad.vad_analyzer import VADParams
 
-import pipeline.turn_models as turn_models
-from pipeline.endpoint_vad import EndpointVADAnalyzer
-from pipeline.silero_numpy import SileroLayoutError, SileroNumpyModel, load_weights
-from pipeline.turn_models import SILERO_MODEL, _model_path, configure_vad_runtime, silero_model
+import stepcall.audio.inference as turn_models
+from pipeline.turn_taking.endpoint_vad import EndpointVADAnalyzer
+from stepcall.audio.inference import (
+    SILERO_MODEL,
+    _model_path,
+    configure_vad_runtime,
+    silero_model,
+)
+from stepcall.audio.silero import SileroLayoutError, SileroNumpyModel, load_weights
 
 PATH = _model_path(*SILERO_MODEL)
 

@@ -8,8 +8,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pipecat.audio.turn.smart_turn._whisper_features import compute_whisper_log_mel_features
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 
-from bots.caller.speech import synthesize
-from pipeline.smart_turn_features import (
+from pipeline.turn_taking.shared_analyzers import SharedSmartTurnAnalyzerV3
+from stepcall.audio.smart_turn_features import (
     HOP,
     N_FFT,
     N_SAMPLES,
@@ -17,7 +17,7 @@ from pipeline.smart_turn_features import (
     log_mel_features,
     padded_frames,
 )
-from pipeline.turn_models import SharedSmartTurnAnalyzerV3
+from stepcall.audio.speech import synthesize
 
 #: Turn lengths in samples at 16 kHz: around the frame edges of the padding and the 8 s window.
 EDGES = [1, 199, 200, 201, 359, 360, 361, 520, 16_000, 40_000, 127_799, 127_800, 127_999,

@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 
-from pipeline.caller_audio_batcher import (
-    HOLD_SECS,
-    BatchingInput,
-    CallerAudioBatcher,
-    speech_hold,
-)
-from pipeline.endpoint_vad import (
+from pipeline.call_audio.batcher import HOLD_SECS, BatchingInput, CallerAudioBatcher, speech_hold
+from pipeline.turn_taking.endpoint_vad import (
     SPEECH_HOLD_MARGIN_SECS,
     STEADY_LOUD_SECS,
     EndpointVADAnalyzer,

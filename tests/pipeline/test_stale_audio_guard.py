@@ -23,8 +23,8 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.workers.runner import WorkerRunner
 
-from pipeline.loopback_phone import PhoneSpeaker
-from pipeline.stale_audio_guard import StaleAudioGuard
+from harness.loopback_phone import PhoneSpeaker
+from pipeline.call_audio.stale_audio_guard import StaleAudioGuard
 
 RATE = 8000
 CHUNK = 4 * 80 * 2  # Pipecat's output chunk: 4 x 10 ms of 16-bit audio at 8 kHz

@@ -11,11 +11,11 @@ import pytest
 from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
 from pipecat.audio.vad.vad_analyzer import VADState
 
-from pipeline import turn_models
-from pipeline.endpoint_vad import EndpointVADAnalyzer
-from pipeline.speculative_smart_turn import SpeculativeSmartTurnAnalyzer
-from pipeline.turn_models import (
-    SharedSmartTurnAnalyzerV3,
+from pipeline.turn_taking.endpoint_vad import EndpointVADAnalyzer
+from pipeline.turn_taking.shared_analyzers import SharedSmartTurnAnalyzerV3
+from pipeline.turn_taking.speculative_smart_turn import SpeculativeSmartTurnAnalyzer
+from stepcall.audio import inference as turn_models
+from stepcall.audio.inference import (
     TurnInferencePool,
     configure_inference,
     default_inference_threads,

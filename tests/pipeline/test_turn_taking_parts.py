@@ -20,10 +20,10 @@ from pipecat.observers.base_observer import FramePushed
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.turns.types import ProcessFrameResult
 
-from pipeline.apology import FailurePolicy, apology_pcm, warm_apology
-from pipeline.echo_guard import EchoDetector, EchoReference
-from pipeline.min_duration_start_strategy import MinDurationUserTurnStartStrategy
-from pipeline.turn_metrics_observer import TurnMetricsObserver
+from pipeline.call_audio.echo_guard import EchoDetector, EchoReference
+from pipeline.observers.turn_metrics import TurnMetricsObserver
+from pipeline.step_audio2.apology import FailurePolicy, apology_pcm, warm_apology
+from pipeline.turn_taking.min_duration_start import MinDurationUserTurnStartStrategy
 
 RATE = 8000
 
@@ -88,7 +88,7 @@ def voices():
     With flite they must: flite concatenates recorded units, so two sentences in ONE flite voice
     share sample-identical stretches ("you", "the"), which any echo detector rightly matches.
     """
-    from bots.caller.speech import available_engines, synthesize
+    from stepcall.audio.speech import available_engines, synthesize
 
     engine, bot_voice, caller_voice = (
         ("flite", "slt", "rms") if "flite" in available_engines() else (None, None, None)
@@ -237,7 +237,7 @@ def test_echo_guard_correlates_every_other_frame_and_silences_the_echo(voices):
     """The guard recomputes the correlation every 40 ms and reuses it for the frame between."""
     import time as _time
 
-    from pipeline.echo_guard import EchoGuard
+    from pipeline.call_audio.echo_guard import EchoGuard
 
     bot, _ = voices
     frames, delay = 30, int(0.12 * RATE)
@@ -263,8 +263,8 @@ def test_echo_guard_lines_a_late_read_frame_up_by_when_it_came(voices):
     would be compared 600 ms back, past ``max_delay_secs``, and pass (the control)."""
     import time as _time
 
-    from pipeline.caller_audio_frame import CallerAudioFrame
-    from pipeline.echo_guard import EchoGuard
+    from pipeline.call_audio.caller_frame import CallerAudioFrame
+    from pipeline.call_audio.echo_guard import EchoGuard
 
     bot, _ = voices
     came = _time.monotonic() - 0.2  # the frame came 200 ms ago; the bot played until then
@@ -287,7 +287,7 @@ def test_echo_guard_leaves_a_quiet_caller_to_the_bytes_alone(voices):
     and the frames pass as they came; at min_rms the detector looks again."""
     import time as _time
 
-    from pipeline.echo_guard import EchoGuard
+    from pipeline.call_audio.echo_guard import EchoGuard
 
     bot, _ = voices
     guard = EchoGuard(EchoDetector(played_reference(bot, _time.monotonic())))
@@ -310,7 +310,7 @@ def test_loading_the_turn_models_limits_numpy_blas_to_one_thread():
     would then spin for ~100 ms, ~2 % of a core per call."""
     import threadpoolctl
 
-    from pipeline.turn_models import SILERO_MODEL, shared_session
+    from stepcall.audio.inference import SILERO_MODEL, shared_session
 
     shared_session(SILERO_MODEL)
     blas = threadpoolctl.threadpool_info()
@@ -321,7 +321,7 @@ def test_loading_the_turn_models_limits_numpy_blas_to_one_thread():
 async def test_bot_audio_tap_records_played_audio_and_ends_its_trip():
     from pipecat.frames.frames import OutputAudioRawFrame, TextFrame
 
-    from pipeline.echo_guard import BotAudioTap
+    from pipeline.call_audio.echo_guard import BotAudioTap
 
     pushed: list[object] = []
     tap = BotAudioTap(EchoReference(RATE))
@@ -348,7 +348,7 @@ async def test_bot_audio_tap_records_on_the_transports_play_clock():
 
     from pipecat.frames.frames import OutputAudioRawFrame
 
-    from pipeline.echo_guard import BotAudioTap
+    from pipeline.call_audio.echo_guard import BotAudioTap
 
     heard_at = time.monotonic() + 0.3  # the chunk is 300 ms ahead of the caller's playout
     tap = BotAudioTap(EchoReference(RATE), play_clock=lambda: heard_at)

@@ -8,7 +8,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.tests.utils import run_test
 
-from pipeline.twilio_marks import TwilioMarkProcessor
+from bots.twilio.marks import TwilioMarkProcessor
 
 
 async def test_mark_after_each_response():

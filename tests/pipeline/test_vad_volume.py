@@ -8,9 +8,9 @@ from pipecat.audio.utils import calculate_audio_volume, exp_smoothing
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 from pipecat.audio.volume import AudioVolumeTracker
 
-from pipeline import vad_volume
-from pipeline.endpoint_vad import EndpointVADAnalyzer
-from pipeline.vad_volume import K_WEIGHTING_MAX_GAIN, MAX_DEFERRED, LazyVADVolume
+from pipeline.turn_taking import vad_loudness as vad_volume
+from pipeline.turn_taking.endpoint_vad import EndpointVADAnalyzer
+from pipeline.turn_taking.vad_loudness import K_WEIGHTING_MAX_GAIN, MAX_DEFERRED, LazyVADVolume
 
 MIN_VOLUME = VADParams().min_volume
 

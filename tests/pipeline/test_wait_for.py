@@ -1,4 +1,4 @@
-"""pipeline.wait_for: Python 3.12's asyncio.wait_for semantics, without a task per wait."""
+"""stepcall.runtime.realtime: Python 3.12's asyncio.wait_for semantics, without a task per wait."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline import wait_for as wf
+from stepcall.runtime import realtime as wf
 
 
 async def test_result_and_no_extra_task() -> None:
@@ -78,10 +78,10 @@ async def test_an_inner_exception_passes_through() -> None:
 
 def test_install_replaces_pipecats_wait_for2_on_3_11(monkeypatch) -> None:
     if sys.version_info >= (3, 12):
-        assert wf.install() is False
+        assert wf.install_wait_for() is False
         return
     import wait_for2
 
     monkeypatch.setattr(asyncio, "wait_for", wait_for2.wait_for)  # as Pipecat's import left it
-    assert wf.install() is True and asyncio.wait_for is wf.wait_for
-    assert wf.install() is False  # once
+    assert wf.install_wait_for() is True and asyncio.wait_for is wf.wait_for
+    assert wf.install_wait_for() is False  # once

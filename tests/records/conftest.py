@@ -20,8 +20,8 @@ def store(tmp_path) -> Iterator[CallStore]:
 @pytest.fixture(scope="session")
 def demo_backend(tmp_path_factory):
     """Reference model backend on the demo checkpoint (every reply ~3.2 s of audio + text)."""
+    from harness.checkpoints.demo_checkpoint import build_demo_checkpoint
     from model_service.backends.reference import load_reference_backend
-    from model_service.testing.demo_checkpoint import build_demo_checkpoint
 
     ckpt = build_demo_checkpoint(tmp_path_factory.mktemp("records-demo"))
     return load_reference_backend(ckpt, "cpu", "float32")
@@ -30,7 +30,7 @@ def demo_backend(tmp_path_factory):
 @pytest.fixture(scope="session")
 def caller_speech():
     """``caller_speech(text) -> int16 PCM at 8 kHz`` (flite); skips without flite."""
-    from bots.caller.speech import SpeechUnavailableError, synthesize
+    from stepcall.audio.speech import SpeechUnavailableError, synthesize
 
     def make(text: str):
         try:

@@ -16,10 +16,10 @@ from pipecat.workers.runner import WorkerRunner
 
 from bots.call import CallInfo, build_call
 from bots.profile import BotProfile
-from bots.settings import Settings
-from pipeline.call_record_observer import CallRecordObserver
-from pipeline.canned_model_service import CannedModelService
-from pipeline.loopback_phone import LoopbackPhone, Say
+from bots.records.observer import CallRecordObserver
+from harness.canned_model_service import CannedModelService
+from harness.loopback_phone import LoopbackPhone, Say
+from stepcall.settings import Settings
 
 RATE = 8000
 HEARD = "what is the weather like in paris today"

@@ -17,13 +17,13 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from bots.dashboard import add_dashboard_routes
 from bots.metrics import BotMetrics, add_metrics_route
+from bots.records.dashboard import add_dashboard_routes
 from bots.records.models import CallRecord, ToolCallRecord, TurnRecord, utcnow
 from bots.records.plots import bucket_latencies, percentile
 from bots.records.recording import StereoRecorder
 from bots.records.store import LatencyPoint
-from bots.settings import Settings
+from stepcall.settings import Settings
 
 TOKEN = "dash-secret-123"
 BOT_LINE = "Your large margherita will arrive in thirty minutes."

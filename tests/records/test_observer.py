@@ -28,8 +28,8 @@ from pipecat.utils.text.base_text_aggregator import TextType
 
 from bots.metrics import BotMetrics, add_metrics_route
 from bots.records.models import RecordingPolicy
+from bots.records.observer import CallRecordObserver
 from bots.records.recording import StereoRecorder
-from pipeline.call_record_observer import CallRecordObserver
 
 
 def user_turn(speech_secs: float = 0.3) -> list:

@@ -13,8 +13,8 @@ from datetime import timedelta
 import pytest
 
 from bots.records.models import CallRecord, ToolCallRecord, TurnRecord, utcnow
+from bots.records.observer import CallRecordObserver
 from bots.records.store import CallFilter, CallStore
-from pipeline.call_record_observer import CallRecordObserver
 from tests.support.pg_cluster import running_cluster
 
 

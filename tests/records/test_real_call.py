@@ -16,11 +16,11 @@ from bots.call import CallInfo, build_call
 from bots.metrics import BotMetrics
 from bots.profile import BotProfile
 from bots.records.models import RecordingPolicy
-from bots.settings import Settings
+from bots.records.observer import CallRecordObserver
+from harness.checkpoints.demo_checkpoint import DEMO_REPLY
+from harness.loopback_phone import LoopbackPhone, Say
 from model_service.server import create_app, serving
-from model_service.testing.demo_checkpoint import DEMO_REPLY
-from pipeline.call_record_observer import CallRecordObserver
-from pipeline.loopback_phone import LoopbackPhone, Say
+from stepcall.settings import Settings
 
 RATE = 8000
 

@@ -23,15 +23,15 @@ from pipecat.processors.filters.identity_filter import IdentityFilter
 from pipecat.tests.utils import SleepFrame, run_test
 
 from bots.call import CallInfo
-from bots.call_control import CallControl, TransferResult
 from bots.profile import BotProfile
 from bots.records.models import CallRecord, RecordingPolicy, utcnow
 from bots.records.service import CallRecords
+from pipeline.flows.call_control import CallControl, TransferResult
 
 
 @dataclass
 class _Settings:
-    """Settings as the lead will extend them (fields not in bots.settings.Settings yet)."""
+    """Settings as the lead will extend them (fields not in stepcall.settings.Settings yet)."""
 
     database_url: str
     dashboard_token: str = "tok"

@@ -177,7 +177,7 @@ CHILD = textwrap.dedent(
     from pipecat.processors.filters.identity_filter import IdentityFilter
     from pipecat.tests.utils import SleepFrame, run_test
     from bots.records.store import CallStore
-    from pipeline.call_record_observer import CallRecordObserver
+    from bots.records.observer import CallRecordObserver
 
     async def main():
         store = CallStore.open(sys.argv[1])

@@ -16,9 +16,9 @@ from pipecat.workers.runner import WorkerRunner
 from bots import tracing
 from bots.call import CallInfo, build_call, call_worker
 from bots.profile import BotProfile
-from bots.settings import Settings
+from harness.loopback_phone import LoopbackPhone, Say
 from model_service.server import create_app, serving
-from pipeline.loopback_phone import LoopbackPhone, Say
+from stepcall.settings import Settings
 
 pytest.importorskip("opentelemetry.sdk")
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402

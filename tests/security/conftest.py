@@ -8,8 +8,8 @@ import pytest
 @pytest.fixture(scope="session")
 def demo_backend(tmp_path_factory):
     """Reference backend on the demo checkpoint (a real model service backend, CPU, tiny)."""
+    from harness.checkpoints.demo_checkpoint import build_demo_checkpoint
     from model_service.backends.reference import load_reference_backend
-    from model_service.testing.demo_checkpoint import build_demo_checkpoint
 
     ckpt = build_demo_checkpoint(tmp_path_factory.mktemp("security-demo"))
     return load_reference_backend(ckpt, "cpu", "float32")

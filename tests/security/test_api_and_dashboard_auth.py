@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
+from stepcall.settings import Settings
 
 REGISTRY = BotRegistry.single(BotProfile(name="front"))
 

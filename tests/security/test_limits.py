@@ -17,10 +17,10 @@ from websockets.exceptions import ConnectionClosed
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
-from model_service import protocol as p
 from model_service.server import create_app as create_model_app
 from model_service.server import serving
+from stepcall import protocol as p
+from stepcall.settings import Settings
 
 #: The smallest offer that passes our SDP check (aiortc then refuses it: no ICE).
 AUDIO_SDP = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"

@@ -9,8 +9,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from model_service import protocol as p
 from model_service.server import create_app, serving
+from stepcall import protocol as p
 
 TOKEN = "model-token-123"
 START = json.dumps({"type": "session.start", "protocol": 1, "input_sample_rate": 16000,

@@ -17,13 +17,13 @@ from loguru import logger
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
-from bots.caller.twilio_messages import StreamIdentity, TwilioMessageBuilder
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
+from harness.callers.twilio_messages import StreamIdentity, TwilioMessageBuilder
 from model_service.server import create_app as create_model_app
 from model_service.server import serving
+from stepcall.settings import Settings
 
 #: The smallest offer that passes our SDP check (aiortc then refuses it: no ICE).
 AUDIO_SDP = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"

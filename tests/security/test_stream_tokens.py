@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
 from bots.twilio.stream_auth import DEFAULT_MAX_AGE_SECS, StreamAuth
+from stepcall.settings import Settings
 
 SID = "CA" + "4" * 32
 SECRET = "stream-secret"

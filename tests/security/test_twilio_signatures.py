@@ -9,7 +9,7 @@ from twilio.request_validator import RequestValidator
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
+from stepcall.settings import Settings
 
 AUTH = "tw-auth-token"
 BASE = "https://bots.example.com"

@@ -16,8 +16,8 @@ from loguru import logger
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
-from bots.widget_tokens import WidgetTokens
+from bots.webrtc.tokens import WidgetTokens
+from stepcall.settings import Settings
 
 #: The smallest offer that passes our SDP check (aiortc then refuses it: no ICE).
 AUDIO_SDP = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_service.testing.tiny_token2wav import build_tiny_token2wav
+from harness.checkpoints.tiny_token2wav import build_tiny_token2wav
 from model_service.token2wav import Token2Wav, Voice, save_voice_npz
 
 

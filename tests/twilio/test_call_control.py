@@ -8,10 +8,10 @@ from xml.etree import ElementTree
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
 from bots.twilio.call_control import NO_ANSWER_MESSAGE, TwilioCallControl
 from bots.twilio.config import TwilioConfig
 from bots.twilio.rest import open_rest_client
+from stepcall.settings import Settings
 
 CALL_SID = "CA" + "c" * 32
 

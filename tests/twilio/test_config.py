@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bots.settings import Settings
 from bots.twilio.config import DEFAULT_API_URL, TwilioConfig
+from stepcall.settings import Settings
 
 
 def test_from_settings_reads_credentials_and_env(monkeypatch):

@@ -13,23 +13,23 @@ import asyncio
 
 import pytest
 
-from bots.caller import CallerTurn, CallOptions, StreamIdentity, run_call
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app as create_bot_app
-from bots.settings import Settings
 from bots.twilio.config import TwilioConfig
 from bots.twilio.stream_auth import StreamAuth
+from harness.callers import CallerTurn, CallOptions, StreamIdentity, run_call
 from model_service.backends.reference import ReferenceBackend, load_reference_backend
 from model_service.server import create_app as create_model_app
 from model_service.server import serving
+from stepcall.settings import Settings
 
 SECRET = "stream-secret"
 
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory) -> ReferenceBackend:
-    from model_service.testing.demo_checkpoint import build_demo_checkpoint
+    from harness.checkpoints.demo_checkpoint import build_demo_checkpoint
 
     checkpoint = build_demo_checkpoint(tmp_path_factory.mktemp("demo-ckpt"))
     return load_reference_backend(checkpoint, "cpu", "float32")

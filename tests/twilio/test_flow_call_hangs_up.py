@@ -13,20 +13,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bots.caller import CallerTurn, CallOptions, StreamIdentity, run_call
 from bots.server import create_app as create_bot_app
-from bots.settings import Settings
 from bots.twilio.stream_auth import StreamAuth
-from model_service.backends.reference import load_reference_backend
-from model_service.server import create_app as create_model_app
-from model_service.server import serving
-from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
-from model_service.testing.tiny_checkpoint import (
+from harness.callers import CallerTurn, CallOptions, StreamIdentity, run_call
+from harness.checkpoints.tiny_checkpoint import (
     after_tool_script,
     build_tiny_checkpoint,
     tool_call_script,
 )
-from model_service.testing.tiny_tokenizer import build_tiny_tokenizer
+from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
+from model_service.backends.reference import load_reference_backend
+from model_service.server import create_app as create_model_app
+from model_service.server import serving
+from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
+from stepcall.settings import Settings
 
 FLOW = """\
 bot:
@@ -100,10 +100,11 @@ async def test_end_call_hangs_up_through_the_rest_api(backend, fake_twilio, tmp_
 def test_the_serializer_leaves_the_hang_up_to_the_flow_runtime(tmp_path) -> None:
     """With a flow and a call control, only the flow runtime hangs up (after the goodbye);
     without a flow, the serializer does when the pipeline ends (credentials permitting)."""
-    from bots.call import CallInfo, twilio_serializer
-    from bots.call_control import CallControl, TransferResult
+    from bots.call import CallInfo
     from bots.profile import BotProfile, profile_from_flow
-    from pipeline.flowspec import load_flow
+    from bots.twilio.call import twilio_serializer
+    from pipeline.flows.call_control import CallControl, TransferResult
+    from pipeline.flows.format import load_flow
 
     class Control(CallControl):
         async def hang_up(self, reason: str = "completed") -> None: ...

@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
 from bots.twilio.outbound import OutboundCallRequest, place_outbound_call
 from bots.twilio.rest import open_rest_client
+from stepcall.settings import Settings
 
 API_TOKEN = "calls-api-token"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

@@ -11,9 +11,9 @@ import pytest
 from pipecat.frames.frames import InputAudioRawFrame, InputDTMFFrame, StartFrame
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
-from bots.caller.mulaw import pcm16_to_ulaw
-from bots.caller.twilio_messages import StreamIdentity, TwilioMessageBuilder
 from bots.twilio.serializer import CallerAudioFrame, PhoneSerializer
+from harness.callers.twilio_messages import StreamIdentity, TwilioMessageBuilder
+from stepcall.audio.mulaw import pcm16_to_ulaw
 
 
 async def _pair(rate: int) -> tuple[PhoneSerializer, TwilioFrameSerializer]:

@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
 from bots.twilio.config import TwilioConfig
 from bots.twilio.stream_auth import StreamAuth
+from stepcall.settings import Settings
 
 SID = "CA" + "f" * 32
 

@@ -8,9 +8,9 @@ from twilio.request_validator import RequestValidator
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app
-from bots.settings import Settings
 from bots.twilio.config import TwilioConfig
 from bots.twilio.status import CallStatusEvent, InMemoryCallStatusStore
+from stepcall.settings import Settings
 
 BASE = "https://bots.example.com"
 TOKEN = "tw-token"

@@ -13,17 +13,18 @@ from fastapi import FastAPI
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app as create_bot_app
-from bots.settings import Settings
-from bots.webrtc import WebRTCConfig, add_webrtc_routes
+from bots.webrtc.config import WebRTCConfig
+from bots.webrtc.routes import add_webrtc_routes
 from model_service.backends.reference import ReferenceBackend, load_reference_backend
 from model_service.server import create_app as create_model_app
 from model_service.server import serving
+from stepcall.settings import Settings
 
 
 @pytest.fixture(scope="session")
 def demo_backend(tmp_path_factory) -> ReferenceBackend:
     """Reference backend on the demo checkpoint: every reply speaks DEMO_REPLY."""
-    from model_service.testing.demo_checkpoint import build_demo_checkpoint
+    from harness.checkpoints.demo_checkpoint import build_demo_checkpoint
 
     ckpt = build_demo_checkpoint(tmp_path_factory.mktemp("webrtc-demo"))
     return load_reference_backend(ckpt, "cpu", "float32")
@@ -32,7 +33,7 @@ def demo_backend(tmp_path_factory) -> ReferenceBackend:
 @pytest.fixture(scope="session")
 def speech() -> Callable[[str, int], np.ndarray]:
     """``speech(text, rate) -> int16 PCM`` (flite); skips the test without a speech engine."""
-    from bots.caller.speech import SpeechUnavailableError, synthesize
+    from stepcall.audio.speech import SpeechUnavailableError, synthesize
 
     def make(text: str, rate: int) -> np.ndarray:
         try:

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import websockets
 
-from model_service.testing.demo_checkpoint import DEMO_REPLY
+from harness.checkpoints.demo_checkpoint import DEMO_REPLY
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

@@ -3,7 +3,7 @@
 Real parts end to end: aiortc client (Opus mic track + data channel) → ``POST /webrtc/offer`` →
 SmallWebRTC transport → call pipeline (Silero VAD, StepAudio2Service at 16 kHz) → in-process
 model service (reference backend, demo checkpoint) → bot audio back over RTP and the bot's text
-over the data channel (``bots/webrtc_transcript.py``).
+over the data channel (``bots/webrtc/transcript.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from av import AudioFrame
 
 from bots.profile import BotProfile
-from bots.webrtc import WebRTCConfig, parse_ice_servers
-from model_service.testing.demo_checkpoint import DEMO_REPLY
+from bots.webrtc.config import WebRTCConfig, parse_ice_servers
+from harness.checkpoints.demo_checkpoint import DEMO_REPLY
 
 RATE = 48000
 FRAME = 960  # 20 ms at 48 kHz

@@ -17,15 +17,15 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.tests.utils import run_test
 from pipecat.utils.text.base_text_aggregator import TextType
 
-from bots.settings import Settings
-from bots.webrtc import (
+from bots.webrtc.call import WebRTCCallControl
+from bots.webrtc.config import (
     OfferRateLimiter,
-    WebRTCCallControl,
     WebRTCConfig,
     ice_servers_for_browser,
     parse_ice_servers,
 )
-from bots.webrtc_transcript import TranscriptRelay, widget_message
+from bots.webrtc.transcript import TranscriptRelay, widget_message
+from stepcall.settings import Settings
 
 
 def test_ice_servers_from_comma_list_and_json():

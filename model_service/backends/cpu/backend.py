@@ -4,7 +4,7 @@ Step-Audio 2 cannot run in real time without a GPU, so this backend speaks the s
 protocol (``base.py``) with three small real models instead: faster-whisper tiny.en transcribes
 the committed user turn, a GGUF instruction model (Qwen2.5-1.5B by default) writes the reply,
 and a Piper voice speaks it sentence by sentence while the LLM is still writing, so the first
-audio comes early. Model files come from ``model_service.cpu_models``.
+audio comes early. Model files come from ``model_service.backends.cpu.model_files``.
 
 Threads: one ASR thread, one LLM thread (llama.cpp with 2 threads) and one TTS thread, shared
 by all sessions; nothing heavy runs on the event loop. A response is an asyncio task: LLM
@@ -168,8 +168,8 @@ def load_cpu_backend(llm: str | None = None, *, threads: int = 2, n_ctx: int = 4
     """
     from model_service.backends.cpu.asr import WhisperASR
     from model_service.backends.cpu.llm import LlamaEngine
+    from model_service.backends.cpu.model_files import resolve_cpu_models
     from model_service.backends.cpu.tts import PiperTTS
-    from model_service.cpu_models import resolve_cpu_models
 
     paths = resolve_cpu_models(llm)
     log.info("cpu backend models: %s", paths)
