@@ -40,9 +40,10 @@ from pipecat.turns.user_stop.turn_analyzer_user_turn_stop_strategy import (
     TurnAnalyzerUserTurnStopStrategy,
 )
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.workers.runner import WorkerRunner
 
 from bots.profile import BotProfile
-from bots.tracing import tracing_enabled
+from bots.tracing import call_span_attributes, tracing_enabled
 from pipeline.call_audio.batcher import QuietTest, SpeechHoldTest, quiet_hold, speech_hold
 from pipeline.call_audio.echo_guard import BotAudioTap, EchoDetector, EchoGuard, EchoReference
 from pipeline.call_audio.gate import CallerAudioGate
@@ -151,33 +152,6 @@ class CallPipelineParts:
     #: How long a phone input may leave its socket unread while a hold fills
     #: (its ``coalesce_while(pause_reading=...)``; see :func:`read_pause`).
     read_pause: Callable[[], float] | None = None
-
-
-def build_call_pipeline(
-    transport: Any,
-    profile: BotProfile,
-    settings: Settings,
-    call: CallInfo,
-    *,
-    sample_rate: int = PHONE_RATE,
-    extra_processors: list[Any] | None = None,
-    call_control: CallControl | None = None,
-    tools: Any = None,
-    echo_guard: bool = True,
-) -> tuple[Pipeline, StepAudio2Service, Any]:
-    """Assemble the per-call pipeline around a transport (see :func:`build_call`)."""
-    pipeline, parts = build_call(
-        transport,
-        profile,
-        settings,
-        call,
-        sample_rate=sample_rate,
-        extra_processors=extra_processors,
-        call_control=call_control,
-        tools=tools,
-        echo_guard=echo_guard,
-    )
-    return pipeline, parts.service, parts.context
 
 
 def build_call(
@@ -423,3 +397,67 @@ def call_worker(
     return use_lean_observer(worker)
 
 
+
+
+class CallRunner:
+    """One call's run on a transport, the same for every transport.
+
+    It assembles the pipeline (:func:`build_call`) and its worker (:func:`call_worker`), starts
+    the conversation when the transport says the caller is connected (:meth:`caller_connected`:
+    the flow's first node or the greeting), ends the worker when either side hangs up
+    (:meth:`end`) and runs it (:meth:`run`). A transport's own module adds only what is its own:
+    the Twilio call its media transport, marks and batching; the browser call its data-channel
+    messages and connect watchdog.
+    """
+
+    def __init__(
+        self,
+        transport: Any,
+        call: CallInfo,
+        profile: BotProfile,
+        settings: Settings,
+        *,
+        sample_rate: int = PHONE_RATE,
+        extra_processors: list[Any] | None = None,
+        call_control: CallControl | None = None,
+        echo_guard: bool = True,
+        observers: list[BaseObserver] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.call = call
+        self.log = logger.bind(call_id=call.call_id)
+        self.pipeline, self.parts = build_call(
+            transport,
+            profile,
+            settings,
+            call,
+            sample_rate=sample_rate,
+            extra_processors=extra_processors,
+            call_control=call_control,
+            echo_guard=echo_guard,
+        )
+        self.worker = call_worker(
+            self.pipeline,
+            self.parts,
+            call.call_id,
+            sample_rate=sample_rate,
+            observers=observers,
+            span_attributes=call_span_attributes(call, profile.name),
+        )
+        self._start = conversation_starter(self.worker, self.parts, profile, call_control)
+
+    async def caller_connected(self, what: str) -> None:
+        """The caller is on the line: log ``what`` and start the conversation."""
+        self.log.info(what)
+        await self._start()
+
+    async def end(self, why: str) -> None:
+        """End the call's pipeline (the caller hung up, the peer left, ...)."""
+        self.log.info(why)
+        await self.worker.cancel()
+
+    async def run(self) -> None:
+        """Run the call until it ends."""
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(self.worker)
+        await runner.run()

@@ -8,22 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from loguru import logger
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
-from pipecat.workers.runner import WorkerRunner
 
 from bots.call import (
     PHONE_AUDIO_OUT_10MS_CHUNKS,
     PHONE_RATE,
     CallInfo,
+    CallRunner,
     batch_caller_audio,
-    build_call,
-    call_worker,
-    conversation_starter,
 )
 from bots.profile import BotProfile
-from bots.tracing import call_span_attributes
 from bots.twilio.marks import TwilioMarkProcessor
 from bots.twilio.media_transport import TwilioMediaTransport
 from bots.twilio.serializer import PhoneSerializer
@@ -65,7 +60,6 @@ async def run_twilio_call(
     call_control: CallControl | None = None,
 ) -> None:
     """Run one Twilio Media Streams call on an accepted WebSocket until it ends."""
-    log = logger.bind(call_id=call.call_id)
     serializer = twilio_serializer(call, profile, settings, call_control)
     transport = TwilioMediaTransport(
         websocket=websocket,
@@ -81,39 +75,28 @@ async def run_twilio_call(
         ),
         audio_lead_secs=settings.twilio_audio_lead_ms / 1000.0,
     )
-    pipeline, parts = build_call(
+    run = CallRunner(
         transport,
+        call,
         profile,
         settings,
-        call,
         extra_processors=[TwilioMarkProcessor(call.stream_sid)],
         call_control=call_control,
-    )
-    batch_caller_audio(transport.input(), parts)
-    worker = call_worker(
-        pipeline,
-        parts,
-        call.call_id,
         observers=observers,
-        span_attributes=call_span_attributes(call, profile.name),
     )
-    start_conversation = conversation_starter(worker, parts, profile, call_control)
+    batch_caller_audio(transport.input(), run.parts)
 
     @transport.event_handler("on_client_connected")
     async def _on_connected(_transport: Any, _ws: Any) -> None:
-        log.info(f"call connected: bot {profile.name}, stream {call.stream_sid}")
-        await start_conversation()
+        await run.caller_connected(f"call connected: bot {profile.name}, stream {call.stream_sid}")
 
     @transport.event_handler("on_client_disconnected")
     async def _on_disconnected(_transport: Any, _ws: Any) -> None:
-        log.info("caller hung up")
-        await worker.cancel()
+        await run.end("caller hung up")
 
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await runner.run()
+    await run.run()
     frames_in = transport.input()
-    log.info(
+    run.log.info(
         f"call ended: {frames_in.audio_frames_pushed} caller audio pushes "
         f"({frames_in.frames_coalesced} fewer than frames received, by batching)"
     )

@@ -12,15 +12,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from loguru import logger
 from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
-from pipecat.workers.runner import WorkerRunner
 
-from bots.call import CallInfo, build_call, call_worker, conversation_starter
+from bots.call import CallInfo, CallRunner
 from bots.profile import BotProfile
-from bots.tracing import call_span_attributes
 from bots.webrtc.config import CONNECT_TIMEOUT_SECS
 from bots.webrtc.transcript import TranscriptRelay
 from pipeline.flows.call_control import CallControl, TransferResult
@@ -67,7 +64,6 @@ async def run_webrtc_call(
     observers: list[Any] | None = None,
 ) -> None:
     """Run one browser call on a SmallWebRTC connection until either side hangs up."""
-    log = logger.bind(call_id=call.call_id)
     transport = SmallWebRTCTransport(
         webrtc_connection=connection,
         params=TransportParams(
@@ -78,72 +74,53 @@ async def run_webrtc_call(
         ),
     )
     relay = TranscriptRelay()
-    worker_box: dict[str, Any] = {}
 
     async def end(reason: str) -> None:
-        log.info(f"ending browser call: {reason}")
         await relay.send("call-ended", {"reason": reason})
-        worker = worker_box.get("worker")
-        if worker is not None:
-            await worker.cancel()
+        await run.end(f"ending browser call: {reason}")
 
     control = WebRTCCallControl(call.call_id, end)
-    pipeline, parts = build_call(
+    run = CallRunner(
         transport,
+        call,
         profile,
         settings,
-        call,
         sample_rate=WEBRTC_RATE,
         extra_processors=[relay],
         call_control=control,
         echo_guard=False,
-    )
-    worker = call_worker(
-        pipeline,
-        parts,
-        call.call_id,
-        sample_rate=WEBRTC_RATE,
         observers=observers,
-        span_attributes=call_span_attributes(call, profile.name),
     )
-    worker_box["worker"] = worker
-    start_conversation = conversation_starter(worker, parts, profile, control)
     connected = asyncio.Event()
 
     @transport.event_handler("on_client_connected")
     async def _on_connected(_transport: Any, _client: Any) -> None:
         connected.set()
-        log.info(f"browser call connected: bot {profile.name}")
         await relay.send("bot-ready", {"bot": profile.name, "call_id": call.call_id})
-        await start_conversation()
+        await run.caller_connected(f"browser call connected: bot {profile.name}")
 
     @transport.event_handler("on_client_disconnected")
     async def _on_disconnected(_transport: Any, _client: Any) -> None:
-        log.info("browser peer closed the connection")
-        await worker.cancel()
+        await run.end("browser peer closed the connection")
 
     @transport.event_handler("on_app_message")
     async def _on_app_message(_transport: Any, message: Any, _sender: Any) -> None:
         if isinstance(message, dict) and message.get("type") == HANGUP_MESSAGE:
-            log.info("caller hung up")
-            await worker.cancel()
+            await run.end("caller hung up")
 
     async def watch_connect() -> None:
         try:
             await asyncio.wait_for(connected.wait(), connect_timeout_secs)
         except TimeoutError:
-            log.warning(f"browser did not connect within {connect_timeout_secs:g} s: dropping")
-            await worker.cancel()
+            await run.end(f"browser did not connect within {connect_timeout_secs:g} s: dropping")
 
     watchdog = asyncio.create_task(watch_connect())
-    runner = WorkerRunner(handle_sigint=False)
     try:
-        await runner.add_workers(worker)
-        await runner.run()
+        await run.run()
     finally:
         watchdog.cancel()
         try:
             await connection.disconnect()
         except Exception as e:  # already closed
-            log.debug(f"disconnect after call: {e}")
-    log.info("browser call ended")
+            run.log.debug(f"disconnect after call: {e}")
+    run.log.info("browser call ended")
