@@ -5,7 +5,8 @@ load (CPU at call start) and its own ONNX Runtime session memory, and Smart Turn
 2-thread pool per call whose idle threads spin. Here both models are loaded once per process;
 each call keeps only its own state (Silero's recurrent state and context, Smart Turn's audio
 buffer), which Pipecat already keeps outside the session. ``InferenceSession.run`` is safe to
-call from several threads at once.
+call from several threads at once. Pipecat's analyzers on these models:
+:mod:`pipeline.turn_taking.shared_analyzers`.
 
 Silero also runs inline on the event loop instead of through a per-call thread: one window costs
 ~0.1 ms, about what the thread hop alone costs (measured: 97 µs inference, 91 µs hop), so the hop
