@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, WebSocket
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
@@ -29,7 +29,7 @@ from model_service.sessions import CallSession, ServiceState
 from model_service.turn_checks import TurnModel
 from stepcall import protocol as p
 from stepcall.runtime.logs import install_log_redaction
-from stepcall.runtime.metrics import CONTENT_TYPE
+from stepcall.runtime.metrics import metrics_response
 from stepcall.runtime.realtime import freeze_startup_heap
 from stepcall.runtime.tokens import bearer_token, token_matches
 
@@ -114,8 +114,8 @@ def create_app(
         )
 
     @app.get("/metrics")
-    async def metrics_endpoint() -> PlainTextResponse:
-        return PlainTextResponse(service.metrics.render(), media_type=CONTENT_TYPE)
+    async def metrics_endpoint() -> Response:
+        return metrics_response(service.metrics.registry)
 
     @app.websocket(SESSION_PATH)
     async def session_endpoint(ws: WebSocket) -> None:

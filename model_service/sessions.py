@@ -204,7 +204,7 @@ class CallSession:
         self, code: str, message: str, *, fatal: bool = False, response_id: str | None = None
     ) -> None:
         """Send an ``error`` event (and count it)."""
-        self.service.metrics.errors_total.inc(code=code)
+        self.service.metrics.errors_total.labels(code=code).inc()
         level = "warning" if code != p.INTERNAL else "error"
         getattr(self._log, level)(f"{self.tag()} error {code}: {message}")
         await self._send_event(
@@ -321,7 +321,7 @@ class CallSession:
         elif isinstance(m, p.TurnCheck):
             if len(self._turn_checks) >= MAX_PENDING_TURN_CHECKS:
                 error = f"more than {MAX_PENDING_TURN_CHECKS} turn checks pending"
-                self.service.metrics.turn_checks.inc(result="error")
+                self.service.metrics.turn_checks.labels(result="error").inc()
                 await self._send_event(p.TurnVerdict(m.check_id, error=error))
                 return True
             task = asyncio.create_task(self._turn_check(m))
@@ -576,7 +576,7 @@ class CallSession:
             }
             timings = {k: None if v is None else round(float(v), 1) for k, v in timings.items()}
             audio_ms = round(resp.audio_samples / self._output_rate * 1000.0, 1)
-            metrics.responses_total.inc(status=status)
+            metrics.responses_total.labels(status=status).inc()
             metrics.tokens_generated.inc(max(0, done.completion_tokens))
             metrics.audio_seconds.inc(audio_ms / 1000.0)
             self.info(
@@ -655,7 +655,7 @@ class CallSession:
         if verdict.error is not None:
             self.warning(f"turn.check {m.check_id}: {verdict.error}")
         result = "error" if verdict.error else ("complete" if verdict.complete else "incomplete")
-        self.service.metrics.turn_checks.inc(result=result)
+        self.service.metrics.turn_checks.labels(result=result).inc()
         await self._send_event(verdict)
 
     async def close(self, reason: str) -> None:

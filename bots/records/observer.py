@@ -221,7 +221,7 @@ class CallRecordObserver(BaseObserver):
         self._writer.submit("end_call", self.call_id, final, now, self.error)
         if self.metrics is not None:
             self.metrics.calls_active.dec()
-            self.metrics.calls_total.inc(bot=self.bot, outcome=final)
+            self.metrics.calls_total.labels(bot=self.bot, outcome=final).inc()
         self._log.info(f"call record closed: {final}")
         if self._recorder is not None and self._recorder.duration_secs > 0:
             # A plain thread: a cancelled worker (caller hung up) must not cancel the write.
@@ -381,7 +381,7 @@ class CallRecordObserver(BaseObserver):
         turn.audio_ms = round(self._speech_ms, 1) if self._speech_ms > 0 else round(span_ms, 1)
         self._writer.submit("save_turn", turn)
         if self.metrics is not None:
-            self.metrics.turns_total.inc(role="user")
+            self.metrics.turns_total.labels(role="user").inc()
         self._user = None
         self._speech_ms = 0.0
         self._untranscribed.append(turn)
@@ -434,7 +434,7 @@ class CallRecordObserver(BaseObserver):
         turn.ended_at = now
         self._writer.submit("save_turn", turn)
         if self.metrics is not None:
-            self.metrics.turns_total.inc(role="bot")
+            self.metrics.turns_total.labels(role="bot").inc()
         self._bot = None
 
     def _on_tool_done(
@@ -458,7 +458,7 @@ class CallRecordObserver(BaseObserver):
             self._transferred = True
         if self.metrics is not None:
             status = "cancelled" if error == "cancelled" else ("error" if failed else "ok")
-            self.metrics.tool_calls_total.inc(tool=name, status=status)
+            self.metrics.tool_calls_total.labels(tool=name, status=status).inc()
             self.metrics.tool_latency.observe(max(0.0, mono - started))
 
     def _record_audio(self, data: FramePushed) -> None:

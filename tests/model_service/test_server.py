@@ -24,6 +24,7 @@ from stepcall import protocol as p
 from stepcall.audio.pcm import float_to_pcm16, pcm16_to_float
 from stepcall.audio.resample import StreamResampler
 from stepcall.runtime.tokens import token_matches
+from tests.support.metrics import sample
 
 TOKEN = "s3cret-token"
 
@@ -307,8 +308,8 @@ async def test_health_ready_and_metrics(service) -> None:
     status, body = await asyncio.to_thread(http_get, base_url + "/metrics")
     assert status == 200
     assert "# TYPE stepcall_model_sessions_active gauge" in body
-    assert "stepcall_model_ready 0" in body
-    assert 'stepcall_model_time_to_first_audio_seconds_bucket{le="+Inf"} 0' in body
+    assert "stepcall_model_ready 0.0" in body
+    assert 'stepcall_model_time_to_first_audio_seconds_bucket{le="+Inf"} 0.0' in body
 
 
 async def test_not_ready_refuses_sessions(service) -> None:
@@ -412,13 +413,13 @@ async def test_full_turn_audio_in_and_out(service, backend) -> None:
     spectrum = np.abs(np.fft.rfft(out))
     assert abs(np.argmax(spectrum) * 8000 / len(out) - 440) < 10
     metrics = app.state.service.metrics
-    assert metrics.responses_total.value(status="completed") == 1
+    assert sample(metrics, "stepcall_model_responses_total", status="completed") == 1
     _, text = await asyncio.to_thread(http_get, http_base(url) + "/metrics")
-    assert 'stepcall_model_responses_total{status="completed"} 1' in text
-    assert "stepcall_model_tokens_generated_total 30" in text
-    assert "stepcall_model_sessions_active 1" in text
-    assert metrics.tokens_generated.value() == 30
-    assert metrics.time_to_first_audio.count == 1
+    assert 'stepcall_model_responses_total{status="completed"} 1.0' in text
+    assert "stepcall_model_tokens_generated_total 30.0" in text
+    assert "stepcall_model_sessions_active 1.0" in text
+    assert sample(metrics, "stepcall_model_tokens_generated_total") == 30
+    assert sample(metrics, "stepcall_model_time_to_first_audio_seconds_count") == 1
     await peer.send({"type": "session.end"})
     ended, _, _ = await peer.until("session.ended")
     assert ended["session_id"]
@@ -599,7 +600,7 @@ async def test_busy_rejection_at_max_sessions(service) -> None:
     with pytest.raises(websockets.ConnectionClosed) as info:
         await c.ws.recv()
     assert info.value.rcvd.code == p.CLOSE_BUSY
-    assert app.state.service.metrics.sessions_rejected_busy.value() == 1
+    assert sample(app.state.service.metrics, "stepcall_model_sessions_rejected_busy_total") == 1
     # a slot frees when a session leaves
     await a.ws.close()
     await wait_for(lambda: app.state.service.active_sessions == 1)
@@ -620,8 +621,8 @@ async def test_disconnect_mid_response_cancels_and_frees_everything(service, bac
     await wait_for(lambda: state.active_sessions == 0 and backend.records[0].closed)
     assert state.sessions == {}
     assert backend.records[0].cancels  # the running response was cancelled
-    await wait_for(lambda: state.metrics.responses_active.value == 0)
-    assert state.metrics.queue_depth.value == 0
+    await wait_for(lambda: sample(state.metrics, "stepcall_model_responses_active") == 0)
+    assert sample(state.metrics, "stepcall_model_response_queue_depth") == 0
 
 
 async def test_interleaved_sessions_keep_their_own_responses(service, backend) -> None:
@@ -701,10 +702,10 @@ async def test_turn_check_gives_the_bots_own_probability(turn_service) -> None:
         assert verdicts[1]["complete"] and not verdicts[2]["complete"]
         await peer.ws.close()
     metrics = app.state.service.metrics
-    assert metrics.turn_checks.value(result="complete") == 2
-    assert metrics.turn_checks.value(result="incomplete") == 2
+    assert sample(metrics, "stepcall_model_turn_checks_total", result="complete") == 2
+    assert sample(metrics, "stepcall_model_turn_checks_total", result="incomplete") == 2
     _, text = await asyncio.to_thread(http_get, http_base(url) + "/metrics")
-    assert 'stepcall_model_turn_checks_total{result="complete"} 2' in text
+    assert 'stepcall_model_turn_checks_total{result="complete"} 2.0' in text
 
 
 async def test_turn_check_without_a_turn_model_is_an_error_verdict(service) -> None:
@@ -777,7 +778,8 @@ async def test_a_session_cannot_queue_more_than_four_turn_checks(turn_service) -
     refused = [i for i, v in verdicts.items() if "error" in v]
     assert judged == [1, 2, 3, 4] == list(range(1, MAX_PENDING_TURN_CHECKS + 1))
     assert refused == [5, 6] and "pending" in verdicts[5]["error"]
-    assert app.state.service.metrics.turn_checks.value(result="error") == 2
+    errors = sample(app.state.service.metrics, "stepcall_model_turn_checks_total", result="error")
+    assert errors == 2
     await peer.send(_check(7, pcm, 8000))
     ev = await peer.next_event(within=20)
     assert ev["check_id"] == 7 and ev["complete"]

@@ -182,8 +182,9 @@ def test_metrics_route():
     metrics.voice_to_voice.observe(0.45)
     r = TestClient(app).get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    assert "stepcall_calls_active 1" in r.text
-    assert 'stepcall_voice_to_voice_seconds_bucket{le="0.5"} 1' in r.text
+    assert "stepcall_calls_active 1.0" in r.text
+    assert 'stepcall_voice_to_voice_seconds_bucket{le="0.5"} 1.0' in r.text
+    assert "_created" not in r.text  # stepcall.runtime.metrics turns these samples off
 
 
 # -- headless Chromium ----------------------------------------------------------------------

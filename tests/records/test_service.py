@@ -79,12 +79,12 @@ async def test_simulated_call_shows_in_metrics_and_dashboard(tmp_path):
         assert records.store.writer.flush()
         client = TestClient(app)
         metrics = client.get("/metrics").text
-        assert 'stepcall_calls_total{bot="front_desk",outcome="completed"} 1' in metrics
-        assert 'stepcall_turns_total{role="user"} 2' in metrics
-        assert 'stepcall_turns_total{role="bot"} 1' in metrics
-        assert "stepcall_bargeins_total 1" in metrics
-        assert "stepcall_voice_to_voice_seconds_count 1" in metrics
-        assert "stepcall_calls_active 0" in metrics
+        assert 'stepcall_calls_total{bot="front_desk",outcome="completed"} 1.0' in metrics
+        assert 'stepcall_turns_total{role="user"} 2.0' in metrics
+        assert 'stepcall_turns_total{role="bot"} 1.0' in metrics
+        assert "stepcall_bargeins_total 1.0" in metrics
+        assert "stepcall_voice_to_voice_seconds_count 1.0" in metrics
+        assert "stepcall_calls_active 0.0" in metrics
         page = client.get("/dashboard/calls/CA-sim?token=tok").text
         assert "Good morning, front desk." in page and "interrupted" in page
         stored = records.store.get_call("CA-sim")
