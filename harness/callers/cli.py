@@ -17,7 +17,8 @@ import asyncio
 import sys
 
 from harness.callers.report import format_table, to_json
-from harness.callers.twilio_client import CallerTurn, CallOptions, CallResult, run_call
+from harness.callers.scripted_call import CallerTurn, CallOptions, CallResult
+from harness.callers.twilio_client import run_call
 from stepcall.audio.speech import ENGINES, SpeechUnavailableError
 
 

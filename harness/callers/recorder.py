@@ -13,12 +13,41 @@ from stepcall.audio.mulaw import ulaw_to_pcm16
 RATE = 8000
 
 
-class CallRecorder:
-    """Collects 20 ms mu-law frames per tick of the call clock and writes a stereo PCM16 WAV.
+class StereoRecording:
+    """A call recording, one caller frame and one bot frame per tick: its tick count and WAV."""
+
+    rate: int
+    _caller: list
+
+    @property
+    def ticks(self) -> int:
+        return len(self._caller)
+
+    def stereo_pcm16(self) -> np.ndarray:
+        """The recording as an int16 array of shape (samples, 2)."""
+        raise NotImplementedError
+
+    def write_wav(self, path: str | Path) -> Path:
+        """Write the stereo PCM16 WAV at :attr:`rate` and return its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(2)
+            w.setsampwidth(2)
+            w.setframerate(self.rate)
+            w.writeframes(self.stereo_pcm16().astype("<i2").tobytes())
+        return path
+
+
+class CallRecorder(StereoRecording):
+    """Collects 20 ms mu-law frames per tick of the call clock and writes a stereo PCM16 WAV
+    at 8 kHz.
 
     Tick ``i`` covers samples ``[160*i, 160*(i+1))`` on both channels, so the caller's audio
     and the bot's played-out audio are aligned exactly as on the phone line.
     """
+
+    rate = RATE
 
     def __init__(self) -> None:
         self._caller: list[bytes] = []
@@ -32,29 +61,14 @@ class CallRecorder:
         self._caller.append(bytes(caller_frame))
         self._bot.append(bytes(bot_frame))
 
-    @property
-    def ticks(self) -> int:
-        return len(self._caller)
-
     def stereo_pcm16(self) -> np.ndarray:
         """The recording as an int16 array of shape (samples, 2)."""
         left = ulaw_to_pcm16(b"".join(self._caller))
         right = ulaw_to_pcm16(b"".join(self._bot))
         return np.stack([left, right], axis=1)
 
-    def write_wav(self, path: str | Path) -> Path:
-        """Write the 8 kHz stereo PCM16 WAV and return its path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with wave.open(str(path), "wb") as w:
-            w.setnchannels(2)
-            w.setsampwidth(2)
-            w.setframerate(RATE)
-            w.writeframes(self.stereo_pcm16().astype("<i2").tobytes())
-        return path
 
-
-class PcmCallRecorder:
+class PcmCallRecorder(StereoRecording):
     """Stereo call recording from int16 PCM ticks at any rate (the WebRTC caller uses 16 kHz).
 
     Like :class:`CallRecorder`, tick ``i`` holds the caller's frame on the left and the bot
@@ -79,23 +93,8 @@ class PcmCallRecorder:
         self._caller.append(caller_frame.astype(np.int16, copy=False))
         self._bot.append(bot_frame.astype(np.int16, copy=False))
 
-    @property
-    def ticks(self) -> int:
-        return len(self._caller)
-
     def stereo_pcm16(self) -> np.ndarray:
         """The recording as an int16 array of shape (samples, 2)."""
         if not self._caller:
             return np.zeros((0, 2), dtype=np.int16)
         return np.stack([np.concatenate(self._caller), np.concatenate(self._bot)], axis=1)
-
-    def write_wav(self, path: str | Path) -> Path:
-        """Write the stereo PCM16 WAV at :attr:`rate` and return its path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with wave.open(str(path), "wb") as w:
-            w.setnchannels(2)
-            w.setsampwidth(2)
-            w.setframerate(self.rate)
-            w.writeframes(self.stereo_pcm16().astype("<i2").tobytes())
-        return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from harness.callers.twilio_client import CallResult, TurnResult
+from harness.callers.scripted_call import CallResult, TurnResult
 
 
 def _fmt_ms(x: float | None) -> str:

@@ -14,11 +14,12 @@ the config lists (aiortc gathers every candidate before the offer is sent, so no
   ``bot-llm-started`` / ``bot-llm-stopped``, ``call-ended``; see ``bots/webrtc/transcript.py``);
 - the bot's audio from the remote track (Opus, decoded by aiortc), kept at 16 kHz mono.
 
-Per turn it measures voice-to-voice latency exactly like the Twilio caller: from handing the
-last voiced frame of the caller's utterance to the encoder to receiving the first audible bot
-audio after it. A reply ends after ``quiet_secs`` of bot silence, or earlier when the data
-channel says the bot stopped speaking with no response still being generated. Hanging up sends
-the widget's hang-up message on the data channel, then closes the peer connection.
+Per turn it measures voice-to-voice latency exactly like the Twilio caller (both play the same
+script: ``harness.callers.scripted_call``): from handing the last voiced frame of the caller's
+utterance to the encoder to receiving the first audible bot audio after it. A reply ends after
+``quiet_secs`` of bot silence, or earlier when the data channel says the bot stopped speaking
+with no response still being generated. Hanging up sends the widget's hang-up message on the
+data channel, then closes the peer connection.
 
 DTMF has no WebRTC equivalent (a browser call has no keypad), so a DTMF turn is refused.
 """
@@ -28,9 +29,6 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
-import math
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -48,19 +46,24 @@ from av import AudioFrame
 from loguru import logger
 
 from harness.callers.recorder import PcmCallRecorder
-from harness.callers.twilio_client import (
+from harness.callers.scripted_call import (
     AUDIBLE_PEAK,
+    FRAME_MS,
+    POLL,
     CallerTurn,
     CallOptions,
     CallResult,
+    ScriptedCall,
+    ScriptFrame,
     TurnResult,
-    play_script,
+    prepare_audio,
+    script_frames,
+    turn_results,
 )
 
 #: The microphone's sample rate and 20 ms frame (what a browser sends, as Opus).
 MIC_RATE = 48000
 MIC_FRAME = 960
-FRAME_MS = 20
 #: Rate of the stored bot audio and of the stereo recording.
 RECORD_RATE = 16000
 RECORD_FRAME = RECORD_RATE * FRAME_MS // 1000
@@ -70,8 +73,6 @@ DATA_CHANNEL = "stepcall"
 HANGUP_MESSAGE = "stepcall-hangup"
 #: Bot silence that confirms the end of a reply once ``bot-stopped-speaking`` has arrived.
 STOP_GRACE_SECS = 0.25
-_TICK = FRAME_MS / 1000.0
-_POLL = 0.01
 _MIC_SILENCE = np.zeros(MIC_FRAME, dtype=np.int16)
 _REC_SILENCE = np.zeros(RECORD_FRAME, dtype=np.int16)
 
@@ -169,32 +170,14 @@ class WebRTCCallResult(CallResult):
                 "bot_text": self.bot_text, **d, "messages": self.messages}
 
 
-@dataclass
-class _MicFrame:
-    pcm48: np.ndarray  # MIC_FRAME samples sent
-    pcm16: np.ndarray  # the same 20 ms at RECORD_RATE, for the recording
-    first: bool = False
-    last_voiced: bool = False
-    last: bool = False
-
-
-def _mic_frames(pcm48: np.ndarray, voiced_rms: float) -> list[_MicFrame]:
-    """Split 48 kHz PCM into 20 ms frames tagged with first / last-voiced / last."""
-    n = math.ceil(pcm48.size / MIC_FRAME)
-    padded = np.zeros(n * MIC_FRAME, dtype=np.int16)
-    padded[: pcm48.size] = pcm48
-    low = np.asarray(soxr.resample(padded, MIC_RATE, RECORD_RATE), dtype=np.int16)
+def _mic_frames(frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each 20 ms 48 kHz frame (sent) with the same 20 ms at RECORD_RATE (recorded), from one
+    resampling of the whole utterance."""
+    n = len(frames)
+    low = np.asarray(soxr.resample(frames.reshape(-1), MIC_RATE, RECORD_RATE), dtype=np.int16)
     low16 = np.zeros(n * RECORD_FRAME, dtype=np.int16)
     low16[: min(low.size, low16.size)] = low[: low16.size]
-    frames = padded.reshape(n, MIC_FRAME)
-    rms = np.sqrt((frames.astype(np.float64) ** 2).mean(axis=1))
-    voiced = np.nonzero(rms > voiced_rms)[0]
-    last_voiced = int(voiced[-1]) if voiced.size else n - 1
-    out = [_MicFrame(frames[k], low16[k * RECORD_FRAME:(k + 1) * RECORD_FRAME]) for k in range(n)]
-    out[0].first = True
-    out[last_voiced].last_voiced = True
-    out[-1].last = True
-    return out
+    return [(frames[k], low16[k * RECORD_FRAME:(k + 1) * RECORD_FRAME]) for k in range(n)]
 
 
 def _mono_int16(frame: AudioFrame) -> np.ndarray:
@@ -223,31 +206,28 @@ class _ScriptedMic(MediaStreamTrack):
         return await self._session.next_mic_frame()
 
 
-class _WebRTCCallSession:
+class _WebRTCCallSession(ScriptedCall):
     """One live browser call on a connected peer (see the module docstring)."""
+
+    turn_type = WebRTCTurnResult
+    first_reply_event = "first_audio"
+    reply_end_event = "reply_end"
+    recorder: PcmCallRecorder
 
     def __init__(self, pc: RTCPeerConnection, options: CallOptions,
                  result: WebRTCCallResult) -> None:
+        super().__init__(options, result, PcmCallRecorder(RECORD_RATE, RECORD_FRAME))
         self.pc = pc
-        self.opt = options
-        self.result = result
-        self.loop = asyncio.get_running_loop()
-        self.t0 = self.loop.time()
-        self.recorder = PcmCallRecorder(RECORD_RATE, RECORD_FRAME)
+        self.answer: dict[str, Any] = {}  # the bot server's answer to the offer (sdp, type)
         self.log_ = logger.bind(call_id="-")
-        self._tx: deque[_MicFrame] = deque()
-        self._utterance_done = asyncio.Event()
         self._mic_t0: float | None = None
         self._mic_ticks = 0
         self._playout = bytearray()  # bot audio (16 kHz int16) not yet on the recording
         self._readers: list[asyncio.Task] = []
         self.connected = asyncio.Event()
         self.ready = asyncio.Event()
-        self.closed = asyncio.Event()
         self._hanging_up = False
-        self.current: WebRTCTurnResult | None = None
         self._response_turn: WebRTCTurnResult | None = None
-        self.last_bot_activity = -math.inf
         self.bot_speaking = False
         self.bot_stops = 0
         self.responses_open = 0
@@ -261,14 +241,6 @@ class _WebRTCCallSession:
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_state)
 
-    # -- clock and logging -------------------------------------------------------------
-    def now_ms(self) -> float:
-        return (self.loop.time() - self.t0) * 1000.0
-
-    def log(self, direction: str, event: str, **detail: Any) -> None:
-        self.result.events.append({"t_ms": round(self.now_ms(), 1), "dir": direction,
-                                   "event": event, **detail})
-
     def bind(self, call_id: str) -> None:
         self.log_ = logger.bind(call_id=call_id or "-")
 
@@ -277,31 +249,21 @@ class _WebRTCCallSession:
         if self._mic_t0 is None:
             self._mic_t0 = self.loop.time()
             self.log("out", "media_start")
-        target = self._mic_t0 + self._mic_ticks * _TICK
-        delay = target - self.loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        else:
-            self.result.max_send_lag_ms = max(self.result.max_send_lag_ms, -delay * 1000)
-        tx = self._tx.popleft() if self._tx else None
-        pcm48 = tx.pcm48 if tx is not None else _MIC_SILENCE
-        self.recorder.add_tick(tx.pcm16 if tx is not None else _REC_SILENCE, self._pull_playout())
-        turn = self.current
-        if tx is not None and turn is not None:
-            if tx.first:
-                turn.speech_start_ms = self.now_ms()
-            if tx.last_voiced:
-                turn.speech_end_ms = self.now_ms()
-                self.log("out", "speech_end", turn=turn.index)
-            if tx.last:
-                self._utterance_done.set()
+        await self.pace(self._mic_t0, self._mic_ticks)
+        tx = self.take_frame()
+        pcm48 = tx.sent if tx is not None else _MIC_SILENCE
+        self.recorder.add_tick(tx.recorded if tx is not None else _REC_SILENCE,
+                               self._pull_playout())
         frame = AudioFrame.from_ndarray(pcm48.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = MIC_RATE
         frame.pts = self._mic_ticks * MIC_FRAME
         frame.time_base = fractions.Fraction(1, MIC_RATE)
         self._mic_ticks += 1
-        self.result.frames_sent += 1
+        self.frame_sent(tx)
         return frame
+
+    def utterance(self, pcm: np.ndarray) -> list[ScriptFrame]:
+        return script_frames(pcm, MIC_FRAME, self.opt.voiced_rms, _mic_frames)
 
     def _pull_playout(self) -> np.ndarray:
         want = RECORD_FRAME * 2
@@ -351,11 +313,8 @@ class _WebRTCCallSession:
         if turn.first_bot_media_ms is None:
             if not audible:
                 return
-            turn.first_bot_media_ms = self.now_ms()
             turn.stops_before_reply = self.bot_stops
-            start = turn.speech_end_ms if turn.speech_end_ms is not None else 0.0
-            turn.latency_ms = turn.first_bot_media_ms - start
-            self.log("in", "first_audio", turn=turn.index, latency_ms=round(turn.latency_ms, 1))
+            self.reply_began(turn)
         turn.bot_audio += data
         if audible:
             turn.audible_bytes = len(turn.bot_audio)
@@ -436,7 +395,7 @@ class _WebRTCCallSession:
                     for _ in range(100):  # up to 1 s for SCTP to take the message
                         if not self.channel.bufferedAmount:
                             break
-                        await asyncio.sleep(_POLL)
+                        await asyncio.sleep(POLL)
                     await asyncio.sleep(0.05)  # and to put it on the wire
                 except Exception as e:
                     self.result.errors.append(f"sending the hang-up message failed: {e!r}")
@@ -446,82 +405,40 @@ class _WebRTCCallSession:
         await asyncio.gather(*self._readers, return_exceptions=True)
         self.closed.set()
 
-    # -- the turn script --------------------------------------------------------------
-    def bot_quiet(self, secs: float) -> bool:
-        return self.loop.time() - self.last_bot_activity >= secs
+    # -- the call's course -----------------------------------------------------------------
+    async def begin(self) -> bool:
+        """Take the bot server's answer and wait for the connection, then for ``bot-ready``
+        (the script plays without it after ``connect_timeout``)."""
+        await self.pc.setRemoteDescription(
+            RTCSessionDescription(self.answer["sdp"], self.answer["type"]))
+        await _wait_event(self.connected, self.closed, self.opt.connect_timeout)
+        if not self.connected.is_set():
+            if not self.result.errors:
+                self.result.errors.append(
+                    f"no WebRTC connection within {self.opt.connect_timeout:g} s "
+                    f"(ICE state {self.pc.iceConnectionState})")
+            self.result.skip_all()
+            return False
+        await _wait_event(self.ready, self.closed, self.opt.connect_timeout)
+        if not self.ready.is_set():
+            self.log("in", "no_bot_ready")
+        return True
 
-    async def sleep_unless_closed(self, secs: float) -> None:
-        try:
-            await asyncio.wait_for(self.closed.wait(), timeout=secs)
-        except TimeoutError:
-            pass
+    async def end(self) -> None:
+        await self.hang_up()
+        self.log_.info(f"WebRTC call ended (hung up by {self.result.hung_up_by or '-'})")
 
-    async def greeting(self) -> None:
-        turn = WebRTCTurnResult(index=0, kind="greeting", expect_reply=False)
-        turn.speech_end_ms = 0.0  # greeting latency counts from the answer, like Twilio's
-        self.current = turn
-        deadline = self.loop.time() + self.opt.greeting_wait_secs
-        while not self.closed.is_set() and turn.first_bot_media_ms is None:
-            if self.loop.time() >= deadline:
-                break
-            await asyncio.sleep(_POLL)
-        if turn.first_bot_media_ms is not None:
-            self.result.greeting = turn
-            await self._wait_reply(turn, barge_in_after=None)
-            self.finish_turn(turn)
+    async def send_dtmf(self, digit: str) -> None:
+        raise ValueError("a WebRTC call has no keypad")  # run_webrtc_call refuses DTMF turns
 
-    async def run_turn(self, turn: WebRTCTurnResult, spec: CallerTurn, pcm48: np.ndarray,
-                       barge_in_after: float | None, pause: bool) -> None:
-        if pause:
-            await self.sleep_unless_closed(self.opt.pause_secs)
-        if self.closed.is_set():
-            turn.skipped = True
-            return
-        self.current = turn
-        self.log("out", "turn_start", turn=turn.index, kind=turn.kind)
-        self._utterance_done.clear()
-        self._tx.extend(_mic_frames(pcm48, self.opt.voiced_rms))
-        closed = asyncio.ensure_future(self.closed.wait())
-        done = asyncio.ensure_future(self._utterance_done.wait())
-        await asyncio.wait({closed, done}, return_when=asyncio.FIRST_COMPLETED)
-        for f in (closed, done):
-            f.cancel()
-        if not self.closed.is_set():
-            await self._wait_reply(turn, barge_in_after, wait_secs=spec.wait_secs)
-        self.finish_turn(turn)
-
-    def _reply_over(self, turn: WebRTCTurnResult) -> bool:
+    def reply_over(self, turn: WebRTCTurnResult) -> bool:
+        """``quiet_secs`` of bot silence, or (``end_on_bot_stopped``) the bot stopped speaking
+        with no response still being generated and ``STOP_GRACE_SECS`` of silence since."""
         if self.bot_quiet(self.opt.quiet_secs):
             return True
         stopped = (self.end_on_stopped and not self.bot_speaking and self.responses_open == 0
                    and self.bot_stops > turn.stops_before_reply)
         return stopped and self.bot_quiet(min(self.opt.quiet_secs, STOP_GRACE_SECS))
-
-    async def _wait_reply(self, turn: WebRTCTurnResult, barge_in_after: float | None,
-                          wait_secs: float | None = None) -> None:
-        opt = self.opt
-        wait = opt.wait_secs if wait_secs is None else wait_secs
-        begin = self.loop.time()
-        while not self.closed.is_set():
-            now = self.loop.time()
-            if turn.first_bot_media_ms is None:
-                if now - begin >= wait:
-                    turn.timed_out = True
-                    self.log("in", "no_reply", turn=turn.index)
-                    return
-            else:
-                first = self.t0 + turn.first_bot_media_ms / 1000.0
-                if self._reply_over(turn):
-                    self.log("in", "reply_end", turn=turn.index)
-                    return
-                if barge_in_after is not None and now - first >= barge_in_after:
-                    turn.barged_in = True
-                    self.log("out", "barge_in", turn=turn.index)
-                    return
-                if now - first >= opt.max_reply_secs:
-                    turn.timed_out = True
-                    return
-            await asyncio.sleep(_POLL)
 
 
 # ------------------------------------------------------------------------------------------
@@ -622,10 +539,9 @@ async def run_webrtc_call(base_url: str, turns: list[CallerTurn],
                 "protocol (stepcall call ws://HOST:PORT/twilio/stream --dtmf ...)")
     config_url, offer_url = webrtc_endpoints(base_url)
     bot, token = _bot_and_token(opt)
-    pcms = await _prepare_audio(turns, opt)
+    pcms = await prepare_audio(turns, MIC_RATE, opt.engine)
     result = WebRTCCallResult(url=base_url, stream_sid="", call_sid="", account_sid="", bot=bot)
-    result.turns = [WebRTCTurnResult(index=k + 1, kind=t.kind, text=t.text,
-                                     expect_reply=t.expect_reply) for k, t in enumerate(turns)]
+    result.turns = turn_results(turns, WebRTCTurnResult)
 
     timeout = aiohttp.ClientTimeout(total=opt.connect_timeout)
     pc: RTCPeerConnection | None = None
@@ -648,41 +564,17 @@ async def run_webrtc_call(base_url: str, turns: list[CallerTurn],
                                  f"{e or type(e).__name__}")
         if pc is not None:
             await pc.close()
-        for t in result.turns:
-            t.skipped = True
+        result.skip_all()
         return result
     assert session is not None
     result.call_sid = str(answer.get("call_id") or "")
     result.stream_sid = str(answer.get("pc_id") or "")
     session.bind(result.call_sid)
-    session.t0 = session.loop.time()
-    result.started_unix = time.time()
+    session.start_clock()
     session.log("in", "answer", call_id=result.call_sid, pc_id=result.stream_sid)
     session.log_.info(f"WebRTC call to {base_url} (bot {bot or 'default'}) answered")
-
-    try:
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        await _wait_event(session.connected, session.closed, opt.connect_timeout)
-        if not session.connected.is_set():
-            if not result.errors:
-                result.errors.append(f"no WebRTC connection within {opt.connect_timeout:g} s "
-                                     f"(ICE state {pc.iceConnectionState})")
-            for t in result.turns:
-                t.skipped = True
-        else:
-            await _wait_event(session.ready, session.closed, opt.connect_timeout)
-            if not session.ready.is_set():
-                session.log("in", "no_bot_ready")
-            await play_script(session, turns, result.turns, pcms, opt)
-    except Exception as e:
-        if not session.closed.is_set():
-            result.errors.append(f"call failed: {e!r}")
-    finally:
-        await session.hang_up()
-        result.duration_ms = session.now_ms()
-        session.log_.info(f"WebRTC call ended (hung up by {result.hung_up_by or '-'})")
-    if opt.record_path is not None:
-        result.record_path = str(session.recorder.write_wav(opt.record_path))
+    session.answer = answer
+    await session.place(turns, pcms)
     return result
 
 
@@ -691,24 +583,6 @@ async def _wait_event(event: asyncio.Event, closed: asyncio.Event, secs: float) 
     await asyncio.wait(waits, timeout=secs, return_when=asyncio.FIRST_COMPLETED)
     for w in waits:
         w.cancel()
-
-
-async def _prepare_audio(turns: list[CallerTurn], opt: CallOptions) -> list[np.ndarray]:
-    from stepcall.audio.speech import synthesize
-
-    out: list[np.ndarray] = []
-    for t in turns:
-        if t.audio is not None:
-            pcm8 = np.asarray(t.audio, dtype=np.int16)
-            out.append(await asyncio.to_thread(_resample_int16, pcm8, 8000, MIC_RATE))
-        else:
-            assert t.text is not None
-            out.append(await asyncio.to_thread(synthesize, t.text, MIC_RATE, opt.engine))
-    return out
-
-
-def _resample_int16(pcm: np.ndarray, src: int, dst: int) -> np.ndarray:
-    return np.asarray(soxr.resample(pcm, src, dst), dtype=np.int16)
 
 
 def bot_reply_pcm(turn: TurnResult) -> np.ndarray:

@@ -31,7 +31,8 @@ import numpy as np
 from loguru import logger
 
 from harness.callers import CallerTurn, CallOptions, CallResult, StreamIdentity, run_call
-from harness.callers.twilio_client import TurnResult, decode_bot_audio, is_audible
+from harness.callers.scripted_call import TurnResult
+from harness.callers.twilio_client import decode_bot_audio, is_audible
 from harness.evals.asr import BotSpeechASR, normalize
 from harness.evals.models import ModelServices
 from harness.evals.spec import (
