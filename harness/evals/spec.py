@@ -34,25 +34,46 @@ Per-turn ``expect`` keys: ``within_ms`` (voice-to-voice), ``replied`` / ``no_rep
 ``hung_up_via_api``, ``tools`` (list of ``{name, args}``), ``nodes`` (entered during the call),
 ``max_latency_ms``.
 
-Every problem is reported as ``file:line:column: path: message`` (all at once).
+A turn is exactly one of ``say``, ``dtmf`` (digits 0-9 * # A-D; unquoted digits are read as
+written) or ``silence`` (seconds, more than 0). A scenario's ``model`` replaces the file's, its
+``caller`` options override the file's: ``pause_secs``, ``wait_secs``, ``quiet_secs``,
+``max_reply_secs``, ``barge_in_after``, ``greeting_wait_secs``, ``dtmf_gap_secs``,
+``hangup_delay_secs`` (seconds) and ``engine`` (see ``CallOptions``). A key written with no value (``expect:``) is an error,
+not "no checks"; ``args: null`` of a tool check means any arguments.
+
+The format is declared as data below (``EVAL``: every key's type, default and meaning) with the
+flow format's schema types (``pipeline/flows/format/schema.py``) and checked by its ``Checker``;
+this module adds the checks that span keys (one turn kind, model kinds, unique scenario names,
+the flow file exists, regular expressions compile). Every problem is reported as
+``file:line:column: path: message`` (all at once).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipeline.flows.format.checker import INVALID, Checker, syntax_issue
+from pipeline.flows.format.errors import FlowIssue
+from pipeline.flows.format.schema import (
+    MISSING,
+    Bool,
+    Either,
+    JsonObject,
+    ListOf,
+    Num,
+    Obj,
+    Prop,
+    Str,
+)
+
 TRANSCRIPT_SOURCES = ("auto", "text", "asr")
 ENDED_BY = ("caller", "bot")
 OUTCOMES = ("completed", "transferred", "caller_hung_up", "error")
-CALLER_OPTIONS = {
-    "pause_secs": float, "wait_secs": float, "quiet_secs": float, "max_reply_secs": float,
-    "barge_in_after": float, "greeting_wait_secs": float, "dtmf_gap_secs": float,
-    "hangup_delay_secs": float, "engine": str,
-}
 EVAL_SUFFIXES = (".yaml", ".yml")
 
 
@@ -192,347 +213,319 @@ class EvalFile:
 
 
 # ----------------------------------------------------------------------------------------------
-# parsing
+# the format, declared with the flow format's schema types and checked by its Checker
 # ----------------------------------------------------------------------------------------------
 
-_MISSING = object()
+
+def _key(name: str, type_: Any, doc: str, *, required: bool = False, default: Any = None) -> Prop:
+    """A key of an eval file. A null value is an error, not the default: an ``expect:`` left
+    empty would otherwise check nothing without a word."""
+    return Prop(name, type_, doc, required=required, default=MISSING if required else default,
+                nullable=False)
 
 
-class _Parser:
-    """Walks the composed YAML nodes, converting values and collecting issues with marks."""
+_TEXT = Str(min_length=1)
+_TEXTS = Either(short=_TEXT, long=ListOf(_TEXT))
+_MS = Num(minimum=0)
 
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.issues: list[EvalIssue] = []
+TOOL = Either(
+    short=_TEXT,
+    long=Obj((
+        _key("name", _TEXT, "The tool's function name.", required=True),
+        # null stands for the default here, as before: any arguments
+        Prop("args", JsonObject(), "Arguments the call must have (a subset match; default: any).",
+             default=None),
+    )),
+)
 
-    def issue(self, node: yaml.Node | None, path: str, message: str) -> None:
-        line, col = (node.start_mark.line + 1, node.start_mark.column + 1) if node else (1, 1)
-        self.issues.append(EvalIssue(self.file, line, col, path, message))
+TRANSCRIPT = Obj(
+    (
+        _key("contains", _TEXTS, "Phrases the bot must say (case, punctuation and spacing "
+             "ignored).", default=[]),
+        _key("not_contains", _TEXTS, "Phrases the bot must not say.", default=[]),
+        _key("matches", _TEXT, "A regular expression the bot's words must match (re.search, "
+             "ignoring case)."),
+        _key("source", Str(enum=TRANSCRIPT_SOURCES), "Where the bot's words come from: 'text' "
+             "(the call record), 'asr' (Whisper on the audio), 'auto' (text, else asr).",
+             default="auto"),
+    ),
+    doc="What the bot's words in a turn must (not) contain or match; give at least one check.",
+)
 
-    def mapping(self, node: yaml.Node, path: str, allowed: tuple[str, ...],
-                required: tuple[str, ...] = ()) -> dict[str, yaml.Node] | None:
-        if not isinstance(node, yaml.MappingNode):
-            self.issue(node, path, f"expected a mapping, got {_describe(node)}")
-            return None
-        out: dict[str, yaml.Node] = {}
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else None
-            if key not in allowed:
-                self.issue(k, path, f"unknown key {key!r} (expected one of: {', '.join(allowed)})")
+TURN_EXPECT = Obj(
+    (
+        _key("within_ms", _MS, "The bot starts speaking within this many ms (voice-to-voice)."),
+        _key("replied", Bool(), "The bot speaks (true) or stays silent (false)."),
+        _key("no_reply", Bool(), "The opposite of replied (give one of them)."),
+        _key("transcript", TRANSCRIPT, "Checks on what the bot said."),
+        _key("tool", TOOL, "A tool call started during the turn: a name or {name, args}."),
+        _key("node", _TEXT, "A node entered by the end of the turn."),
+        _key("barged_in", Bool(), "The caller's turn interrupted the bot (or did not)."),
+    ),
+    doc="Expectations on one turn (or the greeting).",
+)
+
+CALL_EXPECT = Obj(
+    (
+        _key("ended_by", Str(enum=ENDED_BY), "Who hung up."),
+        _key("outcome", Str(enum=OUTCOMES), "The outcome in the call record."),
+        _key("transferred_to", _TEXT, "A number the call was transferred to (through Twilio)."),
+        _key("hung_up_via_api", Bool(), "The bot hung up through Twilio's API (or did not)."),
+        _key("tools", ListOf(TOOL), "Tool calls made during the call.", default=[]),
+        _key("nodes", _TEXTS, "Nodes entered during the call.", default=[]),
+        _key("max_latency_ms", _MS, "Every reply starts within this many ms."),
+    ),
+    doc="Expectations on the whole call.",
+)
+
+TURN = Obj(
+    (
+        _key("say", _TEXT, "A sentence the caller speaks (synthesised speech)."),
+        _key("dtmf", Str(pattern="[0-9*#ABCD]+", hint="DTMF digits (0-9, *, #, A-D)",
+                         unquoted_ints=True), "Keys the caller presses."),
+        _key("silence", Num(minimum=0), "Seconds the caller stays quiet (more than 0)."),
+        _key("expect", TURN_EXPECT, "What must happen in the turn."),
+    ),
+    doc="One thing the caller does: exactly one of say, dtmf or silence.",
+)
+
+MODEL = Either(
+    short=Str(enum=("demo",)),
+    long=Obj(
+        (
+            _key("checkpoint", Str(enum=("demo", "tiny")), "A tiny test checkpoint (or canned)."),
+            _key("reply", _TEXT, "demo: what it says after every turn (default DEMO_REPLY)."),
+            _key("tool_call", Obj((
+                _key("name", _TEXT, "The tool it calls.", required=True),
+                _key("arguments", JsonObject(), "The call's arguments.", default={}),
+            )), "tiny (required): the tool call of its first response."),
+            _key("filler", _TEXT, "tiny: what it says with the tool call.",
+                 default=ModelSpec.filler),
+            _key("after_tool", _TEXT, "tiny: what it says in every response after the result.",
+                 default=ModelSpec.after_tool),
+            _key("canned", _TEXT, "The instant stand-in instead of a checkpoint: what it says."),
+            _key("text", Bool(), "canned: also send the text (false: only the ASR can check "
+                 "what the bot said).", default=True),
+        ),
+    ),
+)
+
+CALLER = Obj(
+    (
+        _key("pause_secs", Num(minimum=0), "Silence before each turn."),
+        _key("wait_secs", Num(minimum=0), "Longest wait for the bot's reply to begin."),
+        _key("quiet_secs", Num(minimum=0), "Bot silence that ends its reply."),
+        _key("max_reply_secs", Num(minimum=0), "Cap on one reply once it has begun."),
+        _key("barge_in_after", Num(minimum=0), "Start the next turn this long into the reply."),
+        _key("greeting_wait_secs", Num(minimum=0), "How long to listen for a greeting."),
+        _key("dtmf_gap_secs", Num(minimum=0), "Between DTMF digits."),
+        _key("hangup_delay_secs", Num(minimum=0), "Silence after the last reply before hanging "
+             "up."),
+        _key("engine", _TEXT, "Speech engine of the caller's voice (stepcall.audio.speech)."),
+    ),
+    doc="How the simulated caller behaves (CallOptions; seconds; default: CallOptions').",
+)
+
+SCENARIO = Obj(
+    (
+        _key("name", _TEXT, "Unique name of the scenario in its file.", required=True),
+        _key("model", MODEL, "The model service (default: the file's model)."),
+        _key("caller", CALLER, "Caller options over the file's."),
+        _key("greeting", TURN_EXPECT, "Expectations on the bot's greeting."),
+        _key("turns", ListOf(TURN, min_items=1), "What the caller does, in order.",
+             required=True),
+        _key("expect", CALL_EXPECT, "Expectations on the whole call."),
+    ),
+    doc="One simulated call and its expectations.",
+)
+
+EVAL = Obj(
+    (
+        _key("flow", _TEXT, "The flow file under test, relative to this file.", required=True),
+        _key("model", MODEL, "Default model of the scenarios.", default="demo"),
+        _key("caller", CALLER, "Default caller options of the scenarios.", default={}),
+        _key("scenarios", ListOf(SCENARIO, min_items=1), "The simulated calls.", required=True),
+    ),
+    doc="An eval file: scripted calls to one flow's bot and what must happen.",
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# parsing: the Checker validates the structure; combinations are checked and objects built here
+# ----------------------------------------------------------------------------------------------
+
+
+def _given(value: Any) -> bool:
+    """A key was written (absent keys are None: eval keys never take a null)."""
+    return value is not None
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+class _Eval:
+    """The checks that span keys, then the objects, from the Checker's plain data."""
+
+    def __init__(self, checker: Checker, path: Path) -> None:
+        self.c = checker
+        self.path = path
+
+    def report(self, at: str, message: str) -> None:
+        self.c.report(self.c.mark(at), at, message)
+
+    def line(self, at: str) -> int:
+        return self.c.mark(at)[0]
+
+    # -- combinations -----------------------------------------------------------------------
+
+    def check(self, data: dict[str, Any]) -> None:
+        if isinstance(data["flow"], str):
+            flow = (self.path.parent / data["flow"]).resolve()
+            if not flow.is_file():
+                self.report("flow", f"no flow file at {flow}")
+        self.check_model(data["model"], "model")
+        names: set[str] = set()
+        for i, sc in enumerate(data["scenarios"] or []):
+            at = f"scenarios[{i}]"
+            if not isinstance(sc, dict):
                 continue
-            if key in out:
-                self.issue(k, path, f"duplicate key {key!r}")
-            out[key] = v
-        for key in required:
-            if key not in out:
-                self.issue(node, path, f"missing required key {key!r}")
-        return out
+            if isinstance(sc["name"], str):
+                if sc["name"] in names:
+                    self.report(f"{at}.name", f"duplicate scenario name {sc['name']!r}")
+                names.add(sc["name"])
+            self.check_model(sc["model"], f"{at}.model")
+            self.check_turn_expect(sc["greeting"], f"{at}.greeting")
+            for j, turn in enumerate(sc["turns"] or []):
+                self.check_turn(turn, f"{at}.turns[{j}]")
 
-    def string(self, node: yaml.Node, path: str) -> str | None:
-        v = _construct(node)
-        if not isinstance(v, str) or not v.strip():
-            self.issue(node, path, f"expected a non-empty string, got {_describe(node)}")
-            return None
-        return v
+    def check_model(self, m: Any, at: str) -> None:
+        if not isinstance(m, dict):
+            return
+        if _given(m["canned"]) and _given(m["checkpoint"]):
+            self.report(at, "give either checkpoint or canned, not both")
+        elif not _given(m["canned"]) and not _given(m["checkpoint"]):
+            self.report(at, "missing key 'checkpoint' (demo or tiny) or 'canned'")
+        elif m["checkpoint"] == "tiny" and not _given(m["tool_call"]):
+            self.report(at, "a tiny checkpoint needs tool_call: {name, arguments}")
 
-    def number(self, node: yaml.Node, path: str, minimum: float = 0.0) -> float | None:
-        v = _construct(node)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            self.issue(node, path, f"expected a number, got {_describe(node)}")
-            return None
-        if v < minimum:
-            self.issue(node, path, f"must be >= {minimum:g}, got {v}")
-            return None
-        return float(v)
+    def check_turn(self, turn: Any, at: str) -> None:
+        if not isinstance(turn, dict):
+            return
+        if sum(_given(turn[k]) for k in ("say", "dtmf", "silence")) != 1:
+            self.report(at, "a turn needs exactly one of say, dtmf or silence")
+        if turn["silence"] == 0:
+            self.report(f"{at}.silence", "must be > 0 seconds")
+        self.check_turn_expect(turn["expect"], f"{at}.expect")
 
-    def boolean(self, node: yaml.Node, path: str) -> bool | None:
-        v = _construct(node)
-        if not isinstance(v, bool):
-            self.issue(node, path, f"expected true or false, got {_describe(node)}")
-            return None
-        return v
+    def check_turn_expect(self, exp: Any, at: str) -> None:
+        if not isinstance(exp, dict):
+            return
+        if _given(exp["replied"]) and _given(exp["no_reply"]):
+            self.report(f"{at}.no_reply", "give replied or no_reply, not both")
+        t = exp["transcript"]
+        if not isinstance(t, dict):
+            return
+        if isinstance(t["matches"], str):
+            try:
+                re.compile(t["matches"])
+            except re.error as e:
+                self.report(f"{at}.transcript.matches", f"invalid regular expression: {e}")
+        if not (t["contains"] or t["not_contains"] or t["matches"]):
+            self.report(f"{at}.transcript", "give contains, not_contains or matches")
 
-    def choice(self, node: yaml.Node, path: str, choices: tuple[str, ...]) -> str | None:
-        v = self.string(node, path)
-        if v is not None and v not in choices:
-            self.issue(node, path, f"{v!r} is not one of: {', '.join(choices)}")
-            return None
-        return v
+    # -- objects (from data without problems) -----------------------------------------------
 
-    def strings(self, node: yaml.Node, path: str) -> tuple[str, ...]:
-        if isinstance(node, yaml.ScalarNode):
-            s = self.string(node, path)
-            return (s,) if s else ()
-        if not isinstance(node, yaml.SequenceNode):
-            self.issue(node, path, f"expected a string or a list of strings, got {_describe(node)}")
-            return ()
-        out = []
-        for i, item in enumerate(node.value):
-            s = self.string(item, f"{path}[{i}]")
-            if s is not None:
-                out.append(s)
-        return tuple(out)
-
-    # -- sections ---------------------------------------------------------------------------
-
-    def model(self, node: yaml.Node, path: str) -> ModelSpec | None:
-        if isinstance(node, yaml.ScalarNode):
-            name = self.choice(node, path, ("demo",))
-            return ModelSpec("demo") if name else None
-        m = self.mapping(node, path, ("checkpoint", "reply", "tool_call", "filler", "after_tool",
-                                      "canned", "text"))
-        if m is None:
-            return None
-        if "canned" in m:
-            if "checkpoint" in m:
-                self.issue(node, path, "give either checkpoint or canned, not both")
-                return None
-            say = self.string(m["canned"], f"{path}.canned")
-            text = self.boolean(m["text"], f"{path}.text") if "text" in m else True
-            return ModelSpec("canned", canned=say, canned_text=bool(text)) if say else None
-        if "checkpoint" not in m:
-            self.issue(node, path, "missing key 'checkpoint' (demo or tiny) or 'canned'")
-            return None
-        kind = self.choice(m["checkpoint"], f"{path}.checkpoint", ("demo", "tiny"))
-        if kind == "demo":
-            reply = self.string(m["reply"], f"{path}.reply") if "reply" in m else None
-            return ModelSpec("demo", reply=reply)
-        if kind != "tiny":
-            return None
-        if "tool_call" not in m:
-            self.issue(node, path, "a tiny checkpoint needs tool_call: {name, arguments}")
-            return None
-        tc = self.mapping(m["tool_call"], f"{path}.tool_call", ("name", "arguments"), ("name",))
-        if tc is None:
-            return None
-        name = self.string(tc["name"], f"{path}.tool_call.name") if "name" in tc else None
-        args: Any = _construct(tc["arguments"]) if "arguments" in tc else {}
-        if not isinstance(args, dict):
-            self.issue(tc["arguments"], f"{path}.tool_call.arguments", "expected a mapping")
-            return None
-        extra = {k: self.string(m[k], f"{path}.{k}") for k in ("filler", "after_tool") if k in m}
-        if name is None or any(v is None for v in extra.values()):
-            return None
-        return ModelSpec("tiny", tool_name=name, tool_arguments=args, **extra)
-
-    def caller(self, node: yaml.Node, path: str) -> dict[str, Any]:
-        m = self.mapping(node, path, tuple(CALLER_OPTIONS))
-        out: dict[str, Any] = {}
-        for k, v in (m or {}).items():
-            if CALLER_OPTIONS[k] is float:
-                x = self.number(v, f"{path}.{k}")
-            else:
-                x = self.string(v, f"{path}.{k}")
-            if x is not None:
-                out[k] = x
-        return out
-
-    def tool(self, node: yaml.Node, path: str) -> ToolCheck | None:
-        if isinstance(node, yaml.ScalarNode):
-            name = self.string(node, path)
-            return ToolCheck(name) if name else None
-        m = self.mapping(node, path, ("name", "args"), ("name",))
-        if m is None or "name" not in m:
-            return None
-        name = self.string(m["name"], f"{path}.name")
-        args = _construct(m["args"]) if "args" in m else None
-        if args is not None and not isinstance(args, dict):
-            self.issue(m["args"], f"{path}.args", "expected a mapping of argument values")
-            return None
-        return ToolCheck(name, args) if name else None
-
-    def transcript(self, node: yaml.Node, path: str) -> TranscriptCheck | None:
-        m = self.mapping(node, path, ("contains", "not_contains", "matches", "source"))
-        if m is None:
-            return None
-        matches = None
-        if "matches" in m:
-            matches = self.string(m["matches"], f"{path}.matches")
-            if matches is not None:
-                import re
-
-                try:
-                    re.compile(matches)
-                except re.error as e:
-                    self.issue(m["matches"], f"{path}.matches", f"invalid regular expression: {e}")
-        source = "auto"
-        if "source" in m:
-            source = self.choice(m["source"], f"{path}.source", TRANSCRIPT_SOURCES) or "auto"
-        check = TranscriptCheck(
-            contains=self.strings(m["contains"], f"{path}.contains") if "contains" in m else (),
-            not_contains=self.strings(m["not_contains"], f"{path}.not_contains")
-            if "not_contains" in m else (),
-            matches=matches,
-            source=source,
+    def build(self, data: dict[str, Any]) -> EvalFile:
+        model = self.model(data["model"])
+        caller = self.caller(data["caller"])
+        scenarios = tuple(
+            Scenario(
+                name=sc["name"], file=str(self.path), line=self.line(f"scenarios[{i}]"),
+                model=model if sc["model"] is None else self.model(sc["model"]),
+                caller={**caller, **self.caller(sc["caller"] or {})},
+                turns=tuple(self.turn(t, f"scenarios[{i}].turns[{j}]")
+                            for j, t in enumerate(sc["turns"])),
+                greeting=None if sc["greeting"] is None else self.turn_expect(sc["greeting"]),
+                expect=CallExpect() if sc["expect"] is None else self.call_expect(sc["expect"]),
+            )
+            for i, sc in enumerate(data["scenarios"])
         )
-        if not (check.contains or check.not_contains or check.matches):
-            self.issue(node, path, "give contains, not_contains or matches")
-        return check
+        flow = (self.path.parent / data["flow"]).resolve()
+        return EvalFile(path=self.path, flow=flow, scenarios=scenarios)
 
-    def turn_expect(self, node: yaml.Node, path: str) -> TurnExpect:
-        keys = ("within_ms", "replied", "no_reply", "transcript", "tool", "node", "barged_in")
-        m = self.mapping(node, path, keys) or {}
-        kw: dict[str, Any] = {}
-        if "within_ms" in m:
-            kw["within_ms"] = self.number(m["within_ms"], f"{path}.within_ms")
-        if "replied" in m:
-            kw["replied"] = self.boolean(m["replied"], f"{path}.replied")
-        if "no_reply" in m:
-            v = self.boolean(m["no_reply"], f"{path}.no_reply")
-            if "replied" in m:
-                self.issue(m["no_reply"], f"{path}.no_reply", "give replied or no_reply, not both")
-            elif v is not None:
-                kw["replied"] = not v
-        if "transcript" in m:
-            kw["transcript"] = self.transcript(m["transcript"], f"{path}.transcript")
-        if "tool" in m:
-            kw["tool"] = self.tool(m["tool"], f"{path}.tool")
-        if "node" in m:
-            kw["node"] = self.string(m["node"], f"{path}.node")
-        if "barged_in" in m:
-            kw["barged_in"] = self.boolean(m["barged_in"], f"{path}.barged_in")
-        return TurnExpect(**kw)
+    @staticmethod
+    def model(m: str | dict[str, Any]) -> ModelSpec:
+        if isinstance(m, str):
+            return ModelSpec(m)
+        if m["canned"] is not None:
+            return ModelSpec("canned", canned=m["canned"], canned_text=m["text"])
+        if m["checkpoint"] == "demo":
+            return ModelSpec("demo", reply=m["reply"])
+        return ModelSpec("tiny", tool_name=m["tool_call"]["name"],
+                         tool_arguments=m["tool_call"]["arguments"], filler=m["filler"],
+                         after_tool=m["after_tool"])
 
-    def call_expect(self, node: yaml.Node, path: str) -> CallExpect:
-        keys = ("ended_by", "outcome", "transferred_to", "hung_up_via_api", "tools", "nodes",
-                "max_latency_ms")
-        m = self.mapping(node, path, keys) or {}
-        kw: dict[str, Any] = {}
-        if "ended_by" in m:
-            kw["ended_by"] = self.choice(m["ended_by"], f"{path}.ended_by", ENDED_BY)
-        if "outcome" in m:
-            kw["outcome"] = self.choice(m["outcome"], f"{path}.outcome", OUTCOMES)
-        if "transferred_to" in m:
-            kw["transferred_to"] = self.string(m["transferred_to"], f"{path}.transferred_to")
-        if "hung_up_via_api" in m:
-            kw["hung_up_via_api"] = self.boolean(m["hung_up_via_api"], f"{path}.hung_up_via_api")
-        if "tools" in m:
-            if not isinstance(m["tools"], yaml.SequenceNode):
-                self.issue(m["tools"], f"{path}.tools", "expected a list of tools")
-            else:
-                tools = [self.tool(t, f"{path}.tools[{i}]") for i, t in enumerate(m["tools"].value)]
-                kw["tools"] = tuple(t for t in tools if t is not None)
-        if "nodes" in m:
-            kw["nodes"] = self.strings(m["nodes"], f"{path}.nodes")
-        if "max_latency_ms" in m:
-            kw["max_latency_ms"] = self.number(m["max_latency_ms"], f"{path}.max_latency_ms")
-        return CallExpect(**kw)
+    @staticmethod
+    def caller(options: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in options.items() if v is not None}
 
-    def turn(self, node: yaml.Node, path: str) -> TurnSpec | None:
-        m = self.mapping(node, path, ("say", "dtmf", "silence", "expect"))
-        if m is None:
-            return None
-        kinds = [k for k in ("say", "dtmf", "silence") if k in m]
-        if len(kinds) != 1:
-            self.issue(node, path, "a turn needs exactly one of say, dtmf or silence")
-            return None
-        kw: dict[str, Any] = {"line": node.start_mark.line + 1}
-        kind = kinds[0]
-        if kind == "say":
-            kw["say"] = self.string(m["say"], f"{path}.say")
-        elif kind == "dtmf":
-            digits = str(_construct(m["dtmf"]))
-            bad = [d for d in digits if d not in "0123456789*#ABCD"]
-            if not digits or bad:
-                self.issue(m["dtmf"], f"{path}.dtmf", f"invalid DTMF digits {digits!r}")
-                return None
-            kw["dtmf"] = digits
-        else:
-            secs = self.number(m["silence"], f"{path}.silence")
-            if secs is not None and secs <= 0:
-                self.issue(m["silence"], f"{path}.silence", "must be > 0 seconds")
-                return None
-            kw["silence"] = secs
-        if kw.get(kind) is None:
-            return None
-        if "expect" in m:
-            kw["expect"] = self.turn_expect(m["expect"], f"{path}.expect")
-        return TurnSpec(**kw)
+    @staticmethod
+    def tool(t: str | dict[str, Any]) -> ToolCheck:
+        return ToolCheck(t) if isinstance(t, str) else ToolCheck(t["name"], t["args"])
+
+    def turn(self, t: dict[str, Any], at: str) -> TurnSpec:
+        expect = TurnExpect() if t["expect"] is None else self.turn_expect(t["expect"])
+        return TurnSpec(say=t["say"], dtmf=t["dtmf"], silence=t["silence"], expect=expect,
+                        line=self.line(at))
+
+    def turn_expect(self, e: dict[str, Any]) -> TurnExpect:
+        t = e["transcript"]
+        replied = e["replied"] if e["no_reply"] is None else not e["no_reply"]
+        return TurnExpect(
+            within_ms=e["within_ms"], replied=replied, node=e["node"], barged_in=e["barged_in"],
+            tool=None if e["tool"] is None else self.tool(e["tool"]),
+            transcript=None if t is None else TranscriptCheck(
+                contains=_texts(t["contains"]), not_contains=_texts(t["not_contains"]),
+                matches=t["matches"], source=t["source"]),
+        )
+
+    def call_expect(self, e: dict[str, Any]) -> CallExpect:
+        return CallExpect(
+            ended_by=e["ended_by"], outcome=e["outcome"], transferred_to=e["transferred_to"],
+            hung_up_via_api=e["hung_up_via_api"], tools=tuple(self.tool(t) for t in e["tools"]),
+            nodes=_texts(e["nodes"]), max_latency_ms=e["max_latency_ms"],
+        )
 
 
-def _construct(node: yaml.Node) -> Any:
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
-
-
-def _describe(node: yaml.Node | None) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    if node is None:
-        return "nothing"
-    v = _construct(node)
-    return "nothing (null)" if v is None else f"{type(v).__name__} {v!r}"
+def _issues(issues: list[FlowIssue]) -> list[EvalIssue]:
+    return [EvalIssue(i.file, i.line, i.column, i.path, i.message) for i in issues]
 
 
 def parse_eval(text: str, path: str | Path) -> EvalFile:
     """Validate eval YAML ``text`` as read from ``path``; raise ``EvalSpecError``."""
     path = Path(path)
-    p = _Parser(str(path))
+    file = str(path)
+    loader = yaml.SafeLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise EvalSpecError([EvalIssue(str(path), line, col, "", f"YAML syntax error: {e.problem}")]
-                            ) from None
-    if root is None:
-        raise EvalSpecError([EvalIssue(str(path), 1, 1, "", "the file is empty; expected flow "
-                                       "and scenarios")])
-    top = p.mapping(root, "", ("flow", "model", "caller", "scenarios"), ("flow", "scenarios"))
-    if top is None:
-        raise EvalSpecError(p.issues)
-    flow = None
-    if "flow" in top:
-        name = p.string(top["flow"], "flow")
-        if name is not None:
-            flow = (path.parent / name).resolve()
-            if not flow.is_file():
-                p.issue(top["flow"], "flow", f"no flow file at {flow}")
-    default_model = p.model(top["model"], "model") if "model" in top else ModelSpec("demo")
-    default_caller = p.caller(top["caller"], "caller") if "caller" in top else {}
-    scenarios: list[Scenario] = []
-    names: set[str] = set()
-    snode = top.get("scenarios")
-    if snode is not None and (not isinstance(snode, yaml.SequenceNode) or not snode.value):
-        p.issue(snode, "scenarios", "expected a non-empty list of scenarios")
-    elif snode is not None:
-        for i, sn in enumerate(snode.value):
-            sp = f"scenarios[{i}]"
-            m = p.mapping(sn, sp, ("name", "model", "caller", "greeting", "turns", "expect"),
-                          ("name", "turns"))
-            if m is None or "name" not in m or "turns" not in m:
-                continue
-            name = p.string(m["name"], f"{sp}.name")
-            if name in names:
-                p.issue(m["name"], f"{sp}.name", f"duplicate scenario name {name!r}")
-            names.add(name or "")
-            model = p.model(m["model"], f"{sp}.model") if "model" in m else default_model
-            caller = {**default_caller, **(p.caller(m["caller"], f"{sp}.caller")
-                                           if "caller" in m else {})}
-            tnode = m["turns"]
-            turns: list[TurnSpec] = []
-            if not isinstance(tnode, yaml.SequenceNode) or not tnode.value:
-                p.issue(tnode, f"{sp}.turns", "expected a non-empty list of turns")
-            else:
-                for j, tn in enumerate(tnode.value):
-                    t = p.turn(tn, f"{sp}.turns[{j}]")
-                    if t is not None:
-                        turns.append(t)
-            greeting = p.turn_expect(m["greeting"], f"{sp}.greeting") if "greeting" in m else None
-            expect = p.call_expect(m["expect"], f"{sp}.expect") if "expect" in m else CallExpect()
-            if name and model is not None:
-                scenarios.append(Scenario(
-                    name=name, file=str(path), line=sn.start_mark.line + 1, model=model,
-                    caller=caller, turns=tuple(turns), greeting=greeting, expect=expect))
-    if p.issues:
-        raise EvalSpecError(p.issues)
-    assert flow is not None
-    return EvalFile(path=path, flow=flow, scenarios=tuple(scenarios))
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as e:
+            raise EvalSpecError(_issues([syntax_issue(file, e)])) from None
+        if root is None:
+            raise EvalSpecError([EvalIssue(file, 1, 1, "", "the file is empty; expected flow "
+                                           "and scenarios")])
+        checker = Checker(file, loader)
+        data = checker.check(root, EVAL, "")
+    finally:
+        loader.dispose()
+    if data is INVALID:
+        raise EvalSpecError(_issues(checker.issues))
+    ev = _Eval(checker, path)
+    ev.check(data)
+    if checker.issues:
+        raise EvalSpecError(_issues(checker.issues))
+    return ev.build(data)
 
 
 def load_eval(path: str | Path) -> EvalFile:

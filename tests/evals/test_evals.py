@@ -10,6 +10,7 @@ is a loopback stand-in (``harness/evals/twilio_standin.py``).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.evals import spec
 from harness.evals.spec import EvalSpecError, load_evals, parse_eval
+from pipeline.flows.format.schema import Either, ListOf, Obj
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,9 +114,27 @@ scenarios:
     f = str(tmp_path / "bad.yaml")
     assert any(m.startswith(f"{f}:1:7: flow: no flow file") for m in msgs), msgs
     assert any(m.startswith(f"{f}:5:9: scenarios[0].turns[0]: a turn needs exactly one") for m in msgs)
-    assert any(m.startswith(f"{f}:7:18: scenarios[0].turns[1].silence: must be >= 0") for m in msgs)
+    assert any(m.startswith(f"{f}:7:18: scenarios[0].turns[1].silence: must be at least 0") for m in msgs)
     assert any("9:16: scenarios[0].expect.outcome: 'exploded' is not one of" in m for m in msgs)
     assert any("10:7: scenarios[0].expect: unknown key 'wat'" in m for m in msgs)
+
+
+def _keys(t: object) -> set[str]:
+    """Every key name declared under a schema type."""
+    if isinstance(t, Either):
+        return _keys(t.short) | _keys(t.long)
+    if isinstance(t, ListOf):
+        return _keys(t.item)
+    if isinstance(t, Obj):
+        return {p.name for p in t.props}.union(*(_keys(p.type) for p in t.props))
+    return set()
+
+
+def test_the_module_docstring_names_every_declared_key() -> None:
+    keys = _keys(spec.EVAL)
+    assert {"flow", "scenarios", "dtmf", "no_reply", "not_contains", "after_tool"} <= keys
+    missing = sorted(k for k in keys if not re.search(rf"\b{k}\b", spec.__doc__ or ""))
+    assert not missing, f"harness/evals/spec.py's docstring does not name {missing}"
 
 
 def test_the_cli_reports_invalid_files_with_exit_2(tmp_path) -> None:

@@ -80,6 +80,17 @@ def join(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+def syntax_issue(file: str, error: yaml.MarkedYAMLError) -> FlowIssue:
+    """A YAML syntax error at the parser's position, saying where the broken construct began."""
+    mark = error.problem_mark or error.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    message = ": ".join(str(p) for p in (error.context, error.problem) if p)
+    start = error.context_mark
+    if start is not None and mark is not None and start.line != mark.line:
+        message += f" (it started at line {start.line + 1}, column {start.column + 1})"
+    return FlowIssue(file, line, col, "", f"YAML syntax error: {message}")
+
+
 def _fmt(n: float) -> str:
     return str(int(n)) if float(n).is_integer() else str(n)
 
@@ -125,8 +136,9 @@ class Checker:
         if isinstance(spec, MapOf):
             return self._check_map(node, spec, path)
         if isinstance(spec, Either):
-            if isinstance(node, yaml.MappingNode):
-                return self._check_obj(node, spec.long, path)
+            long_node = yaml.SequenceNode if isinstance(spec.long, ListOf) else yaml.MappingNode
+            if isinstance(node, long_node):
+                return self.check(node, spec.long, path)
             return self.check(node, spec.short, path)
         if isinstance(spec, JsonObject):
             if not isinstance(node, yaml.MappingNode):
@@ -155,6 +167,8 @@ class Checker:
     def _check_scalar(self, node: yaml.Node, spec: Any, path: str) -> Any:
         kind = self._scalar_kind(node)
         if isinstance(spec, Str):
+            if kind == "int" and spec.unquoted_ints:
+                kind = "str"  # checked as the text written (node.value), not the number read
             if kind != "str":
                 hint = ""
                 if kind in ("int", "float", "bool", "timestamp"):
@@ -250,7 +264,7 @@ class Checker:
                     + (did_you_mean(key, list(props)) or f" (allowed: {', '.join(props)})"),
                 )
                 continue
-            if self._scalar_kind(value_node) == "null" and not prop.required:
+            if self._scalar_kind(value_node) == "null" and not prop.required and prop.nullable:
                 if prop.default is None or isinstance(prop.default, dict | list):
                     self.marks[sub] = (
                         value_node.start_mark.line + 1,
@@ -302,7 +316,11 @@ class Checker:
         if not isinstance(node, yaml.SequenceNode):
             self.report(node, path, f"expected a list, got {describe(node)}")
             return INVALID
-        return [self.check(item, spec.item, join(path, i)) for i, item in enumerate(node.value)]
+        items = [self.check(item, spec.item, join(path, i)) for i, item in enumerate(node.value)]
+        if len(items) < spec.min_items:
+            n = spec.min_items
+            self.report(node, path, f"needs at least {n} item{'' if n == 1 else 's'}")
+        return items
 
     def _check_map(self, node: yaml.Node, spec: MapOf, path: str) -> Any:
         if not isinstance(node, yaml.MappingNode):

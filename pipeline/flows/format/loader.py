@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from pipeline.flows.format import vocab
-from pipeline.flows.format.checker import INVALID, Checker, did_you_mean, join
+from pipeline.flows.format.checker import INVALID, Checker, did_you_mean, join, syntax_issue
 from pipeline.flows.format.errors import FlowIssue, FlowValidationError
 from pipeline.flows.format.model import (
     BotInfo,
@@ -56,15 +56,7 @@ def parse_flow(text: str, path: str | Path) -> FlowSpec:
         try:
             root = loader.get_single_node()
         except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            message = ": ".join(str(p) for p in (e.context, e.problem) if p)
-            start = e.context_mark
-            if start is not None and mark is not None and start.line != mark.line:
-                message += f" (it started at line {start.line + 1}, column {start.column + 1})"
-            raise FlowValidationError(
-                [FlowIssue(file, line, col, "", f"YAML syntax error: {message}")]
-            ) from None
+            raise FlowValidationError([syntax_issue(file, e)]) from None
         if root is None:
             raise FlowValidationError(
                 [

@@ -36,6 +36,7 @@ class Str:
     pattern: str | None = None
     hint: str = ""  # what the pattern means, for messages ("an E.164 number like +15551234567")
     min_length: int = 0
+    unquoted_ints: bool = False  # an unquoted integer stands for its text as written (`dtmf: 12`)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class Prop:
     doc: str
     required: bool = False
     default: Any = MISSING
+    # a null value (``key:`` or ``key: ~``) stands for a default of None, {} or []; False: an error
+    nullable: bool = True
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class ListOf:
     """A list whose items all have type ``item``."""
 
     item: Any
+    min_items: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,10 @@ class MapOf:
 
 @dataclass(frozen=True)
 class Either:
-    """A short form (a scalar) or a long form (a mapping) of the same thing."""
+    """A short form (a scalar) or a long form (a mapping, or a list if ``long`` is a ``ListOf``)."""
 
     short: Any
-    long: Obj
+    long: Any
 
 
 @dataclass(frozen=True)
@@ -467,7 +471,7 @@ def _anchored(pattern: str) -> str:
 
 def _render(t: Any) -> dict[str, Any]:
     if isinstance(t, Str):
-        out: dict[str, Any] = {"type": "string"}
+        out: dict[str, Any] = {"type": ["string", "integer"] if t.unquoted_ints else "string"}
         if t.enum is not None:
             out["enum"] = list(t.enum)
         if t.pattern is not None:
@@ -487,7 +491,10 @@ def _render(t: Any) -> dict[str, Any]:
     if isinstance(t, JsonObject):
         return {"type": "object"}
     if isinstance(t, ListOf):
-        return {"type": "array", "items": _render(t.item)}
+        out = {"type": "array", "items": _render(t.item)}
+        if t.min_items:
+            out["minItems"] = t.min_items
+        return out
     if isinstance(t, MapOf):
         out = {
             "type": "object",
@@ -512,8 +519,9 @@ def _render(t: Any) -> dict[str, Any]:
             rendered = {**_render(p.type), "description": p.doc}
             if p.default is not MISSING and p.default is not None:
                 rendered["default"] = p.default
-            if p.default is None and "type" in rendered:
-                rendered["type"] = [rendered["type"], "null"]
+            if p.default is None and p.nullable and "type" in rendered:
+                types = rendered["type"]
+                rendered["type"] = [*(types if isinstance(types, list) else [types]), "null"]
                 if "enum" in rendered:
                     rendered["enum"] = [*rendered["enum"], None]
             props[p.name] = rendered
