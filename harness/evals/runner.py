@@ -2,7 +2,7 @@
 
 For each scenario the runner
 
-1. gets a model service for the scenario's model (``harness/evals/models.py``; or the one given
+1. gets a model service for the scenario's model (``harness/evals/model_services.py``; or the one given
    with ``model_url``),
 2. serves the bot server (``bots.server.create_app``) for the eval's flow on loopback, with a
    temporary SQLite call-record store and its Twilio REST API pointed at a loopback stand-in
@@ -34,7 +34,7 @@ from harness.callers import CallerTurn, CallOptions, CallResult, StreamIdentity,
 from harness.callers.scripted_call import TurnResult
 from harness.callers.twilio_client import decode_bot_audio, is_audible
 from harness.evals.asr import BotSpeechASR, normalize
-from harness.evals.models import ModelServices
+from harness.evals.model_services import ModelServices
 from harness.evals.spec import (
     CallExpect,
     EvalFile,
