@@ -47,16 +47,22 @@ def test_session_start_parses_every_field() -> None:
     [
         ('{"type": "input_audio.commit"}', p.InputAudioCommit()),
         ('{"type": "input_audio.clear"}', p.InputAudioClear()),
-        ('{"type": "input_text.append", "text": "1"}', p.InputTextAppend("1", "human")),
+        ('{"type": "input_text.append", "text": "1"}', p.InputTextAppend(text="1", role="human")),
         (
             '{"type": "input_text.append", "text": "be brief", "role": "system"}',
-            p.InputTextAppend("be brief", "system"),
+            p.InputTextAppend(text="be brief", role="system"),
         ),
         ('{"type": "response.create"}', p.ResponseCreate()),
-        ('{"type": "response.create", "instructions": "greet"}', p.ResponseCreate("greet")),
-        ('{"type": "response.cancel", "heard_ms": 1250}', p.ResponseCancel(1250.0)),
-        ('{"type": "response.cancel"}', p.ResponseCancel(None)),
-        ('{"type": "tool.result", "call_id": "c1", "output": "{}"}', p.ToolResult("c1", "{}")),
+        (
+            '{"type": "response.create", "instructions": "greet"}',
+            p.ResponseCreate(instructions="greet"),
+        ),
+        ('{"type": "response.cancel", "heard_ms": 1250}', p.ResponseCancel(heard_ms=1250.0)),
+        ('{"type": "response.cancel"}', p.ResponseCancel(heard_ms=None)),
+        (
+            '{"type": "tool.result", "call_id": "c1", "output": "{}"}',
+            p.ToolResult(call_id="c1", output="{}"),
+        ),
         ('{"type": "session.update", "voice": "bob"}', p.SessionUpdate(voice="bob")),
         ('{"type": "session.update", "tools": []}', p.SessionUpdate(tools=[])),
         ('{"type": "session.end"}', p.SessionEnd()),
@@ -142,10 +148,10 @@ def test_client_messages_round_trip_through_json() -> None:
     start = p.parse_client_message(json.dumps(START))
     assert p.parse_client_message(p.message_to_json(start)) == start
     for m in (
-        p.ResponseCancel(320.0),
-        p.ToolResult("c1", "ok"),
+        p.ResponseCancel(heard_ms=320.0),
+        p.ToolResult(call_id="c1", output="ok"),
         p.SessionUpdate(system_prompt="new", tools=[{"name": "f"}]),
-        p.InputTextAppend("5", "human"),
+        p.InputTextAppend(text="5", role="human"),
     ):
         assert p.parse_client_message(p.message_to_json(m)) == m
 
@@ -161,22 +167,28 @@ def test_none_fields_are_left_out_of_the_wire_format() -> None:
     "event",
     [
         p.SessionStarted(
-            "s1", backend="reference", model="tiny", input_sample_rate=8000, output_sample_rate=8000
+            session_id="s1",
+            backend="reference",
+            model="tiny",
+            input_sample_rate=8000,
+            output_sample_rate=8000,
         ),
-        p.ResponseStarted("s1", "r1"),
-        p.TextDelta("s1", "r1", "héllo"),
-        p.ToolCall("s1", "r1", call_id="c1", name="lookup", arguments={"q": "x"}),
+        p.ResponseStarted(session_id="s1", response_id="r1"),
+        p.TextDelta(session_id="s1", response_id="r1", text="héllo"),
+        p.ToolCall(
+            session_id="s1", response_id="r1", call_id="c1", name="lookup", arguments={"q": "x"}
+        ),
         p.ResponseDone(
-            "s1",
-            "r1",
+            session_id="s1",
+            response_id="r1",
             status="completed",
             text="hi",
             audio_ms=480.0,
             timings={k: 1.0 for k in p.TIMING_KEYS},
             usage={"prompt_tokens": 10, "completion_tokens": 20},
         ),
-        p.ErrorEvent("busy", "full", fatal=True, session_id="s1"),
-        p.SessionEnded("s1"),
+        p.ErrorEvent(code="busy", message="full", fatal=True, session_id="s1"),
+        p.SessionEnded(session_id="s1"),
     ],
 )
 def test_server_events_round_trip(event: p.ServerEvent) -> None:
@@ -210,7 +222,7 @@ def test_input_transcription_flag_and_transcript_event() -> None:
     assert on.input_transcription is True
     with pytest.raises(p.ProtocolError, match="'input_transcription' must be true or false"):
         p.parse_client_message(json.dumps({**base, "input_transcription": "yes"}))
-    event = p.InputAudioTranscript("sess_1", 2, "what time do you open")
+    event = p.InputAudioTranscript(session_id="sess_1", item=2, text="what time do you open")
     assert p.parse_server_event(p.event_to_json(event)) == event
     with pytest.raises(p.ProtocolError, match="missing 'item'"):
         p.parse_server_event(json.dumps({"type": "input_audio.transcript", "text": "x"}))
