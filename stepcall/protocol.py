@@ -18,6 +18,10 @@ is the integer 8000), unknown extra fields are ignored (forward compatibility), 
 is an absent one (its default applies), and a refusal is a :class:`ProtocolError` whose text
 names the message and the field (``session.start: 'call_id' must be a string, got int``).
 Constructing a model in Python validates it the pydantic way (lax types, the same rules).
+
+Measured against the hand-written checks these replaced (``benchmarks/protocol_parse.py``,
+RESULTS.md): parsing a small message costs 0.3-2 µs more, encoding is 1.3-6.7x faster, a
+``turn.check`` costs the same (JSON and base64 are the whole of it).
 """
 
 from __future__ import annotations
