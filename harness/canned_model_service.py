@@ -94,16 +94,26 @@ class CannedModelService:
                 if self.hang:
                     continue
                 rid = f"resp_{self.responses}"
-                await ws.send(p.event_to_json(p.ResponseStarted(session_id, rid)))
-                await ws.send(p.event_to_json(p.TextDelta(session_id, rid, self.text)))
+                started = p.ResponseStarted(session_id=session_id, response_id=rid)
+                await ws.send(p.event_to_json(started))
+                delta = p.TextDelta(session_id=session_id, response_id=rid, text=self.text)
+                await ws.send(p.event_to_json(delta))
                 for i in range(0, len(self.pcm), step):
                     await ws.send(self.pcm[i : i + step])
                 audio_ms = len(self.pcm) / 2 / rate * 1000.0
-                done = p.ResponseDone(session_id, rid, "completed", self.text, audio_ms)
+                done = p.ResponseDone(
+                    session_id=session_id,
+                    response_id=rid,
+                    status="completed",
+                    text=self.text,
+                    audio_ms=audio_ms,
+                )
                 await ws.send(p.event_to_json(done))
                 while start.input_transcription and self.heard and transcribed < commits:
                     transcribed += 1
-                    event = p.InputAudioTranscript(session_id, transcribed, self.heard)
+                    event = p.InputAudioTranscript(
+                        session_id=session_id, item=transcribed, text=self.heard
+                    )
                     await ws.send(p.event_to_json(event))
             elif isinstance(msg, p.TurnCheck):
                 if self.ignore_turn_checks:
@@ -116,7 +126,7 @@ class CannedModelService:
             elif isinstance(msg, p.ResponseCancel):
                 self.cancels.append(msg.heard_ms)
             elif isinstance(msg, p.SessionEnd):
-                await ws.send(p.event_to_json(p.SessionEnded(session_id)))
+                await ws.send(p.event_to_json(p.SessionEnded(session_id=session_id)))
                 break
 
     async def _turn_check(self, ws: ServerConnection, check: p.TurnCheck) -> None:

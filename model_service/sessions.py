@@ -322,7 +322,7 @@ class CallSession:
             if len(self._turn_checks) >= MAX_PENDING_TURN_CHECKS:
                 error = f"more than {MAX_PENDING_TURN_CHECKS} turn checks pending"
                 self.service.metrics.turn_checks.labels(result="error").inc()
-                await self._send_event(p.TurnVerdict(m.check_id, error=error))
+                await self._send_event(p.TurnVerdict(check_id=m.check_id, error=error))
                 return True
             task = asyncio.create_task(self._turn_check(m))
             self._turn_checks.add(task)
@@ -482,7 +482,9 @@ class CallSession:
         metrics = self.service.metrics
         done: base.ResponseDone | None = None
         error: str | None = None
-        await self._send_event(p.ResponseStarted(self.session_id, resp.response_id))
+        await self._send_event(
+            p.ResponseStarted(session_id=self.session_id, response_id=resp.response_id)
+        )
         try:
             if failure is not None:
                 raise failure
@@ -514,7 +516,11 @@ class CallSession:
         if isinstance(event, base.TextDelta):
             if event.text:
                 resp.text.append(event.text)
-                await self._send_event(p.TextDelta(self.session_id, resp.response_id, event.text))
+                await self._send_event(
+                    p.TextDelta(
+                        session_id=self.session_id, response_id=resp.response_id, text=event.text
+                    )
+                )
         elif isinstance(event, base.AudioChunk):
             await self._send_audio(resp, self._out_resampler.process(event.pcm))
         elif isinstance(event, base.ToolCallEvent):
@@ -522,8 +528,8 @@ class CallSession:
             self.info(f"tool.call {event.name} ({event.call_id})")
             await self._send_event(
                 p.ToolCall(
-                    self.session_id,
-                    resp.response_id,
+                    session_id=self.session_id,
+                    response_id=resp.response_id,
                     call_id=event.call_id,
                     name=event.name,
                     arguments=dict(event.arguments),
@@ -585,8 +591,8 @@ class CallSession:
             )
             await self._send_event(
                 p.ResponseDone(
-                    self.session_id,
-                    resp.response_id,
+                    session_id=self.session_id,
+                    response_id=resp.response_id,
                     status=status,
                     text=done.text or "".join(resp.text),
                     audio_ms=audio_ms,
@@ -635,7 +641,9 @@ class CallSession:
             item = first + offset
             self._transcribed_turns = max(self._transcribed_turns, item)
             if not self.closed:
-                await self._send_event(p.InputAudioTranscript(self.session_id, item, text))
+                await self._send_event(
+                    p.InputAudioTranscript(session_id=self.session_id, item=item, text=text)
+                )
 
     async def _apply_deferred_tool_results(self) -> None:
         """Tool results that arrived while the response that called the tools was running."""

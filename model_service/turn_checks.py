@@ -67,9 +67,11 @@ class TurnModel:
                 self._pool.executor, self._infer, check.pcm16(), check.sample_rate
             )
         except Exception as e:
-            return p.TurnVerdict(check.check_id, error=f"inference failed: {type(e).__name__}: {e}")
+            return p.TurnVerdict(
+                check_id=check.check_id, error=f"inference failed: {type(e).__name__}: {e}"
+            )
         return p.TurnVerdict(
-            check.check_id,
+            check_id=check.check_id,
             probability=probability,
             complete=probability > 0.5,
             inference_ms=(time.perf_counter() - t0) * 1000.0,
@@ -83,5 +85,5 @@ class TurnModel:
 async def answer_turn_check(turn_model: TurnModel | None, check: p.TurnCheck) -> p.TurnVerdict:
     """``turn.verdict`` for ``check``: the model's, or an error verdict when there is none."""
     if turn_model is None:
-        return p.TurnVerdict(check.check_id, error="this model service runs no turn model")
+        return p.TurnVerdict(check_id=check.check_id, error="this model service runs no turn model")
     return await turn_model.judge(check)

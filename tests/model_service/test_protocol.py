@@ -47,16 +47,22 @@ def test_session_start_parses_every_field() -> None:
     [
         ('{"type": "input_audio.commit"}', p.InputAudioCommit()),
         ('{"type": "input_audio.clear"}', p.InputAudioClear()),
-        ('{"type": "input_text.append", "text": "1"}', p.InputTextAppend("1", "human")),
+        ('{"type": "input_text.append", "text": "1"}', p.InputTextAppend(text="1", role="human")),
         (
             '{"type": "input_text.append", "text": "be brief", "role": "system"}',
-            p.InputTextAppend("be brief", "system"),
+            p.InputTextAppend(text="be brief", role="system"),
         ),
         ('{"type": "response.create"}', p.ResponseCreate()),
-        ('{"type": "response.create", "instructions": "greet"}', p.ResponseCreate("greet")),
-        ('{"type": "response.cancel", "heard_ms": 1250}', p.ResponseCancel(1250.0)),
-        ('{"type": "response.cancel"}', p.ResponseCancel(None)),
-        ('{"type": "tool.result", "call_id": "c1", "output": "{}"}', p.ToolResult("c1", "{}")),
+        (
+            '{"type": "response.create", "instructions": "greet"}',
+            p.ResponseCreate(instructions="greet"),
+        ),
+        ('{"type": "response.cancel", "heard_ms": 1250}', p.ResponseCancel(heard_ms=1250.0)),
+        ('{"type": "response.cancel"}', p.ResponseCancel(heard_ms=None)),
+        (
+            '{"type": "tool.result", "call_id": "c1", "output": "{}"}',
+            p.ToolResult(call_id="c1", output="{}"),
+        ),
         ('{"type": "session.update", "voice": "bob"}', p.SessionUpdate(voice="bob")),
         ('{"type": "session.update", "tools": []}', p.SessionUpdate(tools=[])),
         ('{"type": "session.end"}', p.SessionEnd()),
@@ -142,10 +148,10 @@ def test_client_messages_round_trip_through_json() -> None:
     start = p.parse_client_message(json.dumps(START))
     assert p.parse_client_message(p.message_to_json(start)) == start
     for m in (
-        p.ResponseCancel(320.0),
-        p.ToolResult("c1", "ok"),
+        p.ResponseCancel(heard_ms=320.0),
+        p.ToolResult(call_id="c1", output="ok"),
         p.SessionUpdate(system_prompt="new", tools=[{"name": "f"}]),
-        p.InputTextAppend("5", "human"),
+        p.InputTextAppend(text="5", role="human"),
     ):
         assert p.parse_client_message(p.message_to_json(m)) == m
 
@@ -161,22 +167,28 @@ def test_none_fields_are_left_out_of_the_wire_format() -> None:
     "event",
     [
         p.SessionStarted(
-            "s1", backend="reference", model="tiny", input_sample_rate=8000, output_sample_rate=8000
+            session_id="s1",
+            backend="reference",
+            model="tiny",
+            input_sample_rate=8000,
+            output_sample_rate=8000,
         ),
-        p.ResponseStarted("s1", "r1"),
-        p.TextDelta("s1", "r1", "héllo"),
-        p.ToolCall("s1", "r1", call_id="c1", name="lookup", arguments={"q": "x"}),
+        p.ResponseStarted(session_id="s1", response_id="r1"),
+        p.TextDelta(session_id="s1", response_id="r1", text="héllo"),
+        p.ToolCall(
+            session_id="s1", response_id="r1", call_id="c1", name="lookup", arguments={"q": "x"}
+        ),
         p.ResponseDone(
-            "s1",
-            "r1",
+            session_id="s1",
+            response_id="r1",
             status="completed",
             text="hi",
             audio_ms=480.0,
             timings={k: 1.0 for k in p.TIMING_KEYS},
             usage={"prompt_tokens": 10, "completion_tokens": 20},
         ),
-        p.ErrorEvent("busy", "full", fatal=True, session_id="s1"),
-        p.SessionEnded("s1"),
+        p.ErrorEvent(code="busy", message="full", fatal=True, session_id="s1"),
+        p.SessionEnded(session_id="s1"),
     ],
 )
 def test_server_events_round_trip(event: p.ServerEvent) -> None:
@@ -210,7 +222,94 @@ def test_input_transcription_flag_and_transcript_event() -> None:
     assert on.input_transcription is True
     with pytest.raises(p.ProtocolError, match="'input_transcription' must be true or false"):
         p.parse_client_message(json.dumps({**base, "input_transcription": "yes"}))
-    event = p.InputAudioTranscript("sess_1", 2, "what time do you open")
+    event = p.InputAudioTranscript(session_id="sess_1", item=2, text="what time do you open")
     assert p.parse_server_event(p.event_to_json(event)) == event
     with pytest.raises(p.ProtocolError, match="missing 'item'"):
         p.parse_server_event(json.dumps({"type": "input_audio.transcript", "text": "x"}))
+
+
+@pytest.mark.parametrize(
+    "changes, field, value",
+    [
+        ({"call_id": None, "voice": None}, "call_id", ""),  # null: absent, the default applies
+        ({"input_sample_rate": 8000.0}, "input_sample_rate", 8000),  # an integral number
+        ({"protocol": 1.0}, "protocol", 1),
+        ({"tools": None}, "tools", []),
+        ({"sampling": {"top_k": 2.0, "seed": None}}, "sampling", p.Sampling(top_k=2)),
+    ],
+)
+def test_session_start_reads_nulls_and_integral_numbers(changes, field, value) -> None:
+    m = p.parse_client_message(_with(**changes))
+    assert getattr(m, field) == value and type(getattr(m, field)) is type(value)
+
+
+@pytest.mark.parametrize(
+    "text, code, fragment",
+    [
+        (_with(protocol=None), p.PROTOCOL_VERSION_ERROR, "unsupported protocol version None"),
+        (_with(protocol=True), p.PROTOCOL_VERSION_ERROR, "unsupported protocol version True"),
+        # the version is read first: a v2 client's other fields do not matter
+        (
+            json.dumps({"type": "session.start", "protocol": 2, "call_id": 5}),
+            p.PROTOCOL_VERSION_ERROR,
+            "this server speaks 1",
+        ),
+        (_with(input_transcription=None), p.BAD_MESSAGE, "must be true or false, got null"),
+        (_with(input_sample_rate=True), p.BAD_MESSAGE, "must be an integer, got bool"),
+        (_with(max_response_tokens=2.5), p.BAD_MESSAGE, "must be an integer, got float"),
+        (_with(sampling={"beam": 1, "top_p": 5}), p.BAD_MESSAGE, "unknown fields ['beam']"),
+        (_with(sampling={"temperature": 10**400}), p.BAD_MESSAGE, "must be a finite number"),
+        (_with(tools=[{"function": {"name": ""}}]), p.BAD_MESSAGE, "tools[0] has no function name"),
+        ('{"type": "input_text.append", "text": null}', p.BAD_MESSAGE, "missing 'text'"),
+        ('{"type": "tool.result", "call_id": "c", "output": null}', p.BAD_MESSAGE, "got null"),
+        ('{"type": "response.cancel", "heard_ms": NaN}', p.BAD_MESSAGE, "finite number"),
+        ('{"type": "turn.check", "check_id": 1, "sample_rate": 8000}', p.BAD_MESSAGE, "'audio'"),
+        (
+            json.dumps({"type": "turn.check", "check_id": 1, "sample_rate": 8000, "audio": "AAE"}),
+            p.BAD_MESSAGE,
+            "'audio' is not base64",
+        ),
+        (
+            json.dumps({"type": "turn.check", "check_id": 1, "sample_rate": 8000, "audio": "AAAA"}),
+            p.BAD_MESSAGE,
+            "odd byte count 3",
+        ),
+    ],
+)
+def test_more_refusals(text: str, code: str, fragment: str) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_message(text)
+    assert info.value.code == code
+    assert fragment in info.value.message
+
+
+def test_turn_check_over_eight_seconds_is_too_large_only_when_otherwise_valid() -> None:
+    too_long = p.message_to_json(p.TurnCheck.of(1, bytes(8 * 8000 * 2 + 2), 8000))
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_message(too_long)
+    assert info.value.code == p.TOO_LARGE and "at most 8 s" in info.value.message
+    bad_id = json.dumps({**json.loads(too_long), "check_id": -1})
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_client_message(bad_id)
+    assert info.value.code == p.BAD_MESSAGE and "'check_id' must be >= 0" in info.value.message
+    ok = p.parse_client_message(p.message_to_json(p.TurnCheck.of(1, bytes(8 * 8000 * 2), 8000)))
+    assert isinstance(ok, p.TurnCheck) and ok.pcm16() == bytes(8 * 8000 * 2)
+
+
+def test_server_events_are_read_leniently() -> None:
+    done = p.parse_server_event(
+        '{"type": "response.done", "response_id": "r", "status": "completed", "timings": 0,'
+        ' "usage": {"prompt_tokens": null, "cached": 3}}'
+    )
+    assert done.timings == dict.fromkeys(p.TIMING_KEYS)
+    assert done.usage == {"prompt_tokens": 0, "completion_tokens": 0}
+    call = p.parse_server_event(
+        '{"type": "tool.call", "call_id": "c", "name": "f", "arguments": ""}'
+    )
+    assert call.arguments == {} and call.session_id == ""
+    error = p.parse_server_event('{"type": "error", "code": "x", "fatal": "yes", "message": null}')
+    assert error.fatal is True and error.message == ""
+    with pytest.raises(p.ProtocolError, match="'arguments' must be an object, got list"):
+        p.parse_server_event(
+            '{"type": "tool.call", "call_id": "c", "name": "f", "arguments": "[1]"}'
+        )
