@@ -39,15 +39,14 @@ from typing import Any, Protocol
 from model_service.backends.base import Backend, SamplingParams, SessionConfig
 from model_service.backends.reference import (
     ASR_MAX_TOKENS,
-    DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
     ReferenceBackend,
     ReferenceSession,
-    _now,
     _pick_default_voice,
     checkpoint_voice_folders,
     close_batcher,
     find_voices,
 )
+from model_service.backends.responses import DEFAULT_MAX_TOOL_CALLS_IN_A_ROW, now
 from model_service.stepaudio2 import parser as ta4
 from model_service.stepaudio2.prompt import SUMMARY_SUFFIX_EN, Prompt, PromptBuilder
 from model_service.vllm_plugin.audio_inputs import audio_mm_data, collapse_audio_placeholders
@@ -236,7 +235,7 @@ class VLLMSession(ReferenceSession):
 
     async def _run_model(self, run: Any, prompt: Any, max_tokens: int, guard_tripped: bool) -> None:
         backend = self.backend
-        run.t_start = _now()
+        run.t_start = now()
         run.stats.prompt_tokens = len(prompt.ids)
         run.stats.prefill_tokens = len(prompt.ids)
         if run.cancel.is_set():
@@ -261,7 +260,7 @@ class VLLMSession(ReferenceSession):
                     run.stats.reused_tokens = cached
                     run.stats.prefill_tokens = len(prompt.ids) - cached
                 if new and run.t_prefill is None:
-                    run.t_prefill = _now()
+                    run.t_prefill = now()
                 for token in new:
                     run.ids.append(token)
                     for ev in parser.feed(token):
