@@ -86,8 +86,64 @@ def voice_description(voice: str | None) -> str | None:
     return VOICE_DESCRIPTIONS.get(voice, f"the {voice.replace('_', ' ').replace('-', ' ')} voice")
 
 
-# ------------------------------------------------------------------------------ the backend
-class ReferenceBackend(Backend):
+# ------------------------------------------------------------------------------ the backends
+class StepAudioBackend(Backend):
+    """What the reference and vLLM backends share: the voices (token2wav prompts, prepared once
+    and cached), one token2wav batcher for all sessions, and the open sessions."""
+
+    vocoder: Any
+    t2w_wait_ms: float
+
+    def _init_voices(
+        self, vocoder: Any | None, voices: dict[str, str | Path] | None, default_voice: str | None
+    ) -> None:
+        self.vocoder = vocoder
+        self.voices: dict[str, Path] = {k: Path(v) for k, v in (voices or {}).items()}
+        self.default_voice = default_voice or _pick_default_voice(self.voices)
+        if self.default_voice is not None and self.voices and self.default_voice not in self.voices:
+            raise ValueError(
+                f"default voice {self.default_voice!r} is not among the voices {sorted(self.voices)}"
+            )
+        self._voice_cache: dict[str, Any] = {}
+        self._voice_lock = threading.Lock()
+        self._batcher: Any = None
+        self._batcher_loop: asyncio.AbstractEventLoop | None = None
+        self.sessions: set[ReferenceSession] = set()
+
+    def _new_session(self, config: SessionConfig) -> ReferenceSession:
+        raise NotImplementedError
+
+    async def open_session(self, config: SessionConfig) -> ReferenceSession:
+        if config.voice and config.voice not in self.voices and self.vocoder is not None:
+            raise ValueError(f"unknown voice {config.voice!r} (known: {sorted(self.voices)})")
+        session = self._new_session(config)
+        self.sessions.add(session)
+        return session
+
+    async def _close_sessions(self) -> None:
+        """Close every session, then the token2wav batcher."""
+        for session in list(self.sessions):
+            await session.close()
+        await close_batcher(self)
+
+    def t2w_batcher(self) -> Any:
+        """The ``Token2WavBatcher`` all sessions push codes through (see ``batcher_for``)."""
+        return batcher_for(self)
+
+    def voice_for(self, name: str | None) -> Any:
+        """The prepared token2wav voice for ``name`` (default voice when None); cached."""
+        name = name or self.default_voice
+        if self.vocoder is None or name is None:
+            return None
+        with self._voice_lock:
+            if name not in self._voice_cache:
+                if name not in self.voices:
+                    raise ValueError(f"unknown voice {name!r} (known: {sorted(self.voices)})")
+                self._voice_cache[name] = self.vocoder.prepare_voice(self.voices[name])
+            return self._voice_cache[name]
+
+
+class ReferenceBackend(StepAudioBackend):
     """Step-Audio 2 (PyTorch) + token2wav, one response at a time on the model.
 
     ``loaded`` is a ``stepaudio2.loader.LoadedModel``; ``vocoder`` a ``token2wav.Token2Wav`` or
@@ -121,13 +177,7 @@ class ReferenceBackend(Backend):
         self.model_name = Path(str(loaded.path)).name
         self.generator = Generator(self.model, self.tok.stop_ids, patch_id=self.tok.ids.audio_patch)
         self.prompts = PromptBuilder(self.tok)
-        self.vocoder = vocoder
-        self.voices: dict[str, Path] = {k: Path(v) for k, v in (voices or {}).items()}
-        self.default_voice = default_voice or _pick_default_voice(self.voices)
-        if self.default_voice is not None and self.voices and self.default_voice not in self.voices:
-            raise ValueError(
-                f"default voice {self.default_voice!r} is not among the voices {sorted(self.voices)}"
-            )
+        self._init_voices(vocoder, voices, default_voice)
         self.max_tool_calls_in_a_row = max_tool_calls_in_a_row
         self.tool_result_suffix = tool_result_suffix
         self.today = today
@@ -139,43 +189,15 @@ class ReferenceBackend(Backend):
         # The model queue: one worker, so responses never overlap on the model.
         self._model_exec = ThreadPoolExecutor(1, thread_name_prefix="ref-model")
         self._vocoder_exec = ThreadPoolExecutor(1, thread_name_prefix="ref-token2wav")
-        self._voice_cache: dict[str, Any] = {}
-        self._voice_lock = threading.Lock()
         self.t2w_wait_ms = t2w_wait_ms
-        self._batcher: Any = None
-        self._batcher_loop: asyncio.AbstractEventLoop | None = None
-        self.sessions: set[ReferenceSession] = set()
 
-    async def open_session(self, config: SessionConfig) -> ReferenceSession:
-        if config.voice and config.voice not in self.voices and self.vocoder is not None:
-            raise ValueError(f"unknown voice {config.voice!r} (known: {sorted(self.voices)})")
-        session = ReferenceSession(self, config)
-        self.sessions.add(session)
-        return session
+    def _new_session(self, config: SessionConfig) -> ReferenceSession:
+        return ReferenceSession(self, config)
 
     async def close(self) -> None:
-        for session in list(self.sessions):
-            await session.close()
-        await close_batcher(self)
+        await self._close_sessions()
         self._model_exec.shutdown(wait=False, cancel_futures=True)
         self._vocoder_exec.shutdown(wait=False, cancel_futures=True)
-
-    def t2w_batcher(self) -> Any:
-        """The ``Token2WavBatcher`` all sessions push codes through (see ``batcher_for``)."""
-        return batcher_for(self)
-
-    # ----------------------------------------------------------------- voices
-    def voice_for(self, name: str | None) -> Any:
-        """The prepared token2wav voice for ``name`` (default voice when None); cached."""
-        name = name or self.default_voice
-        if self.vocoder is None or name is None:
-            return None
-        with self._voice_lock:
-            if name not in self._voice_cache:
-                if name not in self.voices:
-                    raise ValueError(f"unknown voice {name!r} (known: {sorted(self.voices)})")
-                self._voice_cache[name] = self.vocoder.prepare_voice(self.voices[name])
-            return self._voice_cache[name]
 
 
 def batcher_for(backend: Any) -> Any:
@@ -639,6 +661,7 @@ __all__ = [
     "DEFAULT_MAX_TOOL_CALLS_IN_A_ROW",
     "ReferenceBackend",
     "ReferenceSession",
+    "StepAudioBackend",
     "batcher_for",
     "checkpoint_voice_folders",
     "close_batcher",
