@@ -62,6 +62,7 @@ from model_service.backends.responses import (
     now,
     with_loop_instruction,
 )
+from stepcall.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +148,25 @@ class CpuBackend(Backend):
             close()
 
 
-def load_cpu_backend(llm: str | None = None, *, threads: int = 2, n_ctx: int = 4096) -> CpuBackend:
+def load_cpu_backend(
+    llm: str | None = None,
+    *,
+    threads: int = 2,
+    n_ctx: int = 4096,
+    settings: Settings | None = None,
+) -> CpuBackend:
     """Find (and if needed assemble and verify) the model files, load all three models.
 
-    ``llm``: a key of ``cpu_models.LLM_MODELS`` (default ``STEPCALL_CPU_LLM`` or Qwen2.5-1.5B).
-    Raises ``cpu_models.MissingModelError`` naming the pip packages when something is missing.
+    ``llm``: a key of ``model_files.LLM_MODELS`` (default ``STEPCALL_CPU_LLM`` or Qwen2.5-1.5B);
+    ``settings``: where the model files are looked up (default ``Settings.from_env()``).
+    Raises ``model_files.MissingModelError`` naming the pip packages when something is missing.
     """
     from model_service.backends.cpu.asr import WhisperASR
     from model_service.backends.cpu.llm import LlamaEngine
     from model_service.backends.cpu.model_files import resolve_cpu_models
     from model_service.backends.cpu.tts import PiperTTS
 
-    paths = resolve_cpu_models(llm)
+    paths = resolve_cpu_models(llm, settings)
     log.info("cpu backend models: %s", paths)
     asr = WhisperASR(paths.asr_dir, cpu_threads=threads)
     engine = LlamaEngine(paths.llm_path, n_ctx=n_ctx, n_threads=threads)
