@@ -97,6 +97,7 @@ class StepAudioBackend(Backend):
     def _init_voices(
         self, vocoder: Any | None, voices: dict[str, str | Path] | None, default_voice: str | None
     ) -> None:
+        """Set up the voices, their cache, the batcher slot and the session set (``__init__``)."""
         self.vocoder = vocoder
         self.voices: dict[str, Path] = {k: Path(v) for k, v in (voices or {}).items()}
         self.default_voice = default_voice or _pick_default_voice(self.voices)
@@ -111,6 +112,7 @@ class StepAudioBackend(Backend):
         self.sessions: set[ReferenceSession] = set()
 
     def _new_session(self, config: SessionConfig) -> ReferenceSession:
+        """A session of this backend's kind (``open_session`` registers it)."""
         raise NotImplementedError
 
     async def open_session(self, config: SessionConfig) -> ReferenceSession:
