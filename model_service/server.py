@@ -267,8 +267,17 @@ def choose_backend(backend_name: str, model_path: str, device: str = "auto") -> 
     )
 
 
-def load_backend(choice: BackendChoice, model_path: str, device: str, dtype: str) -> Backend:
-    """Build the chosen backend (blocking: loads weights)."""
+def load_backend(
+    choice: BackendChoice,
+    model_path: str,
+    device: str,
+    dtype: str,
+    settings: Settings | None = None,
+) -> Backend:
+    """Build the chosen backend (blocking: loads weights).
+
+    ``settings``: where the cpu backend finds its model files (default ``Settings.from_env()``).
+    """
     if choice.name == "reference":
         from model_service.backends.reference import load_reference_backend
 
@@ -281,10 +290,10 @@ def load_backend(choice: BackendChoice, model_path: str, device: str, dtype: str
         return load_vllm_backend(model_path, device, dtype)
     if choice.name == "cpu":
         # Offline Whisper + llama.cpp + Piper cascade; a missing model raises
-        # cpu_models.MissingModelError naming the pip packages to install.
+        # model_files.MissingModelError naming the pip packages to install.
         from model_service.backends.cpu import load_cpu_backend
 
-        return load_cpu_backend()
+        return load_cpu_backend(settings=settings)
     raise ValueError(f"unknown backend {choice.name!r}")
 
 
@@ -315,7 +324,7 @@ def run_model_service(
     if choice.name == "cpu":
         from model_service.backends.cpu.model_files import resolve_cpu_models
 
-        resolve_cpu_models()  # a missing model fails now, with the pip packages to install
+        resolve_cpu_models(settings=settings)  # a missing model fails now, naming the packages
     turn_model = (
         TurnModel(settings.model_turn_threads or None)
         if settings.model_turn_model != "none"
@@ -346,7 +355,9 @@ def run_model_service(
         try:
             if turn_model is not None:
                 await asyncio.to_thread(turn_model.warm_up)
-            backend = await asyncio.to_thread(load_backend, choice, model_path, device, dtype)
+            backend = await asyncio.to_thread(
+                load_backend, choice, model_path, device, dtype, settings
+            )
         except BaseException as e:
             failure.append(e)
             logger.opt(exception=e).error(f"loading the {choice.name} backend failed")

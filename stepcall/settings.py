@@ -53,8 +53,8 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_CPU_ASR_MODEL / _LLM_MODEL / _TTS_VOICE | (package copies) | cpu backend model files given explicitly |
 | STEPCALL_CPU_MODELS_DIR / STEPCALL_CACHE_DIR | var/models / ~/.cache/stepcall | where cpu backend models are looked up / assembled |
 
-The cpu backend's model lookups (``STEPCALL_CPU_*``, ``STEPCALL_CACHE_DIR``) are read where the
-models are found, ``model_service/backends/cpu/model_files.py``. Settings built in code (``Settings()``) keep
+The cpu backend's model settings go to ``model_service/backends/cpu/model_files.py``, which
+documents the order it looks the models up in. Settings built in code (``Settings()``) keep
 call records off (``database_url=None``) so tests
 and embedding apps write no database unless asked; ``from_env`` turns them on by default.
 """
@@ -168,6 +168,12 @@ class Settings:
     dashboard_token: str | None = field(default=None, repr=False)
     recordings_dir: str = DEFAULT_RECORDINGS_DIR
     otel_exporter: str = "none"
+    cpu_llm: str | None = None  # None: model_files.DEFAULT_LLM (qwen2.5-1.5b)
+    cpu_asr_model: str | None = None
+    cpu_llm_model: str | None = None
+    cpu_tts_voice: str | None = None
+    cpu_models_dir: str = "var/models"
+    cache_dir: str = "~/.cache/stepcall"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -229,6 +235,12 @@ class Settings:
             dashboard_token=_env("STEPCALL_DASHBOARD_TOKEN"),
             recordings_dir=_env("STEPCALL_RECORDINGS_DIR", cls.recordings_dir),
             otel_exporter=_env("STEPCALL_OTEL_EXPORTER", cls.otel_exporter),
+            cpu_llm=_env("STEPCALL_CPU_LLM"),
+            cpu_asr_model=_env("STEPCALL_CPU_ASR_MODEL"),
+            cpu_llm_model=_env("STEPCALL_CPU_LLM_MODEL"),
+            cpu_tts_voice=_env("STEPCALL_CPU_TTS_VOICE"),
+            cpu_models_dir=_env("STEPCALL_CPU_MODELS_DIR", cls.cpu_models_dir),
+            cache_dir=_env("STEPCALL_CACHE_DIR", cls.cache_dir),
         )
 
     def replace(self, **changes) -> Settings:

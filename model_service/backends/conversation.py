@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model_service.backends.responses import PendingToolCall
 from model_service.stepaudio2 import mel as _mel
 from model_service.stepaudio2.prompt import (
     AssistantMessage,
@@ -98,15 +99,6 @@ class UserAudioBuffer:
             mels += [_mel.log_mel_spectrogram(c) for c in _mel.split_audio(rest)]
         self.clear()
         return mels
-
-
-@dataclass
-class PendingToolCall:
-    """A tool call the model made whose result has not arrived yet."""
-
-    call_id: str
-    name: str
-    arguments: dict[str, Any]
 
 
 @dataclass

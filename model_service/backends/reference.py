@@ -10,10 +10,10 @@ assistant turns, pending tool calls, loop guard), the open user turn's audio
 (``UserAudioBuffer``, mel computed chunk by chunk), the ``KVSession`` that lets the next turn
 prefill only the new suffix, and the session config (persona, voice, style, tools, sampling).
 
-A response runs as an asyncio task: the model thread streams token ids through ``TA4Parser``;
-text and tool calls go straight to the response's event queue, audio codes go to the vocoder
-task (batched token2wav ``push`` as codes arrive, ``flush`` at the end); ``respond()`` only drains
-the queue, so a consumer that stops reading never leaves the history half-updated.
+A response runs as described in ``responses.py``: the model thread streams token ids through
+``TA4Parser``; text and tool calls go straight to the response's event queue, audio codes go to
+the vocoder task (batched token2wav ``push`` as codes arrive, ``flush`` at the end). A cancel
+stops the decoder within one step.
 ``ReferenceSession._run_model`` is the one step that touches the decoder: the vLLM backend's
 session subclasses ``ReferenceSession`` and overrides only that.
 """
@@ -25,9 +25,7 @@ import datetime as _dt
 import logging
 import re
 import threading
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,19 +34,19 @@ from typing import Any
 import numpy as np
 
 from model_service.backends.base import (
-    OUTPUT_RATE,
-    AudioChunk,
     Backend,
     BackendEvent,
-    BackendSession,
-    ResponseDone,
-    ResponseError,
-    ResponseTimings,
     SessionConfig,
     TextDelta,
-    ToolCallEvent,
 )
-from model_service.backends.conversation import Conversation, PendingToolCall, UserAudioBuffer
+from model_service.backends.conversation import Conversation, UserAudioBuffer
+from model_service.backends.responses import (
+    DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
+    ResponseRun,
+    ResponseSession,
+    now,
+    with_loop_instruction,
+)
 from model_service.sampling import GREEDY
 from model_service.stepaudio2 import parser as ta4
 from model_service.stepaudio2.generate import GenerationStats, Generator, KVSession
@@ -63,12 +61,6 @@ from model_service.stepaudio2.prompt import (
 
 log = logging.getLogger(__name__)
 
-#: Default cap on consecutive tool-call responses without user input (the loop guard).
-DEFAULT_MAX_TOOL_CALLS_IN_A_ROW = 3
-#: One-shot instruction added once the loop guard trips.
-TOOL_LOOP_INSTRUCTION = (
-    "Do not call any tool now. Answer the user directly with what you already know."
-)
 #: Voice names with a hand-written description for the system prompt ("talk in ...").
 VOICE_DESCRIPTIONS = {
     "default_female": "the default female voice",
@@ -94,16 +86,66 @@ def voice_description(voice: str | None) -> str | None:
     return VOICE_DESCRIPTIONS.get(voice, f"the {voice.replace('_', ' ').replace('-', ' ')} voice")
 
 
-def _now() -> float:
-    return time.perf_counter()
+# ------------------------------------------------------------------------------ the backends
+class StepAudioBackend(Backend):
+    """What the reference and vLLM backends share: the voices (token2wav prompts, prepared once
+    and cached), one token2wav batcher for all sessions, and the open sessions."""
+
+    vocoder: Any
+    t2w_wait_ms: float
+
+    def _init_voices(
+        self, vocoder: Any | None, voices: dict[str, str | Path] | None, default_voice: str | None
+    ) -> None:
+        """Set up the voices, their cache, the batcher slot and the session set (``__init__``)."""
+        self.vocoder = vocoder
+        self.voices: dict[str, Path] = {k: Path(v) for k, v in (voices or {}).items()}
+        self.default_voice = default_voice or _pick_default_voice(self.voices)
+        if self.default_voice is not None and self.voices and self.default_voice not in self.voices:
+            raise ValueError(
+                f"default voice {self.default_voice!r} is not among the voices {sorted(self.voices)}"
+            )
+        self._voice_cache: dict[str, Any] = {}
+        self._voice_lock = threading.Lock()
+        self._batcher: Any = None
+        self._batcher_loop: asyncio.AbstractEventLoop | None = None
+        self.sessions: set[ReferenceSession] = set()
+
+    def _new_session(self, config: SessionConfig) -> ReferenceSession:
+        """A session of this backend's kind (``open_session`` registers it)."""
+        raise NotImplementedError
+
+    async def open_session(self, config: SessionConfig) -> ReferenceSession:
+        if config.voice and config.voice not in self.voices and self.vocoder is not None:
+            raise ValueError(f"unknown voice {config.voice!r} (known: {sorted(self.voices)})")
+        session = self._new_session(config)
+        self.sessions.add(session)
+        return session
+
+    async def _close_sessions(self) -> None:
+        """Close every session, then the token2wav batcher."""
+        for session in list(self.sessions):
+            await session.close()
+        await close_batcher(self)
+
+    def t2w_batcher(self) -> Any:
+        """The ``Token2WavBatcher`` all sessions push codes through (see ``batcher_for``)."""
+        return batcher_for(self)
+
+    def voice_for(self, name: str | None) -> Any:
+        """The prepared token2wav voice for ``name`` (default voice when None); cached."""
+        name = name or self.default_voice
+        if self.vocoder is None or name is None:
+            return None
+        with self._voice_lock:
+            if name not in self._voice_cache:
+                if name not in self.voices:
+                    raise ValueError(f"unknown voice {name!r} (known: {sorted(self.voices)})")
+                self._voice_cache[name] = self.vocoder.prepare_voice(self.voices[name])
+            return self._voice_cache[name]
 
 
-def _ms(t0: float, t: float | None) -> float | None:
-    return None if t is None else round((t - t0) * 1000.0, 3)
-
-
-# ------------------------------------------------------------------------------ the backend
-class ReferenceBackend(Backend):
+class ReferenceBackend(StepAudioBackend):
     """Step-Audio 2 (PyTorch) + token2wav, one response at a time on the model.
 
     ``loaded`` is a ``stepaudio2.loader.LoadedModel``; ``vocoder`` a ``token2wav.Token2Wav`` or
@@ -137,13 +179,7 @@ class ReferenceBackend(Backend):
         self.model_name = Path(str(loaded.path)).name
         self.generator = Generator(self.model, self.tok.stop_ids, patch_id=self.tok.ids.audio_patch)
         self.prompts = PromptBuilder(self.tok)
-        self.vocoder = vocoder
-        self.voices: dict[str, Path] = {k: Path(v) for k, v in (voices or {}).items()}
-        self.default_voice = default_voice or _pick_default_voice(self.voices)
-        if self.default_voice is not None and self.voices and self.default_voice not in self.voices:
-            raise ValueError(
-                f"default voice {self.default_voice!r} is not among the voices {sorted(self.voices)}"
-            )
+        self._init_voices(vocoder, voices, default_voice)
         self.max_tool_calls_in_a_row = max_tool_calls_in_a_row
         self.tool_result_suffix = tool_result_suffix
         self.today = today
@@ -155,43 +191,15 @@ class ReferenceBackend(Backend):
         # The model queue: one worker, so responses never overlap on the model.
         self._model_exec = ThreadPoolExecutor(1, thread_name_prefix="ref-model")
         self._vocoder_exec = ThreadPoolExecutor(1, thread_name_prefix="ref-token2wav")
-        self._voice_cache: dict[str, Any] = {}
-        self._voice_lock = threading.Lock()
         self.t2w_wait_ms = t2w_wait_ms
-        self._batcher: Any = None
-        self._batcher_loop: asyncio.AbstractEventLoop | None = None
-        self.sessions: set[ReferenceSession] = set()
 
-    async def open_session(self, config: SessionConfig) -> ReferenceSession:
-        if config.voice and config.voice not in self.voices and self.vocoder is not None:
-            raise ValueError(f"unknown voice {config.voice!r} (known: {sorted(self.voices)})")
-        session = ReferenceSession(self, config)
-        self.sessions.add(session)
-        return session
+    def _new_session(self, config: SessionConfig) -> ReferenceSession:
+        return ReferenceSession(self, config)
 
     async def close(self) -> None:
-        for session in list(self.sessions):
-            await session.close()
-        await close_batcher(self)
+        await self._close_sessions()
         self._model_exec.shutdown(wait=False, cancel_futures=True)
         self._vocoder_exec.shutdown(wait=False, cancel_futures=True)
-
-    def t2w_batcher(self) -> Any:
-        """The ``Token2WavBatcher`` all sessions push codes through (see ``batcher_for``)."""
-        return batcher_for(self)
-
-    # ----------------------------------------------------------------- voices
-    def voice_for(self, name: str | None) -> Any:
-        """The prepared token2wav voice for ``name`` (default voice when None); cached."""
-        name = name or self.default_voice
-        if self.vocoder is None or name is None:
-            return None
-        with self._voice_lock:
-            if name not in self._voice_cache:
-                if name not in self.voices:
-                    raise ValueError(f"unknown voice {name!r} (known: {sorted(self.voices)})")
-                self._voice_cache[name] = self.vocoder.prepare_voice(self.voices[name])
-            return self._voice_cache[name]
 
 
 def batcher_for(backend: Any) -> Any:
@@ -303,43 +311,26 @@ def load_reference_backend(
 
 # ------------------------------------------------------------------------------ one response
 @dataclass
-class _Run:
-    """One response in flight."""
+class _Run(ResponseRun):
+    """One response in flight: the decoder's ids and stats, the codes on their way to token2wav."""
 
-    t0: float
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
     codes: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    heard_ms: float | None = None
     ids: list[int] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-    calls: list[PendingToolCall] = field(default_factory=list)
     stats: GenerationStats = field(default_factory=GenerationStats)
-    t_start: float | None = None
-    t_prefill: float | None = None
-    t_first_code: float | None = None
-    t_first_audio: float | None = None
-    audio_samples: int = 0
     prompt_ids: list[int] = field(default_factory=list)
-    history_len: int = 0  # messages in the history when the response started
-    refused_calls: int = 0  # tool calls dropped (loop guard, unknown tool, malformed)
-    recorded: bool = False  # the reply is in the history
-    task: asyncio.Task | None = None
-
-    def post(self, item: Any) -> None:
-        """Thread-safe: hand an event to the response's queue."""
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
     def post_codes(self, codes: list[int] | None) -> None:
         self.loop.call_soon_threadsafe(self.codes.put_nowait, codes)
 
+    def token_counts(self) -> tuple[int, int]:
+        return len(self.prompt_ids), len(self.ids)
 
-_END = object()
 
-
-class ReferenceSession(BackendSession):
+class ReferenceSession(ResponseSession):
     """One call's conversation on a ``ReferenceBackend``."""
+
+    _log = log
+    _output_failed = "token2wav failed in session %s"
 
     def __init__(self, backend: ReferenceBackend, config: SessionConfig) -> None:
         self.backend = backend
@@ -442,19 +433,9 @@ class ReferenceSession(BackendSession):
                 )
         self.config = config
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        if self._run is not None and not self._run.recorded:
-            await self.cancel()
-        self._closed = True
+    def _free(self) -> None:
         self.kv.reset()
         self.audio.clear()
-        self.backend.sessions.discard(self)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("session is closed")
 
     # ----------------------------------------------------------------- prompt
     def system_text(self) -> str:
@@ -489,24 +470,15 @@ class ReferenceSession(BackendSession):
 
     # ----------------------------------------------------------------- respond
     def respond(self, instructions: str | None = None) -> AsyncIterator[BackendEvent]:
-        self._check_open()
-        if self._run is not None and not self._run.recorded:
-            raise RuntimeError("a response is already running in this session")
-        loop = asyncio.get_running_loop()
-        run = _Run(t0=_now(), loop=loop)
+        self._check_idle()
+        run = _Run(t0=now(), loop=asyncio.get_running_loop())
         guard_tripped = self.conversation.tool_call_streak >= self.backend.max_tool_calls_in_a_row
         if guard_tripped:
-            instructions = (
-                f"{instructions}\n{TOOL_LOOP_INSTRUCTION}"
-                if instructions
-                else TOOL_LOOP_INSTRUCTION
-            )
+            instructions = with_loop_instruction(instructions)
         prompt, max_tokens = self._fit_context(instructions)
         run.prompt_ids = prompt.ids
         run.history_len = len(self.conversation.messages)
-        self._run = run
-        run.task = loop.create_task(self._drive(run, prompt, max_tokens, guard_tripped))
-        return self._drain(run)
+        return self._start(run, lambda: self._run_model(run, prompt, max_tokens, guard_tripped))
 
     def _fit_context(self, instructions: str | None) -> tuple[Any, int]:
         """Build the prompt, dropping the oldest history turns when it would not leave room for
@@ -538,66 +510,15 @@ class ReferenceSession(BackendSession):
             )
         return prompt, max(1, min(want, room))
 
-    async def _drain(self, run: _Run) -> AsyncIterator[BackendEvent]:
-        while True:
-            item = await run.events.get()
-            if item is _END:
-                return
-            yield item
+    # ----------------------------------------------------------------- response steps
+    def _output(self, run: _Run) -> Coroutine[Any, Any, None]:
+        return self._vocode(run, self.config.voice or self.backend.default_voice)
 
-    async def _drive(self, run: _Run, prompt: Any, max_tokens: int, guard_tripped: bool) -> None:
-        """Run one response to its end: model thread, vocoder task, history, ``ResponseDone``."""
-        backend = self.backend
-        loop = run.loop
-        error: BaseException | None = None
-        status = "completed"
-        voice_name = self.config.voice or backend.default_voice
-        vocoder_task = loop.create_task(self._vocode(run, voice_name))
-        try:
-            await self._run_model(run, prompt, max_tokens, guard_tripped)
-        except Exception as exc:  # noqa: BLE001 - reported to the client, session survives
-            log.exception("response failed in session %s", self.config.call_id)
-            error = exc
-            run.cancel.set()
-        finally:
-            run.post_codes(None)
-        try:
-            await vocoder_task
-        except Exception as exc:  # noqa: BLE001 - reported to the client, session survives
-            log.exception("token2wav failed in session %s", self.config.call_id)
-            error = error or exc
+    def _end_output(self, run: _Run) -> None:
+        run.post_codes(None)  # after every code the model thread posted
 
-        cancelled = run.cancel.is_set() and error is None
-        if error is not None:
-            status = "error"
-            run.events.put_nowait(ResponseError("internal", f"{type(error).__name__}: {error}"))
-            self.kv.reset()
-        else:
-            self._record(run, cancelled)
-            if cancelled:
-                status = "cancelled"
-            elif run.calls:
-                status = "tool_call"
-        run.recorded = True
-        t_end = _now()
-        timings = ResponseTimings(
-            queue_ms=_ms(run.t0, run.t_start),
-            prefill_ms=_ms(run.t0, run.t_prefill),
-            first_code_ms=_ms(run.t0, run.t_first_code),
-            first_audio_ms=_ms(run.t0, run.t_first_audio),
-            total_ms=_ms(run.t0, t_end),
-        )
-        run.events.put_nowait(
-            ResponseDone(
-                status=status,
-                text="".join(run.text),
-                audio_ms=run.audio_samples * 1000.0 / OUTPUT_RATE,
-                timings=timings,
-                prompt_tokens=len(run.prompt_ids),
-                completion_tokens=len(run.ids),
-            )
-        )
-        run.events.put_nowait(_END)
+    def _on_error(self, run: _Run) -> None:
+        self.kv.reset()  # the decoder's cache may not match the history any more
 
     def _record(self, run: _Run, cancelled: bool) -> None:
         """Put the generated turn in the history (cut to what was heard when cancelled)."""
@@ -631,7 +552,7 @@ class ReferenceSession(BackendSession):
 
     def _generate(self, run: _Run, prompt: Any, max_tokens: int, guard_tripped: bool) -> None:
         """Runs on the model worker thread: prompt → tokens → parser events."""
-        run.t_start = _now()
+        run.t_start = now()
         if run.cancel.is_set():
             return
         backend = self.backend
@@ -650,51 +571,29 @@ class ReferenceSession(BackendSession):
             stats=run.stats,
         ):
             if run.t_prefill is None:
-                run.t_prefill = _now()
+                run.t_prefill = now()
             run.ids.append(token)
             for ev in parser.feed(token):
                 self._on_parsed(run, ev, tools, guard_tripped)
         if run.t_prefill is None and not run.cancel.is_set():
-            run.t_prefill = _now()
+            run.t_prefill = now()
         for ev in parser.finish():
             self._on_parsed(run, ev, tools, guard_tripped)
 
     def _on_parsed(self, run: _Run, ev: Any, tools: set[str], guard_tripped: bool) -> None:
         if isinstance(ev, ta4.AudioCodes):
             if run.t_first_code is None:
-                run.t_first_code = _now()
+                run.t_first_code = now()
             run.post_codes(list(ev.codes))
         elif isinstance(ev, ta4.TextDelta):
             if ev.text:
                 run.text.append(ev.text)
                 run.post(TextDelta(ev.text))
         elif isinstance(ev, ta4.ToolCall):
-            if guard_tripped or ev.name not in tools:
-                run.refused_calls += 1
-            if guard_tripped:
-                run.post(
-                    ResponseError(
-                        "tool_call_limit",
-                        f"tool call {ev.name!r} dropped: more than "
-                        f"{self.backend.max_tool_calls_in_a_row} tool-call responses in a row "
-                        "without user input",
-                    )
-                )
-            elif ev.name not in tools:
-                run.post(
-                    ResponseError(
-                        "bad_tool_call",
-                        f"model called unknown tool {ev.name!r} "
-                        f"(session tools: {sorted(tools) or 'none'})",
-                    )
-                )
-            else:
-                call = PendingToolCall(f"call_{uuid.uuid4().hex[:16]}", ev.name, dict(ev.arguments))
-                run.calls.append(call)
-                run.post(ToolCallEvent(call.call_id, call.name, call.arguments))
+            limit = self.backend.max_tool_calls_in_a_row
+            run.post(run.screen_tool_call(ev.name, ev.arguments, tools, guard_tripped, limit))
         elif isinstance(ev, ta4.ToolCallError):
-            run.refused_calls += 1
-            run.post(ResponseError("bad_tool_call", ev.message))
+            run.post(run.bad_tool_call(ev.message))
 
     # ----------------------------------------------------------------- vocoder task
     async def _vocode(self, run: _Run, voice_name: str | None) -> None:
@@ -753,30 +652,18 @@ class ReferenceSession(BackendSession):
             pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
             if pcm.size == 0:
                 continue
-            if run.t_first_audio is None:
-                run.t_first_audio = _now()
-            run.audio_samples += pcm.size
-            run.events.put_nowait(AudioChunk(pcm))
+            run.add_audio(pcm)
 
     # ----------------------------------------------------------------- barge-in
-    async def cancel(self, heard_ms: float | None = None) -> None:
-        """Stop the running response (within one decode step) and cut the history to what was
-        heard; with no response running, cut the latest reply (its audio may still be playing)."""
-        run = self._run
-        if run is not None and not run.recorded:
-            run.heard_ms = heard_ms
-            run.cancel.set()
-            assert run.task is not None
-            await asyncio.shield(run.task)
-            return
-        if heard_ms is not None:
-            self.conversation.truncate_last_reply(heard_ms)
+    def _cut_last_reply(self, heard_ms: float) -> None:
+        self.conversation.truncate_last_reply(heard_ms)
 
 
 __all__ = [
     "DEFAULT_MAX_TOOL_CALLS_IN_A_ROW",
     "ReferenceBackend",
     "ReferenceSession",
+    "StepAudioBackend",
     "batcher_for",
     "checkpoint_voice_folders",
     "close_batcher",

@@ -28,7 +28,6 @@ import datetime as _dt
 import importlib.metadata
 import logging
 import os
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,18 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from model_service.backends.base import Backend, SamplingParams, SessionConfig
+from model_service.backends.base import SamplingParams, SessionConfig
 from model_service.backends.reference import (
     ASR_MAX_TOKENS,
-    DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
-    ReferenceBackend,
     ReferenceSession,
-    _now,
-    _pick_default_voice,
+    StepAudioBackend,
     checkpoint_voice_folders,
-    close_batcher,
     find_voices,
 )
+from model_service.backends.responses import DEFAULT_MAX_TOOL_CALLS_IN_A_ROW, now
 from model_service.stepaudio2 import parser as ta4
 from model_service.stepaudio2.prompt import SUMMARY_SUFFIX_EN, Prompt, PromptBuilder
 from model_service.vllm_plugin.audio_inputs import audio_mm_data, collapse_audio_placeholders
@@ -132,12 +128,13 @@ def token_delta(output: Any, seen: int) -> tuple[list[int], str | None]:
 
 
 # ------------------------------------------------------------------------------ the backend
-class VLLMBackend(Backend):
+class VLLMBackend(StepAudioBackend):
     """Step-Audio 2 on a vLLM engine + our token2wav; sessions are ``VLLMSession``.
 
     ``engine``: an ``AsyncLLM`` (or anything ``EngineLike``). ``params_factory`` turns
     ``sampling_kwargs`` into the engine's sampling object (``vllm.SamplingParams`` by default).
-    The other arguments mean what they mean for ``ReferenceBackend``.
+    The other arguments mean what they mean for ``ReferenceBackend``; voices, the voice cache and
+    the token2wav batcher are the reference's (``StepAudioBackend``).
     """
 
     name = "vllm"
@@ -172,13 +169,7 @@ class VLLMBackend(Backend):
         self.tok = tokenizer
         self.model_name = Path(str(model_path)).name
         self.prompts = PromptBuilder(tokenizer)
-        self.vocoder = vocoder
-        self.voices: dict[str, Path] = {k: Path(v) for k, v in (voices or {}).items()}
-        self.default_voice = default_voice or _pick_default_voice(self.voices)
-        if self.default_voice is not None and self.voices and self.default_voice not in self.voices:
-            raise ValueError(
-                f"default voice {self.default_voice!r} is not among the voices {sorted(self.voices)}"
-            )
+        self._init_voices(vocoder, voices, default_voice)
         self.max_tool_calls_in_a_row = max_tool_calls_in_a_row
         self.tool_result_suffix = tool_result_suffix
         self.today = today
@@ -188,15 +179,6 @@ class VLLMBackend(Backend):
         self._params_factory = params_factory
         self._shutdown = shutdown
         self._vocoder_exec = ThreadPoolExecutor(1, thread_name_prefix="vllm-voice")
-        self._voice_cache: dict[str, Any] = {}
-        self._voice_lock = threading.Lock()
-        self._batcher: Any = None
-        self._batcher_loop: Any = None
-        self.sessions: set[VLLMSession] = set()
-
-    # The voice cache and the token2wav batcher work exactly as in the reference backend.
-    voice_for = ReferenceBackend.voice_for
-    t2w_batcher = ReferenceBackend.t2w_batcher
 
     def sampling_params(self, sampling: SamplingParams, max_tokens: int) -> Any:
         """The engine's sampling object for one response."""
@@ -208,17 +190,11 @@ class VLLMBackend(Backend):
             factory = self._params_factory = VllmSamplingParams
         return factory(**kwargs)
 
-    async def open_session(self, config: SessionConfig) -> VLLMSession:
-        if config.voice and config.voice not in self.voices and self.vocoder is not None:
-            raise ValueError(f"unknown voice {config.voice!r} (known: {sorted(self.voices)})")
-        session = VLLMSession(self, config)
-        self.sessions.add(session)
-        return session
+    def _new_session(self, config: SessionConfig) -> VLLMSession:
+        return VLLMSession(self, config)
 
     async def close(self) -> None:
-        for session in list(self.sessions):
-            await session.close()
-        await close_batcher(self)
+        await self._close_sessions()
         self._vocoder_exec.shutdown(wait=False, cancel_futures=True)
         if self._shutdown is not None:
             self._shutdown()
@@ -236,7 +212,7 @@ class VLLMSession(ReferenceSession):
 
     async def _run_model(self, run: Any, prompt: Any, max_tokens: int, guard_tripped: bool) -> None:
         backend = self.backend
-        run.t_start = _now()
+        run.t_start = now()
         run.stats.prompt_tokens = len(prompt.ids)
         run.stats.prefill_tokens = len(prompt.ids)
         if run.cancel.is_set():
@@ -261,7 +237,7 @@ class VLLMSession(ReferenceSession):
                     run.stats.reused_tokens = cached
                     run.stats.prefill_tokens = len(prompt.ids) - cached
                 if new and run.t_prefill is None:
-                    run.t_prefill = _now()
+                    run.t_prefill = now()
                 for token in new:
                     run.ids.append(token)
                     for ev in parser.feed(token):

@@ -67,3 +67,24 @@ def test_vad_runtime_setting(monkeypatch):
     monkeypatch.setenv("STEPCALL_VAD_RUNTIME", "torch")
     with pytest.raises(ValueError, match="STEPCALL_VAD_RUNTIME must be one of numpy, onnxruntime"):
         Settings.from_env()
+
+
+def test_cpu_backend_model_settings(monkeypatch):
+    s = Settings()
+    assert (s.cpu_llm, s.cpu_asr_model, s.cpu_llm_model, s.cpu_tts_voice) == (None,) * 4
+    assert (s.cpu_models_dir, s.cache_dir) == ("var/models", "~/.cache/stepcall")
+    env = {
+        "STEPCALL_CPU_LLM": "smollm2-135m",
+        "STEPCALL_CPU_ASR_MODEL": "/m/whisper",
+        "STEPCALL_CPU_LLM_MODEL": "/m/llm.gguf",
+        "STEPCALL_CPU_TTS_VOICE": "/m/voice.onnx",
+        "STEPCALL_CPU_MODELS_DIR": "/m",
+        "STEPCALL_CACHE_DIR": "/c",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = Settings.from_env()
+    assert (s.cpu_llm, s.cpu_asr_model, s.cpu_llm_model, s.cpu_tts_voice) == (
+        "smollm2-135m", "/m/whisper", "/m/llm.gguf", "/m/voice.onnx"
+    )
+    assert (s.cpu_models_dir, s.cache_dir) == ("/m", "/c")

@@ -137,6 +137,19 @@ def test_model_lookup_order_env_then_folder(monkeypatch, tmp_path):
         cpu_models.find_tts_voice()
 
 
+def test_model_lookups_take_their_settings(monkeypatch, tmp_path):
+    from stepcall.settings import Settings
+
+    monkeypatch.delenv("STEPCALL_CPU_LLM_MODEL", raising=False)
+    monkeypatch.delenv("STEPCALL_CPU_MODELS_DIR", raising=False)
+    gguf = tmp_path / "mine.gguf"
+    gguf.write_bytes(b"x")
+    given = Settings(cpu_llm_model=str(gguf), cpu_models_dir=str(tmp_path), cache_dir=str(tmp_path))
+    assert cpu_models.find_llm_model(settings=given) == (gguf, "STEPCALL_CPU_LLM_MODEL")
+    assert cpu_models.models_dir(given) == tmp_path and cpu_models.cache_dir(given) == tmp_path
+    assert cpu_models.models_dir() == Path("var/models")  # no settings: the environment's
+
+
 # ------------------------------------------------------------------------------ text helpers
 def test_tool_call_extractor_handles_tags_split_across_pieces():
     ex = ToolCallExtractor()

@@ -7,9 +7,11 @@ and a Piper voice speaks it sentence by sentence while the LLM is still writing,
 audio comes early. Model files come from ``model_service.backends.cpu.model_files``.
 
 Threads: one ASR thread, one LLM thread (llama.cpp with 2 threads) and one TTS thread, shared
-by all sessions; nothing heavy runs on the event loop. A response is an asyncio task: LLM
-pieces are handed to the loop, split into spoken text (``TextDelta``, straight away) and
-``<tool_call>`` blocks (``ToolCallEvent``), whole sentences go to the TTS task (``AudioChunk``).
+by all sessions; nothing heavy runs on the event loop. A response runs as described in
+``model_service/backends/responses.py``: LLM pieces are handed to the loop, split into spoken
+text (``TextDelta``, straight away) and ``<tool_call>`` blocks (``ToolCallEvent``), whole
+sentences go to the TTS task (``AudioChunk``). A cancel stops the LLM at its next piece and TTS
+after the current sentence.
 
 Timings (``ResponseTimings``, ms from the ``respond`` call): ``queue_ms`` until the LLM starts
 (includes waiting for the user's transcript), ``prefill_ms`` first LLM piece, ``first_code_ms``
@@ -21,10 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
-import threading
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,20 +34,13 @@ import numpy as np
 from model_service.backends.base import (
     INPUT_RATE,
     OUTPUT_RATE,
-    AudioChunk,
     Backend,
     BackendEvent,
-    BackendSession,
-    ResponseDone,
-    ResponseError,
-    ResponseTimings,
     SessionConfig,
     TextDelta,
-    ToolCallEvent,
 )
 from model_service.backends.cpu.chat import (
     ChatHistory,
-    PendingCall,
     SpokenSentence,
     normalize_tools,
     render_chatml,
@@ -63,13 +55,17 @@ from model_service.backends.cpu.text import (
     ToolCallExtractor,
     speakable,
 )
+from model_service.backends.responses import (
+    DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
+    ResponseRun,
+    ResponseSession,
+    now,
+    with_loop_instruction,
+)
+from stepcall.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_TOOL_CALLS_IN_A_ROW = 3
-TOOL_LOOP_INSTRUCTION = (
-    "Do not call any tool now. Answer the user directly with what you already know."
-)
 #: Added to every persona: the reply is spoken on a phone line.
 VOICE_RULES = (
     "You are speaking with a caller on the phone. Reply in one to three short sentences of "
@@ -90,14 +86,6 @@ EARLY_ASR_SILENCE_S = 0.15  # pause after speech that starts an early transcript
 #: anything. Piper voices the short piece in ~0.1 s and the next piece follows it seamlessly.
 FIRST_WORDS = 4
 CHARS_PER_TOKEN = 3.5  # prompt-size estimate for the context budget
-
-
-def _now() -> float:
-    return time.perf_counter()
-
-
-def _ms(t0: float, t: float | None) -> float | None:
-    return None if t is None else round((t - t0) * 1000.0, 3)
 
 
 # ------------------------------------------------------------------------------ the backend
@@ -160,18 +148,25 @@ class CpuBackend(Backend):
             close()
 
 
-def load_cpu_backend(llm: str | None = None, *, threads: int = 2, n_ctx: int = 4096) -> CpuBackend:
+def load_cpu_backend(
+    llm: str | None = None,
+    *,
+    threads: int = 2,
+    n_ctx: int = 4096,
+    settings: Settings | None = None,
+) -> CpuBackend:
     """Find (and if needed assemble and verify) the model files, load all three models.
 
-    ``llm``: a key of ``cpu_models.LLM_MODELS`` (default ``STEPCALL_CPU_LLM`` or Qwen2.5-1.5B).
-    Raises ``cpu_models.MissingModelError`` naming the pip packages when something is missing.
+    ``llm``: a key of ``model_files.LLM_MODELS`` (default ``STEPCALL_CPU_LLM`` or Qwen2.5-1.5B);
+    ``settings``: where the model files are looked up (default ``Settings.from_env()``).
+    Raises ``model_files.MissingModelError`` naming the pip packages when something is missing.
     """
     from model_service.backends.cpu.asr import WhisperASR
     from model_service.backends.cpu.llm import LlamaEngine
     from model_service.backends.cpu.model_files import resolve_cpu_models
     from model_service.backends.cpu.tts import PiperTTS
 
-    paths = resolve_cpu_models(llm)
+    paths = resolve_cpu_models(llm, settings)
     log.info("cpu backend models: %s", paths)
     asr = WhisperASR(paths.asr_dir, cpu_threads=threads)
     engine = LlamaEngine(paths.llm_path, n_ctx=n_ctx, n_threads=threads)
@@ -195,40 +190,28 @@ def _log_prewarm_failure(future: Any) -> None:
 
 # ------------------------------------------------------------------------------ one response
 @dataclass
-class _Run:
-    """One response in flight."""
+class _Run(ResponseRun):
+    """One response in flight: the LLM text's parsers, its sentences on their way to TTS."""
 
-    t0: float
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
     to_speak: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    heard_ms: float | None = None
     extractor: ToolCallExtractor = field(default_factory=ToolCallExtractor)
     splitter: SentenceSplitter = field(
         default_factory=lambda: SentenceSplitter(first_clause_chars=8, first_words=FIRST_WORDS)
     )
-    text: list[str] = field(default_factory=list)
     sentences: list[SpokenSentence] = field(default_factory=list)
-    calls: list[PendingCall] = field(default_factory=list)
-    refused_calls: int = 0
     stats: CompletionStats = field(default_factory=CompletionStats)
     prompt: str = ""
-    history_len: int = 0
-    t_start: float | None = None
-    t_prefill: float | None = None
-    t_first_code: float | None = None
-    t_first_audio: float | None = None
-    audio_samples: int = 0
-    recorded: bool = False
-    task: asyncio.Task | None = None
+
+    def token_counts(self) -> tuple[int, int]:
+        return self.stats.prompt_tokens, self.stats.completion_tokens
 
 
-_END = object()
-
-
-class CpuSession(BackendSession):
+class CpuSession(ResponseSession):
     """One call's conversation on a ``CpuBackend``."""
+
+    _log = log
+    _produce_failed = "cpu response failed in session %s"
+    _output_failed = "cpu TTS failed in session %s"
 
     def __init__(self, backend: CpuBackend, config: SessionConfig) -> None:
         self.backend = backend
@@ -292,7 +275,7 @@ class CpuSession(BackendSession):
         future = asyncio.get_running_loop().run_in_executor(
             self.backend._asr_exec, self.backend.asr.transcribe, audio
         )
-        self._early = (self._voiced_end, future, _now())
+        self._early = (self._voiced_end, future, now())
 
     async def clear_audio(self) -> None:
         self._check_open()
@@ -321,7 +304,7 @@ class CpuSession(BackendSession):
             job = asyncio.get_running_loop().run_in_executor(
                 self.backend._asr_exec, self.backend.asr.transcribe, audio
             )
-            started = _now()
+            started = now()
         self._reset_audio()
         self._commits += 1
         previous = self._asr_tail
@@ -330,14 +313,14 @@ class CpuSession(BackendSession):
     async def _transcribe_in_order(
         self, job: asyncio.Future, started: float, previous: asyncio.Future | None
     ) -> None:
-        committed = _now()
+        committed = now()
         text = await job
         if previous is not None:
             await asyncio.shield(previous)  # turns enter the history in commit order
         #: ms from the commit until the transcript was ready (0 when the early pass had it).
-        self.last_asr_ms = round((_now() - committed) * 1000.0, 3)
+        self.last_asr_ms = round((now() - committed) * 1000.0, 3)
         log.info("session %s heard: %r (ASR %.0f ms after commit, %.0f ms in all)",
-                 self.config.call_id, text, self.last_asr_ms, (_now() - started) * 1000.0)
+                 self.config.call_id, text, self.last_asr_ms, (now() - started) * 1000.0)
         self.transcripts.append(text)
         if not self._closed:
             self.history.add_user(text or INAUDIBLE)
@@ -397,18 +380,8 @@ class CpuSession(BackendSession):
         future = asyncio.get_running_loop().run_in_executor(self.backend._llm_exec, job)
         future.add_done_callback(_log_prewarm_failure)
 
-    async def close(self) -> None:
-        if self._closed:
-            return
-        if self._run is not None and not self._run.recorded:
-            await self.cancel()
-        self._closed = True
+    def _free(self) -> None:
         self._reset_audio()
-        self.backend.sessions.discard(self)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("session is closed")
 
     # ----------------------------------------------------------------- prompt
     def voice(self) -> str:
@@ -449,87 +422,36 @@ class CpuSession(BackendSession):
 
     # ----------------------------------------------------------------- respond
     def respond(self, instructions: str | None = None) -> AsyncIterator[BackendEvent]:
-        self._check_open()
-        if self._run is not None and not self._run.recorded:
-            raise RuntimeError("a response is already running in this session")
-        loop = asyncio.get_running_loop()
-        run = _Run(t0=_now(), loop=loop)
-        self._run = run
-        run.task = loop.create_task(self._drive(run, instructions))
-        return self._drain(run)
+        self._check_idle()
+        run = _Run(t0=now(), loop=asyncio.get_running_loop())
+        return self._start(run, lambda: self._produce(run, instructions))
 
-    async def _drain(self, run: _Run) -> AsyncIterator[BackendEvent]:
-        while True:
-            item = await run.events.get()
-            if item is _END:
-                return
-            yield item
-
-    async def _drive(self, run: _Run, instructions: str | None) -> None:
+    async def _produce(self, run: _Run, instructions: str | None) -> None:
+        """The user's transcript, the prompt, the LLM (on its thread), the last sentences."""
         backend = self.backend
-        loop = run.loop
-        error: BaseException | None = None
-        guard = False
-        speaker = loop.create_task(self._speak(run))
-        try:
-            await self.wait_transcripts()
-            guard = self.history.tool_call_streak >= backend.max_tool_calls_in_a_row
-            if guard:
-                instructions = f"{instructions}\n{TOOL_LOOP_INSTRUCTION}" if instructions else TOOL_LOOP_INSTRUCTION
-            prompt, max_tokens = self._fit_context(instructions)
-            run.prompt = prompt
-            run.history_len = len(self.history.turns)
-            tools = tool_names(self.config.tools)
-            if not run.cancel.is_set():
-                run.stats = await loop.run_in_executor(
-                    backend._llm_exec, self._generate, run, prompt, max_tokens
-                )
-            if not run.cancel.is_set():
-                for ev in run.extractor.finish():
-                    self._on_extracted(run, ev, tools, guard)
-            for sentence in run.splitter.finish():
-                self._queue_sentence(run, sentence)
-        except Exception as exc:  # noqa: BLE001 - reported to the client, session survives
-            log.exception("cpu response failed in session %s", self.config.call_id)
-            error = exc
-            run.cancel.set()
-        finally:
-            run.to_speak.put_nowait(None)
-        try:
-            await speaker
-        except Exception as exc:  # noqa: BLE001
-            log.exception("cpu TTS failed in session %s", self.config.call_id)
-            error = error or exc
-
-        cancelled = run.cancel.is_set() and error is None
-        status = "completed"
-        if error is not None:
-            status = "error"
-            run.events.put_nowait(ResponseError("internal", f"{type(error).__name__}: {error}"))
-        else:
-            self._record(run, cancelled)
-            if cancelled:
-                status = "cancelled"
-            elif run.calls:
-                status = "tool_call"
-        run.recorded = True
-        run.events.put_nowait(
-            ResponseDone(
-                status=status,
-                text="".join(run.text),
-                audio_ms=run.audio_samples * 1000.0 / OUTPUT_RATE,
-                timings=ResponseTimings(
-                    queue_ms=_ms(run.t0, run.t_start),
-                    prefill_ms=_ms(run.t0, run.t_prefill),
-                    first_code_ms=_ms(run.t0, run.t_first_code),
-                    first_audio_ms=_ms(run.t0, run.t_first_audio),
-                    total_ms=_ms(run.t0, _now()),
-                ),
-                prompt_tokens=run.stats.prompt_tokens,
-                completion_tokens=run.stats.completion_tokens,
+        await self.wait_transcripts()
+        guard = self.history.tool_call_streak >= backend.max_tool_calls_in_a_row
+        if guard:
+            instructions = with_loop_instruction(instructions)
+        prompt, max_tokens = self._fit_context(instructions)
+        run.prompt = prompt
+        run.history_len = len(self.history.turns)
+        tools = tool_names(self.config.tools)
+        if not run.cancel.is_set():
+            run.stats = await run.loop.run_in_executor(
+                backend._llm_exec, self._generate, run, prompt, max_tokens
             )
-        )
-        run.events.put_nowait(_END)
+        if not run.cancel.is_set():
+            for ev in run.extractor.finish():
+                self._on_extracted(run, ev, tools, guard)
+        for sentence in run.splitter.finish():
+            self._queue_sentence(run, sentence)
+
+    def _output(self, run: _Run) -> Coroutine[Any, Any, None]:
+        return self._speak(run)
+
+    def _end_output(self, run: _Run) -> None:
+        run.to_speak.put_nowait(None)
 
     def _record(self, run: _Run, cancelled: bool) -> None:
         if not (run.sentences or run.calls or run.refused_calls):
@@ -548,7 +470,7 @@ class CpuSession(BackendSession):
     # ----------------------------------------------------------------- LLM thread
     def _generate(self, run: _Run, prompt: str, max_tokens: int) -> CompletionStats:
         """On the LLM thread: stream the completion, handing each piece to the event loop."""
-        run.t_start = _now()
+        run.t_start = now()
         tools = tool_names(self.config.tools)
         guard = self.history.tool_call_streak >= self.backend.max_tool_calls_in_a_row
 
@@ -556,7 +478,7 @@ class CpuSession(BackendSession):
             if run.cancel.is_set():
                 return True
             if run.t_prefill is None:
-                run.t_prefill = _now()
+                run.t_prefill = now()
             run.loop.call_soon_threadsafe(self._on_piece, run, text, tools, guard)
             return False
 
@@ -584,32 +506,16 @@ class CpuSession(BackendSession):
             for sentence in run.splitter.feed(text):
                 self._queue_sentence(run, sentence)
         elif isinstance(ev, ParsedToolCall):
-            if guard or ev.name not in tools:
-                run.refused_calls += 1
-                if guard:
-                    msg = (f"tool call {ev.name!r} dropped: more than "
-                           f"{self.backend.max_tool_calls_in_a_row} tool-call responses in a "
-                           "row without user input")
-                    run.events.put_nowait(ResponseError("tool_call_limit", msg))
-                else:
-                    run.events.put_nowait(ResponseError(
-                        "bad_tool_call",
-                        f"model called unknown tool {ev.name!r} "
-                        f"(session tools: {sorted(tools) or 'none'})",
-                    ))
-                return
-            call = PendingCall(f"call_{uuid.uuid4().hex[:16]}", ev.name, dict(ev.arguments))
-            run.calls.append(call)
-            run.events.put_nowait(ToolCallEvent(call.call_id, call.name, call.arguments))
+            limit = self.backend.max_tool_calls_in_a_row
+            run.events.put_nowait(run.screen_tool_call(ev.name, ev.arguments, tools, guard, limit))
         elif isinstance(ev, BadToolCall):
-            run.refused_calls += 1
-            run.events.put_nowait(ResponseError("bad_tool_call", ev.message))
+            run.events.put_nowait(run.bad_tool_call(ev.message))
 
     def _queue_sentence(self, run: _Run, text: str) -> None:
         sentence = SpokenSentence(text)
         run.sentences.append(sentence)
         if run.t_first_code is None:
-            run.t_first_code = _now()
+            run.t_first_code = now()
         run.to_speak.put_nowait(sentence)
 
     # ----------------------------------------------------------------- TTS task
@@ -638,25 +544,11 @@ class CpuSession(BackendSession):
             pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
             sentence.audio_ms = pcm.size * 1000.0 / OUTPUT_RATE
             for i in range(0, pcm.size, chunk):
-                if run.t_first_audio is None:
-                    run.t_first_audio = _now()
-                piece = pcm[i : i + chunk]
-                run.audio_samples += piece.size
-                run.events.put_nowait(AudioChunk(piece))
+                run.add_audio(pcm[i : i + chunk])
 
     # ----------------------------------------------------------------- barge-in
-    async def cancel(self, heard_ms: float | None = None) -> None:
-        """Stop the running response (the LLM stops at its next piece, TTS after the current
-        sentence) and keep only what was heard; with no response running, cut the latest reply."""
-        run = self._run
-        if run is not None and not run.recorded:
-            run.heard_ms = heard_ms
-            run.cancel.set()
-            assert run.task is not None
-            await asyncio.shield(run.task)
-            return
-        if heard_ms is not None:
-            self.history.truncate_last_reply(heard_ms)
+    def _cut_last_reply(self, heard_ms: float) -> None:
+        self.history.truncate_last_reply(heard_ms)
 
 
 __all__ = [

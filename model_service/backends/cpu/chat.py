@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_service.backends.cpu.text import cut_text_at_fraction
+from model_service.backends.responses import PendingToolCall
 
 
 @dataclass
@@ -32,15 +33,6 @@ class SpokenSentence:
 
     text: str
     audio_ms: float | None = None
-
-
-@dataclass
-class PendingCall:
-    """A tool call the model made whose result has not arrived yet."""
-
-    call_id: str
-    name: str
-    arguments: dict[str, Any]
 
 
 @dataclass
@@ -62,7 +54,7 @@ class ChatHistory:
 
     def __init__(self) -> None:
         self.turns: list[ChatTurn] = []
-        self.pending_calls: dict[str, PendingCall] = {}
+        self.pending_calls: dict[str, PendingToolCall] = {}
         self.tool_call_streak = 0
         self._last: _LastReply | None = None
 
@@ -88,7 +80,7 @@ class ChatHistory:
     def add_reply(
         self,
         sentences: Sequence[SpokenSentence],
-        calls: Sequence[PendingCall] = (),
+        calls: Sequence[PendingToolCall] = (),
         *,
         tool_call_attempted: bool = False,
         at: int | None = None,
@@ -152,7 +144,7 @@ class ChatHistory:
         return self.turns[self._last.index].content
 
     # ----------------------------------------------------------------- tools
-    def add_tool_result(self, call_id: str, output: str) -> PendingCall:
+    def add_tool_result(self, call_id: str, output: str) -> PendingToolCall:
         call = self.pending_calls.pop(call_id, None)
         if call is None:
             known = ", ".join(sorted(self.pending_calls)) or "none"
@@ -244,7 +236,6 @@ def render_chatml(
 __all__ = [
     "ChatHistory",
     "ChatTurn",
-    "PendingCall",
     "SpokenSentence",
     "normalize_tools",
     "render_chatml",

