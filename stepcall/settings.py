@@ -52,6 +52,7 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_CPU_LLM | qwen2.5-1.5b | cpu backend LLM: qwen2.5-1.5b or smollm2-135m |
 | STEPCALL_CPU_ASR_MODEL / _LLM_MODEL / _TTS_VOICE | (package copies) | cpu backend model files given explicitly |
 | STEPCALL_CPU_MODELS_DIR / STEPCALL_CACHE_DIR | var/models / ~/.cache/stepcall | where cpu backend models are looked up / assembled |
+| STEPCALL_EVAL_CACHE | ~/.cache/stepcall/evals | ``stepcall eval``: where built tiny checkpoints are cached |
 
 The cpu backend's model settings go to ``model_service/backends/cpu/model_files.py``, which
 documents the order it looks the models up in. Settings built in code (``Settings()``) keep
@@ -174,6 +175,7 @@ class Settings:
     cpu_tts_voice: str | None = None
     cpu_models_dir: str = "var/models"
     cache_dir: str = "~/.cache/stepcall"
+    eval_cache_dir: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -241,6 +243,7 @@ class Settings:
             cpu_tts_voice=_env("STEPCALL_CPU_TTS_VOICE"),
             cpu_models_dir=_env("STEPCALL_CPU_MODELS_DIR", cls.cpu_models_dir),
             cache_dir=_env("STEPCALL_CACHE_DIR", cls.cache_dir),
+            eval_cache_dir=_env("STEPCALL_EVAL_CACHE"),
         )
 
     def replace(self, **changes) -> Settings:

@@ -20,6 +20,7 @@ from pathlib import Path
 from loguru import logger
 
 from harness.evals.spec import ModelSpec
+from stepcall.settings import Settings
 
 PHONE_RATE = 8000
 _BUILDER_SOURCES = (
@@ -29,7 +30,7 @@ _BUILDER_SOURCES = (
 
 def default_cache_dir() -> Path:
     """``$STEPCALL_EVAL_CACHE`` or ``~/.cache/stepcall/evals``."""
-    env = os.environ.get("STEPCALL_EVAL_CACHE")
+    env = Settings.from_env().eval_cache_dir
     return Path(env).expanduser() if env else Path.home() / ".cache" / "stepcall" / "evals"
 
 
