@@ -75,6 +75,7 @@ from bots.records.models import (
 )
 from bots.records.recording import BOT, CALLER, StereoRecorder
 from bots.records.store import CallStore
+from pipeline.observers.first_sighting import FirstSighting
 
 #: Tools whose successful result means the caller was handed to a human.
 TRANSFER_TOOLS = ("transfer_call",)
@@ -154,7 +155,7 @@ class CallRecordObserver(BaseObserver):
         self._writer = store.writer
         self._log = logger.bind(call_id=call_id)
         self._t0 = time.monotonic()
-        self._seen: set[int] = set()
+        self._sightings = FirstSighting(limit=8192)
         self._seq = 0
         self._user: TurnRecord | None = None
         #: Finished caller turns whose transcript has not come yet (oldest first).
@@ -265,7 +266,7 @@ class CallRecordObserver(BaseObserver):
         if isinstance(frame, (EndFrame, CancelFrame)):
             await self._on_end_frame(data)
             return
-        if not self._first_sighting(data):
+        if not self._sightings.first(data.frame):
             return
         mono, now = time.monotonic(), utcnow()
         if isinstance(frame, VADUserStartedSpeakingFrame):
@@ -335,20 +336,6 @@ class CallRecordObserver(BaseObserver):
             self._log.warning(f"call error recorded: {frame.error}")
 
     # -- helpers -------------------------------------------------------------------------------
-
-    def _first_sighting(self, data: FramePushed) -> bool:
-        frame = data.frame
-        if frame.id in self._seen:
-            return False
-        self._seen.add(frame.id)
-        sibling = getattr(frame, "broadcast_sibling_id", None)
-        if sibling is not None:
-            if sibling in self._seen:
-                return False
-            self._seen.add(sibling)
-        if len(self._seen) > 8192:
-            self._seen.clear()
-        return True
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -33,6 +33,7 @@ from bots.records.models import (
     check_outcome,
     utcnow,
 )
+from bots.records.writer import WRITE_OPS, RecordWriter
 
 DEFAULT_DATABASE_URL = "sqlite:///var/calls.db"
 
@@ -136,8 +137,6 @@ class CallStore:
     @property
     def writer(self) -> Any:
         """The store's background writer (started on first use)."""
-        from bots.records.writer import RecordWriter
-
         with self._writer_lock:
             if self._writer is None:
                 self._writer = RecordWriter(self)
@@ -367,9 +366,6 @@ class CallStore:
         )
         with self.engine.connect() as conn:
             return [(r[0], r[1]) for r in conn.execute(query)]
-
-
-WRITE_OPS = ("start_call", "save_turn", "save_tool_call", "end_call", "set_recording")
 
 
 def purge_expired_recordings(store: CallStore, now: datetime | None = None) -> list[str]:

@@ -25,15 +25,23 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from loguru import logger
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from bots.records.store import WRITE_OPS
+#: The writes a writer queues (``CallStore.apply`` runs each by name).
+WRITE_OPS = ("start_call", "save_turn", "save_tool_call", "end_call", "set_recording")
 
-if TYPE_CHECKING:
-    from bots.records.store import CallStore
+
+class WriteTarget(Protocol):
+    """What the writer writes into (:class:`~bots.records.store.CallStore`)."""
+
+    engine: Engine
+
+    def apply(self, conn: Connection, op: str, *args: Any) -> None:
+        """Run the write ``op`` on an open connection."""
 
 #: Most writes committed together.
 MAX_BATCH = 256
@@ -60,11 +68,11 @@ def _is_unavailable(error: BaseException) -> bool:
 
 
 class RecordWriter:
-    """A background thread that applies queued call-record writes to a :class:`CallStore`."""
+    """A background thread that applies queued call-record writes to a store (a ``WriteTarget``)."""
 
     def __init__(
         self,
-        store: CallStore,
+        store: WriteTarget,
         *,
         max_pending: int = MAX_PENDING,
         retry_min_secs: float = 0.2,

@@ -25,6 +25,8 @@ from pipecat.frames.frames import (
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 
+from pipeline.observers.first_sighting import FirstSighting
+
 
 @dataclass
 class TurnMetrics:
@@ -51,27 +53,13 @@ class TurnMetricsObserver(BaseObserver):
         self.call_id = call_id
         self.turns: list[TurnMetrics] = []
         self._log = logger.bind(call_id=call_id)
-        self._seen: set[int] = set()
+        self._sightings = FirstSighting(limit=4096)
         self._speech_end: float | None = None
         self._speech_start: float | None = None
         self._bot_speaking = False
         self._interrupt_at: float | None = None
         self._current: TurnMetrics | None = None
         self._register_event_handler("on_turn_metrics")
-
-    def _first_sighting(self, data: FramePushed) -> bool:
-        frame = data.frame
-        if frame.id in self._seen:
-            return False
-        self._seen.add(frame.id)
-        sibling = getattr(frame, "broadcast_sibling_id", None)
-        if sibling is not None:
-            if sibling in self._seen:
-                return False
-            self._seen.add(sibling)
-        if len(self._seen) > 4096:
-            self._seen.clear()
-        return True
 
     async def on_push_frame(self, data: FramePushed) -> None:
         """Timestamp the frames that matter, once each."""
@@ -87,7 +75,7 @@ class TurnMetricsObserver(BaseObserver):
             ),
         ):
             return
-        if not self._first_sighting(data):
+        if not self._sightings.first(data.frame):
             return
         now = time.monotonic()
         if isinstance(frame, VADUserStartedSpeakingFrame):
