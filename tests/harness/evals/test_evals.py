@@ -22,7 +22,7 @@ from harness.evals import spec
 from harness.evals.spec import EvalSpecError, load_evals, parse_eval
 from pipeline.flows.format.schema import Either, ListOf, Obj
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _eval(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
