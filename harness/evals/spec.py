@@ -77,19 +77,8 @@ OUTCOMES = ("completed", "transferred", "caller_hung_up", "error")
 EVAL_SUFFIXES = (".yaml", ".yml")
 
 
-@dataclass(frozen=True, order=True)
-class EvalIssue:
-    """One problem in an eval file."""
-
-    file: str
-    line: int
-    column: int
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+#: One problem in an eval file: the flow format's issue (file, 1-based line/column, field path).
+EvalIssue = FlowIssue
 
 
 class EvalSpecError(ValueError):
@@ -498,10 +487,6 @@ class _Eval:
         )
 
 
-def _issues(issues: list[FlowIssue]) -> list[EvalIssue]:
-    return [EvalIssue(i.file, i.line, i.column, i.path, i.message) for i in issues]
-
-
 def parse_eval(text: str, path: str | Path) -> EvalFile:
     """Validate eval YAML ``text`` as read from ``path``; raise ``EvalSpecError``."""
     path = Path(path)
@@ -511,7 +496,7 @@ def parse_eval(text: str, path: str | Path) -> EvalFile:
         try:
             root = loader.get_single_node()
         except yaml.MarkedYAMLError as e:
-            raise EvalSpecError(_issues([syntax_issue(file, e)])) from None
+            raise EvalSpecError([syntax_issue(file, e)]) from None
         if root is None:
             raise EvalSpecError([EvalIssue(file, 1, 1, "", "the file is empty; expected flow "
                                            "and scenarios")])
@@ -520,11 +505,11 @@ def parse_eval(text: str, path: str | Path) -> EvalFile:
     finally:
         loader.dispose()
     if data is INVALID:
-        raise EvalSpecError(_issues(checker.issues))
+        raise EvalSpecError(checker.issues)
     ev = _Eval(checker, path)
     ev.check(data)
     if checker.issues:
-        raise EvalSpecError(_issues(checker.issues))
+        raise EvalSpecError(checker.issues)
     return ev.build(data)
 
 
