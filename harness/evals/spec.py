@@ -55,9 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.flows.format.checker import INVALID, Checker, syntax_issue
+from pipeline.flows.format.checker import INVALID, Checker, check_document
 from pipeline.flows.format.errors import FlowIssue
 from pipeline.flows.format.schema import (
     MISSING,
@@ -490,20 +488,9 @@ class _Eval:
 def parse_eval(text: str, path: str | Path) -> EvalFile:
     """Validate eval YAML ``text`` as read from ``path``; raise ``EvalSpecError``."""
     path = Path(path)
-    file = str(path)
-    loader = yaml.SafeLoader(text)
-    try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as e:
-            raise EvalSpecError([syntax_issue(file, e)]) from None
-        if root is None:
-            raise EvalSpecError([EvalIssue(file, 1, 1, "", "the file is empty; expected flow "
-                                           "and scenarios")])
-        checker = Checker(file, loader)
-        data = checker.check(root, EVAL, "")
-    finally:
-        loader.dispose()
+    checker, data = check_document(
+        text, str(path), EVAL, empty="the file is empty; expected flow and scenarios"
+    )
     if data is INVALID:
         raise EvalSpecError(checker.issues)
     ev = _Eval(checker, path)

@@ -91,6 +91,29 @@ def syntax_issue(file: str, error: yaml.MarkedYAMLError) -> FlowIssue:
     return FlowIssue(file, line, col, "", f"YAML syntax error: {message}")
 
 
+def check_document(text: str, file: str, spec: Any, *, empty: str) -> tuple[Checker, Any]:
+    """Compose one YAML document and check it against ``spec``.
+
+    Returns the checker (its ``issues``, and the ``marks`` later checks locate problems by) and
+    the checked value: ``INVALID`` when the text is not YAML (one syntax issue), holds nothing
+    (one issue saying ``empty``) or does not fit ``spec``.
+    """
+    loader = yaml.SafeLoader(text)
+    checker = Checker(file, loader)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as e:
+            checker.issues.append(syntax_issue(file, e))
+            return checker, INVALID
+        if root is None:
+            checker.issues.append(FlowIssue(file, 1, 1, "", empty))
+            return checker, INVALID
+        return checker, checker.check(root, spec, "")
+    finally:
+        loader.dispose()
+
+
 def _fmt(n: float) -> str:
     return str(int(n)) if float(n).is_integer() else str(n)
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.flows.format import vocab
-from pipeline.flows.format.checker import INVALID, Checker, did_you_mean, join, syntax_issue
+from pipeline.flows.format.checker import (
+    INVALID,
+    Checker,
+    check_document,
+    did_you_mean,
+    join,
+)
 from pipeline.flows.format.errors import FlowIssue, FlowValidationError
 from pipeline.flows.format.model import (
     BotInfo,
@@ -50,29 +54,10 @@ def load_flow(path: str | Path) -> FlowSpec:
 def parse_flow(text: str, path: str | Path) -> FlowSpec:
     """Validate flow YAML ``text`` as if read from ``path`` (relative voice paths use its folder)."""
     path = Path(path)
-    file = str(path)
-    loader = yaml.SafeLoader(text)
-    try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as e:
-            raise FlowValidationError([syntax_issue(file, e)]) from None
-        if root is None:
-            raise FlowValidationError(
-                [
-                    FlowIssue(
-                        file,
-                        1,
-                        1,
-                        "",
-                        "the file is empty; expected a mapping with bot, persona and nodes",
-                    )
-                ]
-            )
-        checker = Checker(file, loader)
-        data = checker.check(root, FLOW, "")
-    finally:
-        loader.dispose()
+    checker, data = check_document(
+        text, str(path), FLOW,
+        empty="the file is empty; expected a mapping with bot, persona and nodes",
+    )
     if data is INVALID:
         raise FlowValidationError(checker.issues)
     refs = _References(checker, data, path)
