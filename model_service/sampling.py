@@ -38,8 +38,7 @@ def resolve(overrides: protocol.Sampling | None, max_tokens: int | None = None) 
     """The backend defaults with a session's overrides (``None`` fields keep the default)."""
     sampling = SamplingParams()
     if overrides is not None:
-        changes = {k: v for k, v in vars(overrides).items() if v is not None}
-        sampling = replace(sampling, **changes)
+        sampling = replace(sampling, **overrides.model_dump(exclude_none=True))
     if max_tokens is not None:
         sampling = replace(sampling, max_tokens=max_tokens)
     return sampling

@@ -553,14 +553,13 @@ _SERVER_EVENTS: TypeAdapter[ServerEvent] = TypeAdapter(
 # --------------------------------------------------------------------------------------------
 
 
-def message_to_json(message: ClientMessage) -> str:
-    """Encode a client message (``None`` fields are left out)."""
+def message_to_json(message: ClientMessage | ServerEvent) -> str:
+    """Encode a client message or a server event (``None`` fields are left out)."""
     return json.dumps(message.model_dump(exclude_none=True), ensure_ascii=False)
 
 
-def event_to_json(event: ServerEvent) -> str:
-    """Encode a server event (``None`` fields are left out)."""
-    return json.dumps(event.model_dump(exclude_none=True), ensure_ascii=False)
+#: Server events encode as client messages do.
+event_to_json = message_to_json
 
 
 # --------------------------------------------------------------------------------------------
