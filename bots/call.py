@@ -423,10 +423,8 @@ class CallRunner:
         echo_guard: bool = True,
         observers: list[BaseObserver] | None = None,
     ) -> None:
-        self.transport = transport
-        self.call = call
         self.log = logger.bind(call_id=call.call_id)
-        self.pipeline, self.parts = build_call(
+        pipeline, self.parts = build_call(
             transport,
             profile,
             settings,
@@ -437,7 +435,7 @@ class CallRunner:
             echo_guard=echo_guard,
         )
         self.worker = call_worker(
-            self.pipeline,
+            pipeline,
             self.parts,
             call.call_id,
             sample_rate=sample_rate,
