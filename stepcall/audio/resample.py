@@ -5,7 +5,7 @@ Audio crosses rates where the call meets the model: a phone call's 8 kHz in to t
 call to :meth:`StreamResampler.process` returns the output its input makes available (about
 ``len(x) * out_rate / in_rate`` samples, never a burst), and it low-passes properly going down
 (soxr's streaming "QQ" aliases at 8 kHz and its "LQ"/"HQ" streams emit in ~12-95 ms bursts,
-measured in tests/token2wav/test_resample.py). ``method="soxr"`` keeps soxr's stream for
+measured in tests/stepcall/test_resample.py). ``method="soxr"`` keeps soxr's stream for
 comparison.
 """
 
