@@ -1,8 +1,8 @@
 """Tiny Step-Audio 2 checkpoints for CPU tests, in the official on-disk layout.
 
-``build_tiny_checkpoint(out_dir)`` writes ``config.json`` (the §1.5 tiny geometry: hidden 64,
-2 layers, 4 heads / 2 kv heads, encoder 64 wide / 4 heads / 2 layers, n_audio_ctx 1500, vocab
-158720), safetensors shards + ``model.safetensors.index.json`` with the official weight names,
+``build_tiny_checkpoint(out_dir)`` writes ``config.json`` (the §1.5 tiny geometry with head_dim
+32, the smallest vLLM's CPU attention takes: hidden 64, 2 layers, 2 heads / 2 kv heads, encoder 64
+wide / 4 heads / 2 layers, n_audio_ctx 1500, vocab 158720), safetensors shards + ``model.safetensors.index.json`` with the official weight names,
 the tiny tokenizer and (when that module exists) a tiny ``token2wav/``. Weights are fp32.
 
 Without ``script`` the weights are random (seeded). With ``script`` they are *shaped* so that
@@ -18,7 +18,7 @@ a tool call) emits ``after_tool_script`` instead. How the shaping works (hidden 
   attention/MLP outputs are zero except the tiny flags below), and ``lm_head`` row ``y`` is the
   sum of the keys of the states whose successor is ``y``.
 * Repeated tokens (the two ``\\n`` of ``function\\nNAME\\n{json}``) are disambiguated by the
-  token before them: layer 0 head 2 attends to the most recent token of a small set S (its
+  token before them: layer 0 head 1 attends to the most recent token of a small set S (its
   query is a constant; keys live in the slowest RoPE pair, phased so the score falls
   monotonically with distance), and writes a flag for it. A layer-1 MLP "AND unit" (current
   token is t AND flag f set) adds ``alt_key - key(t)`` to the residual, moving to a new state.
@@ -61,7 +61,8 @@ TINY_CONFIG: dict[str, Any] = {
     "text_config": {
         "hidden_size": 64,
         "intermediate_size": 128,
-        "num_attention_heads": 4,
+        # head_dim = hidden / heads = 32: vLLM's CPU attention takes 32, 64, 80, ... (not 16)
+        "num_attention_heads": 2,
         "num_attention_groups": 2,
         "num_key_value_heads": 2,
         "num_hidden_layers": 2,
@@ -96,7 +97,9 @@ _MARK_IN, _CONST, _MARK_MEAN, _MARK_FLAG = 60, 61, 62, 63
 _NORM = math.sqrt(63.0)  # key norm; with the const dim every embedding has norm 8
 _SMALL = 1e-3  # scale of the flags written into the residual (keeps RMS at 1 within 1e-6)
 _P = 50.0  # sharpness of the silu clamps
-_ROPE_PAIR = 5  # RoPE frequency pair used by the recency head (monotone over 4096 positions)
+#: RoPE frequency of the recency head, as the exponent 2i/head_dim of its pair i (theta^-0.625:
+#: the angle stays monotone over 4096 positions)
+_ROPE_EXPONENT = 0.625
 _RECENCY_A = 6.4e5
 _PHI0 = 0.8
 
@@ -218,6 +221,10 @@ class _Shaper:
         self.after_tool = after_tool
         self.marker_id = marker_id
         self.max_positions = max_positions
+        text = TINY_CONFIG["text_config"]
+        self.n_heads = int(text["num_attention_heads"])
+        self.n_kv_heads = int(text["num_key_value_heads"])
+        self.head_dim = int(text["hidden_size"]) // self.n_heads
         # transitions: (state, successor token); states: ("base", tok) | ("alt", tag, tok)
         self.transitions: list[tuple[tuple, int]] = []
         self.recency_units: list[tuple[int, int, tuple]] = []  # (current tok, prev tok, state)
@@ -355,17 +362,21 @@ class _Shaper:
         # head 0 (kv head 0): uniform attention, value = marker indicator -> dim 62
         sd[p0 + "self_attn.v_proj.weight"][0, _MARK_IN] = _SMALL
         sd[p0 + "self_attn.o_proj.weight"][_MARK_MEAN, 0] = 1.0
-        # head 2 (kv head 1): most recent token of the recency set
-        hd = 16
+        # the last query head (on the last kv head): most recent token of the recency set
+        hd, heads, kv_heads = self.head_dim, self.n_heads, self.n_kv_heads
+        if kv_heads < 2:
+            raise ScriptError("shaped checkpoints need 2 kv heads (uniform head, recency head)")
+        qh, kvh = heads - 1, kv_heads - 1
+        pair = round(_ROPE_EXPONENT * hd / 2)
         if self.recency_set:
             q_b = sd[p0 + "self_attn.q_proj.bias"]
-            q_b[2 * hd + _ROPE_PAIR] = _RECENCY_A * math.sin(_PHI0)
-            q_b[2 * hd + _ROPE_PAIR + hd // 2] = _RECENCY_A * math.cos(_PHI0)
+            q_b[qh * hd + pair] = _RECENCY_A * math.sin(_PHI0)
+            q_b[qh * hd + pair + hd // 2] = _RECENCY_A * math.cos(_PHI0)
             for p in self.recency_set:
-                sd[p0 + "self_attn.k_proj.weight"][hd + _ROPE_PAIR, onehot[p]] = 1.0 / _NORM
+                sd[p0 + "self_attn.k_proj.weight"][kvh * hd + pair, onehot[p]] = 1.0 / _NORM
             for c, p in enumerate(recent_prev):
-                sd[p0 + "self_attn.v_proj.weight"][hd + c, onehot[p]] = _SMALL / _NORM
-                sd[p0 + "self_attn.o_proj.weight"][recent_dim[p], 2 * hd + c] = 1.0
+                sd[p0 + "self_attn.v_proj.weight"][kvh * hd + c, onehot[p]] = _SMALL / _NORM
+                sd[p0 + "self_attn.o_proj.weight"][recent_dim[p], qh * hd + c] = 1.0
         # layer-0 MLP: flag = clamp(K * mean - 0.25, 0, 1) * SMALL -> dim 63
         if self.marker_units:
             k_m = 1.5 * self.max_positions / _SMALL

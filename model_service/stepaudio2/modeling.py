@@ -15,6 +15,7 @@ from transformers import DynamicCache, Qwen2Model
 from .adapter import Adapter
 from .config import StepAudio2Config
 from .encoder import AudioEncoder
+from .hf_compat import run_decoder
 from .mel import MAX_MEL_FRAMES, N_MELS, AudioInputError, audio_token_count
 
 
@@ -129,10 +130,7 @@ class StepAudio2ForCausalLM(nn.Module):
             assert input_ids is not None
             inputs_embeds = self.model.embed_tokens(input_ids.to(self.device))
         cache = past_key_values if past_key_values is not None else self.new_cache()
-        out = self.model(
-            inputs_embeds=inputs_embeds, cache=cache, use_cache=True, position_ids=position_ids
-        )
-        hidden = out.last_hidden_state
+        hidden = run_decoder(self.model, inputs_embeds, cache, position_ids)
         if logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
         return self.lm_head(hidden), cache
