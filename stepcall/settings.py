@@ -19,6 +19,12 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_MODEL_BACKEND | auto | reference, vllm, cpu or auto |
 | STEPCALL_MODEL_DEVICE | auto | cpu, cuda or auto |
 | STEPCALL_MODEL_DTYPE | auto | float32, bfloat16, float16 or auto |
+| STEPCALL_VLLM_GPU_MEMORY_UTILIZATION | 0.6 | vllm backend on a GPU: the share of GPU memory vLLM takes (the rest: token2wav) |
+| STEPCALL_VLLM_CPU_KV_CACHE_GIB | 1 | vllm backend on CPU: KV cache size in whole GiB (vLLM's ``VLLM_CPU_KVCACHE_SPACE``) |
+| STEPCALL_VLLM_MAX_NUM_SEQS | 32 | vllm backend: sequences decoded in one batch |
+| STEPCALL_VLLM_MAX_MODEL_LEN | (the checkpoint's) | vllm backend: longest prompt + reply in tokens |
+| STEPCALL_VLLM_MAX_AUDIO_CHUNKS | 64 | vllm backend: audio chunks (<= 25 s each) one prompt may carry; older turns are trimmed to fit |
+| STEPCALL_VLLM_ENFORCE_EAGER | 0 | vllm backend: 1 = no torch.compile / CUDA graphs (faster start, slower decode) |
 | STEPCALL_MAX_SESSIONS | 32 | model service admission limit |
 | STEPCALL_MAX_CALLS | 100 | bot server concurrent-call limit |
 | STEPCALL_MAX_CALL_SECS | 3600 | longest phone call; a longer media stream is ended (0 = no limit) |
@@ -138,6 +144,12 @@ class Settings:
     model_backend: str = "auto"
     model_device: str = "auto"
     model_dtype: str = "auto"
+    vllm_gpu_memory_utilization: float = 0.6
+    vllm_cpu_kv_cache_gib: int = 1
+    vllm_max_num_seqs: int = 32
+    vllm_max_model_len: int = 0  # 0: the checkpoint's max_position_embeddings
+    vllm_max_audio_chunks: int = 64
+    vllm_enforce_eager: bool = False
     max_sessions: int = 32
     max_calls: int = 100
     max_call_secs: float = 3600.0
@@ -194,6 +206,21 @@ class Settings:
             model_backend=_env("STEPCALL_MODEL_BACKEND", cls.model_backend),
             model_device=_env("STEPCALL_MODEL_DEVICE", cls.model_device),
             model_dtype=_env("STEPCALL_MODEL_DTYPE", cls.model_dtype),
+            vllm_gpu_memory_utilization=_env_float(
+                "STEPCALL_VLLM_GPU_MEMORY_UTILIZATION", cls.vllm_gpu_memory_utilization
+            ),
+            vllm_cpu_kv_cache_gib=_env_int(
+                "STEPCALL_VLLM_CPU_KV_CACHE_GIB", cls.vllm_cpu_kv_cache_gib
+            ),
+            vllm_max_num_seqs=_env_int("STEPCALL_VLLM_MAX_NUM_SEQS", cls.vllm_max_num_seqs),
+            vllm_max_model_len=_env_int("STEPCALL_VLLM_MAX_MODEL_LEN", cls.vllm_max_model_len),
+            vllm_max_audio_chunks=_env_int(
+                "STEPCALL_VLLM_MAX_AUDIO_CHUNKS", cls.vllm_max_audio_chunks
+            ),
+            vllm_enforce_eager=_env_choice(
+                "STEPCALL_VLLM_ENFORCE_EAGER", "0", ("0", "1", "false", "true")
+            )
+            in ("1", "true"),
             max_sessions=_env_int("STEPCALL_MAX_SESSIONS", cls.max_sessions),
             max_calls=_env_int("STEPCALL_MAX_CALLS", cls.max_calls),
             max_call_secs=_env_float("STEPCALL_MAX_CALL_SECS", cls.max_call_secs),

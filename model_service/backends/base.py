@@ -152,5 +152,12 @@ class Backend(abc.ABC):
     async def open_session(self, config: SessionConfig) -> BackendSession:
         """Create a session (admission control is the server's job)."""
 
+    def failure(self) -> str | None:
+        """Why this backend can no longer serve (e.g. its engine process died), else None.
+
+        The server answers ``/readyz`` 503 with this reason and ends the process non-zero.
+        """
+        return None
+
     async def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release the model."""

