@@ -636,7 +636,7 @@ def describe_environment(ctx: Context) -> None:
 
 
 def _start_watchdog(ctx: Context, sections: list[str], at: list[int]) -> None:
-    """Ends the process ``HARD_GRACE_S`` after the budget; ``at[0]``: index of the running section."""
+    """End the process ``HARD_GRACE_S`` after the budget; ``at[0]``: the running section's index."""
     limit = ctx.budget.seconds + HARD_GRACE_S
 
     def fire() -> None:
