@@ -29,6 +29,35 @@ a tool call) emits ``after_tool_script`` instead. How the shaping works (hidden 
 
 The builder checks every chain transition's argmax margin and re-draws keys if needed.
 Deterministic for a given ``seed``. Designed for float32 inference.
+
+Context checkpoints (``context=True``): in the plain random init the context weighs little (its
+attention is almost uniform and writes ~20% of the residual's norm, its audio encoder's N(0, 1)
+position table drowns the mel: another waveform moves the features by ~5%; its top-1/top-2
+logit gaps go below 1e-3), so a lost KV cache, wrong positions or misplaced audio rarely change its greedy
+reply. ``context=True`` keeps the seeded random weights and rescales them (``CONTEXT_GAINS``)
+so the reply depends on the whole context; the geometry is unchanged (head_dim 32, fp32):
+
+* token embeddings x50 (RMS 0.02 -> 1) and ``adapter.linear2`` x12 (audio features RMS ~1):
+  tokens and audio weigh alike in the residual;
+* ``encoder.positional_embedding`` x0.05: the features then follow the mel (another waveform
+  moves them by ~70-80%);
+* attention, every layer: kv head 0 (and its query heads) q/k x4, a broad content-weighted
+  "mixing" head that carries history and audio into every position; the other heads q/k x20,
+  sharp "pointer" heads whose scores turn with RoPE (so positions matter); v and o x7 each, so
+  attention writes ~60-80% of the residual's norm;
+* ``lm_head`` x40, and zero rows for every id that is not a tiny-tokenizer text token or an
+  audio code (no specials, stops, pad code or unused ids): the reply never stops, always
+  detokenises, and its logits are large (top logit ~70-75).
+
+Proven in ``tests/model/test_context_checkpoint.py`` for seeds 0 and 1 on ``context_messages``
+(rendered by PromptBuilder): the 24-token greedy reply changes with an earlier history turn's
+text, with the user's audio, without the KV cache, with wrong decode or prefill positions, with
+audio merged one token off, with the two audio chunks swapped and with the audio rows one patch
+late; a uniform position shift keeps it (RoPE is relative). Smallest top-1/top-2 gap over a
+64-token greedy run: 0.147 (seed 0), 0.043 (seed 1); seeds 2-23 all show the first five kinds
+of fault too, 18 of those 22 also show the subtle swap / one-row roll within 24 tokens, and
+their smallest gap is 1.7e-3. Feed it time-varying audio (``speechlike_wav``): a steady tone
+gives near-identical rows, so their order cannot show. ``greedy_margins`` reports the gaps.
 """
 
 from __future__ import annotations
@@ -42,9 +71,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
+from harness.checkpoints.tiny_tokenizer import (
+    AUDIO_OFFSET,
+    ENDOFTEXT_ID,
+    N_AUDIO_TOKENS,
+    build_tiny_tokenizer,
+)
 from model_service.stepaudio2.config import StepAudio2Config
 from model_service.stepaudio2.modeling import StepAudio2ForCausalLM
 
@@ -102,6 +137,19 @@ _P = 50.0  # sharpness of the silu clamps
 _ROPE_EXPONENT = 0.625
 _RECENCY_A = 6.4e5
 _PHI0 = 0.8
+
+
+#: Gains ``context=True`` applies to the seeded random weights (see the module docstring).
+CONTEXT_GAINS: dict[str, float] = {
+    "embed_tokens": 50.0,
+    "adapter_linear2": 12.0,
+    "encoder_positional_embedding": 0.05,
+    "qk_mixing": 4.0,  # kv head 0 and its query heads
+    "qk_pointer": 20.0,  # every other head
+    "v": 7.0,
+    "o": 7.0,
+    "lm_head": 40.0,
+}
 
 
 class ScriptError(ValueError):
@@ -447,6 +495,119 @@ class _Shaper:
         return True
 
 
+# ---------------------------------------------------------------------------------- context
+def _reply_vocab(tokenizer_json: Path) -> torch.Tensor:
+    """Ids a context checkpoint may emit: the tiny BPE's text tokens and the audio codes."""
+    vocab = json.loads(tokenizer_json.read_text())["model"]["vocab"]
+    text = sorted(i for i in vocab.values() if i < ENDOFTEXT_ID)
+    audio = range(AUDIO_OFFSET, AUDIO_OFFSET + N_AUDIO_TOKENS - 1)  # the last slot is the pad
+    return torch.tensor([*text, *audio], dtype=torch.long)
+
+
+def _shape_for_context(sd: dict[str, torch.Tensor], reply_ids: torch.Tensor) -> None:
+    """Rescale random weights in place so the reply depends on all of the context."""
+    g = CONTEXT_GAINS
+    text = TINY_CONFIG["text_config"]
+    heads, kv_heads = int(text["num_attention_heads"]), int(text["num_key_value_heads"])
+    hd = int(text["hidden_size"]) // heads
+    per_group = heads // kv_heads
+
+    def gains(n: int, group: Any) -> torch.Tensor:
+        return torch.tensor(
+            [g["qk_mixing"] if group(h) == 0 else g["qk_pointer"] for h in range(n)]
+        ).repeat_interleave(hd)[:, None]
+
+    q_gain = gains(heads, lambda h: h // per_group)
+    k_gain = gains(kv_heads, lambda h: h)
+    sd["model.embed_tokens.weight"].mul_(g["embed_tokens"])
+    sd["adapter.linear2.weight"].mul_(g["adapter_linear2"])
+    sd["adapter.linear2.bias"].mul_(g["adapter_linear2"])
+    sd["encoder.positional_embedding.weight"].mul_(g["encoder_positional_embedding"])
+    for name, t in sd.items():
+        if not name.startswith("model.layers."):
+            continue
+        if name.endswith("q_proj.weight") or name.endswith("q_proj.bias"):
+            t.mul_(q_gain if t.dim() == 2 else q_gain[:, 0])
+        elif name.endswith("k_proj.weight") or name.endswith("k_proj.bias"):
+            t.mul_(k_gain if t.dim() == 2 else k_gain[:, 0])
+        elif ".v_proj." in name:
+            t.mul_(g["v"])
+        elif ".o_proj." in name:
+            t.mul_(g["o"])
+    lm = sd["lm_head.weight"]
+    keep = torch.zeros(lm.shape[0], dtype=torch.bool)
+    keep[reply_ids] = True
+    lm.mul_(g["lm_head"])
+    lm[~keep] = 0.0
+
+
+def speechlike_wav(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.ndarray:
+    """A seeded, time-varying test waveform (float32, mono, 16 kHz): three tones whose loudness
+    changes every 0.1 s, over faint noise. Unlike a steady tone, its mel differs frame to frame,
+    so the audio rows a context checkpoint sees differ too (order and placement matter)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    t = np.arange(n) / sample_rate
+    seg = sample_rate // 10
+    out = 0.02 * rng.standard_normal(n)
+    for _ in range(3):
+        freq = 150.0 + 2000.0 * rng.random()
+        envelope = np.repeat(rng.random(n // seg + 1), seg)[:n]
+        out += 0.2 * envelope * np.sin(2 * np.pi * freq * t + 2 * np.pi * rng.random())
+    return out.astype(np.float32)
+
+
+def context_messages(
+    history: str = "What is the weather like in Paris?",
+    audio_seeds: Sequence[int] = (1, 2),
+    seconds: float = 1.2,
+) -> list[Any]:
+    """The conversation ``tests/model/test_context_checkpoint.py`` proves a context checkpoint
+    on: system, a text human turn (``history``), an assistant text turn, then a human turn of
+    one ``speechlike_wav(seconds, seed)`` chunk per ``audio_seeds`` plus text. Render it with
+    ``PromptBuilder(tokenizer).build(...)``."""
+    from model_service.stepaudio2.prompt import (
+        AssistantMessage,
+        AudioPart,
+        HumanMessage,
+        SystemMessage,
+    )
+
+    audio = [AudioPart(wav=speechlike_wav(seconds, s)) for s in audio_seeds]
+    return [
+        SystemMessage("You are a helpful weather assistant."),
+        HumanMessage([history]),
+        AssistantMessage(text="It is sunny and warm today."),
+        HumanMessage([*audio, "Thanks, and tomorrow?"]),
+    ]
+
+
+@torch.inference_mode()
+def greedy_margins(
+    model: StepAudio2ForCausalLM,
+    prompt_ids: Sequence[int],
+    audio: Sequence[torch.Tensor] = (),
+    max_tokens: int = 64,
+    patch_id: int = 151690,
+) -> tuple[list[int], list[float]]:
+    """Greedy tokens and each step's top-1 minus top-2 logit (KV-cached, fp32 logits).
+
+    ``audio``: mel chunks ``[128, T]`` in prompt order. No stop ids: runs ``max_tokens`` steps.
+    """
+    feats = model.encode_audio(list(audio))
+    x = torch.tensor([list(prompt_ids)], dtype=torch.long)
+    logits, cache = model(inputs_embeds=model.embed(x, feats, patch_id), logits_to_keep=1)
+    tokens: list[int] = []
+    margins: list[float] = []
+    for _ in range(max_tokens):
+        top = torch.topk(logits[0, -1].float(), 2)
+        margins.append(float(top.values[0] - top.values[1]))
+        tokens.append(int(top.indices[0]))
+        step = torch.tensor([[tokens[-1]]], dtype=torch.long, device=model.device)
+        logits, cache = model(input_ids=step, past_key_values=cache, logits_to_keep=1)
+    return tokens, margins
+
+
 # ---------------------------------------------------------------------------------- writer
 def _save_shards(sd: dict[str, torch.Tensor], out: Path, shards: int) -> None:
     from safetensors.torch import save_file
@@ -484,9 +645,13 @@ def build_tiny_checkpoint(
     marker_token: str = "</tool_call>",
     shards: int = 2,
     token2wav: bool = True,
+    context: bool = False,
 ) -> Path:
     """Write a tiny fp32 checkpoint in the official layout and return its directory.
 
+    ``context``: rescale the seeded random weights so the greedy reply depends strongly on the
+    history, the audio (its content, place and order), the KV cache and the positions (module
+    docstring; not with ``script``).
     ``script``: shape the weights so greedy decoding after ``<tts_start>`` emits it.
     ``after_tool_script``: what greedy decoding emits after ``<tts_start>`` when
     ``marker_token`` occurs in the context (the turn after the tool call).
@@ -514,6 +679,10 @@ def build_tiny_checkpoint(
     del model
     if after_tool_script is not None and script is None:
         raise ScriptError("after_tool_script needs script")
+    if context and script is not None:
+        raise ScriptError("context=True rescales random weights; it does not take a script")
+    if context:
+        _shape_for_context(sd, _reply_vocab(out / "tokenizer.json"))
     if script is not None:
         shaper = _Shaper(
             {"tts_start": tid("<tts_start>")},
