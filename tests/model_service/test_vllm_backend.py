@@ -6,13 +6,12 @@ encoding) are tested directly. The backend's event logic runs against ``StandInE
 double of vLLM's ``AsyncLLM`` (the GPU edge): it expands the audio placeholders the way the
 plugin's processor does and decodes with the reference model of the same tiny checkpoint, so the
 vLLM backend must reproduce the reference backend's responses exactly.
-``test_vllm_matches_reference_greedy`` runs the real vLLM engine (GPU + vllm only).
+The real engine (vLLM's CPU build) runs in ``test_vllm_engine.py`` and ``test_vllm_service.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import threading
 from pathlib import Path
@@ -499,51 +498,3 @@ async def test_concurrent_sessions_share_the_engine_and_a_system_prefix(referenc
     assert all(p[:system_turn_end] == prompts[0][:system_turn_end] for p in prompts)
     await vb.close()
     assert not vb.sessions
-
-
-# ------------------------------------------------------------------------------ real vLLM
-def _vllm_skip_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU (torch.cuda.is_available() is False)"
-    if importlib.util.find_spec("vllm") is None:
-        return (
-            "needs vllm installed (pip install vllm; pip install -e . for the plugin entry point)"
-        )
-    return None
-
-
-@pytest.mark.gpu
-async def test_vllm_matches_reference_greedy(speech_ckpt):
-    """The tiny checkpoint through real vLLM gives the reference backend's greedy tokens.
-
-    (The tiny model has head_dim 16; an attention backend that rejects it fails here first.)
-    """
-    reason = _vllm_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    from model_service.backends.vllm import load_vllm_backend
-
-    ref = load_reference_backend(speech_ckpt)
-    vb = load_vllm_backend(
-        speech_ckpt,
-        "cuda",
-        "float32",
-        gpu_memory_utilization=0.2,
-        enforce_eager=True,
-        max_num_seqs=4,
-    )
-    try:
-        outs = []
-        for backend in (ref, vb):
-            session = await backend.open_session(config(call_id="gpu"))
-            await user_turn(session, 1.5, seed=7)
-            done = done_of(await collect(session))
-            outs.append((done, session.conversation.last_reply_ids(), session.last_prompt_ids))
-        (r, r_ids, r_prompt), (v, v_ids, v_prompt) = outs
-        assert v_prompt == r_prompt
-        assert v.status == r.status == "completed"
-        assert v_ids == r_ids
-        assert v.text == r.text
-    finally:
-        await vb.close()
-        await ref.close()

@@ -1,8 +1,9 @@
 """The vllm backend on the real engine (vLLM 0.32; its CPU build here, ``make install``).
 
 One ``AsyncLLM`` serves the whole module (starting one takes ~25 s on 2 cores), on a tiny
-checkpoint with random weights: its greedy reply depends on the whole history, the audio and
-the positions, so a dropped cache, a wrong audio merge or a lost turn breaks the equality with
+checkpoint whose random weights are scaled so that its greedy reply depends on the whole
+history, the audio and the positions (``build_tiny_checkpoint(context=True)``,
+tests/model/test_context_checkpoint.py proves it), so a dropped cache, a wrong audio merge or a lost turn breaks the equality with
 the reference backend. The engine runs eager (no torch.compile: start-up time) in float32.
 The counters come from vLLM itself (its Prometheus metrics in this process, and
 ``RequestOutput.num_cached_tokens``).
@@ -87,7 +88,7 @@ def vllm_counter(name: str) -> float:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("random-ckpt"), seed=3)
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("context-ckpt"), seed=0, context=True)
 
 
 @pytest.fixture(scope="module")
