@@ -11,9 +11,11 @@ or in one burst), commits, asks for a response and measures
 
 It repeats M turns per call and prints, per N, p50/p95 first audio and the real-time verdict.
 By default it starts an in-process model service on the tiny shaped CPU checkpoint (reference
-backend); pass ``--url`` to load a running service (``--token`` if it needs one).
+backend; ``--backend vllm`` the real engine, ``both`` one after the other on the same checkpoint
+with a side-by-side table of tokens/s and first-audio p50/p95); pass ``--url`` to load a running service (``--token`` if it needs one).
 
     python benchmarks/model_service_load.py                        # tiny, in-process, N=1,4,8
+    python benchmarks/model_service_load.py --backend both --sessions 1,4,8,16   # vs vLLM
     python benchmarks/model_service_load.py --url ws://gpu:8090/v1/session --token T \\
         --sessions 1,8,16,32 --turns 5 --pace realtime
 """
@@ -76,6 +78,7 @@ class TurnResult:
     underruns: int
     worst_lateness_ms: float
     status: str
+    tokens: int = 0  # completion tokens (text + audio codes)
 
 
 @dataclass
@@ -172,6 +175,7 @@ async def measure_turn(events: asyncio.Queue, t0: float, slack_ms: float = 0.0) 
                 underruns=clock.underruns,
                 worst_lateness_ms=clock.worst_lateness_ms,
                 status=ev.status,
+                tokens=int((ev.usage or {}).get("completion_tokens") or 0),
             )
         elif isinstance(ev, ErrorEvent) and ev.fatal:
             raise RuntimeError(f"model service error: {ev.code}: {ev.message}")
@@ -206,61 +210,97 @@ async def run_level(url: str, token: str | None, n: int, args: argparse.Namespac
         "audio_s": statistics.fmean(r.audio_ms for r in results) / 1000 if results else 0.0,
         "bad_status": sum(r.status != "completed" for r in results),
         "wall": wall,
+        "tok_s": sum(r.tokens for r in results) / wall if wall > 0 else 0.0,
     }
 
 
-@contextlib.asynccontextmanager
-async def in_process_service(max_sessions: int) -> AsyncIterator[str]:
-    """A model service on the tiny shaped CPU checkpoint (reference backend)."""
+def build_checkpoint(tmp: Path) -> Path:
+    """The tiny shaped checkpoint (a scripted spoken reply), head_dim 32 so vLLM runs it too."""
     from harness.checkpoints.tiny_checkpoint import build_tiny_checkpoint, default_script
     from harness.checkpoints.tiny_tokenizer import build_tiny_tokenizer
-    from model_service.backends.reference import load_reference_backend
-    from model_service.server import create_app, serving
     from model_service.stepaudio2.tokenizer import StepAudio2Tokenizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        build_tiny_tokenizer(Path(tmp) / "tok")
-        tok = StepAudio2Tokenizer.from_pretrained(Path(tmp) / "tok")
-        script = default_script(tok, text="Hello! Thank you for calling, how can I help you today?")
-        ckpt = build_tiny_checkpoint(Path(tmp) / "ckpt", script=script)
-        backend = await asyncio.to_thread(load_reference_backend, ckpt)
-        app = create_app(backend, token=None, max_sessions=max_sessions)
-        try:
-            async with serving(app) as url:
-                yield url
-        finally:
-            await backend.close()
+    build_tiny_tokenizer(tmp / "tok")
+    tok = StepAudio2Tokenizer.from_pretrained(tmp / "tok")
+    script = default_script(tok, text="Hello! Thank you for calling, how can I help you today?")
+    return build_tiny_checkpoint(tmp / "ckpt", script=script)
 
 
-async def amain(args: argparse.Namespace) -> int:
-    levels = [int(x) for x in args.sessions.split(",") if x.strip()]
-    if args.url:
-        service: contextlib.AbstractAsyncContextManager[str] = contextlib.nullcontext(args.url)
-        where = args.url
-    else:
-        service = in_process_service(max(levels))
-        where = "in-process reference backend, tiny shaped checkpoint (CPU)"
-    rows = []
-    async with service as url:
-        if args.warmup:
-            await run_level(url, args.token, 1, argparse.Namespace(**{**vars(args), "turns": 1}))
-        for n in levels:
-            rows.append(await run_level(url, args.token, n, args))
+def load(backend: str, ckpt: Path, max_sessions: int):
+    if backend == "reference":
+        from model_service.backends.reference import load_reference_backend
+
+        return load_reference_backend(ckpt)
+    from model_service.backends.vllm import EngineOptions, load_vllm_backend
+
+    return load_vllm_backend(
+        ckpt, "auto", "float32", options=EngineOptions(max_num_seqs=max(8, max_sessions))
+    )
+
+
+@contextlib.asynccontextmanager
+async def in_process_service(backend_name: str, ckpt: Path, max_sessions: int) -> AsyncIterator[str]:
+    """A model service on ``ckpt`` with the named backend (reference or vllm), in-process."""
+    from model_service.server import create_app, serving
+
+    backend = await asyncio.to_thread(load, backend_name, ckpt, max_sessions)
+    app = create_app(backend, token=None, max_sessions=max_sessions)
+    try:
+        async with serving(app) as url:
+            yield url
+    finally:
+        await backend.close()
+
+
+async def measure(url: str, args: argparse.Namespace, levels: list[int]) -> list[dict]:
+    if args.warmup:
+        await run_level(url, args.token, 1, argparse.Namespace(**{**vars(args), "turns": 1}))
+    return [await run_level(url, args.token, n, args) for n in levels]
+
+
+def print_rows(where: str, rows: list[dict], args: argparse.Namespace) -> None:
     print(
         f"model service load: {where}; {args.turns} turns/call, {args.audio_secs:g} s user "
         f"audio at 8 kHz, pace {args.pace}, slack {args.slack_ms:g} ms"
     )
     print(
-        f"{'N':>3} {'turns':>5} {'first audio p50':>16} {'p95':>9} {'real-time':>10} "
+        f"{'N':>3} {'turns':>5} {'first audio p50':>16} {'p95':>9} {'tok/s':>7} {'real-time':>10} "
         f"{'underruns':>9} {'worst gap':>9} {'reply s':>7} {'verdict':>8}"
     )
     for r in rows:
         verdict = "OK" if r["realtime"] == r["turns"] and not r["bad_status"] else "NOT RT"
         print(
             f"{r['n']:>3} {r['turns']:>5} {r['p50']:>13.0f} ms {r['p95']:>6.0f} ms "
-            f"{r['realtime']:>5}/{r['turns']:<4} {r['underruns']:>9} {r['worst_late']:>6.1f} ms "
-            f"{r['audio_s']:>7.2f} {verdict:>8}"
+            f"{r['tok_s']:>7.0f} {r['realtime']:>5}/{r['turns']:<4} {r['underruns']:>9} "
+            f"{r['worst_late']:>6.1f} ms {r['audio_s']:>7.2f} {verdict:>8}"
         )
+
+
+async def amain(args: argparse.Namespace) -> int:
+    levels = [int(x) for x in args.sessions.split(",") if x.strip()]
+    if args.url:
+        print_rows(args.url, await measure(args.url, args, levels), args)
+        return 0
+    backends = ["reference", "vllm"] if args.backend == "both" else [args.backend]
+    table: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = build_checkpoint(Path(tmp))
+        for name in backends:
+            async with in_process_service(name, ckpt, max(levels)) as url:
+                table[name] = await measure(url, args, levels)
+            print_rows(f"in-process {name} backend, tiny shaped checkpoint", table[name], args)
+            print()
+    if len(table) == 2:
+        ref, vl = table["reference"], table["vllm"]
+        print("side by side (vllm / reference):")
+        print(f"{'N':>3} {'tok/s ref':>9} {'tok/s vllm':>10} {'ratio':>6} "
+              f"{'p50 ref':>8} {'p50 vllm':>8} {'p95 ref':>8} {'p95 vllm':>8}")  # fmt: skip
+        for r, v in zip(ref, vl, strict=True):
+            ratio = v["tok_s"] / r["tok_s"] if r["tok_s"] else float("nan")
+            print(
+                f"{r['n']:>3} {r['tok_s']:>9.0f} {v['tok_s']:>10.0f} {ratio:>5.2f}x "
+                f"{r['p50']:>5.0f} ms {v['p50']:>5.0f} ms {r['p95']:>5.0f} ms {v['p95']:>5.0f} ms"
+            )
     return 0
 
 
@@ -268,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", help="model service session URL (default: start one in-process)")
     ap.add_argument("--token", default=None, help="model service token")
+    ap.add_argument(
+        "--backend",
+        choices=("reference", "vllm", "both"),
+        default="reference",
+        help="in-process backend(s) on the same tiny checkpoint (both: side-by-side table)",
+    )
     ap.add_argument("--sessions", default="1,4,8", help="comma-separated concurrency levels")
     ap.add_argument("--turns", type=int, default=3, help="turns per simulated call")
     ap.add_argument("--audio-secs", type=float, default=2.0, help="user audio per turn")
