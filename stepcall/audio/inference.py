@@ -64,9 +64,13 @@ def _model_path(package: str, name: str) -> str:
     return str(resources.files(package).joinpath(name))
 
 
-@functools.cache
 def limit_blas_threads() -> None:
-    """One BLAS thread for NumPy in this process (idle OpenBLAS workers spin, burning a core)."""
+    """One BLAS thread for NumPy in this process (idle OpenBLAS workers spin, burning a core).
+
+    Applied on every shared-session request (~0.5 ms), not once: a BLAS library loaded or reset
+    after the first call (seen in the test process once vLLM's CPU build was installed) is
+    limited too.
+    """
     threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
 
