@@ -25,7 +25,6 @@ sampling translation are pure functions (``engine_request``, ``sampling_kwargs``
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import importlib.metadata
 import logging
 import os
@@ -67,18 +66,6 @@ class EngineLike(Protocol):
     async def abort(self, request_id: str) -> None:
         """Stop a request and free its sequence."""
         ...
-
-
-class _ClosedEngine:
-    """What a closed backend holds instead of its engine."""
-
-    errored = False
-
-    def generate(self, prompt: Any, sampling_params: Any, request_id: str) -> AsyncIterator[Any]:
-        raise RuntimeError("the vllm backend is closed")
-
-    async def abort(self, request_id: str) -> None:
-        return None
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -231,10 +218,6 @@ class VLLMBackend(StepAudioBackend):
         shutdown, self._shutdown = self._shutdown, None
         if shutdown is not None:
             shutdown()  # ends vLLM's engine-core and worker processes
-            # Let the engine object go now: AsyncLLM.__del__ shuts down again, and at interpreter
-            # exit (module globals gone) that raises an ignored TypeError.
-            self.engine = _ClosedEngine()
-            gc.collect()
 
 
 class VLLMSession(ReferenceSession):
