@@ -19,7 +19,7 @@ import prometheus_client
 import pytest
 import pytest_asyncio
 
-from harness.checkpoints.tiny_checkpoint import build_tiny_checkpoint
+from harness.checkpoints.tiny_checkpoint import build_tiny_checkpoint, speechlike_wav
 from model_service.backends.base import (
     ResponseDone,
     SamplingParams,
@@ -35,21 +35,6 @@ SYSTEM = (
     "You are the front desk of the Harbour Hotel. You answer questions about rooms, breakfast, "
     "parking, late check-out and the spa, briefly and kindly, and you never invent prices. "
 ) * 4  # > one KV block (128 tokens on CPU), so a shared system prompt hits the prefix cache
-
-
-def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
-    """Harmonic 'syllables' at 16 kHz (deterministic per seed)."""
-    rng = np.random.default_rng(seed)
-    sr = 16000
-    out = []
-    while sum(len(x) for x in out) < seconds * sr:
-        n = int(sr * rng.uniform(0.12, 0.25))
-        t = np.arange(n) / sr
-        f0 = rng.uniform(110, 220)
-        sig = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 10))
-        out.append(0.07 * sig * np.sin(np.pi * np.arange(n) / n) ** 2)
-        out.append(np.zeros(int(sr * rng.uniform(0.02, 0.08))))
-    return np.concatenate(out)[: int(seconds * sr)].astype(np.float32)
 
 
 def config(call_id: str, max_tokens: int = 16, system: str = SYSTEM) -> SessionConfig:
@@ -71,7 +56,7 @@ def done_of(events: list) -> ResponseDone:
 
 
 async def audio_turn(session, seconds: float, seed: int) -> None:
-    for piece in np.array_split(speech_like(seconds, seed), 3):
+    for piece in np.array_split(speechlike_wav(seconds, seed), 3):
         await session.append_audio(piece)
     await session.commit()
 
