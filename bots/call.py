@@ -54,13 +54,20 @@ from pipeline.observers.fan_out import FanOutObserver
 from pipeline.observers.turn_metrics import TurnMetricsObserver
 from pipeline.observers.worker_proxy import use_lean_observer
 from pipeline.step_audio2.apology import DEFAULT_APOLOGY, FailurePolicy
+from pipeline.step_audio2.frames import SpeakLineFrame
 from pipeline.step_audio2.service import StepAudio2Service, StepAudio2Settings
+from pipeline.step_audio2.spoken_lines import SpokenLine, SpokenLines
 from pipeline.turn_taking.endpoint_vad import EndpointVADAnalyzer
 from pipeline.turn_taking.min_duration_start import MinDurationUserTurnStartStrategy
 from pipeline.turn_taking.speculative_smart_turn import Judge, SpeculativeSmartTurnAnalyzer
 from stepcall.settings import Settings
 
 PHONE_RATE = 8000
+#: Pipeline sample rate of browser (WebRTC) calls.
+BROWSER_RATE = 16000
+#: How long a call waits for its verbatim greeting still being rendered (the server's first
+#: seconds) before asking the model to say it instead.
+GREETING_WAIT_SECS = 3.0
 #: Bot audio goes to Twilio in 100 ms media messages (Pipecat's default is 40 ms), paced in real
 #: time behind the transport's lead (``STEPCALL_TWILIO_AUDIO_LEAD_MS``): each message costs the
 #: event loop several task wake-ups and a WebSocket send, and 2.5 times fewer of them let one bot
@@ -198,7 +205,7 @@ def build_call(
     )
     messages: list[dict[str, Any]] = []
     # A flow's initial node brings its own greeting instruction (FlowRuntime.start).
-    if profile.bot_speaks_first and profile.flow is None:
+    if profile.bot_speaks_first and profile.flow is None and not profile.greeting_say:
         messages.append(
             {"role": "developer", "content": profile.greeting or "Greet the caller briefly."}
         )
@@ -325,18 +332,37 @@ def slow_speaking_heartbeat(user_agg: Any) -> None:
         controller._speech_activity_period = SPEAKING_HEARTBEAT_SECS
 
 
+def greeting_line(profile: BotProfile, sample_rate: int = PHONE_RATE) -> SpokenLine | None:
+    """The verbatim greeting of a bot (``greeting.say``) at a call's rate; None without one."""
+    if not (profile.greeting_say and profile.bot_speaks_first):
+        return None
+    return SpokenLine(profile.greeting_say.strip(), profile.voice, profile.style, sample_rate)
+
+
 def conversation_starter(
     worker: PipelineWorker,
     parts: CallPipelineParts,
     profile: BotProfile,
     call_control: CallControl | None = None,
+    *,
+    lines: SpokenLines | None = None,
+    sample_rate: int = PHONE_RATE,
 ) -> Callable[[], Awaitable[None]]:
     """What to run once the caller is connected; call before the worker runs.
 
     A bot with a flow gets a :class:`FlowRuntime` (``parts.flow``): nodes, tools, silence
     re-prompts, the end and transfer of the call through ``call_control``; starting it enters
-    the initial node. A plain bot greets first (an ``LLMRunFrame``) when its profile says so.
+    the initial node. A bot with a verbatim greeting (``greeting.say``) plays it from ``lines``
+    (rendered at server start-up) at once; otherwise a plain bot greets first (an
+    ``LLMRunFrame``) when its profile says so.
     """
+    line = greeting_line(profile, sample_rate)
+
+    async def say_greeting() -> None:
+        assert line is not None
+        pcm = await lines.get(line, GREETING_WAIT_SECS) if lines is not None else None
+        await worker.queue_frame(SpeakLineFrame(line.text, pcm, sample_rate))
+
     if profile.flow is not None:
         if parts.aggregators is None:
             raise ValueError("a flow needs the pipeline's context aggregators (use build_call)")
@@ -349,10 +375,19 @@ def conversation_starter(
             observer_hub=parts.observer_hub,
         )
         parts.flow = runtime
-        return runtime.start
+        if line is None:
+            return runtime.start
+
+        async def start_flow() -> None:
+            await say_greeting()  # first: the caller hears it while the node is entered
+            await runtime.start()
+
+        return start_flow
 
     async def start() -> None:
-        if profile.bot_speaks_first:
+        if line is not None:
+            await say_greeting()
+        elif profile.bot_speaks_first:
             await worker.queue_frames([LLMRunFrame()])
 
     return start
@@ -422,6 +457,7 @@ class CallRunner:
         call_control: CallControl | None = None,
         echo_guard: bool = True,
         observers: list[BaseObserver] | None = None,
+        lines: SpokenLines | None = None,
     ) -> None:
         self.log = logger.bind(call_id=call.call_id)
         pipeline, self.parts = build_call(
@@ -442,7 +478,9 @@ class CallRunner:
             observers=observers,
             span_attributes=call_span_attributes(call, profile.name),
         )
-        self._start = conversation_starter(self.worker, self.parts, profile, call_control)
+        self._start = conversation_starter(
+            self.worker, self.parts, profile, call_control, lines=lines, sample_rate=sample_rate
+        )
 
     async def caller_connected(self, what: str) -> None:
         """The caller is on the line: log ``what`` and start the conversation."""

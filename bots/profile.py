@@ -28,6 +28,8 @@ class BotProfile:
     style: str | None = None
     bot_speaks_first: bool = False
     greeting: str | None = None
+    #: The opening line word for word (``greeting.say``): rendered once, played on connect.
+    greeting_say: str | None = None
     vad_stop_secs: float = 0.2
     smart_turn: bool = True
     tools: list[dict[str, Any]] = field(default_factory=list)
@@ -62,6 +64,7 @@ def profile_from_flow(spec: FlowSpec) -> BotProfile:
         style=style,
         bot_speaks_first=spec.greeting.who_speaks_first == "bot",
         greeting=spec.greeting.text,
+        greeting_say=spec.greeting.say,
         vad_stop_secs=spec.turn_taking.vad_stop_secs,
         smart_turn=spec.turn_taking.smart_turn,
         source=str(spec.path),

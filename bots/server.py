@@ -32,7 +32,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, Hangup, Say, Stream, VoiceResponse
 
-from bots.call import CallInfo
+from bots.call import BROWSER_RATE, PHONE_RATE, CallInfo, greeting_line
 from bots.http_limits import BodySizeLimit
 from bots.records.service import CallRecords, recorded_call
 from bots.registry import BotRegistry
@@ -45,6 +45,7 @@ from bots.twilio.rest import close_rest_client, rest_client
 from bots.twilio.status import CallStatusEvent, CallStatusStore, InMemoryCallStatusStore
 from bots.twilio.stream_auth import AUTH_PARAM, StreamAuth
 from bots.twilio.webhooks import WebhookValidator
+from pipeline.step_audio2.spoken_lines import ModelServiceSpeech, SpokenLine, SpokenLines
 from stepcall.audio.inference import configure_inference, configure_vad_runtime, warm_up
 from stepcall.runtime.logs import install_log_redaction
 from stepcall.runtime.realtime import (
@@ -172,6 +173,18 @@ class TwilioRestHolder:
             self._client = None
 
 
+def startup_lines(registry: BotRegistry) -> list[SpokenLine]:
+    """The lines to render when the server starts: each bot's verbatim greeting at the phone
+    rate and the browser widget's rate."""
+    out = []
+    for name in registry.names():
+        for rate in (PHONE_RATE, BROWSER_RATE):
+            line = greeting_line(registry.get(name), rate)
+            if line is not None:
+                out.append(line)
+    return out
+
+
 def create_app(
     settings: Settings,
     registry: BotRegistry | None = None,
@@ -179,11 +192,13 @@ def create_app(
     twilio: TwilioConfig | None = None,
     status_store: CallStatusStore | None = None,
     records: CallRecords | None = None,
+    spoken_lines: SpokenLines | None = None,
 ) -> FastAPI:
     """Build the bot server app.
 
     ``twilio`` defaults to :meth:`TwilioConfig.from_settings`; ``status_store`` to an in-memory
-    store; ``records`` to :meth:`CallRecords.from_settings` (None: no call records).
+    store; ``records`` to :meth:`CallRecords.from_settings` (None: no call records);
+    ``spoken_lines`` to lines rendered by the model service at ``STEPCALL_MODEL_URL``.
     """
     registry = registry or BotRegistry.load(settings)
     config = twilio or TwilioConfig.from_settings(settings)
@@ -206,6 +221,7 @@ def create_app(
 
     if records is None:
         records = CallRecords.from_settings(settings)
+    lines = spoken_lines or SpokenLines(ModelServiceSpeech(settings.model_url, settings.model_token))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -213,6 +229,9 @@ def create_app(
         freeze_startup_heap()  # full GC passes skip the start-up heap (a 120 ms stall before)
         if records is not None:
             records.start_purge_task()
+        # every bot's verbatim greeting, in its voice, at the rates calls run at: rendered by
+        # the model service now (it may still be loading: the render waits for it)
+        lines.prerender(startup_lines(registry))
         try:
             yield
         finally:
@@ -231,6 +250,7 @@ def create_app(
     app.state.status_store = store
     app.state.stream_auth = stream_auth
     app.state.records = records
+    app.state.spoken_lines = lines
     if records is not None:
         records.mount(app, dashboard_token=settings.dashboard_token)
 
@@ -416,6 +436,7 @@ def create_app(
                     settings,
                     call_control=control,
                     observers=[observer] if observer is not None else None,
+                    lines=lines,
                 )
         except Exception:
             log.exception("call failed")

@@ -23,6 +23,7 @@ from bots.twilio.marks import TwilioMarkProcessor
 from bots.twilio.media_transport import TwilioMediaTransport
 from bots.twilio.serializer import PhoneSerializer
 from pipeline.flows.call_control import CallControl
+from pipeline.step_audio2.spoken_lines import SpokenLines
 from stepcall.settings import Settings
 
 
@@ -58,8 +59,11 @@ async def run_twilio_call(
     *,
     observers: list[BaseObserver] | None = None,
     call_control: CallControl | None = None,
+    lines: SpokenLines | None = None,
 ) -> None:
-    """Run one Twilio Media Streams call on an accepted WebSocket until it ends."""
+    """Run one Twilio Media Streams call on an accepted WebSocket until it ends.
+
+    ``lines``: the server's rendered lines (the bot's verbatim greeting)."""
     serializer = twilio_serializer(call, profile, settings, call_control)
     transport = TwilioMediaTransport(
         websocket=websocket,
@@ -83,6 +87,7 @@ async def run_twilio_call(
         extra_processors=[TwilioMarkProcessor(call.stream_sid)],
         call_control=call_control,
         observers=observers,
+        lines=lines,
     )
     batch_caller_audio(transport.input(), run.parts)
 

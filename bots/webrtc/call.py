@@ -16,15 +16,16 @@ from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 
-from bots.call import CallInfo, CallRunner
+from bots.call import BROWSER_RATE, CallInfo, CallRunner
 from bots.profile import BotProfile
 from bots.webrtc.config import CONNECT_TIMEOUT_SECS
 from bots.webrtc.transcript import TranscriptRelay
 from pipeline.flows.call_control import CallControl, TransferResult
+from pipeline.step_audio2.spoken_lines import SpokenLines
 from stepcall.settings import Settings
 
 #: Pipeline sample rate of browser calls (in and out).
-WEBRTC_RATE = 16000
+WEBRTC_RATE = BROWSER_RATE
 
 
 #: App message the widget sends when the caller hangs up.
@@ -62,8 +63,11 @@ async def run_webrtc_call(
     *,
     connect_timeout_secs: float = CONNECT_TIMEOUT_SECS,
     observers: list[Any] | None = None,
+    lines: SpokenLines | None = None,
 ) -> None:
-    """Run one browser call on a SmallWebRTC connection until either side hangs up."""
+    """Run one browser call on a SmallWebRTC connection until either side hangs up.
+
+    ``lines``: the server's rendered lines (the bot's verbatim greeting)."""
     transport = SmallWebRTCTransport(
         webrtc_connection=connection,
         params=TransportParams(
@@ -90,6 +94,7 @@ async def run_webrtc_call(
         call_control=control,
         echo_guard=False,
         observers=observers,
+        lines=lines,
     )
     connected = asyncio.Event()
 

@@ -308,6 +308,7 @@ def add_webrtc_routes(
                             settings,
                             connect_timeout_secs=config.connect_timeout_secs,
                             observers=[observer] if observer is not None else None,
+                            lines=getattr(app.state, "spoken_lines", None),
                         )
                 except Exception:
                     log.exception("browser call failed")

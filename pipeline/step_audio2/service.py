@@ -70,6 +70,7 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from pipeline.step_audio2 import client as mc
 from pipeline.step_audio2.apology import DEFAULT_APOLOGY, apology_pcm
+from pipeline.step_audio2.frames import SpeakLineFrame
 
 #: How long :meth:`StepAudio2Service.check_turn` waits for the service's turn verdict.
 TURN_CHECK_TIMEOUT_SECS = 0.5
@@ -204,6 +205,8 @@ class StepAudio2Service(LLMService):
         self._response: ResponseStats | None = None
         self._audio_started = False
         self._bot_speaking = False
+        #: A verbatim line (the greeting) is what the bot says now: no model response to cancel.
+        self._line_playing = False
         self._pending_end: EndFrame | None = None
         self._apology_text = apology_text
         self._on_failure = on_failure
@@ -429,6 +432,7 @@ class StepAudio2Service(LLMService):
                 self._response.started_speaking_at = time.monotonic()
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
+            self._line_playing = False
         elif isinstance(frame, InputDTMFFrame):
             if self._client:
                 await self._client.append_text(f"The caller pressed {frame.button.value}.", "human")
@@ -437,6 +441,9 @@ class StepAudio2Service(LLMService):
         elif isinstance(frame, LLMSetToolsFrame):
             self._sync_registered_tool_handlers(frame.tools)
             await self._push_session_update()
+        elif isinstance(frame, SpeakLineFrame):
+            await self._speak_line(frame)
+            return  # consumed: it became the bot's audio and text frames
 
         if isinstance(frame, InputAudioRawFrame):
             return  # consumed: it went to the model; nothing downstream needs the caller's audio
@@ -513,6 +520,14 @@ class StepAudio2Service(LLMService):
         The model generates faster than real time, so the response is often already done on
         the service side while the caller is still hearing it: cancel (truncate) then too.
         """
+        if self._line_playing and not self._response_requested:
+            # The caller spoke over the verbatim greeting: its playout stops (the transport
+            # drops the rest) and the turn is answered as if it had ended; the model keeps
+            # the whole greeting (it was never a model response to cut).
+            self._line_playing = False
+            self._bot_speaking = False
+            self._log.info("barge-in over the greeting: the caller's turn is answered next")
+            return
         if self._client is None or not (self._response_requested or self._bot_speaking):
             return
         self._response_after_done = False
@@ -750,6 +765,38 @@ class StepAudio2Service(LLMService):
                 return
             if self._response_requested and event.fatal:
                 await self._end_response(interrupted=False)
+
+    async def _speak_line(self, frame: SpeakLineFrame) -> None:
+        """Play a verbatim line at once and record it as the bot's turn (see SpeakLineFrame)."""
+        if frame.pcm is None:
+            self._log.warning("greeting not rendered: asking the model to say it")
+            await self._create_response(
+                instructions="Say exactly these words to the caller, and nothing else: "
+                f"{frame.text}"
+            )
+            return
+        if self._response_requested:
+            self._log.warning("a response is under way: the verbatim line is skipped")
+            return
+        if frame.sample_rate != self._sample_rate:
+            self._log.warning(
+                f"line rendered at {frame.sample_rate} Hz, the call runs at {self._sample_rate} Hz"
+            )
+            return
+        self._line_playing = True
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.push_frame(TTSStartedFrame())
+        spoken = TTSTextFrame(frame.text, text_type=TextType.SENTENCE)
+        spoken.includes_inter_frame_spaces = True
+        await self.push_frame(spoken)  # the assistant aggregator: the bot's turn in the context
+        chunk = self._sample_rate // 10 * 2  # 100 ms
+        pcm = frame.pcm
+        for i in range(0, len(pcm), chunk):
+            await self.push_frame(TTSAudioRawFrame(pcm[i : i + chunk], self._sample_rate, 1))
+        await self.push_frame(TTSStoppedFrame())
+        await self.push_frame(LLMFullResponseEndFrame())
+        if self._client is not None:
+            await self._client.append_text(frame.text, "assistant")
 
     async def _end_response(self, *, interrupted: bool, release_end: bool = True) -> None:
         was_active = self._response_requested

@@ -47,7 +47,9 @@ from model_service.server import create_app, serving
 from pipeline.flows.call_control import CallControl, TransferResult
 from pipeline.flows.format import load_flow
 from pipeline.flows.runtime import FlowRuntime, attach_flow
+from pipeline.step_audio2.frames import SpeakLineFrame
 from pipeline.step_audio2.service import StepAudio2Service
+from pipeline.step_audio2.spoken_lines import ModelServiceSpeech, SpokenLine, SpokenLines
 
 TOKEN = "flow-runtime-token"
 RATE = 8000
@@ -93,6 +95,7 @@ class Call:
 
     def __init__(self, flow_path: Path, url: str) -> None:
         self.spec = load_flow(flow_path)
+        self.url = url
         self.service = StepAudio2Service(url=url, token=TOKEN, call_id=CALL_ID, sample_rate=RATE)
         self.context = LLMContext()
         self.aggregators = LLMContextAggregatorPair(
@@ -148,6 +151,22 @@ class Call:
         if not self.task.done():
             await self.worker.cancel()
         await asyncio.wait_for(self.task, 10)
+
+    async def start(self, *, rendered: bool = True) -> None:
+        """Open the call as a real one does: the flow's verbatim greeting (``greeting.say``)
+        rendered by the model service's ``/v1/speech`` and played, then the initial node.
+        ``rendered=False``: the line is not rendered, so the model is asked to say it (the
+        fallback path; its response is the greeting)."""
+        say = self.spec.greeting.say
+        if say:
+            pcm = None
+            if rendered:
+                voice = str(self.spec.voice_path) if self.spec.voice_path else self.spec.voice
+                lines = SpokenLines(ModelServiceSpeech(self.url, TOKEN))
+                pcm = await lines.get(SpokenLine(say.strip(), voice, self.spec.style, RATE), 30)
+                assert pcm is not None, "the model service did not render the greeting"
+            await self.worker.queue_frame(SpeakLineFrame(say.strip(), pcm, RATE))
+        await self.runtime.start()
 
     async def wait_for(self, predicate: Any, what: str, within: float = 20.0) -> None:
         deadline = time.monotonic() + within
@@ -294,3 +313,12 @@ def log_lines() -> Any:
     yield records
     logger.remove(handler)
 
+
+
+def bot_turns(session: Any) -> list[str]:
+    """The text of the bot's text turns in the model session's history (e.g. the greeting)."""
+    return [
+        m.text
+        for m in session.backend_session.conversation.messages
+        if type(m).__name__ == "AssistantMessage" and m.text is not None
+    ]

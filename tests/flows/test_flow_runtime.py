@@ -133,7 +133,7 @@ async def test_multi_node_flow_runs_start_to_finish(tmp_path, model_service, sto
     app, url = model_service
     stock_url, requests = stock_server
     async with Call(write_flow(tmp_path, stock_url), url) as call:
-        await call.runtime.start()
+        await call.start()
 
         # greet: the model greets, calls the webhook (first attempt times out, the retry answers)
         await call.wait_for(lambda: call.runtime.tools.calls, "the check_stock call", 20)
@@ -178,7 +178,7 @@ async def test_slow_webhook_does_not_block_audio(tmp_path, model_service, stock_
     app, url = model_service
     stock_url, requests = stock_server
     async with Call(write_flow(tmp_path, stock_url), url) as call:
-        await call.runtime.start()
+        await call.start()
         await call.wait_for(lambda: len(requests) == 1, "the slow first webhook request")
         sent_at = time.monotonic()
         for _ in range(10):  # caller audio keeps flowing through the service meanwhile
@@ -197,7 +197,7 @@ async def test_end_call_tool_hangs_up_after_goodbye(tmp_path, model_service, sto
     app, url = model_service
     stock_url, _ = stock_server
     async with Call(write_flow(tmp_path, stock_url), url) as call:
-        await call.runtime.start()
+        await call.start()
         await call.wait_for(lambda: call.responses_done() >= 2, "the greeting exchange")
         done = call.responses_done()
         await call.runtime.go_to("order")
@@ -230,7 +230,7 @@ async def test_silence_reprompts_then_transfers(tmp_path, model_service, stock_s
     stock_url, _ = stock_server
     flow = write_flow(tmp_path, stock_url, **{"who_speaks_first: bot": "who_speaks_first: caller"})
     async with Call(flow, url) as call:
-        await call.runtime.start()
+        await call.start()
         session_msgs = lambda: system_messages(model_session(app))  # noqa: E731
         prompt = lambda: model_session(app).config.system_prompt  # noqa: E731
         await call.wait_for(
@@ -296,7 +296,7 @@ async def test_switch_voice_reaches_the_model_session(
         },
     )
     async with Call(flow, url) as call:
-        await call.runtime.start()
+        await call.start()
         await call.wait_for(lambda: app.state.service.sessions, "the model session")
         session = model_session(app)
         await call.wait_for(lambda: "switch_voice" in tool_names(session), "the tools")

@@ -256,6 +256,21 @@ def test_webhook_needs_url_and_description(tmp_path: Path) -> None:
     ]
 
 
+def test_verbatim_greeting_needs_the_bot_first_and_no_instruction(tmp_path: Path) -> None:
+    both = write(tmp_path, MINIMAL + "greeting:\n  text: Greet.\n  say: Hello.\n")
+    assert problems(both) == [
+        f"{both}:9:8: greeting.say: greeting has both say (the words) and text "
+        "(an instruction): keep one"
+    ]
+    caller = write(tmp_path, MINIMAL + "greeting:\n  who_speaks_first: caller\n  say: Hi.\n")
+    assert problems(caller) == [
+        f"{caller}:9:8: greeting.say: greeting.say needs who_speaks_first: bot "
+        "(the bot says it when the call opens)"
+    ]
+    empty = write(tmp_path, MINIMAL + "greeting:\n  say: ''\n")
+    assert len(problems(empty)) == 1 and "greeting.say" in problems(empty)[0]
+
+
 def test_unknown_voice_and_missing_voice_file(tmp_path: Path) -> None:
     (tmp_path / "voices").mkdir()
     (tmp_path / "voices" / "alice.wav").write_bytes(b"RIFF")

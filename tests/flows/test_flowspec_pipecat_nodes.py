@@ -33,8 +33,10 @@ def test_pizza_nodes_have_tools_transitions_and_actions() -> None:
     assert list(nodes) == ["greet", "take_order", "confirm", "goodbye"]
     greet = nodes["greet"]
     assert greet["role_message"].startswith("You are Tony")
-    assert "Opening of the call: Welcome the caller" in greet["task_messages"][0]["content"]
-    assert greet["respond_immediately"] is True
+    # the verbatim greeting plays without a model response; the node's instructions join
+    # the persona
+    assert spec.nodes["greet"].instructions.strip() in greet["role_message"]
+    assert greet["task_messages"] == [] and greet["respond_immediately"] is False
     assert [f.name for f in nodes["confirm"].get("functions", [])] == [
         "transfer_call",
         "price_order",
@@ -83,6 +85,29 @@ def test_caller_first_reset_and_transfer(tmp_path: Path) -> None:
     assert nodes["b"]["task_messages"] == [{"role": "developer", "content": "B."}]
     assert nodes["b"]["context_strategy"].strategy is ContextStrategy.RESET
     assert nodes["b"]["post_actions"] == [{"type": TRANSFER_ACTION, "number": "+15551230000"}]
+
+
+def test_a_verbatim_greeting_asks_the_model_for_nothing(tmp_path: Path) -> None:
+    """greeting.say: the call plays the line; the initial node neither responds at once nor
+    carries an opening instruction, and its instructions join the persona (one system prompt
+    per bot: the model service's prefix cache holds it for every call)."""
+    path = tmp_path / "x.yaml"
+    path.write_text(
+        "bot: {name: t}\npersona: p\ngreeting: {say: 'Hello, this is Tee.'}\n"
+        "nodes:\n  a:\n    instructions: A.\n    transitions: [{to: b, when: w}]\n"
+        "  b:\n    instructions: B.\n"
+    )
+    spec = load_flow(path)
+    assert spec.greeting.say == "Hello, this is Tee." and spec.greeting.bot_speaks_first
+    nodes = render_nodes(spec, {})
+    assert nodes["a"]["respond_immediately"] is False
+    assert nodes["a"]["role_message"] == "p\n\nA." and nodes["a"]["task_messages"] == []
+    assert nodes["b"]["respond_immediately"] is True
+    # the instruction form still works as before
+    path.write_text(path.read_text().replace("say: 'Hello, this is Tee.'", "text: Greet."))
+    nodes = render_nodes(load_flow(path), {})
+    assert nodes["a"]["respond_immediately"] is True
+    assert nodes["a"]["task_messages"][0]["content"] == "A.\n\nOpening of the call: Greet."
 
 
 def test_import_handler() -> None:

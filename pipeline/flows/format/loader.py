@@ -170,6 +170,7 @@ class _References:
                 self._node(name, node)
         self._voice()
         self._timeouts()
+        self._greeting()
         self._phone_numbers()
         self._unreachable_and_unused()
 
@@ -379,6 +380,21 @@ class _References:
             and timeouts["transfer_to"] is None
         ):
             self.report("timeouts.then", "then: transfer needs transfer_to (an E.164 number)")
+
+    def _greeting(self) -> None:
+        greeting = self.data["greeting"]
+        if not isinstance(greeting, dict) or not _is_str(greeting.get("say")):
+            return
+        if _is_str(greeting.get("text")):
+            self.report(
+                "greeting.say",
+                "greeting has both say (the words) and text (an instruction): keep one",
+            )
+        if greeting.get("who_speaks_first") == "caller":
+            self.report(
+                "greeting.say",
+                "greeting.say needs who_speaks_first: bot (the bot says it when the call opens)",
+            )
 
     def _phone_numbers(self) -> None:
         numbers = self.data["phone_numbers"]

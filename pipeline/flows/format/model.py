@@ -24,10 +24,15 @@ class BotInfo:
 
 @dataclass(frozen=True)
 class Greeting:
-    """How the call opens: who speaks first and what the bot's opening should do."""
+    """How the call opens: who speaks first and what the bot says or should do.
+
+    ``say`` is the opening line word for word (rendered once in the bot's voice, played the
+    moment the call connects); ``text`` is an instruction the model follows in its own words.
+    """
 
     who_speaks_first: str = "bot"
     text: str | None = None
+    say: str | None = None
 
     @property
     def bot_speaks_first(self) -> bool:

@@ -4,8 +4,9 @@ Each node becomes a ``NodeConfig``:
 
 - ``role_message``: the persona (on every node, so a ``reset`` node keeps it);
 - ``task_messages``: the node's instructions as a developer message (the initial node also
-  carries the greeting instruction, and responds at once only when the bot speaks first; when
-  the caller speaks first, the initial node's instructions go into the ``role_message`` instead,
+  carries the greeting instruction, and responds at once only when the model opens the call;
+  when the caller speaks first or the greeting is said verbatim (``greeting.say``, played by
+  the call itself), the initial node's instructions go into the ``role_message`` instead,
   because nothing delivers a developer message to a speech-to-speech session before a response
   is requested);
 - ``functions``: the tools allowed in the node (handlers supplied by the runtime, keyed by tool
@@ -71,9 +72,12 @@ def render_nodes(spec: FlowSpec, handlers: Mapping[str, ToolHandler]) -> dict[st
             content += f"\n\nOpening of the call: {spec.greeting.text.strip()}"
         role_message = spec.persona.strip()
         task_messages = [{"role": "developer", "content": content}]
-        if initial and not spec.greeting.bot_speaks_first:
-            # Nothing asks for a response before the caller speaks, so a developer message would
-            # wait in the context; the instructions ride in the system prompt instead.
+        model_opens = spec.greeting.bot_speaks_first and not spec.greeting.say
+        if initial and not model_opens:
+            # Nothing asks for a response before the caller speaks (or the verbatim greeting
+            # plays without one), so a developer message would wait in the context; the
+            # instructions ride in the system prompt instead: the same for every call of the
+            # bot, so the model service's prefix cache serves them.
             role_message = f"{role_message}\n\n{content}"
             task_messages = []
         config: NodeConfig = {
@@ -87,7 +91,7 @@ def render_nodes(spec: FlowSpec, handlers: Mapping[str, ToolHandler]) -> dict[st
                 if node.context_strategy == "reset"
                 else ContextStrategy.APPEND
             ),
-            "respond_immediately": spec.greeting.bot_speaks_first if initial else True,
+            "respond_immediately": model_opens if initial else True,
         }
         if node.end:
             config["post_actions"] = [{"type": "end_conversation"}]

@@ -162,6 +162,15 @@ GREETING = Obj(
             "and offer help'. Empty: the bot greets in its own words.",
             default=None,
         ),
+        Prop(
+            "say",
+            Str(min_length=1),
+            "The bot's opening line, spoken word for word in its voice, e.g. 'Hello, this is "
+            "the Stepcall hotline. How can I help?'. Rendered once when the server starts and "
+            "played the moment a call connects (no model response to wait for). Needs "
+            "who_speaks_first: bot; use either say or text.",
+            default=None,
+        ),
     ),
     doc="How the call opens.",
 )
