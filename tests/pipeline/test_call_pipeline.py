@@ -38,13 +38,21 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.services.llm_service import FunctionCallParams
 from pipecat.workers.runner import WorkerRunner
 
-from bots.call import CallInfo, CallPipelineParts, batch_caller_audio, build_call
+from bots.call import (
+    CallInfo,
+    CallPipelineParts,
+    batch_caller_audio,
+    build_call,
+    conversation_starter,
+    greeting_line,
+)
 from bots.profile import BotProfile
 from harness.canned_model_service import CannedModelService
 from harness.loopback_phone import LoopbackPhone, Say
 from model_service.server import create_app, serving
 from model_service.stepaudio2.prompt import AssistantMessage, HumanMessage, InputMessage
 from pipeline.step_audio2.apology import apology_pcm
+from pipeline.step_audio2.spoken_lines import ModelServiceSpeech, SpokenLines
 from stepcall.settings import Settings
 from tests.support.metrics import sample
 
@@ -98,6 +106,7 @@ class CallRun:
     timeline: Timeline
     ended_by_itself: bool
     sessions: list[Any]  # the model service's CallSessions seen during the call
+    connected_at: float | None = None  # when the call's conversation was started
 
 
 def profile(**kw: Any) -> BotProfile:
@@ -119,6 +128,7 @@ async def place_call(
     wait_end: bool = False,
     service_options: dict[str, Any] | None = None,
     turn_model_at: str = "service",
+    lines: SpokenLines | None = None,
 ) -> CallRun:
     """Run one call until ``until(run)`` holds (then cancel it) or it ends by itself."""
     settings = Settings(model_url=url, turn_model_at=turn_model_at)
@@ -137,13 +147,22 @@ async def place_call(
         observers=[parts.metrics, timeline],
         cancel_on_idle_timeout=False,
     )
-    if prof.bot_speaks_first:
+    run = CallRun(phone, parts, timeline, False, [])
+    if prof.greeting_say:
+        start = conversation_starter(worker, parts, prof, lines=lines, sample_rate=RATE)
+
+        @worker.event_handler("on_pipeline_started")
+        async def _say(_worker: Any, _frame: Any) -> None:
+            run.connected_at = time.monotonic()
+            await start()
+
+    elif prof.bot_speaks_first:
 
         @worker.event_handler("on_pipeline_started")
         async def _greet(_worker: Any, _frame: Any) -> None:
+            run.connected_at = time.monotonic()
             await worker.queue_frames([LLMRunFrame()])
 
-    run = CallRun(phone, parts, timeline, False, [])
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
     task = asyncio.create_task(runner.run())
@@ -685,3 +704,94 @@ async def test_greeting_can_be_protected_from_barge_in(demo_backend, speech):
         )
     assert run.timeline.count("InterruptionFrame") == 0
     assert phone.speaker.bytes_written >= 0.95 * 3.2 * RATE * 2
+
+
+# ------------------------------------------------------------------- the verbatim greeting
+GREETING = "Hello, this is Mia at the Stepcall hotline. How can I help you today?"
+
+
+async def prerendered(url: str, prof: BotProfile) -> tuple[SpokenLines, np.ndarray]:
+    """The server's start-up: the greeting rendered by the model service's /v1/speech."""
+    lines = SpokenLines(ModelServiceSpeech(url))
+    line = greeting_line(prof, RATE)
+    assert line is not None
+    (task,) = lines.prerender([line])
+    pcm = await asyncio.wait_for(task, 60)
+    assert pcm, "the model service did not render the greeting"
+    return lines, np.frombuffer(pcm, dtype=np.int16)
+
+
+@pytest.mark.parametrize("call_number", [1, 2])
+async def test_verbatim_greeting_plays_at_once_and_is_the_bots_first_turn(
+    demo_backend, call_number
+):
+    """``greeting.say``: the caller hears the rendered line within 300 ms of the connect, on
+    the first call and the next; no model response runs for it; the model's history and the
+    Pipecat context have it as the bot's turn."""
+    app = create_app(demo_backend, token=None, max_sessions=2)
+    prof = profile(bot_speaks_first=True, greeting_say=GREETING)
+    async with serving(app) as url:
+        lines, pcm = await prerendered(url, prof)
+        for _ in range(call_number):
+            run = await place_call(
+                url,
+                prof,
+                LoopbackPhone(),
+                app=app,
+                lines=lines,
+                until=lambda r: r.timeline.count("BotStoppedSpeakingFrame") >= 1,
+            )
+    assert run.connected_at is not None and run.phone.speaker.first_audio_at is not None
+    delay_ms = (run.phone.speaker.first_audio_at - run.connected_at) * 1000
+    assert delay_ms <= 300, f"first greeting audio {delay_ms:.0f} ms after the connect"
+    played = np.concatenate([x for _, x in run.phone.speaker.chunks]).astype(np.int16)
+    assert contains(played, pcm[: RATE // 2])  # the rendered line, not a model reply
+    msgs = run.sessions[-1].backend_session.conversation.messages  # this call's session
+    # one text turn, the line itself: no model response ran (it would store generated ids)
+    assert [type(m).__name__ for m in msgs] == ["AssistantMessage"]
+    assert msgs[0].text == GREETING and msgs[0].ids is None
+    said = [m.get("content") for m in run.parts.context.get_messages() if m.get("role") == "assistant"]
+    assert said == [GREETING]
+
+
+async def test_a_caller_who_speaks_over_the_greeting_is_answered(demo_backend, speech):
+    """The caller talks as soon as the call connects: the greeting stops, the caller's turn
+    goes to the model after the greeting in the history, and the bot answers it."""
+    app = create_app(demo_backend, token=None, max_sessions=2)
+    prof = profile(bot_speaks_first=True, greeting_say=GREETING, min_interrupt_secs=0.3)
+    question = speech("Hi, are you open on Saturday?")
+    async with serving(app) as url:
+        lines, pcm = await prerendered(url, prof)
+        run = await place_call(
+            url,
+            prof,
+            LoopbackPhone([Say(question, 0.2)]),
+            app=app,
+            lines=lines,
+            until=lambda r: len(assistant_messages(r)) >= 2 if r.sessions else False,
+            limit_secs=20.0,
+        )
+    assert run.timeline.count("InterruptionFrame") >= 1  # the caller cut the greeting short
+    kinds = [type(m).__name__ for m in conversation(run).messages]
+    assert kinds[:3] == ["AssistantMessage", "HumanMessage", "AssistantMessage"], kinds
+    assert conversation(run).messages[0].text == GREETING
+    # the greeting was cut: less of it reached the earpiece than it lasts
+    assert run.phone.speaker.bytes_written < len(pcm) * 2 + 3.2 * RATE * 2
+
+
+async def test_greeting_not_rendered_is_said_by_the_model(demo_backend):
+    """Without a rendered line (the model service cannot render, or not in time) the model
+    is asked to say it: the caller still hears a greeting."""
+    app = create_app(demo_backend, token=None, max_sessions=2)
+    prof = profile(bot_speaks_first=True, greeting_say=GREETING)
+    async with serving(app) as url:
+        run = await place_call(
+            url,
+            prof,
+            LoopbackPhone(),
+            app=app,
+            lines=None,
+            until=lambda r: r.timeline.count("BotStoppedSpeakingFrame") >= 1,
+        )
+    assert run.phone.speaker.bytes_written >= 0.9 * 3.2 * RATE * 2  # the demo model's reply
+    assert len(assistant_messages(run)) == 1 and assistant_messages(run)[0].ids is not None
