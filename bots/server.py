@@ -268,7 +268,13 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "active_calls": calls.active, "bots": registry.names()}
+        return {
+            "status": "ok",
+            "active_calls": calls.active,
+            "bots": registry.names(),
+            # the bots' verbatim greetings: "rendering" > 0 while the first calls may wait
+            "spoken_lines": lines.status(),
+        }
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:

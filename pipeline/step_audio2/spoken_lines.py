@@ -128,6 +128,14 @@ class SpokenLines:
         self._pending: dict[str, asyncio.Task[bytes | None]] = {}
         self._refused: dict[str, str] = {}  # key -> why the renderer refused for good
 
+    def status(self) -> dict[str, int]:
+        """How many lines are rendered, rendering and refused (the bot server's /healthz)."""
+        return {
+            "rendered": len(self._pcm),
+            "rendering": len(self._pending),
+            "refused": len(self._refused),
+        }
+
     def cached(self, line: SpokenLine) -> bytes | None:
         """The PCM if it is rendered already (no waiting)."""
         return self._pcm.get(line.key)

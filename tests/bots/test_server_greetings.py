@@ -1,0 +1,72 @@
+"""The bot server renders every bot's verbatim greeting when it starts, through the real model
+service (reference backend on the demo checkpoint), and /healthz says how far it got."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bots.call import BROWSER_RATE, PHONE_RATE, greeting_line
+from bots.profile import BotProfile
+from bots.registry import BotRegistry
+from bots.server import create_app, startup_lines
+from harness.checkpoints.demo_checkpoint import build_demo_checkpoint
+from model_service.backends.reference import load_reference_backend
+from model_service.server import create_app as create_model_app
+from model_service.server import serving
+from stepcall.settings import Settings
+
+FRONT = BotProfile(name="front", bot_speaks_first=True, greeting_say="Hello, this is the desk.")
+SALES = BotProfile(name="sales", bot_speaks_first=True, greeting="Greet the caller.")
+QUIET = BotProfile(name="quiet", greeting_say="Never said: the caller speaks first.")
+
+
+@pytest.fixture(scope="module")
+def demo_backend(tmp_path_factory):
+    return load_reference_backend(
+        build_demo_checkpoint(tmp_path_factory.mktemp("greet-demo")), "cpu", "float32"
+    )
+
+
+def test_startup_lines_are_the_verbatim_greetings_at_both_call_rates() -> None:
+    registry = BotRegistry({p.name: p for p in (FRONT, SALES, QUIET)}, {}, "front")
+    lines = startup_lines(registry)
+    assert [(line.text, line.sample_rate) for line in lines] == [
+        ("Hello, this is the desk.", PHONE_RATE),
+        ("Hello, this is the desk.", BROWSER_RATE),
+    ]
+    assert greeting_line(SALES) is None and greeting_line(QUIET) is None
+
+
+async def test_server_start_up_renders_the_greetings_through_the_model_service(
+    demo_backend, tmp_path
+) -> None:
+    model_app = create_model_app(demo_backend, token="m-token", max_sessions=2)
+    registry = BotRegistry({p.name: p for p in (FRONT, SALES)}, {}, "front")
+    async with serving(model_app) as url:
+        settings = Settings(
+            model_url=url, model_token="m-token", database_url=f"sqlite:///{tmp_path}/c.db"
+        )
+
+        def start_and_wait() -> tuple[dict, object]:
+            app = create_app(settings, registry)
+            with TestClient(app) as client:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    body = client.get("/healthz").json()
+                    if body["spoken_lines"]["rendering"] == 0:
+                        return body, app
+                    time.sleep(0.1)
+            raise AssertionError("greetings still rendering after 60 s")
+
+        body, app = await asyncio.to_thread(start_and_wait)
+    assert body["spoken_lines"] == {"rendered": 2, "rendering": 0, "refused": 0}
+    lines = app.state.spoken_lines
+    phone = lines.cached(greeting_line(FRONT, PHONE_RATE))
+    browser = lines.cached(greeting_line(FRONT, BROWSER_RATE))
+    assert phone and browser
+    # the same words at twice the rate: about twice the samples (the model service's cache)
+    assert abs(len(browser) / len(phone) - 2.0) < 0.05
