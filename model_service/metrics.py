@@ -53,6 +53,19 @@ class ServiceMetrics:
             ["result"],
             registry=r,
         )
+        self.speech_renders = Counter(
+            "stepcall_model_speech_renders_total",
+            "POST /v1/speech answers with audio, by cache (hit: cached or joined a render "
+            "already running; miss: rendered for this request)",
+            ["cache"],
+            registry=r,
+        )
+        self.speech_errors = Counter(
+            "stepcall_model_speech_errors_total",
+            "POST /v1/speech refusals and failures by HTTP status (400, 500, 501)",
+            ["status"],
+            registry=r,
+        )
         self.time_to_first_audio = Histogram(
             "stepcall_model_time_to_first_audio_seconds",
             "From response.create to the first bot audio sent",

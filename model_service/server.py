@@ -5,6 +5,8 @@ backend (or ``None`` while it loads: ``/readyz`` answers 503 until ``ServiceStat
 Each WebSocket connection is one :class:`~model_service.sessions.CallSession`; the protocol is
 specified in ``stepcall/PROTOCOL.md``. ``run_model_service(settings, ...)`` picks and loads a
 backend and serves the app with uvicorn (the ``stepcall model`` command).
+``POST /v1/speech`` renders text verbatim in a voice (``Backend.render_speech``), cached by
+content (``model_service/speech.py``).
 """
 
 from __future__ import annotations
@@ -14,21 +16,25 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, WebSocket
+import numpy as np
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from model_service.backends.base import Backend
+from model_service.backends.base import OUTPUT_RATE, Backend, SpeechUnsupported
 from model_service.metrics import ServiceMetrics
 from model_service.sessions import CallSession, ServiceState
+from model_service.speech import DEFAULT_ENTRIES, SpeechCache, resample_once, speech_key
 from model_service.turn_checks import TurnModel
 from stepcall import protocol as p
+from stepcall.audio.pcm import float_to_pcm16
 from stepcall.runtime.logs import install_log_redaction
 from stepcall.runtime.metrics import metrics_response
 from stepcall.runtime.realtime import freeze_startup_heap
@@ -77,12 +83,14 @@ def create_app(
     start_timeout_s: float = 30.0,
     idle_timeout_s: float | None = IDLE_TIMEOUT_S,
     turn_model: TurnModel | None = None,
+    speech_cache_entries: int = DEFAULT_ENTRIES,
 ) -> FastAPI:
     """The model-service app; ``app.state.service`` is its :class:`ServiceState`.
 
     The app does not own the backend: whoever created it closes it (``run_model_service`` does).
     A connection that sends no valid ``session.start`` within ``start_timeout_s`` is closed, and
     so is a session idle (no message, no response running) for ``idle_timeout_s`` (None: never).
+    ``app.state.speech_cache`` holds the ``/v1/speech`` renders (``speech_cache_entries``).
     """
     service = ServiceState(
         backend,
@@ -95,6 +103,7 @@ def create_app(
     install_log_redaction()
     app = FastAPI(title="stepcall model service")
     app.state.service = service
+    speech_cache = app.state.speech_cache = SpeechCache(speech_cache_entries)
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -121,6 +130,48 @@ def create_app(
     async def metrics_endpoint() -> Response:
         return metrics_response(service.metrics.registry)
 
+    @app.post(p.SPEECH_PATH)
+    async def speech_endpoint(request: Request) -> Response:
+        presented = bearer_token(request.headers.get("authorization")) or request.query_params.get(
+            "token"
+        )
+        if not token_matches(token, presented or None):
+            logger.warning("speech request refused: missing or wrong token")
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        backend = service.backend
+        if backend is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        try:
+            req = p.parse_speech_request(await request.body())
+        except ValueError as e:
+            return _speech_refused(service, 400, str(e))
+        key = speech_key(backend.model_name, req.voice, req.style, req.text)
+        t0 = time.perf_counter()
+        try:
+            pcm, hit = await speech_cache.get(
+                key, lambda: backend.render_speech(req.text, voice=req.voice, style=req.style)
+            )
+        except SpeechUnsupported as e:
+            return _speech_refused(service, 501, str(e) or "this backend cannot render speech")
+        except ValueError as e:  # input the backend refuses (an unknown voice)
+            return _speech_refused(service, 400, str(e))
+        except Exception as e:
+            logger.opt(exception=e).error(f"speech render failed ({len(req.text)} chars)")
+            return _speech_refused(service, 500, f"speech render failed: {e}")
+        render_ms = (time.perf_counter() - t0) * 1000.0
+        body = await asyncio.to_thread(_speech_pcm16, pcm, req.sample_rate)
+        service.metrics.speech_renders.labels(cache="hit" if hit else "miss").inc()
+        logger.info(
+            f"speech {'hit' if hit else 'miss'}: {len(req.text)} chars, "
+            f"{len(pcm) / OUTPUT_RATE:.2f} s of audio, {render_ms:.0f} ms"
+        )
+        return Response(
+            body,
+            media_type=f"audio/L16; rate={req.sample_rate}; channels=1",
+            headers={"X-Stepcall-Cache": "hit" if hit else "miss",
+                     "X-Stepcall-Render-Ms": f"{render_ms:.1f}"},
+        )
+
     @app.websocket(SESSION_PATH)
     async def session_endpoint(ws: WebSocket) -> None:
         await ws.accept()
@@ -140,6 +191,16 @@ def create_app(
             await call.close("disconnected")
 
     return app
+
+
+def _speech_refused(service: ServiceState, status: int, message: str) -> JSONResponse:
+    service.metrics.speech_errors.labels(status=str(status)).inc()
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _speech_pcm16(pcm24k: np.ndarray, rate: int) -> bytes:
+    """A render as PCM16 LE mono at ``rate`` (the session path's resampler)."""
+    return float_to_pcm16(resample_once(pcm24k, OUTPUT_RATE, rate))
 
 
 async def _receive_loop(

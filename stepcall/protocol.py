@@ -54,7 +54,7 @@ MAX_TEXT_BYTES = 64 * 1024  # a text message larger than this is refused with ``
 MAX_TURN_CHECK_BYTES = 1536 * 1024
 MAX_TURN_CHECK_SECS = 8.0  # the turn model reads the last 8 s of a turn
 MAX_AUDIO_SECONDS = 1.0  # a binary message longer than this (at the input rate) is ``too_large``
-TEXT_ROLES = ("human", "system")
+TEXT_ROLES = ("human", "system", "assistant")
 RESPONSE_STATUSES = ("completed", "cancelled", "tool_call", "error")
 
 # Error codes (``error.code``).
@@ -312,7 +312,8 @@ class InputAudioClear(_Message):
 
 
 class InputTextAppend(_Message):
-    """``input_text.append``: a text message into the history (DTMF, flow instructions)."""
+    """``input_text.append``: a text message into the history (DTMF, flow instructions, or with
+    role ``assistant`` a bot turn said outside a response, e.g. a pre-rendered greeting)."""
 
     type: Literal["input_text.append"] = "input_text.append"
     text: str = ""
@@ -701,3 +702,55 @@ def parse_server_event(text: str | bytes) -> ServerEvent:
         return _SERVER_EVENTS.validate_python(data, strict=True, context=_WIRE)
     except ValidationError as e:
         raise _refusal(e, "event") from e
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/speech (HTTP): text rendered verbatim in the bot's voice
+# --------------------------------------------------------------------------------------------
+
+SPEECH_PATH = "/v1/speech"
+MAX_SPEECH_CHARS = 1000  # ``text`` after stripping: 1..this many characters
+
+
+class SpeechRequest(BaseModel):
+    """The JSON body of ``POST /v1/speech`` (see PROTOCOL.md): ``text`` spoken verbatim."""
+
+    text: str
+    voice: str | None = None
+    style: str | None = None
+    sample_rate: SampleRate = 24000
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise PydanticCustomError("empty", "must not be empty")
+        if len(value) > MAX_SPEECH_CHARS:
+            raise PydanticCustomError(
+                "too_long", "is {n} characters; at most {limit}",
+                {"n": len(value), "limit": MAX_SPEECH_CHARS},
+            )
+        return value
+
+
+def parse_speech_request(body: str | bytes) -> SpeechRequest:
+    """Parse and validate a ``/v1/speech`` body (``null`` = absent); raises ``ValueError``
+    naming the field, e.g. ``'text' is 1200 characters; at most 1000``."""
+    if len(body) > MAX_TEXT_BYTES:
+        raise ValueError(f"body of {len(body)} bytes, over {MAX_TEXT_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"body is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"body must be a JSON object, got {_type_name(data)}")
+    if "text" not in data or data["text"] is None:
+        raise ValueError("'text' is required")
+    data = {k: v for k, v in data.items() if v is not None}
+    try:
+        return SpeechRequest.model_validate(data, strict=True)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        field = ".".join(str(x) for x in first["loc"]) or "body"
+        raise ValueError(f"'{field}' {first['msg']}") from e

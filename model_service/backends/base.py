@@ -142,6 +142,10 @@ class BackendSession(abc.ABC):
         return []
 
 
+class SpeechUnsupported(Exception):
+    """The backend cannot render text as speech (``Backend.render_speech``)."""
+
+
 class Backend(abc.ABC):
     """A loaded model that serves many sessions."""
 
@@ -151,6 +155,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def open_session(self, config: SessionConfig) -> BackendSession:
         """Create a session (admission control is the server's job)."""
+
+    async def render_speech(
+        self, text: str, *, voice: str | None = None, style: str | None = None
+    ) -> np.ndarray:
+        """``text`` spoken verbatim in ``voice`` (and ``style`` where the backend has styles):
+        float32 mono at ``OUTPUT_RATE``. A greeting or holding line rendered once and cached by
+        the server (``POST /v1/speech``). Heavy work runs off the event loop.
+
+        Raises ``SpeechUnsupported`` when the backend cannot speak (the default), ``ValueError``
+        for input it refuses (e.g. an unknown voice).
+        """
+        raise SpeechUnsupported(f"the {self.name} backend cannot render speech")
 
     def failure(self) -> str | None:
         """Why this backend can no longer serve (e.g. its engine process died), else None.

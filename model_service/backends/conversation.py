@@ -137,7 +137,8 @@ class Conversation:
         self.tool_call_streak = 0
 
     def add_text(self, text: str, role: str = "human") -> None:
-        """A text turn: ``human`` (e.g. DTMF digits) or ``system`` (flow instructions)."""
+        """A text turn: ``human`` (e.g. DTMF digits), ``system`` (flow instructions) or
+        ``assistant`` (the bot's own words, e.g. the pre-rendered greeting it played)."""
         if not isinstance(text, str) or not text:
             raise ValueError("text must be a non-empty string")
         if role == "human":
@@ -145,8 +146,12 @@ class Conversation:
             self.tool_call_streak = 0
         elif role == "system":
             self.messages.append(SystemMessage(text))
+        elif role == "assistant":
+            # a text-only assistant turn: the bot said it outside a response (a pre-rendered
+            # greeting); the next reply continues after it
+            self.messages.append(AssistantMessage(text=text))
         else:
-            raise ValueError(f"role must be 'human' or 'system', got {role!r}")
+            raise ValueError(f"role must be 'human', 'system' or 'assistant', got {role!r}")
 
     # ----------------------------------------------------------------- assistant side
     def add_reply(

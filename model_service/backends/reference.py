@@ -37,6 +37,7 @@ from model_service.backends.base import (
     Backend,
     BackendEvent,
     SessionConfig,
+    SpeechUnsupported,
     TextDelta,
 )
 from model_service.backends.conversation import Conversation, UserAudioBuffer
@@ -47,15 +48,18 @@ from model_service.backends.responses import (
     now,
     with_loop_instruction,
 )
-from model_service.sampling import GREEDY
+from model_service.sampling import GREEDY, SamplingParams
 from model_service.stepaudio2 import parser as ta4
+from model_service.stepaudio2.forced import ForcedSpeech
 from model_service.stepaudio2.generate import GenerationStats, Generator, KVSession
 from model_service.stepaudio2.prompt import (
     SUMMARY_SUFFIX_EN,
     AudioPart,
     HumanMessage,
+    Prompt,
     PromptBuilder,
     SystemMessage,
+    TextPart,
     system_prompt,
 )
 
@@ -72,6 +76,23 @@ VOICE_DESCRIPTIONS = {
 ASR_PROMPT = "请记录下你所听到的语音内容。"
 ASR_MAX_TOKENS = 128
 _TAG = re.compile(r"<[^<>]{0,40}>")
+
+
+#: The persona of a verbatim render's system turn (a session's prompt without a bot persona).
+SPEECH_PERSONA = "You are a helpful voice assistant."
+#: The instruction turn of a verbatim render; the text slots are forced to the text anyway.
+READ_ALOUD = "Read the following text aloud, word for word, and nothing else:\n{text}"
+
+
+@dataclass
+class SpeechRender:
+    """What the latest ``render_speech`` decoded (for inspection and tests)."""
+
+    text: str
+    voice: str | None
+    prompt_ids: list[int]
+    ids: list[int]  # generated after <tts_start>, ending with <|EOT|>
+    codes: list[int]  # the audio codes token2wav voiced
 
 
 def clean_transcript(text: str) -> str:
@@ -116,6 +137,58 @@ class StepAudioBackend(Backend):
     def _new_session(self, config: SessionConfig) -> ReferenceSession:
         """A session of this backend's kind (``open_session`` registers it)."""
         raise NotImplementedError
+
+    # ----------------------------------------------------------------- verbatim speech
+    #: Decoding of a render's audio slots: seeded, so a text renders alike every time.
+    speech_sampling: SamplingParams = SamplingParams(seed=0)
+    #: The latest render (``SpeechRender``), None before the first.
+    last_speech: SpeechRender | None = None
+
+    def speech_prompt(self, text: str, voice: str | None, style: str | None) -> Prompt:
+        """A render's prompt: the system turn a session with this voice and style would have
+        (``system_prompt``), a human turn asking to read ``text`` aloud, ``<tts_start>``."""
+        system = system_prompt(
+            SPEECH_PERSONA, voice_desc=voice_description(voice), style=style
+        )
+        messages = [
+            SystemMessage(system),
+            HumanMessage([TextPart(READ_ALOUD.format(text=text))]),
+        ]
+        return self.prompts.build(messages, reply="speech")
+
+    async def render_speech(
+        self, text: str, *, voice: str | None = None, style: str | None = None
+    ) -> np.ndarray:
+        """``text`` spoken verbatim in ``voice``: TA4 decoding with the text slots forced to the
+        text's tokens (``ForcedSpeech``), the model choosing the audio codes, then token2wav."""
+        if self.vocoder is None:
+            raise SpeechUnsupported("this checkpoint has no token2wav: it cannot speak")
+        voice = voice or self.default_voice
+        if voice is None or voice not in self.voices:
+            raise ValueError(f"unknown voice {voice!r} (known: {sorted(self.voices)})")
+        text = text.strip()
+        plan = ForcedSpeech.for_text(self.tok, text)
+        prompt = self.speech_prompt(text, voice, style)
+        ids = await self._forced_decode(prompt, plan)
+        plan.check(ids)
+        codes = plan.codes(ids)
+        self.last_speech = SpeechRender(text, voice, list(prompt.ids), ids, codes)
+        return await self._vocode_codes(codes, voice)
+
+    async def _forced_decode(self, prompt: Prompt, plan: ForcedSpeech) -> list[int]:
+        """The render's generated ids (each backend decodes its own way)."""
+        raise NotImplementedError
+
+    async def _vocode_codes(self, codes: list[int], voice: str) -> np.ndarray:
+        """All of ``codes`` through the shared token2wav batcher, as one 24 kHz array."""
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self._vocoder_exec, self.voice_for, voice)
+        state = self.vocoder.new_stream(prepared)
+        batcher = self.t2w_batcher()
+        pieces = list(await batcher.push(state, codes))
+        pieces.append(await batcher.flush(state))
+        out = [np.asarray(x, dtype=np.float32).reshape(-1) for x in pieces if x is not None]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     async def open_session(self, config: SessionConfig) -> ReferenceSession:
         if config.voice and config.voice not in self.voices and self.vocoder is not None:
@@ -197,6 +270,24 @@ class ReferenceBackend(StepAudioBackend):
 
     def _new_session(self, config: SessionConfig) -> ReferenceSession:
         return ReferenceSession(self, config)
+
+    async def _forced_decode(self, prompt: Prompt, plan: ForcedSpeech) -> list[int]:
+        """On the model thread (queued like a response): the ``Generator`` with the plan's
+        per-step constraint (``forced`` hook), from a fresh cache."""
+
+        def decode() -> list[int]:
+            return list(
+                self.generator.stream(
+                    prompt.ids,
+                    sampling=self.speech_sampling,
+                    max_tokens=plan.max_tokens,
+                    session=KVSession(),
+                    stats=GenerationStats(),
+                    forced=plan.allowed,
+                )
+            )
+
+        return await asyncio.get_running_loop().run_in_executor(self._model_exec, decode)
 
     async def close(self) -> None:
         await self._close_sessions()
@@ -685,6 +776,7 @@ __all__ = [
     "DEFAULT_MAX_TOOL_CALLS_IN_A_ROW",
     "ReferenceBackend",
     "ReferenceSession",
+    "SpeechRender",
     "StepAudioBackend",
     "batcher_for",
     "checkpoint_voice_folders",

@@ -45,6 +45,7 @@ from model_service.backends.reference import (
 )
 from model_service.backends.responses import DEFAULT_MAX_TOOL_CALLS_IN_A_ROW, now
 from model_service.stepaudio2 import parser as ta4
+from model_service.stepaudio2.forced import ForcedSpeech
 from model_service.stepaudio2.prompt import SUMMARY_SUFFIX_EN, Prompt, PromptBuilder
 from model_service.vllm_plugin.audio_inputs import audio_mm_data, collapse_audio_placeholders
 
@@ -192,9 +193,10 @@ class VLLMBackend(StepAudioBackend):
         (rendered,) = await renderer.render_cmpl_async([request.as_prompt()])
         return rendered
 
-    def sampling_params(self, sampling: SamplingParams, max_tokens: int) -> Any:
-        """The engine's sampling object for one response."""
-        kwargs = sampling_kwargs(sampling, self.tok.stop_ids, max_tokens)
+    def sampling_params(self, sampling: SamplingParams, max_tokens: int, **extra: Any) -> Any:
+        """The engine's sampling object for one response (``extra``: more ``vllm.SamplingParams``
+        fields, e.g. ``allowed_token_ids``)."""
+        kwargs = sampling_kwargs(sampling, self.tok.stop_ids, max_tokens) | extra
         factory = self._params_factory
         if factory is None:
             from vllm import SamplingParams as VllmSamplingParams
@@ -204,6 +206,41 @@ class VLLMBackend(StepAudioBackend):
 
     def _new_session(self, config: SessionConfig) -> VLLMSession:
         return VLLMSession(self, config)
+
+    async def _forced_decode(self, prompt: Prompt, plan: ForcedSpeech) -> list[int]:
+        """A verbatim render in ROUNDS: forced ids (text slots, ``<tts_end>``, end of turn) are
+        appended here; each run of free slots (a group's 4 audio slots, or the pad-or-end choice)
+        is one engine request of prompt + ids so far with ``max_tokens`` = the run and
+        ``allowed_token_ids`` = the plan's ids. The prefix cache makes every round a short
+        prefill; renders happen once per text (the server caches them)."""
+        base = engine_request(prompt, self.tok.ids.audio_patch)
+        generated: list[int] = []
+        while (allowed := plan.allowed(generated)) is not None:
+            if isinstance(allowed, int):
+                generated.append(allowed)
+                continue
+            n = plan.run_length(generated)
+            params = self.sampling_params(
+                self.speech_sampling, n, allowed_token_ids=sorted(allowed)
+            )
+            request = EngineRequest(base.prompt_token_ids + generated, base.multi_modal_data)
+            rid = f"speech-{uuid.uuid4().hex[:12]}"
+            new: list[int] = []
+            finish: str | None = None
+            stream = self.engine.generate(await self.engine_input(request), params, rid)
+            try:
+                async for output in stream:
+                    delta, finish = token_delta(output, len(new))
+                    new.extend(delta)
+                    if finish is not None:
+                        break
+            finally:
+                if finish is None:
+                    await self.engine.abort(rid)
+            if not new:
+                raise RuntimeError(f"vLLM returned no token in a speech round ({finish})")
+            generated.extend(new)
+        return generated
 
     def failure(self) -> str | None:
         """``AsyncLLM.errored``: the engine-core process died; every request would fail now."""

@@ -9,6 +9,10 @@ is set (checked before every model step).
 Multi-turn calls pass the same :class:`KVSession`: when the new prompt extends what the cache
 already holds (token ids *and* audio chunk identities match), only the new suffix is
 prefilled. ``no_cache_greedy`` is the slow reference used to prove the cached path exact.
+
+``forced`` (optional) constrains each step: called with the ids generated so far, it returns an
+id (forced), a ``range`` or a collection of ids (sampling/greedy restricted to them), or None
+(stop). ``stepaudio2/forced.py`` uses it to speak a given text verbatim.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +33,9 @@ from .mel import N_MELS, audio_token_count
 from .modeling import StepAudio2ForCausalLM
 
 AUDIO_PATCH_ID = 151690
+
+#: A step constraint: ids generated so far -> forced id, allowed ids, or None (stop).
+Constraint = Callable[[Sequence[int]], "int | range | Collection[int] | None"]
 
 
 @dataclass
@@ -149,6 +156,7 @@ class Generator:
         session: KVSession | None = None,
         audio_kind: str = "auto",
         stats: GenerationStats | None = None,
+        forced: Constraint | None = None,
     ) -> Iterator[int]:
         """Yield generated token ids (the stop id, if reached, is yielded last).
 
@@ -157,6 +165,7 @@ class Generator:
         when a shape is ambiguous; "auto" treats ``[128, T]`` with ``T != hidden`` as mel).
         ``session``: reused and updated in place. ``stats`` (optional) is filled with timings;
         ``self.last_stats`` also points at it (use ``stats`` when threads share a Generator).
+        ``forced``: the per-step constraint hook (module docstring); None: free decoding.
         """
         if audio_kind not in ("auto", "mel", "features"):
             raise ValueError(f"audio_kind must be auto, mel or features, got {audio_kind!r}")
@@ -178,7 +187,15 @@ class Generator:
         session.active = True
         try:
             yield from self._run(
-                ids, list(audio or []), sampling, cancel, max_tokens, session, audio_kind, stats
+                ids,
+                list(audio or []),
+                sampling,
+                cancel,
+                max_tokens,
+                session,
+                audio_kind,
+                stats,
+                forced,
             )
         finally:
             session.active = False
@@ -193,8 +210,20 @@ class Generator:
         session: KVSession,
         audio_kind: str,
         stats: GenerationStats,
+        forced: Constraint | None = None,
     ) -> Iterator[int]:
         model = self.model
+        generated: list[int] = []
+
+        def pick(logits: torch.Tensor) -> int | None:
+            if forced is None:
+                return self._pick(logits, sampling, seen, gen)
+            allowed = forced(generated)
+            if allowed is None:
+                return None
+            if isinstance(allowed, int):
+                return int(allowed)
+            return self._pick(_restrict(logits, allowed), sampling, seen, gen)
 
         # --- what can be reused from the session cache
         audio_keys = self._audio_keys(audio, audio_kind)
@@ -236,11 +265,15 @@ class Generator:
             session.reset()  # the cache may hold a partial prefill
             raise
         session.keys = list(keys)
-        token = self._pick(logits[0, -1], sampling, seen, gen)
+        token = pick(logits[0, -1])
         stats.prefill_ms = (time.perf_counter() - t0) * 1000
 
         produced = 0
         while True:
+            if token is None:  # the constraint hook ended the generation
+                stats.stop_reason = "stop"
+                return
+            generated.append(token)
             produced += 1
             stats.generated = produced
             seen.add(token)
@@ -262,7 +295,7 @@ class Generator:
                 session.reset()
                 raise
             session.keys.append(token)
-            token = self._pick(logits[0, -1], sampling, seen, gen)
+            token = pick(logits[0, -1])
             stats.token_ms.append((time.perf_counter() - t1) * 1000)
 
     def _audio_keys(self, audio: Sequence[torch.Tensor], kind: str) -> list[tuple[str, int]]:
@@ -312,6 +345,19 @@ class Generator:
             logits = torch.full_like(logits, float("-inf")).index_copy_(0, kept, logits[kept])
         probs = torch.softmax(logits, dim=-1).cpu()
         return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+def _restrict(logits: torch.Tensor, allowed: range | Collection[int]) -> torch.Tensor:
+    """``logits`` with every id outside ``allowed`` at -inf (a ``range`` is sliced, not listed)."""
+    if not allowed:
+        raise ValueError("a step constraint allowed no token")
+    out = torch.full_like(logits, float("-inf"))
+    if isinstance(allowed, range) and allowed.step == 1:
+        out[allowed.start : allowed.stop] = logits[allowed.start : allowed.stop]
+        return out
+    idx = torch.tensor(sorted(int(i) for i in allowed), dtype=torch.long, device=logits.device)
+    out[idx] = logits[idx]
+    return out
 
 
 @torch.inference_mode()

@@ -251,7 +251,9 @@ class ModelServiceClient:
         await self._send_message(p.InputAudioClear())
 
     async def append_text(self, text: str, role: str = "human") -> None:
-        """A text message into the history (``role`` human or system)."""
+        """A text message into the history: ``role`` human, system, or assistant (words the bot
+        said outside a response, e.g. the pre-rendered greeting it played; the next reply
+        continues after them)."""
         await self._send_message(p.InputTextAppend(text=text, role=role))
 
     async def create_response(self, instructions: str | None = None) -> None:

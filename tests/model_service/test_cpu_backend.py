@@ -597,3 +597,63 @@ def test_speech_models_round_trip(speech_models):
     a = tts.synthesize("Deterministic, please.")
     assert np.array_equal(a, tts.synthesize("Deterministic, please.")) and a.dtype == np.float32
     assert Path(cpu_models.cache_dir()).is_absolute()
+
+
+# ------------------------------------------------------------------------------ verbatim speech
+GREETING = "Hello, thanks for calling Luigi's Pizza. How can I help?"
+
+
+async def test_render_speech_is_piper_speaking_the_text_in_the_session_voice(speech_models):
+    from model_service.backends.base import OUTPUT_RATE
+
+    backend = _backend(speech_models, ScriptedLlama([]))
+    asr, tts = speech_models
+    pcm = await backend.render_speech(f"  {GREETING} ", voice="joe", style="cheerful")
+    assert pcm.dtype == np.float32 and pcm.ndim == 1
+    assert np.array_equal(pcm, tts.synthesize(GREETING))  # Piper is deterministic here
+    assert 2.0 < pcm.size / OUTPUT_RATE < 8.0
+    # the words are there: Whisper hears them
+    import soxr
+
+    heard = asr.transcribe(soxr.resample(pcm, OUTPUT_RATE, 16000).astype(np.float32)).lower()
+    assert "luigi" in heard and "help" in heard, heard
+    # a voice it lacks (a Step-Audio 2 name) speaks with the default, like a session
+    assert np.array_equal(await backend.render_speech(GREETING, voice="default_female"), pcm)
+    short = await backend.render_speech("Hi.")
+    assert 0 < short.size < pcm.size / 3
+    with pytest.raises(ValueError, match="nothing to say"):
+        await backend.render_speech("   ")
+    await backend.close()
+
+
+async def test_an_assistant_text_turn_is_the_bots_message_in_the_next_chatml_prompt(
+    speech_models,
+):
+    llm = ScriptedLlama([["We have a table at eight."]])
+    backend = _backend(speech_models, llm)
+    session = await backend.open_session(
+        SessionConfig(call_id="greet", system_prompt="You are Luigi's Pizza.",
+                      sampling=SamplingParams(temperature=0))
+    )
+    await session.append_text(GREETING, role="assistant")
+    await session.append_text("A table for two tonight?")
+    events = [ev async for ev in session.respond()]
+    assert events[-1].status == "completed"
+    prompt = llm.prompts[-1]
+    assert (
+        f"<|im_start|>assistant\n{GREETING}<|im_end|>\n"
+        "<|im_start|>user\nA table for two tonight?<|im_end|>\n<|im_start|>assistant\n"
+    ) in prompt
+    assert [t.role for t in session.history.turns] == ["assistant", "user", "assistant"]
+    with pytest.raises(ValueError, match="role must be"):
+        await session.append_text("x", role="tool")
+    await backend.close()
+
+
+def test_chat_history_assistant_turn_is_not_the_reply_barge_in_cuts():
+    h = ChatHistory()
+    h.add_text(GREETING, "assistant")
+    assert h.turns == [ChatTurn("assistant", GREETING)]
+    assert h.last_reply_text() is None
+    assert h.truncate_last_reply(0.0) is None
+    assert h.turns == [ChatTurn("assistant", GREETING)]

@@ -120,13 +120,28 @@ class ScriptedSession(base.BackendSession):
 
 
 class ScriptedBackend(base.Backend):
-    """Opens :class:`ScriptedSession`s and keeps their records."""
+    """Opens :class:`ScriptedSession`s and keeps their records; ``render_speech`` speaks a
+    chirp 100 ms per character (the text's length and content shape the audio), slowly
+    (``render_delay_s``), and refuses the voice "nobody" and the text "boom"."""
 
     name = "scripted"
     model_name = "scripted-test"
 
     def __init__(self) -> None:
         self.records: list[Record] = []
+        self.renders: list[tuple[str, str | None, str | None]] = []
+        self.render_delay_s = 0.05
+
+    async def render_speech(self, text, *, voice=None, style=None) -> np.ndarray:
+        self.renders.append((text, voice, style))
+        await asyncio.sleep(self.render_delay_s)
+        if voice == "nobody":
+            raise ValueError("unknown voice 'nobody'")
+        if text == "boom":
+            raise RuntimeError("GPU fell over")
+        n = int(base.OUTPUT_RATE * 0.1 * len(text))
+        f0 = 200.0 + 10 * (sum(map(ord, text)) % 50)
+        return (0.3 * np.sin(2 * np.pi * f0 * np.arange(n) / base.OUTPUT_RATE)).astype(np.float32)
 
     async def open_session(self, config: base.SessionConfig) -> base.BackendSession:
         record = Record(config)
@@ -790,3 +805,142 @@ async def test_a_session_cannot_queue_more_than_four_turn_checks(turn_service) -
     await peer.send(_check(7, pcm, 8000))
     ev = await peer.next_event(within=20)
     assert ev["check_id"] == 7 and ev["complete"]
+
+
+# --------------------------------------------------------------------------------------------
+# POST /v1/speech
+# --------------------------------------------------------------------------------------------
+
+
+async def speech_post(url: str, body, *, auth: str | None = TOKEN, query: str = ""):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {auth}"} if auth else {}
+    async with httpx.AsyncClient(base_url=http_base(url), timeout=10) as http:
+        if isinstance(body, dict):
+            return await http.post(f"/v1/speech{query}", json=body, headers=headers)
+        return await http.post(f"/v1/speech{query}", content=body, headers=headers)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
+async def test_speech_renders_pcm16_at_the_asked_rate_then_hits_the_cache(
+    service, backend, rate
+) -> None:
+    app, url = service
+    text = "Hello, thanks for calling."
+    r = await speech_post(url, {"text": f"  {text} ", "voice": "v1", "sample_rate": rate})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == f"audio/L16; rate={rate}; channels=1"
+    assert r.headers["x-stepcall-cache"] == "miss"
+    assert float(r.headers["x-stepcall-render-ms"]) >= backend.render_delay_s * 1000 * 0.9
+    want24 = await backend.render_speech(text, voice="v1")
+    assert len(r.content) == 2 * len(want24) * rate // 24000  # PCM16: 2 bytes a sample
+    got = pcm16_to_float(r.content)
+    # the session path's resampler gives the same samples as the endpoint
+    rs = StreamResampler(24000, rate)
+    want = np.concatenate([rs.process(want24), rs.flush()]) if rate != 24000 else want24
+    assert np.abs(got - want).max() < 2 / 32768
+    # the same text and voice at another rate: from the cache, no second render
+    backend.renders.clear()
+    other = 24000 if rate != 24000 else 8000
+    r2 = await speech_post(url, {"text": text, "voice": "v1", "sample_rate": other})
+    assert r2.status_code == 200 and r2.headers["x-stepcall-cache"] == "hit"
+    assert backend.renders == []
+    assert len(r2.content) == 2 * len(want24) * other // 24000
+    # another voice or style is another render
+    r3 = await speech_post(url, {"text": text, "voice": "v1", "style": "calm"})
+    assert r3.headers["x-stepcall-cache"] == "miss" and backend.renders == [(text, "v1", "calm")]
+    metrics = app.state.service.metrics
+    assert sample(metrics, "stepcall_model_speech_renders_total", cache="miss") == 2
+    assert sample(metrics, "stepcall_model_speech_renders_total", cache="hit") == 1
+
+
+async def test_concurrent_identical_speech_requests_share_one_render(service, backend) -> None:
+    _, url = service
+    backend.render_delay_s = 0.3
+    body = {"text": "One moment, please.", "sample_rate": 8000}
+    replies = await asyncio.gather(*(speech_post(url, body) for _ in range(4)))
+    assert [r.status_code for r in replies] == [200] * 4
+    assert len(backend.renders) == 1
+    assert sorted(r.headers["x-stepcall-cache"] for r in replies) == ["hit", "hit", "hit", "miss"]
+    assert len({r.content for r in replies}) == 1
+
+
+async def test_speech_cache_keeps_the_most_recent_renders(backend) -> None:
+    app = create_app(backend, token=None, max_sessions=1, speech_cache_entries=2)
+    async with serving(app) as url:
+        for text in ("one", "two", "one", "three"):  # "two" is the least recent at "three"
+            assert (await speech_post(url, {"text": text}, auth=None)).status_code == 200
+        backend.renders.clear()
+        hits = [
+            (await speech_post(url, {"text": t}, auth=None)).headers["x-stepcall-cache"]
+            for t in ("one", "three", "two")
+        ]
+    assert hits == ["hit", "hit", "miss"]
+    assert [t for t, _, _ in backend.renders] == ["two"]
+
+
+@pytest.mark.parametrize("how", ["none", "wrong-header", "wrong-query", "right-query"])
+async def test_speech_auth(service, backend, how) -> None:
+    _, url = service
+    body = {"text": "Hi."}
+    if how == "none":
+        r = await speech_post(url, body, auth=None)
+    elif how == "wrong-header":
+        r = await speech_post(url, body, auth="nope")
+    elif how == "wrong-query":
+        r = await speech_post(url, body, auth=None, query="?token=nope")
+    else:
+        r = await speech_post(url, body, auth=None, query=f"?token={TOKEN}")
+    if how == "right-query":
+        assert r.status_code == 200
+    else:
+        assert r.status_code == 401 and r.json() == {"error": "unauthorized"}
+        assert backend.renders == []
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        ({"voice": "v1"}, "'text' is required"),
+        ({"text": "   "}, "'text' must not be empty"),
+        ({"text": "a" * 1001}, "at most 1000"),
+        ({"text": 42}, "'text'"),
+        ({"text": "Hi.", "sample_rate": 22050}, "'sample_rate' must be one of"),
+        ({"text": "Hi.", "voice": "nobody"}, "unknown voice"),
+    ],
+)
+async def test_speech_bad_input_is_400(service, backend, body, says) -> None:
+    app, url = service
+    r = await speech_post(url, body)
+    assert r.status_code == 400, r.text
+    assert says in r.json()["error"]
+    assert sample(app.state.service.metrics, "stepcall_model_speech_errors_total", status="400") == 1
+
+
+async def test_speech_before_the_backend_is_ready_is_503(service, backend) -> None:
+    app, url = service
+    app.state.service.set_backend(None)
+    r = await speech_post(url, {"text": "Hi."})
+    assert r.status_code == 503 and r.json() == {"status": "loading"}
+
+
+async def test_speech_on_a_backend_that_cannot_speak_is_501() -> None:
+    class Mute(ScriptedBackend):
+        render_speech = base.Backend.render_speech  # the interface's default
+
+    app = create_app(Mute(), token=TOKEN, max_sessions=1)
+    async with serving(app) as url:
+        r = await speech_post(url, {"text": "Hi."})
+    assert r.status_code == 501 and "cannot render speech" in r.json()["error"]
+
+
+async def test_a_failed_render_is_500_and_not_cached(service, backend) -> None:
+    app, url = service
+    r = await speech_post(url, {"text": "boom"})
+    assert r.status_code == 500 and "GPU fell over" in r.json()["error"]
+    r = await speech_post(url, {"text": "boom"})
+    assert r.status_code == 500 and len(backend.renders) == 2  # tried again: nothing cached
+    assert sample(app.state.service.metrics, "stepcall_model_speech_errors_total", status="500") == 2

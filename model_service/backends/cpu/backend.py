@@ -138,6 +138,20 @@ class CpuBackend(Backend):
         session.prewarm()
         return session
 
+    async def render_speech(
+        self, text: str, *, voice: str | None = None, style: str | None = None
+    ) -> np.ndarray:
+        """``text`` spoken by Piper on the TTS thread (the same voice rule as a session: an
+        unknown voice speaks with the default). Piper has no styles: ``style`` is ignored."""
+        text = text.strip()
+        if not text:
+            raise ValueError("nothing to say: the text is empty")
+        if voice is not None and voice not in self.voices:
+            log.info("cpu backend has no voice %r; rendering with %r", voice, self.default_voice)
+        loop = asyncio.get_running_loop()
+        pcm = await loop.run_in_executor(self._tts_exec, self.tts.synthesize, text)
+        return np.asarray(pcm, dtype=np.float32).reshape(-1)
+
     async def close(self) -> None:
         for session in list(self.sessions):
             await session.close()

@@ -66,15 +66,20 @@ class ChatHistory:
         self.tool_call_streak = 0
 
     def add_text(self, text: str, role: str = "human") -> None:
-        """A text message: ``human`` (DTMF digits, typed text) or ``system`` (instructions)."""
+        """A text message: ``human`` (DTMF digits, typed text), ``system`` (instructions) or
+        ``assistant`` (a bot turn said outside a response, e.g. a pre-rendered greeting)."""
         if not isinstance(text, str) or not text:
             raise ValueError("text must be a non-empty string")
         if role == "human":
             self.add_user(text)
         elif role == "system":
             self.turns.append(ChatTurn("system", text))
+        elif role == "assistant":
+            # the bot's own turn (e.g. a pre-rendered greeting it played): not a reply barge-in
+            # can cut, so it is not the latest reply
+            self.turns.append(ChatTurn("assistant", text))
         else:
-            raise ValueError(f"role must be 'human' or 'system', got {role!r}")
+            raise ValueError(f"role must be 'human', 'system' or 'assistant', got {role!r}")
 
     # ----------------------------------------------------------------- assistant side
     def add_reply(
