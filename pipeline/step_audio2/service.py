@@ -440,6 +440,10 @@ class StepAudio2Service(LLMService):
             await self._handle_context(frame.context, direction)
         elif isinstance(frame, LLMSetToolsFrame):
             self._sync_registered_tool_handlers(frame.tools)
+            # the node's tools, also before any context reached the service (a node entered
+            # without a response: verbatim greeting, caller speaks first)
+            if is_given(frame.tools):
+                self._tools = frame.tools
             await self._push_session_update()
         elif isinstance(frame, SpeakLineFrame):
             await self._speak_line(frame)
