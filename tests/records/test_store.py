@@ -26,14 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_migrations_are_versioned_and_idempotent(tmp_path):
     url = f"sqlite:///{tmp_path}/m.db"
     engine = create_engine(url)
-    assert migrate(engine) == [1]
+    assert migrate(engine) == [1, 2]
     assert migrate(engine) == []
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT version FROM stepcall_schema_version")).all()
         tables = {
             r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
         }
-    assert [r[0] for r in rows] == [latest_version()]
+    assert [r[0] for r in rows] == [1, latest_version()]
     assert {"calls", "turns", "tool_calls"} <= tables
 
 
