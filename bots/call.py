@@ -195,6 +195,7 @@ def build_call(
         tools=tools,
         apology_text=policy.text,
         on_failure=on_failure,
+        holding_line_secs=settings.holding_line_secs,
     )
     messages: list[dict[str, Any]] = []
     # A flow's initial node brings its own greeting instruction (FlowRuntime.start).
@@ -399,6 +400,16 @@ def call_worker(
 
 
 
+def watch_service_events(service: StepAudio2Service, observers: list[Any] | None) -> None:
+    """Hand the call's service to each observer that counts its events (one with a
+    ``watch_service(service)`` method, e.g. the call record's: holding lines, retried and
+    unanswered turns)."""
+    for observer in observers or []:
+        watch = getattr(observer, "watch_service", None)
+        if callable(watch):
+            watch(service)
+
+
 class CallRunner:
     """One call's run on a transport, the same for every transport.
 
@@ -443,6 +454,7 @@ class CallRunner:
             span_attributes=call_span_attributes(call, profile.name),
         )
         self._start = conversation_starter(self.worker, self.parts, profile, call_control)
+        watch_service_events(self.parts.service, observers)
 
     async def caller_connected(self, what: str) -> None:
         """The caller is on the line: log ``what`` and start the conversation."""
