@@ -249,3 +249,28 @@ async def test_counters_reach_the_call_record_metrics_and_dashboard(tmp_path, an
         assert "<dt>Turn retries</dt><dd class='turn_retries'>1</dd>" in page
     finally:
         store.close()
+
+
+def test_call_runner_hands_the_service_to_counting_observers_and_the_setting_to_it():
+    from pipecat.observers.base_observer import BaseObserver
+
+    from bots.call import CallInfo, CallRunner
+
+    class Watcher(BaseObserver):
+        def __init__(self) -> None:
+            super().__init__()
+            self.services: list[Any] = []
+
+        def watch_service(self, service: Any) -> None:
+            self.services.append(service)
+
+    watcher = Watcher()
+    runner = CallRunner(
+        LoopbackPhone(),
+        CallInfo("CA-w", "MZ-w"),
+        profile(smart_turn=False),
+        Settings(model_url="ws://127.0.0.1:9/v1/session", holding_line_secs=0.7),
+        observers=[watcher],
+    )
+    assert watcher.services == [runner.parts.service]
+    assert runner.parts.service._holding_line_secs == 0.7
