@@ -55,6 +55,7 @@ from pipeline.observers.turn_metrics import TurnMetricsObserver
 from pipeline.observers.worker_proxy import use_lean_observer
 from pipeline.step_audio2.apology import DEFAULT_APOLOGY, FailurePolicy
 from pipeline.step_audio2.frames import SpeakLineFrame
+from pipeline.step_audio2.holding import DEFAULT_HOLDING_LINE, HoldingAudio, flite_holding_audio
 from pipeline.step_audio2.service import StepAudio2Service, StepAudio2Settings
 from pipeline.step_audio2.spoken_lines import SpokenLine, SpokenLines
 from pipeline.turn_taking.endpoint_vad import EndpointVADAnalyzer
@@ -172,6 +173,7 @@ def build_call(
     call_control: CallControl | None = None,
     tools: Any = None,
     echo_guard: bool = True,
+    lines: SpokenLines | None = None,
 ) -> tuple[Pipeline, CallPipelineParts]:
     """Assemble the per-call pipeline; pass ``parts.metrics`` to the worker's observers.
 
@@ -202,6 +204,8 @@ def build_call(
         tools=tools,
         apology_text=policy.text,
         on_failure=on_failure,
+        holding_line_secs=settings.holding_line_secs,
+        holding_audio=holding_audio(profile, sample_rate, lines),
     )
     messages: list[dict[str, Any]] = []
     # A flow's initial node brings its own greeting instruction (FlowRuntime.start).
@@ -332,6 +336,27 @@ def slow_speaking_heartbeat(user_agg: Any) -> None:
         controller._speech_activity_period = SPEAKING_HEARTBEAT_SECS
 
 
+def holding_line(profile: BotProfile, sample_rate: int = PHONE_RATE) -> SpokenLine:
+    """The holding line ("One moment, please.") in a bot's voice at a call's rate."""
+    return SpokenLine(DEFAULT_HOLDING_LINE, profile.voice, profile.style, sample_rate)
+
+
+def holding_audio(
+    profile: BotProfile, sample_rate: int, lines: SpokenLines | None
+) -> HoldingAudio:
+    """The holding line a slow answer plays: the one the model service rendered in the bot's
+    voice at start-up (``lines``), else the local speech engine's (never a wait for a render
+    at the moment the caller is already waiting)."""
+    fallback = flite_holding_audio(sample_rate)
+    line = holding_line(profile, sample_rate)
+
+    async def audio() -> bytes | None:
+        pcm = lines.cached(line) if lines is not None else None
+        return pcm if pcm is not None else await fallback()
+
+    return audio
+
+
 def greeting_line(profile: BotProfile, sample_rate: int = PHONE_RATE) -> SpokenLine | None:
     """The verbatim greeting of a bot (``greeting.say``) at a call's rate; None without one."""
     if not (profile.greeting_say and profile.bot_speaks_first):
@@ -434,6 +459,16 @@ def call_worker(
 
 
 
+def watch_service_events(service: StepAudio2Service, observers: list[Any] | None) -> None:
+    """Hand the call's service to each observer that counts its events (one with a
+    ``watch_service(service)`` method, e.g. the call record's: holding lines, retried and
+    unanswered turns)."""
+    for observer in observers or []:
+        watch = getattr(observer, "watch_service", None)
+        if callable(watch):
+            watch(service)
+
+
 class CallRunner:
     """One call's run on a transport, the same for every transport.
 
@@ -469,6 +504,7 @@ class CallRunner:
             extra_processors=extra_processors,
             call_control=call_control,
             echo_guard=echo_guard,
+            lines=lines,
         )
         self.worker = call_worker(
             pipeline,
@@ -481,6 +517,7 @@ class CallRunner:
         self._start = conversation_starter(
             self.worker, self.parts, profile, call_control, lines=lines, sample_rate=sample_rate
         )
+        watch_service_events(self.parts.service, observers)
 
     async def caller_connected(self, what: str) -> None:
         """The caller is on the line: log ``what`` and start the conversation."""

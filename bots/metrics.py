@@ -52,6 +52,21 @@ class BotMetrics:
         self.tool_latency = Histogram(
             "stepcall_tool_call_seconds", "Tool-call handler time", buckets=TOOL_BUCKETS, registry=r
         )
+        self.unanswered_turns_total = Counter(
+            "stepcall_unanswered_turns_total",
+            "Committed caller turns that never got an answer (audio or a tool call)",
+            registry=r,
+        )
+        self.holding_lines_total = Counter(
+            "stepcall_holding_lines_total",
+            "Holding lines played while the model was slow to answer",
+            registry=r,
+        )
+        self.turn_retries_total = Counter(
+            "stepcall_turn_retries_total",
+            "Caller turns re-sent to a new model session after the connection was lost",
+            registry=r,
+        )
         self.errors_total = Counter(
             "stepcall_errors_total", "Pipeline errors (ErrorFrame) during calls", registry=r
         )

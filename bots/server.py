@@ -32,7 +32,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, Hangup, Say, Stream, VoiceResponse
 
-from bots.call import BROWSER_RATE, PHONE_RATE, CallInfo, greeting_line
+from bots.call import BROWSER_RATE, PHONE_RATE, CallInfo, greeting_line, holding_line
 from bots.http_limits import BodySizeLimit
 from bots.records.service import CallRecords, recorded_call
 from bots.registry import BotRegistry
@@ -174,15 +174,19 @@ class TwilioRestHolder:
 
 
 def startup_lines(registry: BotRegistry) -> list[SpokenLine]:
-    """The lines to render when the server starts: each bot's verbatim greeting at the phone
-    rate and the browser widget's rate."""
+    """The lines to render when the server starts, at the phone rate and the browser
+    widget's: each bot's verbatim greeting first, then its holding line (in its voice)."""
+    profiles = [registry.get(name) for name in registry.names()]
     out = []
-    for name in registry.names():
+    for profile in profiles:
         for rate in (PHONE_RATE, BROWSER_RATE):
-            line = greeting_line(registry.get(name), rate)
+            line = greeting_line(profile, rate)
             if line is not None:
                 out.append(line)
-    return out
+    for profile in profiles:
+        for rate in (PHONE_RATE, BROWSER_RATE):
+            out.append(holding_line(profile, rate))
+    return list(dict.fromkeys(out))
 
 
 def create_app(

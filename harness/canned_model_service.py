@@ -16,13 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from model_service.turn_checks import TurnModel, answer_turn_check
 from stepcall import protocol as p
+
+
+@dataclass
+class SessionLog:
+    """What one session received: message types in order (``"audio"`` for binary caller
+    audio), the caller audio, the texts appended (role, text)."""
+
+    messages: list[str] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)
+    texts: list[tuple[str, str]] = field(default_factory=list)
 
 
 class CannedModelService:
@@ -37,12 +48,17 @@ class CannedModelService:
         heard: str | None = None,
         turn_model: TurnModel | None = None,
         ignore_turn_checks: bool = False,
+        hang_responses: Collection[int] = (),
+        delay_secs: float = 0.0,
     ) -> None:
         """``hang``: accept ``response.create`` but never answer (a hung model service).
         ``heard``: the canned "transcript" of every committed caller turn, sent after the next
         response when the session asked for ``input_transcription``. ``turn_model``: what
         answers ``turn.check`` (None: the service offers no turn model).
-        ``ignore_turn_checks``: offer the turn model but never answer a check (a stuck one)."""
+        ``ignore_turn_checks``: offer the turn model but never answer a check (a stuck one).
+        ``hang_responses``: the numbers (1-based, counted over all sessions) of the responses
+        that hang as with ``hang``. ``delay_secs``: every answer starts this long after its
+        ``response.create`` (a busy model service)."""
         self.pcm = pcm
         self.hang = hang
         self.text = text
@@ -55,6 +71,10 @@ class CannedModelService:
         self.ignore_turn_checks = ignore_turn_checks
         #: Turn verdicts sent.
         self.turn_checks = 0
+        self.hang_responses = set(hang_responses)
+        self.delay_secs = delay_secs
+        #: One :class:`SessionLog` per session, in order.
+        self.logs: list[SessionLog] = []
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task] = set()
 
@@ -64,6 +84,8 @@ class CannedModelService:
 
     async def _session(self, ws: ServerConnection) -> None:
         self.sessions += 1
+        log = SessionLog()
+        self.logs.append(log)
         session_id = f"canned_{next(self._ids)}"
         start = p.parse_client_message(await ws.recv())
         if not isinstance(start, p.SessionStart):
@@ -87,12 +109,19 @@ class CannedModelService:
         async for raw in ws:
             if isinstance(raw, bytes):
                 self.audio_bytes_in += len(raw)
+                log.messages.append("audio")
+                log.audio += raw
                 continue
             msg = p.parse_client_message(raw)
+            log.messages.append(msg.type)
+            if isinstance(msg, p.InputTextAppend):
+                log.texts.append((msg.role, msg.text))
             if isinstance(msg, p.ResponseCreate):
                 self.responses += 1
-                if self.hang:
+                if self.hang or self.responses in self.hang_responses:
                     continue
+                if self.delay_secs > 0:
+                    await asyncio.sleep(self.delay_secs)
                 rid = f"resp_{self.responses}"
                 started = p.ResponseStarted(session_id=session_id, response_id=rid)
                 await ws.send(p.event_to_json(started))

@@ -39,6 +39,7 @@ Secrets (tokens, Twilio credentials) come only from the environment and are neve
 | STEPCALL_MODEL_TURN_MODEL | smart-turn | model service: the turn model it runs for ``turn.check`` (smart-turn or none) |
 | STEPCALL_MODEL_TURN_THREADS | 0 (half the cores, at least 1) | model service threads running that turn model for all sessions |
 | STEPCALL_VAD_RUNTIME | numpy | how Silero VAD's network runs: numpy (stepcall/audio/silero.py, less CPU per call) or onnxruntime |
+| STEPCALL_HOLDING_LINE_SECS | 2.0 | a response with no bot audio this long: the caller hears a short pre-rendered holding line ("One moment, please.") once (0 = off) |
 | STEPCALL_TWILIO_AUDIO_LEAD_MS | 300 | bot audio kept queued at Twilio ahead of the caller's playout (covers server stalls; 100 = Pipecat's pacing) |
 | STEPCALL_LOG_LEVEL | INFO | log level |
 | TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN | (none) | Twilio credentials (REST API, signature validation) |
@@ -165,6 +166,7 @@ class Settings:
     model_turn_threads: int = 0
     vad_runtime: str = "numpy"
     twilio_audio_lead_ms: float = 300.0
+    holding_line_secs: float = 2.0
     log_level: str = "INFO"
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = field(default=None, repr=False)
@@ -241,6 +243,9 @@ class Settings:
             ),
             model_turn_threads=_env_int("STEPCALL_MODEL_TURN_THREADS", cls.model_turn_threads),
             vad_runtime=_env_choice("STEPCALL_VAD_RUNTIME", cls.vad_runtime, VAD_RUNTIMES),
+            holding_line_secs=_env_float(
+                "STEPCALL_HOLDING_LINE_SECS", cls.holding_line_secs, minimum=0.0
+            ),
             twilio_audio_lead_ms=_env_float(
                 "STEPCALL_TWILIO_AUDIO_LEAD_MS", cls.twilio_audio_lead_ms, minimum=0.0
             ),

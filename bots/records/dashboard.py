@@ -208,6 +208,7 @@ def add_dashboard_routes(
         )
         body.append(f"<h2>Voice-to-voice latency</h2><p class='muted'>{_e(summary)}</p>")
         body.append(percentile_chart(bucket_latencies(points, width)))
+        body.append(_counter_totals(store.counter_totals(since=since, bot=bot)))
         body.append("<h2>Calls</h2>")
         body.append(_calls_table(calls, counts))
         params = {k: v for k, v in q.items() if k not in ("page", "token") and v}
@@ -294,13 +295,33 @@ def _calls_table(calls: list[CallRecord], counts: dict[str, int]) -> str:
             f"<td>{_e(c.bot)}</td><td>{_e(c.from_number or '—')}</td>"
             f"<td>{_e(c.to_number or '—')}</td><td>{_fmt_time(c.started_at)}</td>"
             f"<td>{_fmt_duration(c.duration_secs)}</td><td>{counts.get(c.call_id, 0)}</td>"
-            f"<td>{_outcome_badge(c.outcome)}</td></tr>"
+            + "".join(
+                f"<td class='{name}'>{getattr(c, name)}</td>" for name in COUNTER_LABELS
+            )
+            + f"<td>{_outcome_badge(c.outcome)}</td></tr>"
         )
+    heads = "".join(f"<th>{label}</th>" for label in COUNTER_LABELS.values())
     return (
         "<table class='calls'><thead><tr><th>Call</th><th>Bot</th><th>From</th><th>To</th>"
-        "<th>Started (UTC)</th><th>Length</th><th>Turns</th><th>Outcome</th></tr></thead>"
+        f"<th>Started (UTC)</th><th>Length</th><th>Turns</th>{heads}<th>Outcome</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+#: The call counters the dashboard shows (per call and in totals), with their labels.
+COUNTER_LABELS = {
+    "unanswered_turns": "Unanswered turns",
+    "holding_lines": "Holding lines",
+    "turn_retries": "Turn retries",
+}
+
+
+def _counter_totals(totals: dict[str, int]) -> str:
+    items = "".join(
+        f"<dt>{label}</dt><dd class='total-{name}'>{totals.get(name, 0)}</dd>"
+        for name, label in COUNTER_LABELS.items()
+    )
+    return f"<h2>Unanswered turns, holding lines, retries</h2><dl class='meta totals'>{items}</dl>"
 
 
 def _offset(call: CallRecord, at: datetime | None) -> str:
@@ -319,6 +340,10 @@ def _call_page(call: CallRecord) -> str:
         f"<dt>Started</dt><dd>{_fmt_time(call.started_at)} UTC</dd>"
         f"<dt>Ended</dt><dd>{_fmt_time(call.ended_at)}</dd>"
         f"<dt>Length</dt><dd>{_fmt_duration(call.duration_secs)}</dd>"
+        + "".join(
+            f"<dt>{label}</dt><dd class='{name}'>{getattr(call, name)}</dd>"
+            for name, label in COUNTER_LABELS.items()
+        )
         + (f"<dt>Error</dt><dd class='error'>{_e(call.error)}</dd>" if call.error else "")
         + "</dl>"
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, inspect, select, text
 
 from bots.records import schema
 from bots.records.models import utcnow
@@ -36,7 +36,18 @@ def _v1_initial(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "calls, turns and tool_calls", _v1_initial),)
+def _v2_call_counters(conn: Connection) -> None:
+    # v1 creates the tables as ``schema`` has them now: a fresh database has the columns
+    have = {c["name"] for c in inspect(conn).get_columns("calls")}
+    for column in ("unanswered_turns", "holding_lines", "turn_retries"):
+        if column not in have:
+            conn.execute(text(f"ALTER TABLE calls ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "calls, turns and tool_calls", _v1_initial),
+    Migration(2, "calls: unanswered_turns, holding_lines, turn_retries", _v2_call_counters),
+)
 
 
 def latest_version() -> int:

@@ -88,6 +88,12 @@ class CallRecord:
     error: str | None = None
     recording_path: str | None = None
     recording_expires_at: datetime | None = None
+    #: Committed caller turns that never got an answer (audio or a tool call) from the bot.
+    unanswered_turns: int = 0
+    #: Holding lines ("One moment, please.") played while the model was slow to answer.
+    holding_lines: int = 0
+    #: Caller turns re-sent to a new model session after the connection was lost.
+    turn_retries: int = 0
     turns: list[TurnRecord] = field(default_factory=list)
     tool_calls: list[ToolCallRecord] = field(default_factory=list)
 
@@ -102,6 +108,10 @@ class CallRecord:
     def latencies_ms(self) -> list[float]:
         """Voice-to-voice latencies of the bot's turns, in order."""
         return [t.latency_ms for t in self.turns if t.role == "bot" and t.latency_ms is not None]
+
+
+#: The per-call counters of :class:`CallRecord` (columns of the ``calls`` table).
+CALL_COUNTERS = ("unanswered_turns", "holding_lines", "turn_retries")
 
 
 @dataclass(frozen=True)

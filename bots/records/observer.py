@@ -22,6 +22,9 @@ What it records, from the frames:
   model-failure policy transfers without a tool), ``error`` after a fatal ``ErrorFrame`` or :meth:`mark_error`,
   ``completed`` on ``EndFrame``, ``caller_hung_up`` on ``CancelFrame`` (the server cancels the
   worker when the caller's stream closes).
+- counters from the call's :class:`~pipeline.step_audio2.service.StepAudio2Service` events once
+  :meth:`watch_service` got it (``bots.call.CallRunner`` does): holding lines played, caller
+  turns retried after a reconnect, caller turns left unanswered.
 - optionally a stereo recording (caller left, bot right) when the bot's
   :class:`~bots.records.models.RecordingPolicy` enables it.
 
@@ -66,6 +69,7 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.base_output import BaseOutputTransport
 
 from bots.records.models import (
+    CALL_COUNTERS,
     CallRecord,
     RecordingPolicy,
     ToolCallRecord,
@@ -243,6 +247,34 @@ class CallRecordObserver(BaseObserver):
             return
         self.record.recording_path = str(path)
         self._writer.submit("set_recording", self.call_id, str(path), expires)
+
+    # -- the service's events -----------------------------------------------------------------
+
+    #: Service event → (the record's counter, the metric attribute on ``BotMetrics``).
+    SERVICE_COUNTERS = {
+        "on_holding_line": ("holding_lines", "holding_lines_total"),
+        "on_turn_retried": ("turn_retries", "turn_retries_total"),
+        "on_turn_unanswered": ("unanswered_turns", "unanswered_turns_total"),
+    }
+
+    def watch_service(self, service: Any) -> None:
+        """Count ``service``'s holding lines, retried and unanswered caller turns."""
+        for event, (field_name, metric) in self.SERVICE_COUNTERS.items():
+
+            def count(_service: Any, *_args: Any, _field: str = field_name, _m: str = metric):
+                self.count(_field, _m)
+
+            service.add_event_handler(event, count)
+
+    def count(self, field_name: str, metric: str | None = None) -> None:
+        """Add one to the record's counter ``field_name`` (and the metric ``metric``)."""
+        setattr(self.record, field_name, getattr(self.record, field_name) + 1)
+        self._writer.submit("set_counters", self.call_id, self._counters())
+        if self.metrics is not None and metric is not None:
+            getattr(self.metrics, metric).inc()
+
+    def _counters(self) -> dict[str, int]:
+        return {name: getattr(self.record, name) for name in CALL_COUNTERS}
 
     # -- frames --------------------------------------------------------------------------------
 

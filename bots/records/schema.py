@@ -39,6 +39,9 @@ calls = Table(
     Column("error", Text),
     Column("recording_path", String(1024)),
     Column("recording_expires_at", DateTime(timezone=True)),
+    Column("unanswered_turns", Integer, nullable=False, default=0, server_default="0"),
+    Column("holding_lines", Integer, nullable=False, default=0, server_default="0"),
+    Column("turn_retries", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_calls_started_at", "started_at"),
     Index("ix_calls_bot", "bot"),
 )

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from bots.records import schema
 from bots.records.migrations import migrate
 from bots.records.models import (
+    CALL_COUNTERS,
     CallRecord,
     ToolCallRecord,
     TurnRecord,
@@ -185,6 +186,30 @@ class CallStore:
     def set_recording(self, call_id: str, path: str | None, expires_at: datetime | None) -> None:
         """Attach (or, with None, detach) a call's recording file."""
         self.run("set_recording", call_id, path, expires_at)
+
+    def set_counters(self, call_id: str, counters: dict[str, int]) -> None:
+        """Set a call's counters (:data:`~bots.records.models.CALL_COUNTERS`, whole values)."""
+        self.run("set_counters", call_id, counters)
+
+    def _set_counters(self, conn: Connection, call_id: str, counters: dict[str, int]) -> None:
+        unknown = set(counters) - set(CALL_COUNTERS)
+        if unknown:
+            raise ValueError(f"unknown call counters {sorted(unknown)}: expected {CALL_COUNTERS}")
+        t = schema.calls
+        values = {name: int(value) for name, value in counters.items()}
+        conn.execute(t.update().where(t.c.call_id == call_id).values(**values))
+
+    def counter_totals(self, since: datetime | None = None, bot: str | None = None) -> dict[str, int]:
+        """The calls' counters summed (calls started since ``since``, of ``bot``)."""
+        t = schema.calls
+        query = select(*(func.coalesce(func.sum(t.c[name]), 0) for name in CALL_COUNTERS))
+        if since is not None:
+            query = query.where(t.c.started_at >= since)
+        if bot:
+            query = query.where(t.c.bot == bot)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).one()
+        return {name: int(value or 0) for name, value in zip(CALL_COUNTERS, row, strict=True)}
 
     def _start_call(self, conn: Connection, call: CallRecord) -> None:
         values = {
@@ -408,6 +433,7 @@ def _call_from_row(row: Any) -> CallRecord:
         error=row.error,
         recording_path=row.recording_path,
         recording_expires_at=_utc(row.recording_expires_at),
+        **{name: int(getattr(row, name, 0) or 0) for name in CALL_COUNTERS},
     )
 
 

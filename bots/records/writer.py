@@ -32,7 +32,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 #: The writes a writer queues (``CallStore.apply`` runs each by name).
-WRITE_OPS = ("start_call", "save_turn", "save_tool_call", "end_call", "set_recording")
+WRITE_OPS = (
+    "start_call", "save_turn", "save_tool_call", "end_call", "set_recording", "set_counters"
+)
 
 
 class WriteTarget(Protocol):
@@ -268,6 +270,8 @@ def _row_key(op: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         return (op, args[0].call_id, args[0].seq)
     if op == "save_tool_call":
         return (op, args[0].call_id, args[0].tool_call_id)
+    if op == "set_counters":
+        return (op, args[0])
     return None
 
 

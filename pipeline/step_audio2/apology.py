@@ -1,8 +1,8 @@
 """The cached apology a call plays when the model service is gone (never leave a caller in silence).
 
-The prompt is synthesized once per (text, sample rate) with the local speech engine (flite via
-``stepcall.audio.speech.synthesize``) and kept as PCM16; call :func:`warm_apology` at start-up so
-the first failure does not wait for synthesis. Without any speech engine a short, soft two-tone
+The prompt is synthesized once per (text, sample rate) with the local speech engine and kept as
+PCM16 (``pipeline.step_audio2.spoken_prompt``, shared with the holding line); call
+:func:`warm_apology` at start-up so the first failure does not wait for synthesis. Without any speech engine a short, soft two-tone
 chime is used instead, so the caller still hears that something happened.
 
 :class:`FailurePolicy` says what happens after the apology: end the call or transfer it.
@@ -10,11 +10,9 @@ chime is used instead, so the caller still hears that something happened.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-import numpy as np
-from loguru import logger
+from pipeline.step_audio2.spoken_prompt import spoken_prompt_pcm
 
 DEFAULT_APOLOGY = (
     "I'm sorry, we're having technical difficulties right now. Please call back in a few minutes."
@@ -44,27 +42,9 @@ class FailurePolicy:
             raise ValueError("FailurePolicy.action 'transfer' needs transfer_to")
 
 
-def _chime(sample_rate: int) -> bytes:
-    t = np.arange(int(0.25 * sample_rate)) / sample_rate
-    env = np.sin(np.pi * t / t[-1]) ** 2
-    tones = [0.3 * env * np.sin(2 * np.pi * f * t) for f in (660.0, 440.0)]
-    audio = np.concatenate([tones[0], np.zeros(int(0.05 * sample_rate)), tones[1]])
-    return (audio * 32767).astype(np.int16).tobytes()
-
-
-@functools.lru_cache(maxsize=8)
 def apology_pcm(sample_rate: int, text: str = DEFAULT_APOLOGY) -> bytes:
     """PCM16 mono at ``sample_rate`` of ``text`` (synthesized on first use, then cached)."""
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    try:
-        from stepcall.audio.speech import synthesize
-
-        pcm = synthesize(text, rate=sample_rate)
-        return np.asarray(pcm, dtype=np.int16).tobytes()
-    except Exception as e:  # no speech engine: a chime is better than silence
-        logger.warning(f"cannot synthesize the apology prompt ({e}); using a chime instead")
-        return _chime(sample_rate)
+    return spoken_prompt_pcm(text, sample_rate)
 
 
 def warm_apology(sample_rate: int, text: str = DEFAULT_APOLOGY) -> int:

@@ -12,9 +12,23 @@ see the reference notes). Caller audio outside user turns is dropped: put a
 turns' audio and, with each turn, the pre-roll from just before it (VAD fires only after
 ``start_secs`` of speech).
 
-Failures: when the model-service connection drops (or cannot be opened), the service reconnects
-once; if that fails too it plays the cached apology (``pipeline.step_audio2.apology``) and then runs
+Slow answers: when no bot audio has come ``holding_line_secs`` after ``response.create``, the
+caller hears a short pre-rendered holding line once (``pipeline.step_audio2.holding``); the
+model's audio plays after it.
+
+Failures: when the model-service connection drops (or cannot be opened, or a response stays
+silent past its timeout), the service reconnects once and gives the new session the
+conversation so far (``pipeline.step_audio2.history``). A committed caller turn that had no
+answer yet is kept (``pipeline.step_audio2.pending_turns``) and retried on the new session: its
+audio re-sent, committed and answered. If the reconnect fails, or the turn's retries are used
+up, the service plays the cached apology (``pipeline.step_audio2.apology``) and then runs
 ``on_failure`` (e.g. a transfer) or, by default, ends the call. The caller never sits in silence.
+
+Events (``service.event_handler(name)``; each handler gets the service): ``on_holding_line``
+(a holding line started playing), ``on_turn_retried`` (one committed caller turn re-sent to a
+new model session), ``on_turn_unanswered`` (one committed caller turn given up: retries used
+up, the model service lost, or the call ended before its answer), ``on_model_service_failed``
+(with the reason; the apology path ran).
 """
 
 from __future__ import annotations
@@ -71,6 +85,9 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 from pipeline.step_audio2 import client as mc
 from pipeline.step_audio2.apology import DEFAULT_APOLOGY, apology_pcm
 from pipeline.step_audio2.frames import SpeakLineFrame
+from pipeline.step_audio2.history import replay_conversation
+from pipeline.step_audio2.holding import HoldingAudio, flite_holding_audio
+from pipeline.step_audio2.pending_turns import PendingTurns
 
 #: How long :meth:`StepAudio2Service.check_turn` waits for the service's turn verdict.
 TURN_CHECK_TIMEOUT_SECS = 0.5
@@ -98,6 +115,14 @@ class ResponseStats:
     started_speaking_at: float | None = None
     tool_call: bool = False
     server_timings: dict[str, Any] = field(default_factory=dict)
+    #: ``LLMFullResponseStartFrame`` pushed (by ``response.started`` or the holding line).
+    start_pushed: bool = False
+    #: Holding-line audio played before the model's (not part of ``audio_bytes``).
+    holding_bytes: int = 0
+    #: When the model's first audio arrived (monotonic).
+    model_audio_at: float | None = None
+    #: Pending caller turns when the response was asked for (the ones it answers).
+    for_turns: int = 0
 
 
 class StepAudio2Service(LLMService):
@@ -139,6 +164,9 @@ class StepAudio2Service(LLMService):
         response_timeout_secs: float = 8.0,
         first_response_timeout_secs: float = 30.0,
         transcribe_caller: bool = True,
+        holding_line_secs: float = 2.0,
+        holding_audio: HoldingAudio | None = None,
+        turn_retries: int = 1,
         **kwargs: Any,
     ) -> None:
         """Create the service.
@@ -162,6 +190,12 @@ class StepAudio2Service(LLMService):
             transcribe_caller: Ask the model service for the text of each caller turn
                 (``input_transcription``); it arrives after the bot's reply and is pushed as a
                 ``TranscriptionFrame`` (call records, the widget's transcript).
+            holding_line_secs: A response with no bot audio this long after it was asked for
+                plays the holding line once (0: never).
+            holding_audio: Provides the holding line's PCM16 at ``sample_rate`` (None from it:
+                nothing plays); by default "One moment, please." by the local speech engine.
+            turn_retries: How many times a committed caller turn is re-sent to a new model
+                session after the connection was lost before its answer (0: never).
             **kwargs: Passed to ``LLMService``.
         """
         defaults = self.Settings(
@@ -219,8 +253,22 @@ class StepAudio2Service(LLMService):
         self._first_response_timeout = max(first_response_timeout_secs, response_timeout_secs)
         self._session_responses = 0  # responses requested on the current model session
         self._watchdog_task: asyncio.Task | None = None
+        self._reconnect_attempts = reconnect_attempts
+        self._reconnecting = False
+        #: The caller's current turn, all of it (re-sent when its session is lost).
+        self._turn_audio = bytearray()
+        self._turn_client: mc.ModelServiceClient | None = None  # the session streaming the turn
+        self._pending = PendingTurns(max_retries=max(0, turn_retries))
+        self._holding_line_secs = max(0.0, holding_line_secs)
+        self._holding_audio = holding_audio or flite_holding_audio(sample_rate)
+        self._holding_task: asyncio.Task | None = None
+        self._held_for_pending = False  # a holding line already played for the pending turns
+        #: One response's audio at a time: the holding line, then the model's, never mixed.
+        self._output_lock = asyncio.Lock()
         self._log = logger.bind(call_id=call_id)
         self._register_event_handler("on_model_service_failed")
+        for event in ("on_holding_line", "on_turn_retried", "on_turn_unanswered"):
+            self._register_event_handler(event, sync=True)
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -343,9 +391,12 @@ class StepAudio2Service(LLMService):
 
     async def _disconnect(self) -> None:
         self._closing = True
-        if self._watchdog_task:
-            await self.cancel_task(self._watchdog_task, timeout=1.0)
-            self._watchdog_task = None
+        await self._give_up_pending_turns("the call ended before their answer")
+        for name in ("_watchdog_task", "_holding_task"):
+            task = getattr(self, name)
+            if task and task is not asyncio.current_task():
+                await self.cancel_task(task, timeout=1.0)
+            setattr(self, name, None)
         if self._failure_task and self._failure_task is not asyncio.current_task():
             await self.cancel_task(self._failure_task, timeout=1.0)
             self._failure_task = None
@@ -485,16 +536,27 @@ class StepAudio2Service(LLMService):
                 await self._client.send_tool_result(call_id, output)
 
     async def _on_user_audio(self, frame: InputAudioRawFrame) -> None:
-        if self._client is None or not self._in_user_turn:
+        if not self._in_user_turn:
             return  # not part of a turn (the gate in front keeps the pre-roll)
         if frame.sample_rate != self._sample_rate:
             self._log.warning(
                 f"input audio at {frame.sample_rate} Hz, session expects {self._sample_rate} Hz"
             )
             return
+        self._turn_audio += frame.audio
+        if not self._streaming_turn():
+            return  # kept in the turn's audio; sent whole once a session takes it
         self._pending_audio += frame.audio
         if len(self._pending_audio) >= self._send_batch:
             await self._flush_audio()
+
+    def _streaming_turn(self) -> bool:
+        """True while the current turn's audio goes to a live session as it comes."""
+        return (
+            self._client is not None
+            and self._client is self._turn_client
+            and not self._reconnecting
+        )
 
     async def _flush_audio(self) -> None:
         if self._pending_audio and self._client is not None:
@@ -504,19 +566,45 @@ class StepAudio2Service(LLMService):
     async def _on_user_turn_started(self) -> None:
         self._in_user_turn = True
         self._pending_audio = bytearray()
-        if self._client is None:
+        self._turn_audio = bytearray()
+        self._turn_client = None if self._reconnecting else self._client
+        if self._turn_client is None:
             return
-        await self._client.clear_audio()
+        await self._turn_client.clear_audio()
 
     async def _on_user_turn_stopped(self) -> None:
         if not self._in_user_turn:
             return
         self._in_user_turn = False
-        if self._client is None:
+        audio, self._turn_audio = bytes(self._turn_audio), bytearray()
+        if self._streaming_turn():
+            await self._flush_audio()
+            await self._client.commit()
+            self._pending.add(audio, sent=True)
+            await self._create_response()
             return
-        await self._flush_audio()
-        await self._client.commit()
-        await self._create_response()
+        # the session that heard the start of the turn is gone (or none was up): keep the turn
+        self._pending_audio = bytearray()
+        if audio:
+            self._pending.add(audio, sent=False)
+        if self._client is not None and not self._reconnecting:
+            await self._send_pending_turns()
+            await self._create_response()
+
+    async def _send_pending_turns(self) -> list[int]:
+        """Give the current session every pending turn it lacks (audio, then commit); the
+        attempts each turn had before (0: its first send)."""
+        before: list[int] = []
+        while self._client is not None and (unsent := self._pending.unsent()):
+            turn = unsent[0]
+            await self._client.clear_audio()
+            for i in range(0, len(turn.audio), self._send_batch):
+                await self._client.send_audio(turn.audio[i : i + self._send_batch])
+            await self._client.commit()
+            before.append(turn.attempts)
+            turn.attempts += 1
+            turn.sent = True
+        return before
 
     async def _on_interruption(self) -> None:
         """Barge-in: cancel the response; the model keeps only what the caller heard.
@@ -550,7 +638,13 @@ class StepAudio2Service(LLMService):
         sent_ms = stats.audio_bytes / 2 / self._sample_rate * 1000.0
         if stats.started_speaking_at is None:
             return 0.0
-        played_ms = (time.monotonic() - stats.started_speaking_at) * 1000.0
+        start = stats.started_speaking_at
+        if stats.holding_bytes:  # the model's audio played after the holding line
+            if stats.model_audio_at is None:
+                return 0.0
+            holding_secs = stats.holding_bytes / 2 / self._sample_rate
+            start = max(start + holding_secs, stats.model_audio_at)
+        played_ms = (time.monotonic() - start) * 1000.0
         return max(0.0, min(sent_ms, played_ms))
 
     async def _handle_context(self, context: LLMContext, direction: FrameDirection) -> None:
@@ -591,7 +685,7 @@ class StepAudio2Service(LLMService):
         if self._response_requested or self._client is None:
             return
         self._response_requested = True
-        self._response = stats = ResponseStats()
+        self._response = stats = ResponseStats(for_turns=len(self._pending))
         await self.start_processing_metrics()
         await self.start_ttfb_metrics()
         await self._client.create_response(instructions)
@@ -605,6 +699,54 @@ class StepAudio2Service(LLMService):
                 else self._response_timeout
             )
             self._watchdog_task = self.create_task(self._watch_response(stats, timeout))
+        if self._holding_line_secs > 0:
+            if self._holding_task:
+                await self.cancel_task(self._holding_task)
+            self._holding_task = self.create_task(self._hold_the_line(stats))
+
+    def _still_silent(self, stats: ResponseStats) -> bool:
+        """True while ``stats``'s response runs and no bot audio of it has gone out."""
+        return (
+            self._response is stats
+            and self._response_requested
+            and not self._audio_started
+            and not self._closing
+        )
+
+    async def _hold_the_line(self, stats: ResponseStats) -> None:
+        """Play the holding line once if the response is still silent after
+        ``holding_line_secs`` (once for the pending caller turns, across their retries)."""
+        await asyncio.sleep(self._holding_line_secs)
+        if not self._still_silent(stats) or (self._pending and self._held_for_pending):
+            return
+        try:
+            pcm = await self._holding_audio()
+        except Exception as e:
+            self._log.warning(f"no holding line: its audio provider failed ({e})")
+            return
+        if not pcm:
+            return
+        async with self._output_lock:
+            if not self._still_silent(stats):
+                return  # the model's audio came (or the response ended) meanwhile
+            self._audio_started = True  # the model's audio now follows this line's
+            self._held_for_pending = bool(self._pending)
+            self._log.info(
+                f"no bot audio {self._holding_line_secs:g} s after the response was asked "
+                "for: playing the holding line"
+            )
+            if not stats.start_pushed:
+                stats.start_pushed = True
+                await self.push_frame(LLMFullResponseStartFrame())
+            await self.push_frame(TTSStartedFrame())
+            chunk = self._sample_rate // 10 * 2  # 100 ms
+            for i in range(0, len(pcm), chunk):
+                if self._response is not stats or not self._response_requested:
+                    break  # barge-in or the response ended: stop the line there
+                piece = pcm[i : i + chunk]
+                stats.holding_bytes += len(piece)
+                await self.push_frame(TTSAudioRawFrame(piece, self._sample_rate, 1))
+        await self._call_event_handler("on_holding_line")
 
     async def _watch_response(self, stats: ResponseStats, limit_secs: float) -> None:
         """Treat a response that stays silent past ``limit_secs`` as a lost connection."""
@@ -643,26 +785,62 @@ class StepAudio2Service(LLMService):
                 )
 
     async def _on_connection_lost(self, reason: str) -> None:
-        """Reconnect once; otherwise apologise and end (or ``on_failure``)."""
+        """Reconnect (``reconnect_attempts``) and carry on where the call was; otherwise
+        apologise and end (or ``on_failure``)."""
         was_answering = self._response_requested
         if self._response_requested:
             await self._end_response(interrupted=False, release_end=False)
         self._client = None
-        self._in_user_turn = False
-        while self._reconnects_left > 0 and not self._closing:
-            self._reconnects_left -= 1
-            if await self._connect():
-                self._log.info("reconnected to the model service")
-                if was_answering:
-                    await self._create_response(
-                        instructions="The line dropped for a moment. Apologise briefly and ask "
-                        "the caller to repeat what they just said."
-                    )
-                elif self._pending_end is not None:
-                    frame, self._pending_end = self._pending_end, None
-                    await self.queue_frame(frame)
-                return
+        self._pending.session_lost()
+        self._reconnecting = True
+        try:
+            while self._reconnects_left > 0 and not self._closing:
+                self._reconnects_left -= 1
+                if await self._connect():
+                    self._log.info("reconnected to the model service")
+                    await self._resume(reason, was_answering)
+                    return
+        finally:
+            self._reconnecting = False
         await self._fail(reason)
+
+    async def _resume(self, reason: str, was_answering: bool) -> None:
+        """On a new session: the conversation so far, then the pending caller turns again
+        (a retry, within ``turn_retries``) or the response that was dropped."""
+        if self._context is not None:
+            messages = self._context.get_messages()
+            if self._client is not None:
+                await replay_conversation(self._client, messages)
+            self._synced_messages = len(messages)
+        if self._pending:
+            if not self._pending.can_retry:
+                self._reconnecting = False
+                await self._fail(f"{reason}; the caller's turn got no answer after a retry")
+                return
+            before = await self._send_pending_turns()
+            self._reconnecting = False  # a turn ending from now on goes to this session
+            retried = sum(1 for attempts in before if attempts > 0)
+            self._log.warning(
+                f"retrying {len(before)} unanswered caller turn(s) on the new model session"
+            )
+            for _ in range(retried):
+                await self._call_event_handler("on_turn_retried")
+            await self._create_response()
+        elif was_answering:
+            self._reconnecting = False
+            await self._create_response()  # the greeting / the answer after a tool, again
+        elif self._pending_end is not None:
+            frame, self._pending_end = self._pending_end, None
+            await self.queue_frame(frame)
+
+    async def _give_up_pending_turns(self, why: str) -> None:
+        """The pending caller turns will get no answer: count each one."""
+        count = self._pending.give_up()
+        self._held_for_pending = False
+        if count:
+            self._log.warning(f"{count} caller turn(s) unanswered: {why}")
+        for _ in range(count):
+            await self._call_event_handler("on_turn_unanswered")
 
     async def _fail(self, reason: str) -> None:
         """Play the cached apology, then end the call or run ``on_failure``."""
@@ -670,6 +848,7 @@ class StepAudio2Service(LLMService):
             return
         self._failed = True
         self._log.error(f"model service lost for good ({reason}): playing the apology")
+        await self._give_up_pending_turns("the model service is lost")
         pcm = await asyncio.to_thread(apology_pcm, self._sample_rate, self._apology_text)
         await self.push_frame(LLMFullResponseStartFrame())
         await self.push_frame(TTSStartedFrame())
@@ -698,17 +877,13 @@ class StepAudio2Service(LLMService):
             if self._response is None:
                 self._response = ResponseStats()
             self._response.response_id = event.response_id
-            await self.push_frame(LLMFullResponseStartFrame())
+            async with self._output_lock:
+                if not self._response.start_pushed:  # the holding line may have pushed it
+                    self._response.start_pushed = True
+                    await self.push_frame(LLMFullResponseStartFrame())
         elif isinstance(event, mc.AudioChunk):
-            if not self._response_requested:
-                return  # audio of a cancelled response still in flight
-            if not self._audio_started:
-                self._audio_started = True
-                await self.stop_ttfb_metrics()
-                await self.push_frame(TTSStartedFrame())
-            if self._response is not None:
-                self._response.audio_bytes += len(event.pcm)
-            await self.push_frame(TTSAudioRawFrame(event.pcm, event.sample_rate, 1))
+            async with self._output_lock:  # after a holding line that is being pushed
+                await self._on_model_audio(event)
         elif isinstance(event, mc.TextDelta):
             if not self._response_requested:
                 return
@@ -721,6 +896,7 @@ class StepAudio2Service(LLMService):
         elif isinstance(event, mc.ToolCall):
             if self._response is not None:
                 self._response.tool_call = True
+            self._turns_answered(self._response)
             await self.run_function_calls(
                 [
                     FunctionCallFromLLM(
@@ -769,6 +945,29 @@ class StepAudio2Service(LLMService):
                 return
             if self._response_requested and event.fatal:
                 await self._end_response(interrupted=False)
+
+    async def _on_model_audio(self, event: mc.AudioChunk) -> None:
+        stats = self._response
+        if not self._response_requested or stats is None:
+            return  # audio of a cancelled response still in flight
+        if stats.model_audio_at is None:
+            stats.model_audio_at = time.monotonic()
+            await self.stop_ttfb_metrics()
+            self._turns_answered(self._response)
+        if not self._audio_started:
+            self._audio_started = True
+            await self.push_frame(TTSStartedFrame())
+        stats.audio_bytes += len(event.pcm)
+        await self.push_frame(TTSAudioRawFrame(event.pcm, event.sample_rate, 1))
+
+    def _turns_answered(self, stats: ResponseStats | None) -> None:
+        """The response produced audio or a tool call: the turns pending when it was asked for
+        have their answer, and the session works (a later loss may reconnect again)."""
+        if stats is not None and stats.for_turns:
+            self._pending.answered(stats.for_turns)
+            stats.for_turns = 0
+            self._held_for_pending = False
+        self._reconnects_left = self._reconnect_attempts
 
     async def _speak_line(self, frame: SpeakLineFrame) -> None:
         """Play a verbatim line at once and record it as the bot's turn (see SpeakLineFrame)."""

@@ -32,9 +32,6 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from loguru import logger
 
-#: The sentence the bot says when an answer is slow in coming (``STEPCALL_HOLDING_LINE_SECS``).
-HOLDING_LINE = "One moment, please."
-
 
 @dataclass(frozen=True)
 class SpokenLine:

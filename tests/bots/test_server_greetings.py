@@ -9,7 +9,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from bots.call import BROWSER_RATE, PHONE_RATE, greeting_line
+from bots.call import BROWSER_RATE, PHONE_RATE, greeting_line, holding_audio, holding_line
 from bots.profile import BotProfile
 from bots.registry import BotRegistry
 from bots.server import create_app, startup_lines
@@ -34,9 +34,12 @@ def demo_backend(tmp_path_factory):
 def test_startup_lines_are_the_verbatim_greetings_at_both_call_rates() -> None:
     registry = BotRegistry({p.name: p for p in (FRONT, SALES, QUIET)}, {}, "front")
     lines = startup_lines(registry)
-    assert [(line.text, line.sample_rate) for line in lines] == [
-        ("Hello, this is the desk.", PHONE_RATE),
-        ("Hello, this is the desk.", BROWSER_RATE),
+    # greetings first (a call may wait for one), then the holding line once per voice/style
+    assert [(line.text, line.style, line.sample_rate) for line in lines] == [
+        ("Hello, this is the desk.", None, PHONE_RATE),
+        ("Hello, this is the desk.", None, BROWSER_RATE),
+        ("One moment, please.", None, PHONE_RATE),
+        ("One moment, please.", None, BROWSER_RATE),
     ]
     assert greeting_line(SALES) is None and greeting_line(QUIET) is None
 
@@ -63,10 +66,17 @@ async def test_server_start_up_renders_the_greetings_through_the_model_service(
             raise AssertionError("greetings still rendering after 60 s")
 
         body, app = await asyncio.to_thread(start_and_wait)
-    assert body["spoken_lines"] == {"rendered": 2, "rendering": 0, "refused": 0}
+    # the greeting and the holding line (both bots speak with the same voice), at two rates
+    assert body["spoken_lines"] == {"rendered": 4, "rendering": 0, "refused": 0}
     lines = app.state.spoken_lines
     phone = lines.cached(greeting_line(FRONT, PHONE_RATE))
     browser = lines.cached(greeting_line(FRONT, BROWSER_RATE))
     assert phone and browser
     # the same words at twice the rate: about twice the samples (the model service's cache)
     assert abs(len(browser) / len(phone) - 2.0) < 0.05
+
+    # a slow answer's holding line is the one rendered in the bot's voice, not flite's
+    held = await holding_audio(SALES, PHONE_RATE, lines)()
+    assert held == lines.cached(holding_line(SALES, PHONE_RATE)) and held
+    flite = await holding_audio(SALES, PHONE_RATE, None)()
+    assert flite and flite != held

@@ -129,6 +129,7 @@ async def place_call(
     service_options: dict[str, Any] | None = None,
     turn_model_at: str = "service",
     lines: SpokenLines | None = None,
+    observers: list[Any] | None = None,
 ) -> CallRun:
     """Run one call until ``until(run)`` holds (then cancel it) or it ends by itself."""
     settings = Settings(model_url=url, turn_model_at=turn_model_at)
@@ -144,7 +145,7 @@ async def place_call(
     worker = PipelineWorker(
         pipeline,
         params=PipelineParams(audio_in_sample_rate=RATE, audio_out_sample_rate=RATE),
-        observers=[parts.metrics, timeline],
+        observers=[parts.metrics, timeline, *(observers or [])],
         cancel_on_idle_timeout=False,
     )
     run = CallRun(phone, parts, timeline, False, [])

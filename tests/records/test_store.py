@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from bots.records import schema
 from bots.records.migrations import latest_version, migrate
 from bots.records.models import CallRecord, ToolCallRecord, TurnRecord, utcnow
 from bots.records.store import CallFilter, CallStore, normalize_url, purge_expired_recordings
@@ -26,14 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_migrations_are_versioned_and_idempotent(tmp_path):
     url = f"sqlite:///{tmp_path}/m.db"
     engine = create_engine(url)
-    assert migrate(engine) == [1]
+    assert migrate(engine) == [1, 2]
     assert migrate(engine) == []
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT version FROM stepcall_schema_version")).all()
         tables = {
             r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
         }
-    assert [r[0] for r in rows] == [latest_version()]
+    assert [r[0] for r in rows] == [1, latest_version()]
     assert {"calls", "turns", "tool_calls"} <= tables
 
 
@@ -244,5 +245,47 @@ def test_kill_9_mid_call_leaves_a_readable_partial_record(tmp_path):
         assert [c.call_id for c in store.list_calls(CallFilter(outcome="in_progress"))] == [
             "CA-killed"
         ]
+    finally:
+        store.close()
+
+
+def test_migration_2_adds_the_call_counters_to_a_version_1_database(tmp_path):
+    url = f"sqlite:///{tmp_path}/v1.db"
+    engine = create_engine(url)
+    with engine.begin() as conn:  # the calls table as version 1 shipped it
+        conn.execute(
+            text(
+                "CREATE TABLE calls (call_id VARCHAR(128) PRIMARY KEY, bot VARCHAR(128) NOT NULL,"
+                " flow VARCHAR(512), stream_id VARCHAR(128), from_number VARCHAR(64),"
+                " to_number VARCHAR(64), started_at DATETIME NOT NULL, ended_at DATETIME,"
+                " outcome VARCHAR(32), error TEXT, recording_path VARCHAR(1024),"
+                " recording_expires_at DATETIME)"
+            )
+        )
+        conn.execute(
+            text("INSERT INTO calls (call_id, bot, started_at) VALUES ('CA-old', 'b', '2026-01-01')")
+        )
+        conn.execute(
+            text(
+                "CREATE TABLE stepcall_schema_version (version INTEGER PRIMARY KEY,"
+                " description VARCHAR(256) NOT NULL, applied_at DATETIME NOT NULL)"
+            )
+        )
+        conn.execute(
+            text("INSERT INTO stepcall_schema_version VALUES (1, 'v1', CURRENT_TIMESTAMP)")
+        )
+        for table in (schema.turns, schema.tool_calls):  # unchanged since version 1
+            table.create(conn)
+    assert migrate(engine) == [2]
+    store = CallStore.open(url)
+    try:
+        old = store.get_call("CA-old")
+        assert old is not None and (old.unanswered_turns, old.holding_lines) == (0, 0)
+        store.set_counters("CA-old", {"unanswered_turns": 2, "holding_lines": 1, "turn_retries": 1})
+        again = store.get_call("CA-old")
+        assert (again.unanswered_turns, again.holding_lines, again.turn_retries) == (2, 1, 1)
+        assert store.counter_totals(bot="b")["unanswered_turns"] == 2
+        with pytest.raises(ValueError, match="unknown call counters"):
+            store.set_counters("CA-old", {"nonsense": 1})
     finally:
         store.close()
