@@ -54,6 +54,7 @@ from model_service.backends.cpu.text import (
     SpokenText,
     ToolCallExtractor,
     speakable,
+    spell_out_day_ranges,
 )
 from model_service.backends.responses import (
     DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
@@ -70,6 +71,13 @@ log = logging.getLogger(__name__)
 VOICE_RULES = (
     "You are speaking with a caller on the phone. Reply in one to three short sentences of "
     "plain spoken English: no lists, no markdown, no emoji, no code."
+)
+#: Added after the persona: small models otherwise fill gaps with plausible inventions.
+GROUNDING_RULES = (
+    "Only the text above is true about you and this business: your name, opening hours, "
+    "prices, services and policies. Answer from it; never invent or guess a fact it does not "
+    "state. If the text does not answer the question, say you don't know and offer to take a "
+    "message. When the caller asks who they are speaking to, say your own name and role."
 )
 TOOL_RULES = (
     "When a tool can do what the caller asks, call it: reply with only "
@@ -400,7 +408,8 @@ class CpuSession(ResponseSession):
     def system_text(self) -> str:
         """Persona + phone-reply rules + date + style (the tool rules follow the tool block)."""
         cfg = self.config
-        parts = [cfg.system_prompt.strip() or "You are a helpful voice assistant.", VOICE_RULES]
+        parts = [spell_out_day_ranges(cfg.system_prompt.strip()) or "You are a helpful voice assistant.",
+                 GROUNDING_RULES, VOICE_RULES]
         parts.append(f"Today is {self.date.strftime('%A, %B %d, %Y').replace(' 0', ' ')}.")
         if cfg.style:
             parts.append(f"Speaking style: {cfg.style}.")
@@ -435,6 +444,7 @@ class CpuSession(ResponseSession):
             instructions = with_loop_instruction(instructions)
         prompt, max_tokens = self._fit_context(instructions)
         run.prompt = prompt
+        log.debug("session %s prompt: %r", self.config.call_id, prompt)
         run.history_len = len(self.history.turns)
         tools = tool_names(self.config.tools)
         if not run.cancel.is_set():
