@@ -1,4 +1,5 @@
-"""The ``stepcall`` command line: serve, model, call, dial, flows validate, eval, load."""
+"""The ``stepcall`` command line: serve, model, call, dial, flows validate, eval, load,
+widget-token, dashboard-url."""
 
 from __future__ import annotations
 
@@ -111,6 +112,40 @@ def _cmd_widget_token(args: argparse.Namespace) -> int:
     )
 
 
+def _add_dashboard_url(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dashboard-url",
+        help="print the call-records dashboard's URL with its token (as `make demo` does)",
+        description="Print http://HOST:PORT/dashboard?token=... from STEPCALL_HOST, STEPCALL_PORT "
+        "and STEPCALL_DASHBOARD_TOKEN; fails when the token is unset or call records are off.",
+    )
+    p.set_defaults(func=_cmd_dashboard_url)
+
+
+def dashboard_url(settings: Settings) -> str:
+    """The dashboard's URL on this machine with the ``?token=`` the dashboard accepts.
+
+    Raises ``ValueError`` when the dashboard is off: no ``STEPCALL_DASHBOARD_TOKEN``, or call
+    records off (``STEPCALL_DATABASE_URL=none``)."""
+    from urllib.parse import quote
+
+    if not settings.dashboard_token:
+        raise ValueError("STEPCALL_DASHBOARD_TOKEN is not set: the dashboard is off")
+    if not settings.database_url:
+        raise ValueError("call records are off (STEPCALL_DATABASE_URL=none): no dashboard")
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{settings.port}/dashboard?token={quote(settings.dashboard_token)}"
+
+
+def _cmd_dashboard_url(args: argparse.Namespace) -> int:
+    try:
+        print(dashboard_url(Settings.from_env()))
+    except ValueError as e:
+        print(f"stepcall dashboard-url: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     keys = [
         "host", "port", "flows_dir", "model_url", "public_url", "model_path", "model_backend",
@@ -193,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="run YAML conversation evals (evals/*.yaml) as simulated calls")
     sub.add_parser("load", help="load-test a bot server with N concurrent simulated calls")
     _add_widget_token(sub)
+    _add_dashboard_url(sub)
     return parser
 
 

@@ -39,7 +39,13 @@ from bots.registry import BotRegistry
 from bots.twilio.call import run_twilio_call
 from bots.twilio.call_control import TwilioCallControl, whisper_twiml
 from bots.twilio.config import TwilioConfig
-from bots.twilio.media_stream import MediaStreamError, MediaStreamGuard, StreamLimits, read_start
+from bots.twilio.media_stream import (
+    MediaStreamError,
+    MediaStreamGuard,
+    StreamLimits,
+    close_socket,
+    read_start,
+)
 from bots.twilio.outbound import OutboundCallRequest, place_outbound_call
 from bots.twilio.rest import close_rest_client, rest_client
 from bots.twilio.status import CallStatusEvent, CallStatusStore, InMemoryCallStatusStore
@@ -396,7 +402,7 @@ def create_app(
             start = await read_start(websocket, limits)
         except MediaStreamError as e:  # bad, missing or late start message
             logger.bind(call_id=e.call_id or "-").warning(f"media stream refused: {e}")
-            await websocket.close(code=1008)
+            await close_socket(websocket, 1008)
             return
         body = dict(start.custom_parameters)
         token = body.pop(AUTH_PARAM, None)
@@ -412,13 +418,13 @@ def create_app(
         verdict = stream_auth.check(call.call_id, bot, token)
         if not verdict.ok:
             log.warning(f"media stream refused: {verdict.reason}")
-            await websocket.close(code=1008)
+            await close_socket(websocket, 1008)
             return
         if not verdict.verified:
             log.warning(f"media stream accepted without verification: {verdict.reason}")
         if not calls.try_acquire():
             log.warning("call limit reached: closing media stream")
-            await websocket.close(code=1013)
+            await close_socket(websocket, 1013)
             return
         try:
             profile = registry.get(bot)
@@ -427,7 +433,7 @@ def create_app(
         except Exception:
             calls.release()
             log.exception("call set-up failed")
-            await websocket.close(code=1011)
+            await close_socket(websocket, 1011)
             return
         observer = records.observer(call, profile, call_control=control) if records else None
         # Bad frames are dropped, an idle/over-long stream ends, a drop is noted on the record.

@@ -5,6 +5,7 @@ BIN="$1"; TINY="$2"
 MODEL_PORT="${STEPCALL_MODEL_PORT:-8090}"; WEB_PORT="${STEPCALL_PORT:-8080}"
 mkdir -p var
 export STEPCALL_MODEL_URL="ws://127.0.0.1:${MODEL_PORT}/v1/session"
+source "$(dirname "$0")/demo_env.sh"  # dashboard token, call records on
 
 if [[ -n "${STEPCALL_MODEL_PATH:-}" && -e "${STEPCALL_MODEL_PATH}" ]]; then
   echo "model: Step-Audio 2 weights at ${STEPCALL_MODEL_PATH}"
@@ -44,6 +45,7 @@ echo "bot server:          http://127.0.0.1:${WEB_PORT}/"
 echo "Twilio voice webhook: http://127.0.0.1:${WEB_PORT}/twilio/voice  (POST; expose it with a public URL and set STEPCALL_PUBLIC_URL)"
 echo "media stream:        ws://127.0.0.1:${WEB_PORT}/twilio/stream"
 echo "browser widget:      http://127.0.0.1:${WEB_PORT}/call  (talk to the bot from this machine's browser)"
+echo "dashboard:           $(STEPCALL_PORT="$WEB_PORT" "$BIN/stepcall" dashboard-url)  (the calls made)"
 echo
 echo "placing a simulated call (var/demo-call.wav: left = caller, right = bot) ..."
 "$BIN/stepcall" call "ws://127.0.0.1:${WEB_PORT}/twilio/stream" \

@@ -124,6 +124,21 @@ def parse_start(message: dict[str, Any]) -> TwilioStart:
     return TwilioStart(call_sid=call_sid, stream_sid=stream_sid, custom_parameters=params)
 
 
+async def close_socket(websocket: Any, code: int = 1000) -> None:
+    """Close an accepted media WebSocket unless the caller's side has already gone: a socket
+    whose client sent its close, or dropped the connection with no close frame, is left as it
+    is (closing it again raised ``ClientDisconnected`` out of the handler: "Exception in ASGI
+    application"). A close racing the caller's disconnect is not an error either."""
+    from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+    if WebSocketState.DISCONNECTED in (websocket.client_state, websocket.application_state):
+        return
+    try:
+        await websocket.close(code=code)
+    except (OSError, RuntimeError, WebSocketDisconnect):  # uvicorn's ClientDisconnected is one
+        pass
+
+
 async def read_start(websocket: Any, limits: StreamLimits | None = None) -> TwilioStart:
     """Read the handshake of an accepted media WebSocket: ``connected`` (optional), ``start``.
 
@@ -300,6 +315,7 @@ __all__ = [
     "StreamLimits",
     "TwilioStart",
     "check_media_message",
+    "close_socket",
     "parse_start",
     "read_start",
 ]

@@ -4,6 +4,8 @@
   with ``harness.checkpoints`` (the demo checkpoint, or one shaped to call a tool), served by
   the real model service app. Built checkpoints are cached under ``cache_dir`` by a key made of
   the spec and the source of the checkpoint builders, so a second run skips the ~13 s build.
+- ``cpu``: the CPU backend (``model_service.backends.cpu.load_cpu_backend``, models from their
+  packages), loaded once in a thread and served by the real model service app;
 - ``canned``: :class:`harness.canned_model_service.CannedModelService` speaking the text
   (synthesised at the phone rate, 8 kHz), with or without the text.
 """
@@ -123,8 +125,17 @@ class ModelServices:
             service = CannedModelService(pcm.tobytes(), spec.canned if spec.canned_text else "")
             return await self._stack.enter_async_context(service.serving())
 
-        from model_service.backends.reference import load_reference_backend
         from model_service.server import create_app, serving
+
+        if spec.kind == "cpu":
+            from model_service.backends.cpu import load_cpu_backend
+
+            logger.info("eval model: cpu backend (loading its models)")
+            backend = await asyncio.to_thread(load_cpu_backend)  # the app's lifespan closes it
+            app = create_app(backend, token=None, max_sessions=self.max_sessions)
+            return await self._stack.enter_async_context(serving(app))
+
+        from model_service.backends.reference import load_reference_backend
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         logger.info(f"eval model: {spec.kind} checkpoint (cache {self.cache_dir})")

@@ -18,6 +18,9 @@ A file tests one flow::
 
 Models (``model:``):
 
+- ``cpu``: the real CPU backend (Whisper tiny.en -> Qwen2.5-1.5B via llama.cpp -> Piper, from
+  the model packages; ``model_service/backends/cpu``), loaded once per run (tens of seconds)
+  and shared by every scenario that names it;
 - ``demo`` (or ``{checkpoint: demo, reply: TEXT}``): the reference backend on the tiny demo
   checkpoint, which speaks ``reply`` (default ``DEMO_REPLY``) after every turn;
 - ``{checkpoint: tiny, tool_call: {name, arguments}, filler: TEXT, after_tool: TEXT}``: a tiny
@@ -93,7 +96,7 @@ class EvalSpecError(ValueError):
 class ModelSpec:
     """Which model service a scenario talks to (see the module docstring)."""
 
-    kind: str  # "demo", "tiny" or "canned"
+    kind: str  # "demo", "cpu", "tiny" or "canned"
     reply: str | None = None  # demo: the reply text
     tool_name: str | None = None  # tiny
     tool_arguments: dict[str, Any] = field(default_factory=dict)
@@ -277,7 +280,7 @@ TURN = Obj(
 )
 
 MODEL = Either(
-    short=Str(enum=("demo",)),
+    short=Str(enum=("demo", "cpu")),
     long=Obj(
         (
             _key("checkpoint", Str(enum=("demo", "tiny")), "A tiny test checkpoint (or canned)."),

@@ -198,3 +198,45 @@ async def test_garbage_frames_mid_call_are_dropped_and_the_call_goes_on(tmp_path
         await _until_no_calls(served)
         record = await _record(served, builder.identity.call_sid)
     assert record.outcome == "caller_hung_up" and not record.error
+
+
+async def _closed_before_start(tmp_path, caplog, first: list[dict], drop: bool) -> list[str]:
+    """Open the stream, send ``first`` (Twilio messages), close (``drop``: drop the TCP
+    connection with no close frame, as a caller's network does); the server's warning lines
+    about media streams meanwhile. No traceback may reach uvicorn's log (its handlers do not
+    propagate to the root logger, so caplog's handler goes on ``uvicorn`` itself)."""
+    import logging
+
+    from loguru import logger
+
+    warnings: list[str] = []
+    uvicorn_log = logging.getLogger("uvicorn")  # its handlers are set when the server starts
+    async with bot_server(tmp_path) as served:
+        uvicorn_log.addHandler(caplog.handler)
+        sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING",
+                          filter=lambda r: "media stream" in r["message"])
+        try:
+            ws = await connect(served.stream_url, compression=None)
+            for message in first:
+                await ws.send(json.dumps(message))
+            if drop:
+                ws.transport.abort()
+            else:
+                await ws.close()
+            await asyncio.sleep(0.5)  # the server reads the close and logs
+        finally:
+            logger.remove(sink)
+            uvicorn_log.removeHandler(caplog.handler)
+    text = caplog.text
+    assert "Exception in ASGI application" not in text and "Traceback" not in text, text
+    return warnings
+
+
+async def test_stream_closed_before_start_logs_one_warning_and_no_traceback(tmp_path, caplog):
+    builder = TwilioMessageBuilder(StreamIdentity())
+    for first, drop in (([builder.connected()], True), ([], True), ([builder.connected()], False),
+                        ([], False)):
+        caplog.clear()
+        warnings = await _closed_before_start(tmp_path, caplog, first, drop)
+        assert len(warnings) == 1, warnings
+        assert "media stream refused: socket closed before the start message" in warnings[0]

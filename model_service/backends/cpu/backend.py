@@ -21,6 +21,7 @@ first sentence handed to TTS, ``first_audio_ms`` first audio, ``total_ms`` the e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -54,6 +55,7 @@ from model_service.backends.cpu.text import (
     SpokenText,
     ToolCallExtractor,
     speakable,
+    spell_out_day_ranges,
 )
 from model_service.backends.responses import (
     DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
@@ -71,6 +73,13 @@ VOICE_RULES = (
     "You are speaking with a caller on the phone. Reply in one to three short sentences of "
     "plain spoken English: no lists, no markdown, no emoji, no code."
 )
+#: Added after the persona: small models otherwise fill gaps with plausible inventions.
+GROUNDING_RULES = (
+    "Only the text above is true about you and this business: your name, opening hours, "
+    "prices, services and policies. Answer from it; never invent or guess a fact it does not "
+    "state. If the text does not answer the question, say you don't know and offer to take a "
+    "message. When the caller asks who they are speaking to, say your own name and role."
+)
 TOOL_RULES = (
     "When a tool can do what the caller asks, call it: reply with only "
     '<tool_call>{"name": "<tool name>", "arguments": {...}}</tool_call> and nothing else. '
@@ -85,6 +94,9 @@ EARLY_ASR_SILENCE_S = 0.15  # pause after speech that starts an early transcript
 #: at ~10 tokens/s on 2 cores a whole first sentence costs ~1 s more before the caller hears
 #: anything. Piper voices the short piece in ~0.1 s and the next piece follows it seamlessly.
 FIRST_WORDS = 4
+#: Sampling temperatures above this are lowered to it: a 1.5B model at the default 0.7 states
+#: the persona's facts (hours, its own name) wrongly or wanders off in some replies.
+MAX_TEMPERATURE = 0.3
 CHARS_PER_TOKEN = 3.5  # prompt-size estimate for the context budget
 
 
@@ -110,6 +122,7 @@ class CpuBackend(Backend):
         voices: tuple[str, ...] = ("joe",),
         max_tool_calls_in_a_row: int = DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
         max_reply_tokens: int = 256,
+        max_temperature: float = MAX_TEMPERATURE,
         today: Callable[[], _dt.date] = _dt.date.today,
     ) -> None:
         if max_tool_calls_in_a_row < 1:
@@ -124,6 +137,7 @@ class CpuBackend(Backend):
         self.default_voice = self.voices[0]
         self.max_tool_calls_in_a_row = max_tool_calls_in_a_row
         self.max_reply_tokens = max_reply_tokens
+        self.max_temperature = max_temperature
         self.today = today
         self.n_ctx = int(getattr(llm, "n_ctx", 4096))
         self._asr_exec = ThreadPoolExecutor(1, thread_name_prefix="cpu-asr")
@@ -414,7 +428,8 @@ class CpuSession(ResponseSession):
     def system_text(self) -> str:
         """Persona + phone-reply rules + date + style (the tool rules follow the tool block)."""
         cfg = self.config
-        parts = [cfg.system_prompt.strip() or "You are a helpful voice assistant.", VOICE_RULES]
+        parts = [spell_out_day_ranges(cfg.system_prompt.strip()) or "You are a helpful voice assistant.",
+                 GROUNDING_RULES, VOICE_RULES]
         parts.append(f"Today is {self.date.strftime('%A, %B %d, %Y').replace(' 0', ' ')}.")
         if cfg.style:
             parts.append(f"Speaking style: {cfg.style}.")
@@ -449,6 +464,7 @@ class CpuSession(ResponseSession):
             instructions = with_loop_instruction(instructions)
         prompt, max_tokens = self._fit_context(instructions)
         run.prompt = prompt
+        log.debug("session %s prompt: %r", self.config.call_id, prompt)
         run.history_len = len(self.history.turns)
         tools = tool_names(self.config.tools)
         if not run.cancel.is_set():
@@ -496,9 +512,12 @@ class CpuSession(ResponseSession):
             run.loop.call_soon_threadsafe(self._on_piece, run, text, tools, guard)
             return False
 
+        sampling = self.config.sampling
+        if sampling.temperature > self.backend.max_temperature:
+            sampling = dataclasses.replace(sampling, temperature=self.backend.max_temperature)
         return self.backend.llm.complete(
             prompt,
-            self.config.sampling,
+            sampling,
             on_piece,
             max_tokens=max_tokens,
             cancelled=run.cancel.is_set,

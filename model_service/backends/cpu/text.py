@@ -294,3 +294,33 @@ __all__ = [
     "parse_tool_call",
     "speakable",
 ]
+
+
+# ------------------------------------------------------------------------------ day ranges
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_DAY_RANGE = re.compile(
+    r"\b(" + "|".join(DAYS) + r")s?\s*(?:to|through|until|till|-|–)\s*(" + "|".join(DAYS) + r")s?\b",
+    re.IGNORECASE,
+)
+
+
+def _join(names: list[str], word: str) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
+
+
+def spell_out_day_ranges(text: str) -> str:
+    """``text`` with each weekday range ("Monday to Friday") followed by its days and the days
+    it leaves out, in brackets: a small model reads "open Monday to Friday" as open on Saturday
+    too, but not a list of the days. ``text`` unchanged when it has no range."""
+
+    def spelled(m: re.Match[str]) -> str:
+        lo = DAYS.index(m.group(1).capitalize())
+        hi = DAYS.index(m.group(2).capitalize())
+        span = [DAYS[(lo + i) % 7] for i in range(((hi - lo) % 7) + 1)]
+        rest = [d for d in DAYS if d not in span]
+        note = f"{_join(span, 'and')} only"
+        if rest:
+            note += f"; not {_join(rest, 'or')}"
+        return f"{m.group(0)} ({note})"
+
+    return _DAY_RANGE.sub(spelled, text or "")
