@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.calls < 1:
         p.error("--calls must be >= 1")
+    # SIGTERM unwinds like Ctrl-C, so the started model service and bot server are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     wanted = list(BACKENDS) if a.backend == "all" else [a.backend]
     results, skipped = [], {}
     t0 = time.perf_counter()
