@@ -51,7 +51,7 @@ from model_service.backends.responses import (
 from model_service.sampling import GREEDY, SamplingParams
 from model_service.stepaudio2 import parser as ta4
 from model_service.stepaudio2.forced import ForcedSpeech
-from model_service.stepaudio2.generate import GenerationStats, Generator, KVSession
+from model_service.stepaudio2.generate import GenerationStats, Generator, KVSession, PrefixStore
 from model_service.stepaudio2.prompt import (
     SUMMARY_SUFFIX_EN,
     AudioPart,
@@ -60,6 +60,7 @@ from model_service.stepaudio2.prompt import (
     PromptBuilder,
     SystemMessage,
     TextPart,
+    ToolSchemasMessage,
     system_prompt,
 )
 
@@ -243,6 +244,7 @@ class ReferenceBackend(StepAudioBackend):
         max_context: int | None = None,
         context_fill: float = 0.75,
         t2w_wait_ms: float = 5.0,
+        prefix_cache_entries: int = 4,
     ) -> None:
         if loaded.tokenizer is None:
             raise ValueError("the reference backend needs the checkpoint's tokenizer")
@@ -253,6 +255,8 @@ class ReferenceBackend(StepAudioBackend):
         self.tok = loaded.tokenizer
         self.model_name = Path(str(loaded.path)).name
         self.generator = Generator(self.model, self.tok.stop_ids, patch_id=self.tok.ids.audio_patch)
+        # KV of each bot's system + tool-schema turns, shared by its calls (0 entries: off)
+        self.prefix_store = PrefixStore(prefix_cache_entries) if prefix_cache_entries > 0 else None
         self.prompts = PromptBuilder(self.tok)
         self._init_voices(vocoder, voices, default_voice)
         self.max_tool_calls_in_a_row = max_tool_calls_in_a_row
@@ -549,6 +553,15 @@ class ReferenceSession(ResponseSession):
             self.system_text(), self.config.tools, instructions
         )
 
+    def shared_prefix_len(self) -> int:
+        """Tokens of the prompt every call of this bot starts with: the system turn and the
+        tool-schema turn (the history and one-shot instructions come after them)."""
+        system = self.system_text()
+        head: list[Any] = [SystemMessage(system)] if system else []
+        if self.config.tools:
+            head.append(ToolSchemasMessage(list(self.config.tools)))
+        return len(self.backend.prompts.build(head, reply="none").ids) if head else 0
+
     def build_prompt(self, instructions: str | None = None) -> Any:
         """The next response's ``prompt.Prompt`` (ids and audio slots), for inspection."""
         return self.backend.prompts.build(self.prompt_messages(instructions), reply="speech")
@@ -682,6 +695,8 @@ class ReferenceSession(ResponseSession):
             session=self.kv,
             audio_kind="mel",
             stats=run.stats,
+            prefix_store=backend.prefix_store,
+            shared_prefix=self.shared_prefix_len() if self.kv.cache is None else 0,
         ):
             if run.t_prefill is None:
                 run.t_prefill = now()

@@ -13,14 +13,19 @@ prefilled. ``no_cache_greedy`` is the slow reference used to prove the cached pa
 ``forced`` (optional) constrains each step: called with the ids generated so far, it returns an
 id (forced), a ``range`` or a collection of ids (sampling/greedy restricted to them), or None
 (stop). ``stepaudio2/forced.py`` uses it to speak a given text verbatim.
+Across conversations, a :class:`PrefixStore` (one per model) keeps copies of the KV of shared
+prompt prefixes (a bot's system + tool-schema turns): a session whose cache is empty starts from
+the longest stored prefix of its prompt, so every call of a bot after the first skips that prefill.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +68,66 @@ class KVSession:
     def reset(self) -> None:
         self.keys = []
         self.cache = None
+
+
+class PrefixStore:
+    """A bounded LRU of KV caches for prompt prefixes shared by many sessions (thread safe).
+
+    Entries are never mutated once stored: ``lookup`` hands out a deep copy (the session then
+    extends and crops it), ``store`` keeps its own copy cropped to the prefix. Memory: one entry
+    holds ``prefix_tokens x layers x 2 x kv_heads x head_dim`` values; for Step-Audio 2 mini
+    (28 layers, 4 KV heads of 128, bf16) that is ~56 KiB per token, so a 1,500-token persona +
+    tools prefix is ~85 MiB and the default 4 entries stay under ~350 MiB (one entry per bot in
+    use; a bot whose prompt changes, e.g. at the date change, simply adds a new entry).
+    """
+
+    def __init__(self, max_entries: int = 4) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def lookup(self, keys: Sequence[Any], limit: int | None = None) -> tuple[list[Any], Any] | None:
+        """(keys, a private copy of the cache) of the longest stored prefix of ``keys`` that is
+        at most ``limit`` long (default ``len(keys)``), or None."""
+        limit = len(keys) if limit is None else limit
+        with self._lock:
+            best: tuple[Any, ...] | None = None
+            for k in self._entries:
+                n = len(k)
+                if n <= limit and (best is None or n > len(best)) and tuple(keys[:n]) == k:
+                    best = k
+            if best is None:
+                return None
+            self._entries.move_to_end(best)
+            cache = self._entries[best]
+        return list(best), copy.deepcopy(cache)  # the stored entry is immutable: copy unlocked
+
+    def has(self, keys: Sequence[Any]) -> bool:
+        with self._lock:
+            return tuple(keys) in self._entries
+
+    def store(self, keys: Sequence[Any], cache: Any) -> None:
+        """Keep a copy of ``cache`` cropped to ``len(keys)`` tokens (it may hold more)."""
+        key = tuple(keys)
+        if not key or self.has(key):
+            return
+        kept = copy.deepcopy(cache)
+        extra = kept.get_seq_length() - len(key)
+        if extra < 0:
+            raise ValueError(f"cache holds {extra + len(key)} tokens, fewer than the prefix")
+        if extra:
+            kept.crop(len(key))
+        with self._lock:
+            self._entries[key] = kept
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
 
 def _is_mel(a: torch.Tensor, hidden: int, kind: str) -> bool:
@@ -157,6 +222,8 @@ class Generator:
         audio_kind: str = "auto",
         stats: GenerationStats | None = None,
         forced: Constraint | None = None,
+        prefix_store: PrefixStore | None = None,
+        shared_prefix: int = 0,
     ) -> Iterator[int]:
         """Yield generated token ids (the stop id, if reached, is yielded last).
 
@@ -166,6 +233,9 @@ class Generator:
         ``session``: reused and updated in place. ``stats`` (optional) is filled with timings;
         ``self.last_stats`` also points at it (use ``stats`` when threads share a Generator).
         ``forced``: the per-step constraint hook (module docstring); None: free decoding.
+        ``prefix_store``: when ``session`` holds no cache, it starts from the store's longest
+        prefix of this prompt; after such a session's prefill its first ``shared_prefix`` prompt
+        tokens (the part every conversation of a bot shares) are stored if not already there.
         """
         if audio_kind not in ("auto", "mel", "features"):
             raise ValueError(f"audio_kind must be auto, mel or features, got {audio_kind!r}")
@@ -196,6 +266,8 @@ class Generator:
                 audio_kind,
                 stats,
                 forced,
+                prefix_store,
+                shared_prefix,
             )
         finally:
             session.active = False
@@ -211,6 +283,8 @@ class Generator:
         audio_kind: str,
         stats: GenerationStats,
         forced: Constraint | None = None,
+        prefix_store: PrefixStore | None = None,
+        shared_prefix: int = 0,
     ) -> Iterator[int]:
         model = self.model
         generated: list[int] = []
@@ -225,9 +299,14 @@ class Generator:
                 return int(allowed)
             return self._pick(_restrict(logits, allowed), sampling, seen, gen)
 
-        # --- what can be reused from the session cache
+        # --- what can be reused from the session cache (or, for a fresh one, the shared store)
         audio_keys = self._audio_keys(audio, audio_kind)
         keys = self._prompt_keys(ids, audio_keys)
+        fresh = session.cache is None
+        if fresh and prefix_store is not None:
+            hit = prefix_store.lookup(keys, limit=len(keys) - 1)  # always prefill >= 1 token
+            if hit is not None:
+                session.keys, session.cache = hit
         reuse = 0
         if session.cache is not None:
             limit = min(len(session.keys), len(keys) - 1)  # always prefill >= 1 token
@@ -265,6 +344,8 @@ class Generator:
             session.reset()  # the cache may hold a partial prefill
             raise
         session.keys = list(keys)
+        if fresh and prefix_store is not None and 0 < shared_prefix < len(keys):
+            prefix_store.store(keys[:shared_prefix], session.cache)
         token = pick(logits[0, -1])
         stats.prefill_ms = (time.perf_counter() - t0) * 1000
 
