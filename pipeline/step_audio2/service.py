@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -739,11 +739,9 @@ class StepAudio2Service(LLMService):
                 stats.start_pushed = True
                 await self.push_frame(LLMFullResponseStartFrame())
             await self.push_frame(TTSStartedFrame())
-            chunk = self._sample_rate // 10 * 2  # 100 ms
-            for i in range(0, len(pcm), chunk):
+            for piece in self._chunks(pcm):
                 if self._response is not stats or not self._response_requested:
                     break  # barge-in or the response ended: stop the line there
-                piece = pcm[i : i + chunk]
                 stats.holding_bytes += len(piece)
                 await self.push_frame(TTSAudioRawFrame(piece, self._sample_rate, 1))
         await self._call_event_handler("on_holding_line")
@@ -850,13 +848,7 @@ class StepAudio2Service(LLMService):
         self._log.error(f"model service lost for good ({reason}): playing the apology")
         await self._give_up_pending_turns("the model service is lost")
         pcm = await asyncio.to_thread(apology_pcm, self._sample_rate, self._apology_text)
-        await self.push_frame(LLMFullResponseStartFrame())
-        await self.push_frame(TTSStartedFrame())
-        chunk = self._sample_rate // 10 * 2  # 100 ms
-        for i in range(0, len(pcm), chunk):
-            await self.push_frame(TTSAudioRawFrame(pcm[i : i + chunk], self._sample_rate, 1))
-        await self.push_frame(TTSStoppedFrame())
-        await self.push_frame(LLMFullResponseEndFrame())
+        await self._push_line(pcm)
         await self._call_event_handler("on_model_service_failed", reason)
         if self._on_failure is not None:
             try:
@@ -969,6 +961,26 @@ class StepAudio2Service(LLMService):
             self._held_for_pending = False
         self._reconnects_left = self._reconnect_attempts
 
+    def _chunks(self, pcm: bytes) -> Iterator[bytes]:
+        """``pcm`` in 100 ms pieces: the frames a prerendered line goes out as."""
+        step = self._sample_rate // 10 * 2
+        for i in range(0, len(pcm), step):
+            yield pcm[i : i + step]
+
+    async def _push_line(self, pcm: bytes, text: str | None = None) -> None:
+        """A prerendered line (the apology, a verbatim greeting) as one whole bot response;
+        ``text`` goes to the assistant aggregator: the bot's turn in the context."""
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.push_frame(TTSStartedFrame())
+        if text is not None:
+            spoken = TTSTextFrame(text, text_type=TextType.SENTENCE)
+            spoken.includes_inter_frame_spaces = True
+            await self.push_frame(spoken)
+        for piece in self._chunks(pcm):
+            await self.push_frame(TTSAudioRawFrame(piece, self._sample_rate, 1))
+        await self.push_frame(TTSStoppedFrame())
+        await self.push_frame(LLMFullResponseEndFrame())
+
     async def _speak_line(self, frame: SpeakLineFrame) -> None:
         """Play a verbatim line at once and record it as the bot's turn (see SpeakLineFrame)."""
         if frame.pcm is None:
@@ -987,17 +999,7 @@ class StepAudio2Service(LLMService):
             )
             return
         self._line_playing = True
-        await self.push_frame(LLMFullResponseStartFrame())
-        await self.push_frame(TTSStartedFrame())
-        spoken = TTSTextFrame(frame.text, text_type=TextType.SENTENCE)
-        spoken.includes_inter_frame_spaces = True
-        await self.push_frame(spoken)  # the assistant aggregator: the bot's turn in the context
-        chunk = self._sample_rate // 10 * 2  # 100 ms
-        pcm = frame.pcm
-        for i in range(0, len(pcm), chunk):
-            await self.push_frame(TTSAudioRawFrame(pcm[i : i + chunk], self._sample_rate, 1))
-        await self.push_frame(TTSStoppedFrame())
-        await self.push_frame(LLMFullResponseEndFrame())
+        await self._push_line(frame.pcm, frame.text)
         if self._client is not None:
             await self._client.append_text(frame.text, "assistant")
 
