@@ -153,7 +153,7 @@ def run_backend(backend: str, calls: int, wait_secs: float, workdir: Path) -> di
             )
             _wait_http(f"http://127.0.0.1:{web_port}/healthz", web, web_log, 180)
             start_s = time.perf_counter() - t0
-            lines_s = _wait_spoken_lines(f"http://127.0.0.1:{web_port}/healthz", 120)
+            lines_s = _wait_spoken_lines(f"http://127.0.0.1:{web_port}/readyz", 120)
             url = f"ws://127.0.0.1:{web_port}/twilio/stream"
             rows = asyncio.run(_calls(url, calls, wait_secs))
         finally:
@@ -170,17 +170,19 @@ def run_backend(backend: str, calls: int, wait_secs: float, workdir: Path) -> di
 
 
 def _wait_spoken_lines(url: str, timeout: float) -> float:
-    """Seconds until the bot server's verbatim greetings are rendered (its /healthz says none
-    is rendering): a server is ready for its first call then, as ``make demo`` waits."""
-    import json
+    """Seconds until the bot server's ``/readyz`` says its verbatim greetings are rendered: a
+    server is ready for its first call then (``make demo`` waits for the same)."""
+    import urllib.error
     import urllib.request
 
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            lines = json.load(answer).get("spoken_lines") or {}
-        if not lines.get("rendering"):
-            break
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                break
+        except urllib.error.HTTPError as e:  # 503: still rendering
+            if e.code != 503:
+                raise
         time.sleep(0.2)
     return time.perf_counter() - t0
 

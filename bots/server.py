@@ -11,6 +11,8 @@ Routes:
 - ``POST /calls/outbound`` (bearer ``STEPCALL_API_TOKEN``): start an outbound call;
   ``GET /calls/{sid}``: its status callbacks.
 - ``GET /healthz``, ``GET /``: liveness and a landing page with the URLs to configure.
+- ``GET /readyz``: readiness: 200 once every bot's verbatim greeting and holding line has been
+  rendered (or refused for good), 503 while some still render (route calls here after a 200).
 - ``/call``, ``/widget/*``, ``/webrtc/*``: the browser widget (``bots/webrtc/routes.py``).
 - ``/dashboard``, ``/metrics``: call records and Prometheus metrics (``bots/records``), when
   ``STEPCALL_DATABASE_URL`` is not ``none``; the dashboard needs ``STEPCALL_DASHBOARD_TOKEN``.
@@ -285,6 +287,15 @@ def create_app(
             # the bots' verbatim greetings: "rendering" > 0 while the first calls may wait
             "spoken_lines": lines.status(),
         }
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        # a call placed before this says ready may wait up to GREETING_WAIT_SECS for its greeting
+        status = lines.status()
+        ready = status["rendering"] == 0
+        return JSONResponse(
+            {"ready": ready, "spoken_lines": status}, status_code=200 if ready else 503
+        )
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:

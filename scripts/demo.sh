@@ -39,12 +39,9 @@ wait_for() {  # url, pid, log
 }
 wait_for "http://127.0.0.1:${MODEL_PORT}/readyz" $MODEL_PID var/model.log
 wait_for "http://127.0.0.1:${WEB_PORT}/healthz" $WEB_PID var/web.log
-# the bots' verbatim greetings are rendered by the model service at start-up: wait for them
-for _ in $(seq 1 120); do
-  curl -fs "http://127.0.0.1:${WEB_PORT}/healthz" | "$BIN/python" -c \
-    "import json,sys; sys.exit(json.load(sys.stdin)['spoken_lines']['rendering'] > 0)" && break
-  sleep 0.5
-done
+# the bots' verbatim greetings are rendered by the model service at start-up: /readyz says
+# when they are (a call placed before would wait for its greeting)
+wait_for "http://127.0.0.1:${WEB_PORT}/readyz" $WEB_PID var/web.log
 
 echo
 echo "bot server:          http://127.0.0.1:${WEB_PORT}/"

@@ -138,6 +138,7 @@ class TurnResult:
     bot_played_bytes: int = 0  # bot audio actually played out (not cleared)
     clears: int = 0
     barged_in: bool = False  # the next turn started while the bot was still talking
+    held: bool = False  # the bot played its holding line (Twilio mark ``holding-N``) first
     timed_out: bool = False
     skipped: bool = False  # never ran (the bot hung up first)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bots.twilio.marks import HOLDING_MARK
 from harness.callers.recorder import CallRecorder
 from harness.callers.scripted_call import (
     AUDIBLE_PEAK,
@@ -87,6 +88,9 @@ class _CallSession(ScriptedCall):
         self._receiver: asyncio.Task | None = None
         self._ticker: asyncio.Task | None = None
         self._foreign_sids: set[str] = set()
+        #: A holding line ("One moment, please.", mark ``holding-N``) has played and no audio
+        #: has come after it: the answer is still to come, so the caller waits on.
+        self._on_hold = False
 
     async def send(self, msg: dict) -> None:
         async with self._send_lock:
@@ -173,6 +177,7 @@ class _CallSession(ScriptedCall):
         if out:
             if is_audible(out):
                 self.last_bot_activity = self.loop.time()
+                self._on_hold = False  # the answer after the holding line
             if self.current is not None:
                 self.current.bot_played_bytes += len(out)
         return bytes(out) + SILENCE_FRAME[len(out):]
@@ -185,6 +190,21 @@ class _CallSession(ScriptedCall):
         record.echoed_ms = self.now_ms()
         await self.send(self.msgs.mark(record.name))
         self.log("out", "mark", name=record.name, cleared=record.cleared)
+        if record.name.startswith(HOLDING_MARK) and not record.cleared:
+            self._on_hold = True
+            if self.current is not None:
+                self.current.held = True
+
+    def reply_over(self, turn: Any) -> bool:
+        """``quiet_secs`` of bot silence ends a reply; after a holding line the caller waits for
+        the answer it promised, for up to ``wait_secs`` of silence."""
+        if self._on_hold:
+            return self.bot_quiet(self.opt.wait_secs)
+        return super().reply_over(turn)
+
+    def finish_turn(self, turn: Any) -> None:
+        self._on_hold = False
+        super().finish_turn(turn)
 
     def _playout_has_audio(self) -> bool:
         return any(not isinstance(x, _PendingMark) for x in self._playout)

@@ -49,6 +49,8 @@ from harness.evals.twilio_standin import TwilioStandIn
 DEFAULT_SCENARIO_TIMEOUT_SECS = 180.0
 #: Listening time after a silent turn (its own audio is the main listening window).
 SILENCE_TURN_WAIT_SECS = 0.5
+#: How long a scenario waits for its bot server to be ready (its greetings rendered).
+READY_TIMEOUT_SECS = 120.0
 
 
 @dataclass
@@ -385,6 +387,7 @@ class EvalRunner:
                 app = create_app(settings, BotRegistry.single(profile), twilio=twilio,
                                  records=records)
                 async with serving(app) as url:
+                    await _wait_ready(url.replace("ws://", "http://").replace("/v1/session", "/readyz"))
                     stream = url.replace("/v1/session", "/twilio/stream")
                     identity = StreamIdentity()
                     token = StreamAuth(twilio.stream_key).issue(identity.call_sid, profile.name)
@@ -412,6 +415,21 @@ class EvalRunner:
             for k, t in enumerate(sc.turns, start=1):
                 res.checks += await check_turn(f"turn {k}", t.expect, res.turns[k], observer)
             res.checks += check_call(sc.expect, call, record, standin, res.turns)
+
+
+async def _wait_ready(url: str, secs: float = READY_TIMEOUT_SECS) -> None:
+    """Wait for the bot server's ``/readyz`` (its greetings rendered), as a deployment routes
+    calls to a server only once it is ready; a server still not ready then is called anyway
+    (the greeting checks say what that cost)."""
+    import httpx
+
+    deadline = time.monotonic() + secs
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            if (await client.get(url)).status_code == 200:
+                return
+            await asyncio.sleep(0.2)
+    logger.warning(f"bot server not ready after {secs:g} s ({url}): calling it anyway")
 
 
 async def _finished_record(records: Any, call_id: str, secs: float = 10.0) -> Any:

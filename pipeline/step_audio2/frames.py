@@ -24,3 +24,12 @@ class SpeakLineFrame(DataFrame):
     def __str__(self) -> str:
         audio = f"{len(self.pcm) // 2} samples" if self.pcm is not None else "not rendered"
         return f"{self.name}(text: {self.text[:40]!r}, {audio})"
+
+
+@dataclass
+class HoldingLineFrame(DataFrame):
+    """The holding line ("One moment, please.") has gone out; the answer follows it.
+
+    Pushed by the service right behind the holding line's audio, in order with it (dropped with
+    it on a barge-in), so a transport can tell the caller's side that the bot is holding: the
+    Twilio call sends a ``holding-N`` mark (``bots/twilio/marks.py``)."""

@@ -84,7 +84,7 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 
 from pipeline.step_audio2 import client as mc
 from pipeline.step_audio2.apology import DEFAULT_APOLOGY, apology_pcm
-from pipeline.step_audio2.frames import SpeakLineFrame
+from pipeline.step_audio2.frames import HoldingLineFrame, SpeakLineFrame
 from pipeline.step_audio2.history import replay_conversation
 from pipeline.step_audio2.holding import HoldingAudio, flite_holding_audio
 from pipeline.step_audio2.pending_turns import PendingTurns
@@ -744,6 +744,8 @@ class StepAudio2Service(LLMService):
                     break  # barge-in or the response ended: stop the line there
                 stats.holding_bytes += len(piece)
                 await self.push_frame(TTSAudioRawFrame(piece, self._sample_rate, 1))
+            else:
+                await self.push_frame(HoldingLineFrame())
         await self._call_event_handler("on_holding_line")
 
     async def _watch_response(self, stats: ResponseStats, limit_secs: float) -> None:

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pipecat.frames.frames import TTSAudioRawFrame
+from pipecat.observers.base_observer import BaseObserver, FramePushed
 
 from bots.call import watch_service_events
 from bots.metrics import BotMetrics, add_metrics_route
@@ -25,7 +27,9 @@ from bots.records.store import CallStore
 from harness.canned_model_service import CannedModelService
 from harness.loopback_phone import LoopbackPhone, Say
 from pipeline.step_audio2.apology import apology_pcm
+from pipeline.step_audio2.frames import HoldingLineFrame
 from pipeline.step_audio2.holding import holding_line_pcm
+from pipeline.step_audio2.service import StepAudio2Service
 from stepcall.settings import Settings
 from tests.pipeline.test_call_pipeline import RATE, CallRun, place_call, profile
 
@@ -78,15 +82,36 @@ def question(speech) -> np.ndarray:
     return speech("Hello, are you open on Saturday?")
 
 
+class ServiceOutput(BaseObserver):
+    """The service's audio bytes and holding-line markers, in the order it pushed them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[Any] = []
+        self._seen: set[int] = set()
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        f = data.frame
+        if not isinstance(data.source, StepAudio2Service) or f.id in self._seen:
+            return
+        self._seen.add(f.id)
+        if isinstance(f, TTSAudioRawFrame):
+            self.items.append(len(f.audio))
+        elif isinstance(f, HoldingLineFrame):
+            self.items.append("holding")
+
+
 async def test_slow_model_plays_the_holding_line_then_the_answer(answer, question):
     canned = CannedModelService(answer.tobytes(), text=ANSWER, delay_secs=2.0)
     holding = np.frombuffer(holding_line_pcm(RATE), dtype=np.int16)
     events = Events()
+    output = ServiceOutput()
     async with canned.serving() as url:
         run = await place_call(
             url,
             profile(smart_turn=False),
             LoopbackPhone([Say(question, 0.3)]),
+            observers=[output],
             prepare=events.attach,
             service_options={"_holding_line_secs": 0.5},
             until=lambda r: bool(find_all(played(r), answer)),
@@ -102,6 +127,10 @@ async def test_slow_model_plays_the_holding_line_then_the_answer(answer, questio
     assert events.counts == {"on_holding_line": 1, "on_turn_retried": 0, "on_turn_unanswered": 0}
     assert canned.sessions == 1 and canned.responses == 1  # slow is not lost: no reconnect
     assert not run.parts.service.failed
+    # the marker (a Twilio call's `holding-N` mark) right behind the holding line's audio
+    k = output.items.index("holding")
+    assert sum(output.items[:k]) == holding.size * 2
+    assert output.items.count("holding") == 1 and sum(output.items[k + 1 :]) >= answer.size * 2
 
 
 async def test_fast_model_plays_no_holding_line(answer, question):

@@ -48,6 +48,9 @@ class BotScript:
     stream_sid: str | None = None  # override the streamSid on bot messages (a bug to catch)
     greeting_secs: float = 0.0  # speak first for this long
     idle_silence: bool = False  # answer every caller frame with a silent frame while not replying
+    holding_secs: float = 0.0  # before each reply: a holding line this long, a `holding-N` mark,
+    holding_gap: float = 0.0  # then this much silence
+    holding_mark: bool = True  # False: the holding line without its mark (a control)
 
 
 @dataclass
@@ -78,6 +81,15 @@ class ScriptedTwilioBot:
             await asyncio.sleep(max(0.0, start_at - loop.time()))
             audio = pcm16_to_ulaw(tone(secs, self.script.reply_freq))
             out_sid = self.script.stream_sid or sid
+            if self.script.holding_secs:
+                hold = pcm16_to_ulaw(tone(self.script.holding_secs, 500.0))
+                for k in range(0, len(hold), FRAME):
+                    await send({"event": "media", "streamSid": out_sid,
+                                "media": {"payload": base64.b64encode(hold[k:k + FRAME]).decode()}})
+                if self.script.holding_mark:
+                    await send({"event": "mark", "streamSid": out_sid,
+                                "mark": {"name": f"holding-{index}"}})
+                await asyncio.sleep(self.script.holding_secs + self.script.holding_gap)
             began = loop.time()
             self.reply_sent_at.append(began)
             for k in range(0, len(audio), FRAME):

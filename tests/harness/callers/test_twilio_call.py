@@ -87,6 +87,30 @@ async def test_marks_are_echoed_after_their_audio_has_played(twilio_bot):
     assert result.turns[0].bot_played_bytes == result.turns[0].bot_bytes == 0.6 * 8000
 
 
+async def test_caller_waits_for_the_answer_after_a_holding_line(twilio_bot):
+    """A ``holding-N`` mark ("One moment, please.") tells the caller the answer is still to
+    come: it waits through a silence longer than ``quiet_secs`` and hears the answer in the
+    same turn; without the mark the same silence ends its turn after the holding line."""
+    script = dict(reply_secs=0.5, reply_delay=0.1, holding_secs=0.3, holding_gap=1.0)
+    turns = [_speech(), _speech(freq=400.0)]
+
+    bot = await twilio_bot(**script)
+    result = await run_call(bot.url, turns, CallOptions(**FAST))
+    assert result.ok, result.errors
+    first = result.turns[0]
+    assert first.held
+    assert first.bot_audio_secs >= 0.3 + 0.5 - 0.05  # the holding line and the answer
+    # the caller spoke again only after the answer had played
+    second_start = bot.recv_times[0] + result.turns[1].speech_start_ms / 1000.0
+    assert second_start >= bot.reply_sent_at[0] + 0.5 - 0.05
+
+    control = await twilio_bot(**script, holding_mark=False)
+    result = await run_call(control.url, turns, CallOptions(**FAST))
+    first = result.turns[0]
+    assert not first.held
+    assert first.bot_audio_secs < 0.3 + 0.1  # the turn ended after the holding line
+
+
 async def test_pacing_is_real_time_without_drift(twilio_bot):
     bot = await twilio_bot(reply_secs=0.1)
     audio = tone(1.6, 300.0)
