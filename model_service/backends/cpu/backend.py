@@ -54,8 +54,8 @@ from model_service.backends.cpu.text import (
     SentenceSplitter,
     SpokenText,
     ToolCallExtractor,
+    day_facts,
     speakable,
-    spell_out_day_ranges,
 )
 from model_service.backends.responses import (
     DEFAULT_MAX_TOOL_CALLS_IN_A_ROW,
@@ -389,7 +389,8 @@ class CpuSession(ResponseSession):
         prefill = getattr(self.backend.llm, "prefill", None)
         if prefill is None or self.history.turns:
             return
-        prefix = render_chatml(self.system_text(), [], self.config.tools, tool_rules=TOOL_RULES)
+        prefix = render_chatml(self.system_text(), [], self.config.tools, tool_rules=TOOL_RULES,
+                               closing=self.closing_text())
         prefix = prefix.removesuffix("<|im_start|>assistant\n")
         # Only the newest system turn is worth warming: a flow sends its persona and tools as a
         # few updates in a row, and each full prefill costs seconds on a CPU. An older prewarm
@@ -428,16 +429,20 @@ class CpuSession(ResponseSession):
     def system_text(self) -> str:
         """Persona + phone-reply rules + date + style (the tool rules follow the tool block)."""
         cfg = self.config
-        parts = [spell_out_day_ranges(cfg.system_prompt.strip()) or "You are a helpful voice assistant.",
+        parts = [cfg.system_prompt.strip() or "You are a helpful voice assistant.",
                  GROUNDING_RULES, VOICE_RULES]
         parts.append(f"Today is {self.date.strftime('%A, %B %d, %Y').replace(' 0', ' ')}.")
         if cfg.style:
             parts.append(f"Speaking style: {cfg.style}.")
         return "\n".join(parts)
 
+    def closing_text(self) -> str:
+        """What ends the system turn: the persona's open and closed days (``day_facts``)."""
+        return day_facts(self.config.system_prompt)
+
     def build_prompt(self, instructions: str | None = None) -> str:
         return render_chatml(self.system_text(), self.history.turns, self.config.tools,
-                             instructions, tool_rules=TOOL_RULES)
+                             instructions, tool_rules=TOOL_RULES, closing=self.closing_text())
 
     def _fit_context(self, instructions: str | None) -> tuple[str, int]:
         """The prompt, dropping the oldest turns when it would not leave room for the reply."""

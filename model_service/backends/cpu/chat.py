@@ -207,10 +207,13 @@ def render_chatml(
     tools: Sequence[dict[str, Any]] = (),
     instructions: str | None = None,
     tool_rules: str = "",
+    closing: str = "",
 ) -> str:
     """The prompt text, ending with an open assistant turn.
 
-    ``tool_rules`` (only with tools) goes after the tool block, where small models heed it most.
+    ``tool_rules`` (only with tools) goes after the tool block, where small models heed it most;
+    ``closing`` ends the system turn, after everything else (the facts a small model must not
+    get wrong).
     """
     sys_text = system.strip()
     if tools:
@@ -218,6 +221,8 @@ def render_chatml(
         if tool_rules:
             block = f"{block}\n\n{tool_rules.strip()}"
         sys_text = f"{sys_text}\n\n{block}" if sys_text else block
+    if closing.strip():
+        sys_text = f"{sys_text}\n\n{closing.strip()}" if sys_text else closing.strip()
     parts = [f"<|im_start|>system\n{sys_text}<|im_end|>\n"] if sys_text else []
     i = 0
     while i < len(turns):

@@ -292,6 +292,7 @@ __all__ = [
     "ToolCallExtractor",
     "cut_text_at_fraction",
     "parse_tool_call",
+    "day_facts",
     "speakable",
 ]
 
@@ -308,19 +309,35 @@ def _join(names: list[str], word: str) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
 
 
-def spell_out_day_ranges(text: str) -> str:
-    """``text`` with each weekday range ("Monday to Friday") followed by its days and the days
-    it leaves out, in brackets: a small model reads "open Monday to Friday" as open on Saturday
-    too, but not a list of the days. ``text`` unchanged when it has no range."""
+def day_facts(text: str) -> str:
+    """The open and closed days of ``text``'s weekday ranges ("open Monday to Friday"), spelled
+    out, with one worked answer about a closed day; "" when ``text`` has no range (or one
+    preceded by "closed").
 
-    def spelled(m: re.Match[str]) -> str:
+    Why: Qwen2.5-1.5B reads "open Monday to Friday" in a persona as open on Saturday too
+    (measured: "Yes, we are open on Saturdays" in 4-7 of 8 samples at temperature 0.3, also with
+    the days listed inline). Days listed as open/closed at the end of the system turn with a
+    worked answer brought that to 1 of 6 on Saturday and on Sunday, and kept "yes" on the open
+    days (6 of 6). The backend puts this text last in the system turn (after the tool rules),
+    where a small model heeds it most."""
+    text = text or ""
+    open_days: set[str] = set()
+    first: str | None = None
+    for m in _DAY_RANGE.finditer(text):
+        if re.search(r"\bclosed\W+(?:\w+\W+)?$", text[max(0, m.start() - 20) : m.start()], re.I):
+            continue
         lo = DAYS.index(m.group(1).capitalize())
         hi = DAYS.index(m.group(2).capitalize())
-        span = [DAYS[(lo + i) % 7] for i in range(((hi - lo) % 7) + 1)]
-        rest = [d for d in DAYS if d not in span]
-        note = f"{_join(span, 'and')} only"
-        if rest:
-            note += f"; not {_join(rest, 'or')}"
-        return f"{m.group(0)} ({note})"
-
-    return _DAY_RANGE.sub(spelled, text or "")
+        open_days.update(DAYS[(lo + i) % 7] for i in range(((hi - lo) % 7) + 1))
+        first = first or f"{DAYS[lo]} to {DAYS[hi]}"
+    if not open_days:
+        return ""
+    opened = [d for d in DAYS if d in open_days]
+    closed = [d for d in DAYS if d not in open_days]
+    if not closed:
+        return f"Open days: every day ({_join(opened, 'and')})."
+    return (
+        f"Open days: {_join(opened, 'and')}. Closed days: {_join(closed, 'and')}.\n"
+        f'Example: asked "Are you open on {closed[0]}?", answer "No, sorry, we are closed on '
+        f'{closed[0]}; we are open {first}."'
+    )
