@@ -1,5 +1,5 @@
 """The bot server renders every bot's verbatim greeting when it starts, through the real model
-service (reference backend on the demo checkpoint), and /healthz says how far it got."""
+service (reference backend on the demo checkpoint), and /healthz says how far it got (/readyz: ready once none renders)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ async def test_server_start_up_renders_the_greetings_through_the_model_service(
                 while time.monotonic() < deadline:
                     body = client.get("/healthz").json()
                     if body["spoken_lines"]["rendering"] == 0:
+                        ready = client.get("/readyz")  # none renders: ready for calls
+                        assert ready.status_code == 200 and ready.json()["ready"] is True
                         return body, app
                     time.sleep(0.1)
             raise AssertionError("greetings still rendering after 60 s")
@@ -80,3 +82,31 @@ async def test_server_start_up_renders_the_greetings_through_the_model_service(
     assert held == lines.cached(holding_line(SALES, PHONE_RATE)) and held
     flite = await holding_audio(SALES, PHONE_RATE, None)()
     assert flite and flite != held
+
+
+def test_readyz_is_503_while_a_greeting_renders_then_200() -> None:
+    """Readiness follows the renders: a load balancer routes calls only once /readyz is 200."""
+    import threading
+
+    from pipeline.step_audio2.spoken_lines import SpokenLines
+
+    release = threading.Event()
+
+    class SlowRenderer:
+        async def render(self, line):
+            await asyncio.to_thread(release.wait, 30)
+            return b"\0\0" * 800
+
+    settings = Settings(model_url="ws://127.0.0.1:9/v1/session", database_url="none")
+    registry = BotRegistry({FRONT.name: FRONT}, {}, FRONT.name)
+    app = create_app(settings, registry, spoken_lines=SpokenLines(SlowRenderer()))
+    with TestClient(app) as client:
+        waiting = client.get("/readyz")
+        assert waiting.status_code == 503 and waiting.json()["ready"] is False
+        assert waiting.json()["spoken_lines"]["rendering"] > 0
+        release.set()
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "never ready after the renders finished"
+            time.sleep(0.05)
+        assert client.get("/readyz").json()["spoken_lines"]["rendering"] == 0
