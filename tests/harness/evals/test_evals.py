@@ -49,7 +49,7 @@ def test_example_flow_evals_pass_and_write_junit(tmp_path) -> None:
     out = "\n".join(c.findtext("system-out") or "" for c in cases)
     # the observations behind the passes are in the report: latencies, tools, transfer
     assert "ok  call: transferred to +12345678901" in out
-    assert "ok  greeting: tool transfer_call({'number': '+12345678901'})" in out
+    assert "ok  turn 1: tool transfer_call({'number': '+12345678901'})" in out  # after the greeting
     assert "ok  call: outcome caller_hung_up" in out
 
 
