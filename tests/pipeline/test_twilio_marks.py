@@ -11,37 +11,38 @@ from pipecat.tests.utils import run_test
 from bots.twilio.marks import TwilioMarkProcessor
 from pipeline.step_audio2.frames import HoldingLineFrame
 
+STREAM_SID = "MZ" + "0" * 32
+
+
+def audio() -> TTSAudioRawFrame:
+    return TTSAudioRawFrame(b"\0\0" * 160, 8000, 1)
+
+
+async def marks_sent(frames: list, expected_down: list[type]) -> list[dict]:
+    """Run ``frames`` through the processor (the frames going down must be ``expected_down``);
+    the mark messages it added, in order."""
+    down, _ = await run_test(
+        TwilioMarkProcessor(STREAM_SID), frames_to_send=frames, expected_down_frames=expected_down
+    )
+    return [f.message for f in down if isinstance(f, OutputTransportMessageFrame)]
+
 
 async def test_mark_after_each_response():
-    frames = [TTSStartedFrame(), TTSAudioRawFrame(b"\0\0" * 160, 8000, 1), TTSStoppedFrame()] * 2
-    down, _ = await run_test(
-        TwilioMarkProcessor("MZ" + "0" * 32),
-        frames_to_send=frames,
-        expected_down_frames=[
-            TTSStartedFrame,
-            TTSAudioRawFrame,
-            TTSStoppedFrame,
-            OutputTransportMessageFrame,
-            TTSStartedFrame,
-            TTSAudioRawFrame,
-            TTSStoppedFrame,
-            OutputTransportMessageFrame,
-        ],
+    response = [TTSStartedFrame, TTSAudioRawFrame, TTSStoppedFrame]
+    marks = await marks_sent(
+        [TTSStartedFrame(), audio(), TTSStoppedFrame()] * 2,
+        [*response, OutputTransportMessageFrame] * 2,
     )
-    marks = [f.message for f in down if isinstance(f, OutputTransportMessageFrame)]
     assert [m["mark"]["name"] for m in marks] == ["response-1", "response-2"]
-    assert all(m["event"] == "mark" and m["streamSid"] == "MZ" + "0" * 32 for m in marks)
+    assert all(m["event"] == "mark" and m["streamSid"] == STREAM_SID for m in marks)
 
 
 async def test_holding_line_gets_its_own_mark_before_the_answers():
     """The holding line's audio, then its ``holding-N`` mark; the answer's mark stays
     ``response-N`` (the far side tells "still to come" from "done")."""
-    audio = TTSAudioRawFrame(b"\0\0" * 160, 8000, 1)
-    frames = [TTSStartedFrame(), audio, HoldingLineFrame(), audio, TTSStoppedFrame()]
-    down, _ = await run_test(
-        TwilioMarkProcessor("MZ" + "0" * 32),
-        frames_to_send=frames,
-        expected_down_frames=[
+    marks = await marks_sent(
+        [TTSStartedFrame(), audio(), HoldingLineFrame(), audio(), TTSStoppedFrame()],
+        [
             TTSStartedFrame,
             TTSAudioRawFrame,
             HoldingLineFrame,
@@ -51,5 +52,5 @@ async def test_holding_line_gets_its_own_mark_before_the_answers():
             OutputTransportMessageFrame,
         ],
     )
-    marks = [f.message["mark"]["name"] for f in down if isinstance(f, OutputTransportMessageFrame)]
-    assert marks == ["holding-1", "response-1"]
+    assert [m["mark"]["name"] for m in marks] == ["holding-1", "response-1"]
+    assert all(m["event"] == "mark" and m["streamSid"] == STREAM_SID for m in marks)
